@@ -1,0 +1,57 @@
+# Spotrun: one Makefile; `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install build up down status lint format test test-unit test-integration clean
+
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[operator,dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the package, the operator extra and the dev tools.
+
+build: $(STAMP) ## Build the local cluster's binaries into ~/.cache/spotrun (reused when cached).
+	$(PY) -m localcluster build
+
+up: $(STAMP) ## Start the local cluster (builds first when needed); then: . .localcluster/env
+	$(PY) -m localcluster up
+
+down: $(STAMP) ## Stop every process of the local cluster.
+	$(PY) -m localcluster down
+
+status: $(STAMP) ## Show the local cluster's processes and nodes.
+	$(PY) -m localcluster status
+
+lint: $(STAMP) ## ruff (lint and format check), mypy --strict, import-linter.
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP) ## Apply ruff's fixes and formatting.
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test-unit: $(STAMP) ## Unit tests: no cluster, seconds.
+	$(PY) -m pytest tests/unit
+
+test-integration: $(STAMP) build ## Integration tests against the local cluster (started by the tests).
+	$(PY) -m pytest tests/integration
+
+test: $(STAMP) build ## The whole suite: pip check, lint, unit and integration tests. CI runs this.
+	$(PY) -m pip check
+	$(MAKE) lint
+	$(PY) -m pytest tests/unit tests/integration
+
+clean: down ## Stop the cluster and remove .localcluster and caches in the tree (not the binary cache).
+	rm -rf .localcluster .pytest_cache .mypy_cache .ruff_cache

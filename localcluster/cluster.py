@@ -1,0 +1,546 @@
+"""Starts, inspects and stops the local cluster: etcd, the control plane, versitygw and process kubelets."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from localcluster import pki, toolchain
+from localcluster.kube import ApiError, Client
+
+Obj = dict[str, Any]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = Path(os.environ.get("LOCALCLUSTER_STATE_DIR_DEFAULT", REPO_ROOT / ".localcluster"))
+MARKER = "LOCALCLUSTER_PROCESS_OF"  # set on every process the cluster starts, so `down` finds strays
+BUCKET = "spotrun"
+REGION = "us-east-1"
+READY_TIMEOUT = 120
+
+SPOT_LABELS = {
+    "spotrun.dev/capacity": "spot",
+    "karpenter.sh/capacity-type": "spot",
+    "cloud.google.com/gke-spot": "true",
+    "eks.amazonaws.com/capacityType": "SPOT",
+    "kubernetes.azure.com/scalesetpriority": "spot",
+}
+ON_DEMAND_LABELS = {
+    "spotrun.dev/capacity": "on-demand",
+    "karpenter.sh/capacity-type": "on-demand",
+    "eks.amazonaws.com/capacityType": "ON_DEMAND",
+}
+SPOT_TAINT = {"key": "spotrun.dev/capacity", "value": "spot", "effect": "NoSchedule"}
+DEFAULT_NODES = (("spot-1", "spot"), ("spot-2", "spot"), ("ondemand-1", "on-demand"))
+
+# Images the process kubelet can run without a `command`: their ENTRYPOINT, as the Dockerfile sets it.
+DEFAULT_IMAGES: dict[str, Obj] = {
+    "ghcr.io/spotrun/spotrun": {"entrypoint": ["python", "-m", "spotrun_operator"]},
+}
+
+
+def say(message: str) -> None:
+    print(f"localcluster: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """One cluster's state directory and the processes it names."""
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.dir = (state_dir or DEFAULT_STATE_DIR).resolve()
+        self.pki = self.dir / "pki"
+        self.pids = self.dir / "pids"
+        self.logs = self.dir / "logs"
+
+    # ----- state -----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Obj:
+        config: Obj = json.loads((self.dir / "cluster.json").read_text())
+        return config
+
+    def admin(self) -> Client:
+        return Client(
+            self.config["apiserver"], str(self.pki / "ca.crt"), str(self.pki / "admin.crt"), str(self.pki / "admin.key")
+        )
+
+    def _pid(self, name: str) -> int | None:
+        path = self.pids / f"{name}.pid"
+        if not path.exists():
+            return None
+        pid = int(path.read_text())
+        return pid if _alive(pid) else None
+
+    def running(self) -> bool:
+        if not (self.dir / "cluster.json").exists() or self._pid("kube-apiserver") is None:
+            return False
+        try:
+            self.admin().get("/readyz")
+        except Exception:
+            return False
+        return True
+
+    # ----- processes -------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, MARKER: str(self.dir)}
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd or self.dir,
+                env=self._env(),
+                start_new_session=True,
+            )
+        (self.pids / f"{name}.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def _wait(self, what: str, check: Any, name: str, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pid(name) is None:
+                raise SystemExit(f"localcluster: {name} exited during start-up; see {self.logs / (name + '.log')}")
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            time.sleep(0.25)
+        raise SystemExit(f"localcluster: {what} was not ready after {timeout:.0f}s; see {self.logs / (name + '.log')}")
+
+    # ----- up --------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        if self.running():
+            say(f"cluster already running (state in {self.dir}); reusing it")
+            self._wait_nodes_ready()
+            return
+        toolchain.build()
+        started = time.monotonic()
+        self.down(quiet=True)
+        for stale in ("etcd", "nodes", "logs", "pids", "s3", "s3-meta"):
+            shutil.rmtree(self.dir / stale, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / ".gitignore").write_text("*\n")
+        say("creating certificates")
+        pki.create_control_plane(self.pki)
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "s3")}
+        access_key, secret_key = "spotrun-local", base64.b32encode(os.urandom(20)).decode().lower()
+        config = {
+            "apiserver": f"https://127.0.0.1:{ports['apiserver']}",
+            "s3_endpoint": f"http://127.0.0.1:{ports['s3']}",
+            "s3_access_key": access_key,
+            "s3_secret_key": secret_key,
+            "bucket": BUCKET,
+            "region": REGION,
+            "ports": ports,
+            "kubernetes_version": toolchain.KUBERNETES_VERSION,
+        }
+        (self.dir / "cluster.json").write_text(json.dumps(config, indent=2))
+        images = dict(DEFAULT_IMAGES)
+        (self.dir / "images.json").write_text(json.dumps(images, indent=2))
+        self._write_kubeconfigs()
+        self._link_binaries()
+        self._write_env()
+
+        say("starting etcd and versitygw")
+        self._start_etcd(ports)
+        self._start_versitygw(config)
+        self._wait("etcd", lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"), "etcd")
+        say("starting kube-apiserver")
+        self._start_apiserver(ports)
+        self._wait("kube-apiserver", lambda: self.admin().get("/readyz") is not None, "kube-apiserver")
+        say("starting kube-controller-manager, kube-scheduler, the cloud controller and nodes")
+        self._start_controller_manager(ports)
+        self._start_scheduler(ports)
+        self._spawn("cloud-controller", [sys.executable, "-m", "localcluster.cloud", "--state-dir", str(self.dir)], cwd=REPO_ROOT)
+        for name, capacity in DEFAULT_NODES:
+            self.add_node(name, capacity, wait=False)
+        self._wait("versitygw", lambda: _http_ok(f"{config['s3_endpoint']}/health"), "versitygw")
+        self._create_bucket()
+        self._wait_nodes_ready()
+        self._wait("the default ServiceAccount", lambda: self.admin().get("/api/v1/namespaces/default/serviceaccounts/default"), "kube-controller-manager")
+        say(f"cluster ready in {time.monotonic() - started:.1f}s; run: . {self.dir / 'env'} && kubectl get nodes")
+
+    def _bin(self, name: str) -> str:
+        return str(toolchain.path_of(name))
+
+    def _start_etcd(self, ports: Obj) -> None:
+        client = f"http://127.0.0.1:{ports['etcd']}"
+        peer = f"http://127.0.0.1:{ports['etcd_peer']}"
+        self._spawn(
+            "etcd",
+            [
+                self._bin("etcd"),
+                "--name=localcluster",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=localcluster={peer}",
+                # A throwaway test cluster: fsync buys durability we do not need and costs seconds.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+
+    def _start_versitygw(self, config: Obj) -> None:
+        root = self.dir / "s3"
+        root.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            "versitygw",
+            [
+                self._bin("versitygw"),
+                f"--access={config['s3_access_key']}",
+                f"--secret={config['s3_secret_key']}",
+                f"--region={config['region']}",
+                f"--port=127.0.0.1:{config['ports']['s3']}",
+                "--health=/health",
+                "--quiet",
+                "posix",
+                str(root),
+            ],
+        )
+
+    def _start_apiserver(self, ports: Obj) -> None:
+        p = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                self._bin("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                # Pods leave an unreachable node after 5s instead of 300s, so tests of node loss are fast.
+                "--default-not-ready-toleration-seconds=5",
+                "--default-unreachable-toleration-seconds=5",
+                # The `kubernetes` Endpoints would point at 127.0.0.1, which Endpoints validation refuses;
+                # pods reach the apiserver through KUBERNETES_SERVICE_HOST instead.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _start_controller_manager(self, ports: Obj) -> None:
+        p = self.pki
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self._bin("kube-controller-manager"),
+                f"--kubeconfig={self.dir / 'kubeconfigs' / 'controller-manager.kubeconfig'}",
+                f"--authentication-kubeconfig={self.dir / 'kubeconfigs' / 'controller-manager.kubeconfig'}",
+                f"--authorization-kubeconfig={self.dir / 'kubeconfigs' / 'controller-manager.kubeconfig'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['kcm']}",
+                "--controllers=*",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                f"--cluster-signing-cert-file={p / 'ca.crt'}",
+                f"--cluster-signing-key-file={p / 'ca.key'}",
+                "--leader-elect=false",
+                # A node that stops renewing its lease is NotReady after 10s (default 50s).
+                "--node-monitor-period=1s",
+                "--node-monitor-grace-period=10s",
+                "--v=1",
+            ],
+        )
+
+    def _start_scheduler(self, ports: Obj) -> None:
+        kubeconfig = self.dir / "kubeconfigs" / "scheduler.kubeconfig"
+        self._spawn(
+            "kube-scheduler",
+            [
+                self._bin("kube-scheduler"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['scheduler']}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
+
+    def _kubeconfig(self, user: str, cert: Path, key: Path) -> str:
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        return json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "localcluster",
+                        "cluster": {
+                            "server": self.config["apiserver"],
+                            "certificate-authority-data": b64(self.pki / "ca.crt"),
+                        },
+                    }
+                ],
+                "users": [{"name": user, "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+                "contexts": [{"name": "localcluster", "context": {"cluster": "localcluster", "user": user}}],
+                "current-context": "localcluster",
+            },
+            indent=2,
+        )
+
+    def _write_kubeconfigs(self) -> None:
+        (self.dir / "kubeconfig").write_text(
+            self._kubeconfig("admin", self.pki / "admin.crt", self.pki / "admin.key")
+        )
+        (self.dir / "kubeconfig").chmod(0o600)
+        sub = self.dir / "kubeconfigs"
+        sub.mkdir(exist_ok=True)
+        for name in ("controller-manager", "scheduler"):
+            (sub / f"{name}.kubeconfig").write_text(
+                self._kubeconfig(name, self.pki / f"{name}.crt", self.pki / f"{name}.key")
+            )
+
+    def env_vars(self) -> dict[str, str]:
+        c = self.config
+        return {
+            "KUBECONFIG": str(self.dir / "kubeconfig"),
+            "AWS_ENDPOINT_URL": c["s3_endpoint"],
+            "AWS_ACCESS_KEY_ID": c["s3_access_key"],
+            "AWS_SECRET_ACCESS_KEY": c["s3_secret_key"],
+            "AWS_REGION": c["region"],
+            "AWS_DEFAULT_REGION": c["region"],
+            "LOCALCLUSTER_BUCKET": c["bucket"],
+            "LOCALCLUSTER_STATE_DIR": str(self.dir),
+        }
+
+    def _link_binaries(self) -> None:
+        """DIR/bin holds the cluster's own kubectl and helm (and the rest), matching its version."""
+        bin_dir = self.dir / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        for binary in toolchain.BINARIES:
+            link = bin_dir / binary.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(toolchain.binary_path(binary))
+
+    def _write_env(self) -> None:
+        lines = [f"export {k}={_shell_quote(v)}" for k, v in self.env_vars().items()]
+        lines.append(f'export PATH={_shell_quote(str(self.dir / "bin"))}:"$PATH"')
+        (self.dir / "env").write_text("\n".join(lines) + "\n")
+
+    def _create_bucket(self) -> None:
+        import boto3
+        from botocore.config import Config
+
+        c = self.config
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=c["s3_endpoint"],
+            aws_access_key_id=c["s3_access_key"],
+            aws_secret_access_key=c["s3_secret_key"],
+            region_name=c["region"],
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 10, "mode": "standard"}),
+        )
+        try:
+            s3.create_bucket(Bucket=c["bucket"])
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    # ----- nodes -----------------------------------------------------------------------------
+
+    def add_node(self, name: str, capacity: str, wait: bool = True) -> None:
+        if capacity not in ("spot", "on-demand"):
+            raise SystemExit(f"localcluster: --capacity must be spot or on-demand, not {capacity!r}")
+        node_dir = self.dir / "nodes" / name
+        if self._pid(f"kubelet-{name}") is not None:
+            raise SystemExit(f"localcluster: node {name} is already running")
+        shutil.rmtree(node_dir, ignore_errors=True)
+        node_dir.mkdir(parents=True)
+        pki.create_node(self.pki, name)
+        config = {
+            "name": name,
+            "capacity_type": capacity,
+            "port": free_port(),
+            "labels": dict(SPOT_LABELS if capacity == "spot" else ON_DEMAND_LABELS),
+            "taints": [SPOT_TAINT] if capacity == "spot" else [],
+            "kubeletVersion": toolchain.KUBERNETES_VERSION,
+            "machineID": os.urandom(16).hex(),
+        }
+        (node_dir / "config.json").write_text(json.dumps(config, indent=2))
+        self._spawn(
+            f"kubelet-{name}",
+            [sys.executable, "-m", "localcluster.kubelet", "--state-dir", str(self.dir), "--node", name],
+            cwd=REPO_ROOT,
+        )
+        if wait:
+            self._wait_nodes_ready([name])
+            say(f"node {name} ({capacity}) is Ready")
+
+    def _wait_nodes_ready(self, names: list[str] | None = None) -> None:
+        wanted = set(names or [p.name for p in (self.dir / "nodes").iterdir() if self._pid(f"kubelet-{p.name}")])
+
+        def ready() -> bool:
+            nodes = self.admin().get("/api/v1/nodes")["items"]
+            ok = {
+                n["metadata"]["name"]
+                for n in nodes
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+            }
+            return wanted <= ok
+
+        self._wait(f"nodes {sorted(wanted)}", ready, "kube-apiserver")
+
+    def preempt_node(self, name: str, grace: float) -> None:
+        """A reclaimed spot VM: graceful node shutdown of its pods, then the VM and its Node are gone."""
+        pid = self._pid(f"kubelet-{name}")
+        if pid is None:
+            raise SystemExit(f"localcluster: node {name} is not running")
+        node_dir = self.dir / "nodes" / name
+        (node_dir / "shutdown-grace").write_text(str(grace))
+        say(f"preempting node {name}: pods get SIGTERM and {grace:g}s of grace")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self._kill_node_containers(name)
+        (self.pids / f"kubelet-{name}.pid").unlink(missing_ok=True)
+        with contextlib.suppress(ApiError):
+            self.admin().delete(f"/api/v1/nodes/{name}")
+        say(f"node {name} was reclaimed and its Node object deleted")
+
+    def kill_node(self, name: str) -> None:
+        """Abrupt loss of a node: kubelet and pods die at once and write nothing."""
+        pid = self._pid(f"kubelet-{name}")
+        if pid is None:
+            raise SystemExit(f"localcluster: node {name} is not running")
+        os.kill(pid, signal.SIGKILL)
+        self._kill_node_containers(name)
+        (self.pids / f"kubelet-{name}.pid").unlink(missing_ok=True)
+        say(f"node {name} killed; the node lifecycle controller, taint eviction and PodGC take it from here")
+
+    def _kill_node_containers(self, name: str) -> None:
+        for pid_file in (self.dir / "nodes" / name / "pods").glob("*/pids/*"):
+            with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+    # ----- down / status ---------------------------------------------------------------------
+
+    def down(self, quiet: bool = False) -> None:
+        stopped = 0
+        if self.dir.exists():
+            for node_dir in (self.dir / "nodes").glob("*"):
+                pid = self._pid(f"kubelet-{node_dir.name}")
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    stopped += 1
+                self._kill_node_containers(node_dir.name)
+            for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
+                with contextlib.suppress(ValueError):
+                    pid = int(pid_file.read_text())
+                    if _alive(pid):
+                        os.kill(pid, signal.SIGTERM)
+                        stopped += 1
+            deadline = time.monotonic() + 10
+            for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
+                pid = int(pid_file.read_text())
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                pid_file.unlink()
+        strays = list(_marked_processes(self.dir))
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not quiet:
+            say(f"stopped {stopped + len(strays)} processes" if stopped or strays else "nothing was running")
+
+    def status(self) -> int:
+        if not (self.dir / "cluster.json").exists():
+            say(f"no cluster in {self.dir}")
+            return 1
+        names = sorted(p.stem for p in self.pids.glob("*.pid")) if self.pids.exists() else []
+        for name in names:
+            pid = self._pid(name)
+            print(f"{name:28} {'running pid ' + str(pid) if pid else 'stopped'}")
+        if not self.running():
+            print("apiserver: not reachable")
+            return 1
+        print(f"apiserver: {self.config['apiserver']} ({self.config['kubernetes_version']})")
+        print(f"s3:        {self.config['s3_endpoint']} bucket {self.config['bucket']}")
+        for node in self.admin().get("/api/v1/nodes")["items"]:
+            ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
+            capacity = node["metadata"].get("labels", {}).get("spotrun.dev/capacity", "?")
+            print(f"node {node['metadata']['name']:20} Ready={ready:8} capacity={capacity}")
+        print(f"env:       . {self.dir / 'env'}")
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0] != "Z"
+    return True
+
+
+def _marked_processes(state_dir: Path) -> Iterator[int]:
+    marker = f"{MARKER}={state_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                yield int(entry.name)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def _shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
