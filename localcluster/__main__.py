@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         description="A real Kubernetes control plane, process kubelets and an S3 server, as local processes.",
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help=f"cluster state directory (default {DEFAULT_STATE_DIR})"
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help=f"cluster state directory (default {DEFAULT_STATE_DIR})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the binaries into the cache (reused when present)")
@@ -27,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show processes, nodes and endpoints")
     sub.add_parser("env", help="print the shell exports of the running cluster")
     sub.add_parser("paths", help="print the cached binary paths as JSON")
-    node = sub.add_parser("node", help="node disruptions and additions").add_subparsers(dest="node_command", required=True)
+    node = sub.add_parser("node", help="node disruptions and additions").add_subparsers(
+        dest="node_command", required=True
+    )
     preempt = node.add_parser("preempt", help="reclaim a spot node: graceful shutdown, then the node is deleted")
     preempt.add_argument("name")
     preempt.add_argument("--grace", type=float, default=30, help="shutdown grace period in seconds (default 30)")

@@ -12,9 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import boto3
+from botocore.config import Config
 
 from localcluster import pki, toolchain
 from localcluster.kube import ApiError, Client
@@ -173,13 +177,21 @@ class Cluster:
         say("starting kube-controller-manager, kube-scheduler, the cloud controller and nodes")
         self._start_controller_manager(ports)
         self._start_scheduler(ports)
-        self._spawn("cloud-controller", [sys.executable, "-m", "localcluster.cloud", "--state-dir", str(self.dir)], cwd=REPO_ROOT)
+        self._spawn(
+            "cloud-controller",
+            [sys.executable, "-m", "localcluster.cloud", "--state-dir", str(self.dir)],
+            cwd=REPO_ROOT,
+        )
         for name, capacity in DEFAULT_NODES:
             self.add_node(name, capacity, wait=False)
         self._wait("versitygw", lambda: _http_ok(f"{config['s3_endpoint']}/health"), "versitygw")
         self._create_bucket()
         self._wait_nodes_ready()
-        self._wait("the default ServiceAccount", lambda: self.admin().get("/api/v1/namespaces/default/serviceaccounts/default"), "kube-controller-manager")
+        self._wait(
+            "the default ServiceAccount",
+            lambda: self.admin().get("/api/v1/namespaces/default/serviceaccounts/default"),
+            "kube-controller-manager",
+        )
         say(f"cluster ready in {time.monotonic() - started:.1f}s; run: . {self.dir / 'env'} && kubectl get nodes")
 
     def _bin(self, name: str) -> str:
@@ -323,9 +335,7 @@ class Cluster:
         )
 
     def _write_kubeconfigs(self) -> None:
-        (self.dir / "kubeconfig").write_text(
-            self._kubeconfig("admin", self.pki / "admin.crt", self.pki / "admin.key")
-        )
+        (self.dir / "kubeconfig").write_text(self._kubeconfig("admin", self.pki / "admin.crt", self.pki / "admin.key"))
         (self.dir / "kubeconfig").chmod(0o600)
         sub = self.dir / "kubeconfigs"
         sub.mkdir(exist_ok=True)
@@ -362,9 +372,6 @@ class Cluster:
         (self.dir / "env").write_text("\n".join(lines) + "\n")
 
     def _create_bucket(self) -> None:
-        import boto3
-        from botocore.config import Config
-
         c = self.config
         s3 = boto3.client(
             "s3",
@@ -374,10 +381,8 @@ class Cluster:
             region_name=c["region"],
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 10, "mode": "standard"}),
         )
-        try:
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
             s3.create_bucket(Bucket=c["bucket"])
-        except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
 
     # ----- nodes -----------------------------------------------------------------------------
 
@@ -536,8 +541,6 @@ def _marked_processes(state_dir: Path) -> Iterator[int]:
 
 
 def _http_ok(url: str) -> bool:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=2) as response:
         return bool(response.status == 200)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import http.server
 import json
@@ -61,6 +62,8 @@ class Container:
         self.restart_count = 0
         self.state: Obj = {"waiting": {"reason": "PodInitializing" if kind == "main" else "ContainerCreating"}}
         self.last_state: Obj = {}
+        self.last_exit: Obj | None = None  # the last termination, also while waiting to restart
+        self.stopping = False  # the kubelet is stopping it: its exit is final
         self.next_start = 0.0  # monotonic time before which a crashed container is not restarted
         self.backoff = CRASH_BACKOFF_START
         self.container_id = ""
@@ -71,11 +74,11 @@ class Container:
 
     @property
     def terminated(self) -> Obj | None:
-        return self.state.get("terminated")
+        return None if self.running else self.last_exit
 
     @property
     def started_ever(self) -> bool:
-        return self.proc is not None or "terminated" in self.state
+        return self.proc is not None or self.last_exit is not None
 
     def status(self) -> Obj:
         status: Obj = {
@@ -103,7 +106,7 @@ class PodWorker(threading.Thread):
         self.uid: str = pod["metadata"]["uid"]
         self.namespace: str = pod["metadata"]["namespace"]
         self.pod_name: str = pod["metadata"]["name"]
-        self.dir = kubelet.pods_dir / self.uid
+        self.dir: Path = kubelet.pods_dir / self.uid
         self.wake = threading.Event()
         self.gone = False  # the pod object no longer exists (force-deleted)
         self.shutdown_grace: float | None = None  # set by a graceful node shutdown
@@ -218,10 +221,20 @@ class PodWorker(threading.Thread):
             term = c.terminated
             if c.running:
                 continue
-            if term is None and not c.started_ever or self._should_restart(c, policy):
-                if time.monotonic() >= c.next_start:
-                    self._start(c)
+            due = (term is None and not c.started_ever) or self._should_restart(c, policy)
+            if due and time.monotonic() >= c.next_start:
+                self._start(c)
         self.phase = self._phase(policy)
+
+    def _will_restart(self, c: Container) -> bool:
+        if c.stopping or self.shutdown_grace is not None or self.gone:
+            return False
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        if c.kind == "sidecar":
+            return True
+        if c.kind == "init":
+            return policy != "Never" and bool(c.last_exit and c.last_exit["exitCode"] != 0)
+        return self._should_restart(c, policy)
 
     def _should_restart(self, c: Container, policy: str) -> bool:
         term = c.terminated
@@ -242,7 +255,7 @@ class PodWorker(threading.Thread):
     def _start(self, c: Container) -> None:
         if c.started_ever:
             c.restart_count += 1
-            c.last_state = c.state if "terminated" in c.state else c.last_state
+            c.last_state = {"terminated": c.last_exit}
         log_path = self._log_path(c.name, c.restart_count)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         term_path = self.dir / "termination" / f"{c.name}-{c.restart_count}"
@@ -275,7 +288,18 @@ class PodWorker(threading.Thread):
         env[self.kubelet.marker_name] = self.kubelet.marker_value
         with open(log_path, "ab") as out:
             c.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-I", "-S", str(MOUNTER), str(spec_path)],
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    str(MOUNTER),
+                    str(spec_path),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -294,7 +318,12 @@ class PodWorker(threading.Thread):
         exit_code = 128 - code if code < 0 else code
         started = c.state.get("running", {}).get("startedAt", now())
         start_error = self.dir / "start-errors" / f"{c.name}-{c.restart_count}"
-        terminated: Obj = {"exitCode": exit_code, "startedAt": started, "finishedAt": now(), "containerID": c.container_id}
+        terminated: Obj = {
+            "exitCode": exit_code,
+            "startedAt": started,
+            "finishedAt": now(),
+            "containerID": c.container_id,
+        }
         if start_error.exists():
             terminated.update(reason="StartError", message=start_error.read_text())
         else:
@@ -304,14 +333,23 @@ class PodWorker(threading.Thread):
             message = self._termination_message(c, exit_code)
             if message:
                 terminated["message"] = message
-        c.state = {"terminated": terminated}
+        c.last_exit = terminated
         c.proc = None
-        if exit_code != 0:
-            c.next_start = time.monotonic() + c.backoff
-            c.backoff = min(c.backoff * 2, CRASH_BACKOFF_MAX)
-        log.info(
-            "Container %s of pod %s/%s exited with code %d", c.name, self.namespace, self.pod_name, exit_code
-        )
+        if self._will_restart(c) and not self.pod["metadata"].get("deletionTimestamp"):
+            delay = c.backoff if exit_code != 0 else 0
+            c.next_start = time.monotonic() + delay
+            if exit_code != 0:
+                c.backoff = min(c.backoff * 2, CRASH_BACKOFF_MAX)
+            c.last_state = {"terminated": terminated}
+            c.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.pod_name}",
+                }
+            }
+        else:
+            c.state = {"terminated": terminated}
+        log.info("Container %s of pod %s/%s exited with code %d", c.name, self.namespace, self.pod_name, exit_code)
 
     def _termination_message(self, c: Container, exit_code: int) -> str:
         path = self.dir / "termination" / f"{c.name}-{c.restart_count}"
@@ -327,14 +365,16 @@ class PodWorker(threading.Thread):
     def _signal(self, c: Container, sig: int) -> None:
         if c.proc is None:
             return
-        try:
-            # The whole process group: a shell wrapper must not shield its child from SIGTERM.
+        # The whole process group: a shell wrapper must not shield its child from SIGTERM.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(c.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def _stop(self, containers: list[Container], grace: float) -> None:
         """SIGTERM, wait out the grace period, SIGKILL: the kubelet's order for stopping containers."""
+        for c in containers:
+            c.stopping = True
+            if "waiting" in c.state and c.last_exit is not None:
+                c.state = {"terminated": c.last_exit}  # a crash-looping container stays down
         live = [c for c in containers if c.proc is not None]
         for c in live:
             self._signal(c, signal.SIGTERM)
@@ -454,10 +494,7 @@ class PodWorker(threading.Thread):
     def _downward_files(self, source: Obj, default_mode: int) -> dict[str, tuple[bytes, int]]:
         files = {}
         for item in source.get("items") or []:
-            if "fieldRef" in item:
-                value = podspec.field_value(self.pod, item["fieldRef"]["fieldPath"])
-            else:
-                value = "0"
+            value = podspec.field_value(self.pod, item["fieldRef"]["fieldPath"]) if "fieldRef" in item else "0"
             files[item["path"]] = (value.encode(), item.get("mode", default_mode))
         return files
 
@@ -472,9 +509,7 @@ class PodWorker(threading.Thread):
                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod_name, "uid": self.uid},
             },
         }
-        answer = self.kubelet.client.create(
-            f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", request
-        )
+        answer = self.kubelet.client.create(f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", request)
         return {source.get("path", "token"): (answer["status"]["token"].encode(), 0o644)}
 
     def _prepare(self) -> None:
@@ -504,7 +539,11 @@ class PodWorker(threading.Thread):
                     if "serviceAccountToken" in source:
                         files.update(self._token_files(source["serviceAccountToken"]))
                     elif "secret" in source:
-                        files.update(self._keyed_files("secret", {**source["secret"], "secretName": source["secret"].get("name")}, mode))
+                        files.update(
+                            self._keyed_files(
+                                "secret", {**source["secret"], "secretName": source["secret"].get("name")}, mode
+                            )
+                        )
                     elif "configMap" in source:
                         files.update(self._keyed_files("configmap", source["configMap"], mode))
                     elif "downwardAPI" in source:
@@ -527,24 +566,10 @@ class PodWorker(threading.Thread):
                 if not source.exists():
                     source.mkdir(parents=True)
             target = Path(mount["mountPath"])
-            self._ensure_target(target, directory=source.is_dir())
             mounts.append({"source": str(source), "target": str(target), "readOnly": bool(mount.get("readOnly"))})
         path = Path(c.spec.get("terminationMessagePath") or "/dev/termination-log")
-        self._ensure_target(path, directory=False)
         mounts.append({"source": str(term_path), "target": str(path), "readOnly": False})
         return mounts
-
-    @staticmethod
-    def _ensure_target(path: Path, directory: bool) -> None:
-        # A bind mount needs an existing target. It is created on the host, empty: the host sees
-        # an empty directory or file, the container sees the volume over it.
-        if path.exists():
-            return
-        if directory:
-            path.mkdir(parents=True, exist_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
 
     def _log_path(self, container: str, restart: int) -> Path:
         return self.dir / "logs" / container / f"{restart}.log"
@@ -636,15 +661,16 @@ class PodWorker(threading.Thread):
             owned = {c["type"] for c in desired["conditions"]}
             previous = {c["type"]: c for c in current.get("conditions") or []}
             merged = [c for c in current.get("conditions") or [] if c["type"] not in owned]
-            for c in desired["conditions"]:
-                old = previous.get(c["type"])
-                if old and old.get("status") == c["status"] and old.get("lastTransitionTime"):
-                    c = {**c, "lastTransitionTime": old["lastTransitionTime"]}
-                else:
-                    c = {**c, "lastTransitionTime": c.get("lastTransitionTime") or now()}
-                c.setdefault("lastProbeTime", None)
-                merged.append(c)
-            pod["status"] = {**{k: v for k, v in current.items() if k not in ("reason", "message")}, **desired, "conditions": merged}
+            for wanted in desired["conditions"]:
+                old = previous.get(wanted["type"])
+                unchanged = old and old.get("status") == wanted["status"] and old.get("lastTransitionTime")
+                since = old["lastTransitionTime"] if unchanged and old else wanted.get("lastTransitionTime") or now()
+                merged.append({"lastProbeTime": None, **wanted, "lastTransitionTime": since})
+            pod["status"] = {
+                **{k: v for k, v in current.items() if k not in ("reason", "message")},
+                **desired,
+                "conditions": merged,
+            }
             try:
                 self.kubelet.client.request("PUT", path, pod)
                 self.last_written = desired
@@ -663,6 +689,7 @@ class _LogHandler(http.server.BaseHTTPRequestHandler):
     """The kubelet's /containerLogs endpoint, which the apiserver proxies `kubectl logs` to."""
 
     kubelet: Kubelet
+    protocol_version = "HTTP/1.1"  # chunked responses, which `kubectl logs -f` streams
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         log.debug("log server: " + format, *args)
@@ -760,8 +787,13 @@ class Kubelet:
         self.marker_value = str(state_dir.resolve())
 
     def base_env(self, pod: Obj) -> dict[str, str]:
+        # The kubelet's own interpreter comes first, so `python` in a pod is the one that has the
+        # project installed, as an image would have it.
+        path = os.pathsep.join(
+            [os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]
+        )
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": path,
             "HOME": os.environ.get("HOME", "/root"),
             "HOSTNAME": pod["metadata"]["name"],
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
@@ -779,9 +811,18 @@ class Kubelet:
         ts = now()
 
         def cond(kind: str, status: str, reason: str, msg: str) -> Obj:
-            return {"type": kind, "status": status, "reason": reason, "message": msg, "lastHeartbeatTime": ts, "lastTransitionTime": ts}
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": msg,
+                "lastHeartbeatTime": ts,
+                "lastTransitionTime": ts,
+            }
 
-        capacity = self.config.get("capacity", {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"})
+        capacity = self.config.get(
+            "capacity", {"cpu": "8", "memory": "16Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        )
         return {
             "capacity": capacity,
             "allocatable": capacity,
@@ -800,7 +841,9 @@ class Kubelet:
                 "architecture": "amd64",
             },
             "conditions": [
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond(
+                    "MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"
+                ),
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                 cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 cond("Ready", "True" if ready else "False", "KubeletReady" if ready else "KubeletNotReady", message),

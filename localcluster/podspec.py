@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,8 +84,6 @@ Lookup = Callable[[str, str], "Obj | None"]
 
 def _decode(kind: str, obj: Obj) -> dict[str, str]:
     if kind == "secret":
-        import base64
-
         return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
     return dict(obj.get("data") or {})
 

@@ -107,7 +107,18 @@ def _build_one(binary: Binary, index: int, total: int) -> None:
     go = shutil.which("go")
     if go is None:
         raise SystemExit("localcluster: `go` is not on PATH; install Go 1.26 or newer to build the cluster")
-    cmd = [go, "build", "-v", "-trimpath", "-buildvcs=false", "-ldflags", binary.ldflags, "-o", str(partial), binary.package]
+    cmd = [
+        go,
+        "build",
+        "-v",
+        "-trimpath",
+        "-buildvcs=false",
+        "-ldflags",
+        binary.ldflags,
+        "-o",
+        str(partial),
+        binary.package,
+    ]
     _log(f"[{index}/{total}] building {binary.name} {binary.version} (first build of a version takes minutes)")
     started = time.monotonic()
     compiled = 0
