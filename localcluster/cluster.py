@@ -488,7 +488,7 @@ class Cluster:
                 if _alive(pid):
                     os.kill(pid, signal.SIGKILL)
                 pid_file.unlink()
-        strays = list(_marked_processes(self.dir))
+        strays = list(marked_processes(self.dir))
         for pid in strays:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -512,6 +512,9 @@ class Cluster:
             ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
             capacity = node["metadata"].get("labels", {}).get("spotrun.dev/capacity", "?")
             print(f"node {node['metadata']['name']:20} Ready={ready:8} capacity={capacity}")
+        pids = list(marked_processes(self.dir))
+        rss = sum(_rss_bytes(pid) for pid in pids)
+        print(f"memory:    {rss / 2**20:.0f} MiB resident in {len(pids)} processes")
         print(f"env:       . {self.dir / 'env'}")
         return 0
 
@@ -530,7 +533,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _marked_processes(state_dir: Path) -> Iterator[int]:
+def marked_processes(state_dir: Path) -> Iterator[int]:
     marker = f"{MARKER}={state_dir}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -538,6 +541,14 @@ def _marked_processes(state_dir: Path) -> Iterator[int]:
         with contextlib.suppress(OSError):
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 yield int(entry.name)
+
+
+def _rss_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _http_ok(url: str) -> bool:

@@ -253,18 +253,15 @@ class PodWorker(threading.Thread):
     # ----- containers ------------------------------------------------------------------------
 
     def _start(self, c: Container) -> None:
-        if c.started_ever:
-            c.restart_count += 1
-            c.last_state = {"terminated": c.last_exit}
-        log_path = self._log_path(c.name, c.restart_count)
+        restart = c.restart_count + 1 if c.started_ever else 0
+        log_path = self._log_path(c.name, restart)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        term_path = self.dir / "termination" / f"{c.name}-{c.restart_count}"
+        term_path = self.dir / "termination" / f"{c.name}-{restart}"
         term_path.parent.mkdir(parents=True, exist_ok=True)
         term_path.write_text("")
-        start_error = self.dir / "start-errors" / f"{c.name}-{c.restart_count}"
+        start_error = self.dir / "start-errors" / f"{c.name}-{restart}"
         start_error.parent.mkdir(parents=True, exist_ok=True)
         start_error.unlink(missing_ok=True)
-        c.container_id = f"localcluster://{self.uid[:8]}-{c.name}-{c.restart_count}"
         try:
             env = podspec.container_env(self.pod, c.spec, self.kubelet.base_env(self.pod), self._lookup)
             argv = podspec.resolve_argv(c.spec, env, self.kubelet.images)
@@ -273,6 +270,10 @@ class PodWorker(threading.Thread):
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
             c.next_start = time.monotonic() + 2
             return
+        if c.started_ever:
+            c.last_state = {"terminated": c.last_exit}
+        c.restart_count = restart
+        c.container_id = f"localcluster://{self.uid[:8]}-{c.name}-{restart}"
         spec_path = self.dir / "specs" / f"{c.name}-{c.restart_count}.json"
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.cluster import Cluster
+from localcluster.cluster import Cluster, marked_processes
 from localcluster.kube import Client
 from tests.integration import helpers
 
@@ -30,6 +30,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield started
     finally:
         started.down()
+    leftovers = list(marked_processes(started.dir))
+    assert not leftovers, f"`down` left processes of the cluster running: {leftovers}"
 
 
 @pytest.fixture(scope="session")
