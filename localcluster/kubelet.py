@@ -237,10 +237,11 @@ class PodWorker(threading.Thread):
         return self._should_restart(c, policy)
 
     def _should_restart(self, c: Container, policy: str) -> bool:
-        term = c.terminated
-        if term is None:
+        """Whether an exited main container is started again, by the pod's restartPolicy."""
+        last = c.last_exit
+        if c.running or last is None:
             return False
-        return policy == "Always" or (policy == "OnFailure" and term["exitCode"] != 0)
+        return policy == "Always" or (policy == "OnFailure" and last["exitCode"] != 0)
 
     def _phase(self, policy: str) -> str:
         terms = [c.terminated for c in self.main]
@@ -329,13 +330,12 @@ class PodWorker(threading.Thread):
             terminated.update(reason="StartError", message=start_error.read_text())
         else:
             terminated["reason"] = "Completed" if exit_code == 0 else "Error"
-            if exit_code == 137 and c.spec.get("_oom"):
-                terminated["reason"] = "OOMKilled"
             message = self._termination_message(c, exit_code)
             if message:
                 terminated["message"] = message
         c.last_exit = terminated
         c.proc = None
+        c.state = {"terminated": terminated}
         if self._will_restart(c) and not self.pod["metadata"].get("deletionTimestamp"):
             delay = c.backoff if exit_code != 0 else 0
             c.next_start = time.monotonic() + delay
@@ -348,8 +348,6 @@ class PodWorker(threading.Thread):
                     "message": f"back-off {delay:.0f}s restarting failed container={c.name} pod={self.pod_name}",
                 }
             }
-        else:
-            c.state = {"terminated": terminated}
         log.info("Container %s of pod %s/%s exited with code %d", c.name, self.namespace, self.pod_name, exit_code)
 
     def _termination_message(self, c: Container, exit_code: int) -> str:
@@ -652,7 +650,10 @@ class PodWorker(threading.Thread):
                 if err.status == 404:
                     self.gone = True
                     return
-                raise
+                # The Node authorizer learns of a new pod's binding a moment after the watch
+                # delivers it (403 until then): the next pass writes the status.
+                log.info("Reading pod %s/%s failed, retrying: %s", self.namespace, self.pod_name, err)
+                return
             if pod["metadata"]["uid"] != self.uid:
                 self.gone = True
                 return
