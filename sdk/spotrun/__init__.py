@@ -1,5 +1,62 @@
-"""Spotrun's in-pod SDK: checkpoints that survive preemption (the API arrives with issue 3)."""
+"""Spotrun's in-pod SDK: checkpoints that survive preemption, and tasks that resume from them.
+
+    import spotrun
+
+    @spotrun.task(retries=3)
+    def train(epochs: int) -> float:
+        cp = spotrun.current_context().checkpoint
+        state = cp.read()                       # newest intact checkpoint of any earlier attempt
+        ...
+        cp.write(new_state, step=epoch)         # atomic: a reader sees all of it or none
+        if spotrun.preempted():                 # SIGTERM: spot reclaim, eviction, node drain
+            ...
+
+The exception tree is drawn in `spotrun._errors`; every error derives from `SpotrunError`.
+"""
+
+from spotrun._checkpoint import Checkpoint
+from spotrun._context import Context, Settings, current_context
+from spotrun._errors import (
+    CheckpointError,
+    CommitConflictError,
+    ConfigError,
+    CorruptCheckpointError,
+    PermanentStorageError,
+    RecoverableError,
+    SpotrunError,
+    StorageError,
+    TransientStorageError,
+)
+from spotrun._manifest import CheckpointInfo
+from spotrun._preemption import on_preemption, preempted, seconds_left
+from spotrun._storage import LocalStorage, S3Storage, Storage, open_storage
+from spotrun._task import task, workflow
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CommitConflictError",
+    "ConfigError",
+    "Context",
+    "CorruptCheckpointError",
+    "LocalStorage",
+    "PermanentStorageError",
+    "RecoverableError",
+    "S3Storage",
+    "Settings",
+    "SpotrunError",
+    "Storage",
+    "StorageError",
+    "TransientStorageError",
+    "__version__",
+    "current_context",
+    "on_preemption",
+    "open_storage",
+    "preempted",
+    "seconds_left",
+    "task",
+    "workflow",
+]

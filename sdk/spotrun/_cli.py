@@ -1,0 +1,242 @@
+"""The `spotrun` command: run tasks locally, inspect checkpoints, and the directory mode."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import inspect
+import json
+import logging
+import signal
+import sys
+import threading
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+from spotrun._checkpoint import Checkpoint
+from spotrun._context import Settings
+from spotrun._errors import ConfigError, SpotrunError
+from spotrun._manifest import CheckpointInfo, manifest_key
+from spotrun._storage import open_storage
+
+log = logging.getLogger("spotrun.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "run" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.handler(args, extra))
+    except SpotrunError as err:
+        print(f"spotrun: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spotrun", description="Checkpointed tasks on preemptible capacity.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a @spotrun.task (or workflow) locally, with its retries")
+    run.add_argument("file", type=Path, help="the Python file that defines it")
+    run.add_argument("task", help="the function's name")
+    run.epilog = "Arguments follow as --name value (or --name=value), converted by the function's annotations."
+    run.set_defaults(handler=_run)
+
+    checkpoints = sub.add_parser("checkpoints", help="list, show or download a run's checkpoints")
+    cp_sub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
+    listing = cp_sub.add_parser("list", help="committed checkpoints, newest first")
+    listing.add_argument("uri", help="s3://BUCKET/PREFIX or a directory")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_checkpoints_list)
+    show = cp_sub.add_parser("show", help="one checkpoint's manifest (the newest by default)")
+    show.add_argument("uri")
+    show.add_argument("id", nargs="?", help="checkpoint id, as `list` prints it")
+    show.set_defaults(handler=_checkpoints_show)
+    download = cp_sub.add_parser("download", help="download and verify a checkpoint into a directory")
+    download.add_argument("uri")
+    download.add_argument("dir", type=Path)
+    download.set_defaults(handler=_checkpoints_download)
+
+    restore = sub.add_parser("restore", help="directory mode: restore the newest checkpoint into DIR")
+    restore.add_argument("dir", type=Path)
+    restore.set_defaults(handler=_restore)
+    sync = sub.add_parser("sync", help="directory mode: commit DIR every S seconds and on SIGTERM")
+    sync.add_argument("dir", type=Path)
+    sync.add_argument("--interval", type=float, default=60.0, help="seconds between commits (default 60)")
+    sync.set_defaults(handler=_sync)
+    return parser
+
+
+# ----- run ---------------------------------------------------------------------------------------
+
+
+def _load(file: Path) -> ModuleType:
+    if not file.is_file():
+        raise ConfigError(f"{file} is not a file")
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot import {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[file.stem] = module
+    sys.path.insert(0, str(file.parent.resolve()))
+    spec.loader.exec_module(module)
+    return module
+
+
+def _task_arguments(func: Callable[..., Any], extra: list[str]) -> dict[str, Any]:
+    signature = inspect.signature(func)
+    hints = typing.get_type_hints(func)
+    values: dict[str, Any] = {}
+    items = list(extra)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--"):
+            raise ConfigError(f"expected --name value, got {flag!r}")
+        name, _, inline = flag[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in signature.parameters:
+            raise ConfigError(
+                f"{func.__name__}() has no parameter {name!r}; it takes {', '.join(signature.parameters)}"
+            )
+        if inline:
+            raw = inline
+        elif items:
+            raw = items.pop(0)
+        else:
+            raise ConfigError(f"--{name} needs a value")
+        values[name] = _convert(raw, hints.get(name, str), name)
+    missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in values]
+    if missing:
+        raise ConfigError(f"{func.__name__}() needs {', '.join('--' + n for n in missing)}")
+    return values
+
+
+def _convert(raw: str, kind: Any, name: str) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind in (int, float, str):
+            return kind(raw)
+        return json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"--{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    module = _load(args.file)
+    func = getattr(module, args.task, None)
+    if not callable(func):
+        raise ConfigError(f"{args.file} defines no function {args.task!r}")
+    result = func(**_task_arguments(func, extra))
+    print(json.dumps(result, default=str))
+    return 0
+
+
+# ----- checkpoints -----------------------------------------------------------------------------
+
+
+def _reader(uri: str) -> Checkpoint:
+    return Checkpoint(open_storage(uri, read_only=True))
+
+
+def _info_json(info: CheckpointInfo) -> dict[str, Any]:
+    body = dataclasses.asdict(info)
+    body["time"] = info.time.isoformat()
+    return body
+
+
+def _checkpoints_list(args: argparse.Namespace, extra: list[str]) -> int:
+    infos = _reader(args.uri).list()
+    if args.json:
+        print(json.dumps([_info_json(i) for i in infos], indent=2))
+        return 0
+    if not infos:
+        print(f"no committed checkpoints in {args.uri}")
+        return 0
+    print(f"{'ID':15} {'ATTEMPT':>7} {'STEP':>8} {'FILES':>6} {'SIZE':>12}  TIME")
+    for info in infos:
+        step = "-" if info.step is None else str(info.step)
+        print(f"{info.id:15} {info.attempt:>7} {step:>8} {info.files:>6} {info.size:>12}  {info.time.isoformat()}")
+    return 0
+
+
+def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
+    checkpoint = _reader(args.uri)
+    cid = args.id
+    if cid is None:
+        latest = checkpoint.latest()
+        if latest is None:
+            raise ConfigError(f"no committed checkpoints in {args.uri}")
+        cid = latest.id
+    try:
+        data = checkpoint.storage.get(manifest_key(cid))
+    except SpotrunError as err:
+        raise ConfigError(f"no checkpoint {cid!r} in {args.uri}: {err}") from None
+    print(data.decode())
+    return 0
+
+
+def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
+    restored = _reader(args.uri).restore(args.dir)
+    if restored is None:
+        print(f"no committed checkpoints in {args.uri}", file=sys.stderr)
+        return 1
+    print(restored)
+    return 0
+
+
+# ----- directory mode ----------------------------------------------------------------------------
+
+
+def _restore(args: argparse.Namespace, extra: list[str]) -> int:
+    checkpoint = Settings.from_env().checkpoint()
+    restored = checkpoint.restore(args.dir)
+    if restored is None:
+        log.info("No checkpoint yet; %s starts empty", args.dir)
+    else:
+        log.info("Restored %s into %s", checkpoint.latest(), args.dir)
+    return 0
+
+
+def _sync(args: argparse.Namespace, extra: list[str]) -> int:
+    """Commits DIR every --interval seconds when it changed, and once more on SIGTERM."""
+    checkpoint = Settings.from_env().checkpoint()
+    stop = threading.Event()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    last: dict[str, tuple[int, int, int]] | None = _snapshot(args.dir)  # what restore left is committed already
+    while True:
+        stopping = stop.wait(args.interval)
+        current = _snapshot(args.dir)
+        if current != last:
+            info = checkpoint.sync_directory(args.dir)
+            log.info("Committed %s: checkpoint %s, %d files, %d bytes", args.dir, info.id, info.files, info.size)
+            last = current
+        if stopping:
+            log.info("Stopped on SIGTERM after the final commit")
+            return 0
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    snapshot = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(".spotrun-") or path.is_dir():
+            continue
+        info = path.stat()
+        snapshot[rel] = (info.st_size, info.st_mtime_ns, info.st_mode)
+    return snapshot

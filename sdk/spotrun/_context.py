@@ -1,0 +1,134 @@
+"""Where a task runs: settings from the operator's environment, and the active task context."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+from collections.abc import Iterator, Mapping
+
+from spotrun import _preemption
+from spotrun._checkpoint import Checkpoint
+from spotrun._errors import ConfigError
+from spotrun._storage import open_storage
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the operator tells a task container through its environment.
+
+    Attributes:
+        checkpoint_uri: SPOTRUN_CHECKPOINT_URI, `s3://bucket/prefix`, `file:///dir` or a path.
+        attempt: SPOTRUN_ATTEMPT, 1-based and strictly increasing across the TaskRun's pods.
+        resume_from: SPOTRUN_RESUME_FROM, another run's checkpoints, read while this run has none.
+        keep: SPOTRUN_CHECKPOINT_KEEP, committed checkpoints retained (default 3).
+        taskrun: SPOTRUN_TASKRUN, the TaskRun's name; set only inside a TaskRun's pod.
+        namespace: SPOTRUN_NAMESPACE.
+        capacity: SPOTRUN_CAPACITY, "spot" or "on-demand".
+    """
+
+    checkpoint_uri: str
+    attempt: int = 1
+    resume_from: str = ""
+    keep: int = 3
+    taskrun: str = ""
+    namespace: str = ""
+    capacity: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            checkpoint_uri=env.get("SPOTRUN_CHECKPOINT_URI", ""),
+            attempt=_positive_int(env, "SPOTRUN_ATTEMPT", 1),
+            resume_from=env.get("SPOTRUN_RESUME_FROM", ""),
+            keep=_positive_int(env, "SPOTRUN_CHECKPOINT_KEEP", 3),
+            taskrun=env.get("SPOTRUN_TASKRUN", ""),
+            namespace=env.get("SPOTRUN_NAMESPACE", ""),
+            capacity=env.get("SPOTRUN_CAPACITY", ""),
+        )
+
+    @property
+    def in_pod(self) -> bool:
+        return bool(self.taskrun)
+
+    def checkpoint(self) -> Checkpoint:
+        storage = open_storage(self.checkpoint_uri)
+        resume = open_storage(self.resume_from, read_only=True) if self.resume_from else None
+        return Checkpoint(storage, attempt=self.attempt, resume_from=resume, keep=self.keep)
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r} must be 1 or more")
+    return value
+
+
+class Context:
+    """The running task: its TaskRun, attempt and checkpoints (`current_context().checkpoint`)."""
+
+    def __init__(self, settings: Settings, checkpoint: Checkpoint | None = None) -> None:
+        self.settings = settings
+        self._checkpoint = checkpoint
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        if self._checkpoint is None:
+            self._checkpoint = self.settings.checkpoint()
+        return self._checkpoint
+
+    @property
+    def attempt(self) -> int:
+        return self.settings.attempt
+
+    @property
+    def taskrun(self) -> str:
+        return self.settings.taskrun
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    @property
+    def in_pod(self) -> bool:
+        return self.settings.in_pod
+
+
+_active: contextvars.ContextVar[Context | None] = contextvars.ContextVar("spotrun_context", default=None)
+_from_env: Context | None = None
+
+
+def current_context() -> Context:
+    """The active task's context: the one `@spotrun.task` set up, else one from the environment
+    the operator gives a pod (SPOTRUN_CHECKPOINT_URI and friends)."""
+    global _from_env
+    active = _active.get()
+    if active is not None:
+        return active
+    if _from_env is None:
+        settings = Settings.from_env()
+        if not settings.checkpoint_uri:
+            raise ConfigError(
+                "no task context: call current_context() inside a @spotrun.task function, or set "
+                "SPOTRUN_CHECKPOINT_URI (s3://BUCKET/PREFIX or a directory) to use checkpoints directly"
+            )
+        _preemption.install()
+        _from_env = Context(settings)
+    return _from_env
+
+
+@contextlib.contextmanager
+def activate(context: Context) -> Iterator[Context]:
+    token = _active.set(context)
+    try:
+        yield context
+    finally:
+        _active.reset(token)

@@ -1,0 +1,159 @@
+"""Checkpoint identity and the manifest: the commit record that makes a checkpoint exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import re
+from typing import Any
+
+FORMAT = 1
+MANIFESTS = "manifests/"
+DATA = "data/"
+_ID = re.compile(r"^(\d{6,})-(\d{6,})$")
+
+
+def checkpoint_id(attempt: int, sequence: int) -> str:
+    """`000003-000017`: zero-padded so that key order is (attempt, sequence) order."""
+    return f"{attempt:06d}-{sequence:06d}"
+
+
+def parse_id(text: str) -> tuple[int, int] | None:
+    match = _ID.match(text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def manifest_key(cid: str) -> str:
+    return f"{MANIFESTS}{cid}.json"
+
+
+def id_of_manifest_key(key: str) -> str | None:
+    if not key.startswith(MANIFESTS) or not key.endswith(".json"):
+        return None
+    cid = key[len(MANIFESTS) : -len(".json")]
+    return cid if parse_id(cid) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEntry:
+    """One object of a checkpoint: where it sits in the tree, where it is stored, and its proof."""
+
+    path: str
+    key: str
+    size: int
+    sha256: str
+    mode: int = 0o644
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """A committed checkpoint as a task sees it.
+
+    Attributes:
+        id: `ATTEMPT-SEQUENCE`, zero-padded; the newest checkpoint is the greatest id.
+        attempt: the attempt (SPOTRUN_ATTEMPT) that committed it.
+        sequence: its order among that attempt's commits, from 1.
+        step: the step the task passed to `save`/`write`, when it passed one.
+        time: when it was committed (UTC).
+        size: bytes of data, all files together.
+        digest: sha256 over the sorted (path, size, sha256) of its files.
+        files: how many files it holds.
+        kind: "bytes" (from `write`), "file", "stream" or "directory".
+        uri: where it is stored.
+        metadata: what the task passed as `metadata`.
+    """
+
+    id: str
+    attempt: int
+    sequence: int
+    step: int | None
+    time: datetime.datetime
+    size: int
+    digest: str
+    files: int
+    kind: str
+    uri: str
+    metadata: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    id: str
+    attempt: int
+    sequence: int
+    kind: str
+    files: tuple[FileEntry, ...]
+    time: str
+    step: int | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    writer: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def digest(self) -> str:
+        lines = "".join(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in sorted(self.files, key=lambda f: f.path))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": FORMAT,
+            "id": self.id,
+            "attempt": self.attempt,
+            "sequence": self.sequence,
+            "kind": self.kind,
+            "step": self.step,
+            "time": self.time,
+            "size": self.size,
+            "digest": self.digest,
+            "files": [dataclasses.asdict(f) for f in self.files],
+            "metadata": self.metadata,
+            "writer": self.writer,
+        }
+        return json.dumps(body, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Parses and checks a manifest; ValueError when it is not one this SDK can trust."""
+        body = json.loads(data)
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise ValueError(f"unknown manifest format {body.get('format') if isinstance(body, dict) else body!r}")
+        files = tuple(FileEntry(**entry) for entry in body["files"])
+        manifest = cls(
+            id=str(body["id"]),
+            attempt=int(body["attempt"]),
+            sequence=int(body["sequence"]),
+            kind=str(body["kind"]),
+            files=files,
+            time=str(body["time"]),
+            step=None if body.get("step") is None else int(body["step"]),
+            metadata=dict(body.get("metadata") or {}),
+            writer=dict(body.get("writer") or {}),
+        )
+        if parse_id(manifest.id) != (manifest.attempt, manifest.sequence):
+            raise ValueError(f"manifest id {manifest.id!r} does not match its attempt and sequence")
+        if body.get("digest") != manifest.digest:
+            raise ValueError("manifest digest does not match its file list")
+        for entry in files:
+            if entry.path.startswith("/") or ".." in entry.path.split("/"):
+                raise ValueError(f"manifest path {entry.path!r} escapes the checkpoint directory")
+        return manifest
+
+    def info(self, uri: str) -> CheckpointInfo:
+        return CheckpointInfo(
+            id=self.id,
+            attempt=self.attempt,
+            sequence=self.sequence,
+            step=self.step,
+            time=datetime.datetime.fromisoformat(self.time),
+            size=self.size,
+            digest=self.digest,
+            files=len(self.files),
+            kind=self.kind,
+            uri=uri,
+            metadata=self.metadata,
+        )

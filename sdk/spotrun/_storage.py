@@ -1,0 +1,372 @@
+"""The one seam to checkpoint storage: put, get, list and delete, with a create-only precondition.
+
+Two implementations: `LocalStorage` (a directory) and `S3Storage` (boto3 and s3transfer). The
+commit protocol in `_checkpoint` is written against `Storage` alone and is tested against both.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from spotrun._errors import ConfigError, PermanentStorageError, StorageError, TransientStorageError
+
+
+class NotFoundError(StorageError):
+    """The object does not exist."""
+
+
+class AlreadyExistsError(StorageError):
+    """A create-only put found the key taken."""
+
+
+class Storage(Protocol):
+    """Keys are relative to the storage's root (a directory or an S3 prefix) and use `/`."""
+
+    uri: str
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        """Writes `data`; with `create_only` it raises AlreadyExistsError instead of overwriting."""
+
+    def put_stream(self, key: str, stream: IO[bytes]) -> None:
+        """Writes everything `stream` yields, reading it once, front to back."""
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; NotFoundError when it does not exist."""
+
+    def get_stream(self, key: str, sink: IO[bytes]) -> None:
+        """Writes the object into `sink` front to back; NotFoundError when it does not exist."""
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, size) of every object whose key starts with `prefix`, in key order."""
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        """The distinct `prefix + NAME + "/"` groups directly under `prefix`."""
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Deletes the keys; missing ones are not an error."""
+
+
+def join(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{key}" if root else key
+
+
+class LocalStorage:
+    """A directory. Create-only puts are atomic through link(2), which refuses an existing name."""
+
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
+        self.root = root
+        self.uri = root.as_uri()
+        self.read_only = read_only
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid storage key {key!r}")
+        return self.root / key
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermanentStorageError(f"{self.uri} is read-only here (a resumeFrom source is never written)")
+
+    def _publish(self, tmp: Path, final: Path, create_only: bool) -> None:
+        if create_only:
+            try:
+                os.link(tmp, final)
+            except FileExistsError as err:
+                raise AlreadyExistsError(f"{final} already exists", key=str(final)) from err
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    def _tmp(self, final: Path) -> tuple[Path, IO[bytes]]:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
+        return Path(name), os.fdopen(fd, "wb")
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        self._check_writable()
+        final = self._path(key)
+        tmp, out = self._tmp(final)
+        with out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        self._publish(tmp, final, create_only)
+
+    def put_stream(self, key: str, stream: IO[bytes]) -> None:
+        self._check_writable()
+        final = self._path(key)
+        tmp, out = self._tmp(final)
+        with out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        self._publish(tmp, final, create_only=False)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as err:
+            raise NotFoundError(f"{self.uri}/{key} does not exist", key=key) from err
+
+    def get_stream(self, key: str, sink: IO[bytes]) -> None:
+        try:
+            with self._path(key).open("rb") as source:
+                shutil.copyfileobj(source, sink, 1 << 20)
+        except (FileNotFoundError, NotADirectoryError) as err:
+            raise NotFoundError(f"{self.uri}/{key} does not exist", key=key) from err
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        found = []
+        for path in _walk(start):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and not path.name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    found.append((key, path.stat().st_size))
+        return sorted(found)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        start = self._path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            return sorted(f"{prefix}{entry.name}/" for entry in start.iterdir() if entry.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self._check_writable()
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            # Empty directories left behind are pruned up to the root, as S3 has none.
+            parent = path.parent
+            while parent != self.root and parent.is_relative_to(self.root):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+
+def _walk(start: Path) -> Iterator[Path]:
+    if not start.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(start):
+        for name in filenames:
+            yield Path(dirpath) / name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems refuse fsync on directories
+        if err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+# ----- S3 ------------------------------------------------------------------------------------
+
+_MISSING_BUCKET = {"NoSuchBucket"}
+_ACCESS = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"}
+_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+class S3Storage:
+    """An S3 prefix, through boto3. Transient failures are retried by botocore's standard retry
+    mode (exponential back-off with jitter, `max_attempts` tries); what is left is mapped onto
+    PermanentStorageError (with what to fix) or TransientStorageError.
+
+    Create-only puts send `If-None-Match: *`; a store that ignores the header overwrites instead,
+    which the checkpoint ids (attempt, sequence, random nonce) make harmless for data, and only
+    two writers of the same attempt could race on a manifest (see docs/checkpoints.md).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        client: Any = None,
+        transfer_config: Any = None,
+        read_only: bool = False,
+        max_attempts: int = 8,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.read_only = read_only
+        self.transfer_config = transfer_config or TransferConfig(
+            multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=10
+        )
+        if client is None:
+            # Custom endpoints (versitygw, MinIO, Ceph) rarely resolve bucket subdomains.
+            style = os.environ.get("SPOTRUN_S3_ADDRESSING_STYLE") or (
+                "path" if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
+            )
+            s3_options: Any = {"addressing_style": style}
+            client = boto3.session.Session().client(
+                "s3",
+                config=Config(
+                    retries={"max_attempts": max_attempts, "mode": "standard"},
+                    s3=s3_options,
+                    max_pool_connections=max(16, self.transfer_config.max_request_concurrency),
+                    connect_timeout=10,
+                    read_timeout=60,
+                ),
+            )
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, key)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermanentStorageError(f"{self.uri} is read-only here (a resumeFrom source is never written)")
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str = "") -> Iterator[None]:
+        where = f"s3://{self.bucket}/{self._key(key)}" if key else self.uri
+        try:
+            yield
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _NOT_FOUND or (status == "404" and code not in _MISSING_BUCKET):
+                raise NotFoundError(f"{where} does not exist", bucket=self.bucket, key=key) from err
+            if code in _PRECONDITION or status == "412":
+                raise AlreadyExistsError(f"{where} already exists", bucket=self.bucket, key=key) from err
+            if code in _MISSING_BUCKET:
+                raise PermanentStorageError(
+                    f"{action} {where} failed: bucket {self.bucket!r} does not exist. Create it, or point "
+                    "SPOTRUN_CHECKPOINT_URI (the TaskRun's spec.checkpoint.uri) at a bucket that does.",
+                    bucket=self.bucket,
+                    key=key,
+                ) from err
+            if code in _CREDENTIALS:
+                raise PermanentStorageError(
+                    f"{action} {where} failed: the S3 credentials were rejected ({code}). Check "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the checkpoint secret) and AWS_ENDPOINT_URL.",
+                    bucket=self.bucket,
+                    key=key,
+                ) from err
+            if code in _ACCESS or status == "403":
+                raise PermanentStorageError(
+                    f"{action} {where} failed: access denied. Grant these credentials s3:GetObject, "
+                    f"s3:PutObject, s3:DeleteObject and s3:ListBucket on {self.uri}/*.",
+                    bucket=self.bucket,
+                    key=key,
+                ) from err
+            raise TransientStorageError(
+                f"{action} {where} failed after retries: {code or status}: {err}", bucket=self.bucket, key=key
+            ) from err
+        except (NoCredentialsError, PartialCredentialsError) as err:
+            raise PermanentStorageError(
+                f"{action} {where} failed: no S3 credentials. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(the TaskRun's checkpoint.secretRef) or give the pod an IAM role.",
+                bucket=self.bucket,
+                key=key,
+            ) from err
+        except (BotoConnectionError, BotoCoreError) as err:
+            endpoint = getattr(self.client.meta, "endpoint_url", "")
+            raise TransientStorageError(
+                f"{action} {where} failed after retries: {err} (endpoint {endpoint})", bucket=self.bucket, key=key
+            ) from err
+
+    def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        self._check_writable()
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        with self._errors("writing", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
+    def put_stream(self, key: str, stream: IO[bytes]) -> None:
+        self._check_writable()
+        with self._errors("uploading", key):
+            self.client.upload_fileobj(stream, self.bucket, self._key(key), Config=self.transfer_config)
+
+    def get(self, key: str) -> bytes:
+        with self._errors("reading", key):
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return body
+
+    def get_stream(self, key: str, sink: IO[bytes]) -> None:
+        with self._errors("downloading", key):
+            self.client.download_fileobj(self.bucket, self._key(key), sink, Config=self.transfer_config)
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        found: builtins.list[Any] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._errors("listing", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+            for page in pages:
+                found.extend((item["Key"][strip:], int(item["Size"])) for item in page.get("Contents", []))
+        return sorted(found)
+
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
+        found: builtins.list[Any] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._errors("listing", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix), Delimiter="/"
+            )
+            for page in pages:
+                found.extend(item["Prefix"][strip:] for item in page.get("CommonPrefixes", []))
+        return sorted(found)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self._check_writable()
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            with self._errors("deleting", keys[start]):
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            failed = answer.get("Errors") or []
+            if failed:
+                first = failed[0]
+                raise TransientStorageError(
+                    f"deleting {len(failed)} objects under {self.uri} failed: "
+                    f"{first.get('Code')} {first.get('Message')}",
+                    bucket=self.bucket,
+                    key=str(first.get("Key", "")),
+                )
+
+
+def open_storage(uri: str, *, read_only: bool = False, **s3_options: Any) -> LocalStorage | S3Storage:
+    """`s3://bucket/prefix`, `file:///path` or a plain path."""
+    if not uri:
+        raise ConfigError("no checkpoint location: set SPOTRUN_CHECKPOINT_URI to s3://BUCKET/PREFIX or a directory")
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(f"checkpoint URI {uri!r} names no bucket; write it as s3://BUCKET/PREFIX")
+        return S3Storage(parsed.netloc, parsed.path, read_only=read_only, **s3_options)
+    if parsed.scheme == "file":
+        return LocalStorage(Path(unquote(parsed.path)), read_only=read_only)
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise ConfigError(f"checkpoint URI {uri!r}: unsupported scheme {parsed.scheme!r}; use s3://, file:// or a path")
+    return LocalStorage(Path(uri).expanduser().resolve(), read_only=read_only)
+
+
+def new_nonce() -> str:
+    return uuid.uuid4().hex[:12]

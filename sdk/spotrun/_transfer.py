@@ -1,0 +1,171 @@
+"""Moves files between disk and storage, computing each file's size and sha256 on the way."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, TypeVar
+
+from spotrun._errors import CorruptCheckpointError
+from spotrun._manifest import FileEntry
+from spotrun._storage import NotFoundError, Storage
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+SMALL_FILE = 8 << 20  # below this a file is one request, read whole; above it, streamed
+CHUNK = 1 << 20
+
+
+class HashingReader(io.RawIOBase):
+    """Reads a file front to back, hashing and counting what passes.
+
+    It says it cannot seek, so s3transfer reads it once in order (its non-seekable path), which is
+    what lets the digest be computed in the same pass as the upload, with memory bounded by
+    s3transfer's in-flight chunks rather than the file's size.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        super().__init__()
+        self._source = source
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._source.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.sha256.update(data)
+        self.size += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+
+class HashingWriter(io.RawIOBase):
+    """Writes front to back, hashing and counting; unseekable so s3transfer writes in order."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        super().__init__()
+        self._sink = sink
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._sink.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def upload_bytes(storage: Storage, key: str, path: str, data: bytes, mode: int = 0o644) -> FileEntry:
+    storage.put(key, data)
+    return FileEntry(path=path, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode)
+
+
+def upload_stream(storage: Storage, key: str, path: str, source: IO[bytes], mode: int = 0o644) -> FileEntry:
+    reader = HashingReader(source)
+    storage.put_stream(key, reader)  # type: ignore[arg-type]
+    return FileEntry(path=path, key=key, size=reader.size, sha256=reader.sha256.hexdigest(), mode=mode)
+
+
+def upload_file(storage: Storage, key: str, path: str, source: Path) -> FileEntry:
+    info = source.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_size < SMALL_FILE:
+        return upload_bytes(storage, key, path, source.read_bytes(), mode)
+    with source.open("rb") as f:
+        return upload_stream(storage, key, path, f, mode)
+
+
+def upload_files(storage: Storage, jobs: Iterable[tuple[str, str, Path]], concurrency: int) -> list[FileEntry]:
+    """Uploads (key, path-in-checkpoint, source) jobs: small files in parallel, large ones streamed."""
+    jobs = list(jobs)
+    small = [j for j in jobs if j[2].stat().st_size < SMALL_FILE]
+    large = [j for j in jobs if j not in small]
+    return _run_parallel(lambda job: upload_file(storage, *job), small, large, concurrency)
+
+
+def verify(entry: FileEntry, size: int, digest: str, where: str) -> None:
+    if size != entry.size:
+        raise CorruptCheckpointError(f"{where}: {entry.path} is {size} bytes, the manifest says {entry.size}")
+    if digest != entry.sha256:
+        raise CorruptCheckpointError(f"{where}: {entry.path} does not match its sha256 in the manifest")
+
+
+def fetch_bytes(storage: Storage, entry: FileEntry, where: str) -> bytes:
+    try:
+        if entry.size < SMALL_FILE:
+            data = storage.get(entry.key)
+        else:
+            buffer = io.BytesIO()
+            storage.get_stream(entry.key, buffer)
+            data = buffer.getvalue()
+    except NotFoundError as err:
+        raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
+    verify(entry, len(data), hashlib.sha256(data).hexdigest(), where)
+    return data
+
+
+def download_file(storage: Storage, entry: FileEntry, target: Path, where: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if entry.size < SMALL_FILE:
+            data = storage.get(entry.key)
+            verify(entry, len(data), hashlib.sha256(data).hexdigest(), where)
+            target.write_bytes(data)
+        else:
+            with target.open("wb") as f:
+                writer = HashingWriter(f)
+                storage.get_stream(entry.key, writer)  # type: ignore[arg-type]
+            verify(entry, writer.size, writer.sha256.hexdigest(), where)
+    except NotFoundError as err:
+        raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
+    os.chmod(target, entry.mode & 0o7777)
+
+
+def download_files(storage: Storage, entries: Iterable[FileEntry], root: Path, where: str, concurrency: int) -> None:
+    entries = list(entries)
+    small = [e for e in entries if e.size < SMALL_FILE]
+    large = [e for e in entries if e.size >= SMALL_FILE]
+    _run_parallel(lambda e: download_file(storage, e, root / e.path, where), small, large, concurrency)
+
+
+def _run_parallel(work: Callable[[J], R], small: list[J], large: list[J], concurrency: int) -> list[R]:
+    """Small jobs on a thread pool while large ones run here, one at a time (each is already
+    parallel inside s3transfer). The first failure cancels what has not started and is raised."""
+    results: list[R] = []
+    if not small:
+        return [work(job) for job in large]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(work, job) for job in small]
+        try:
+            results.extend(work(job) for job in large)
+            for future in concurrent.futures.as_completed(futures):
+                results.append(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
