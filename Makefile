@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build up down status lint format test test-unit test-integration clean
+.PHONY: help install build up down status lint format test test-unit test-integration bench clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ test: $(STAMP) build ## The whole suite: pip check, lint, unit and integration t
 	$(PY) -m pip check
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
+
+bench: $(STAMP) up ## Checkpoint I/O benchmark: SDK against raw boto3 on the local S3 server (minutes).
+	$(PY) bench/checkpoint_io.py
 
 clean: down ## Stop the cluster and remove .localcluster and caches in the tree (not the binary cache).
 	rm -rf .localcluster .pytest_cache .mypy_cache .ruff_cache

@@ -74,6 +74,10 @@ class FailingStorage:
         self._tick("get_stream")
         self.inner.get_stream(key, sink)
 
+    def get_file(self, key: str, target: Path) -> tuple[int, str]:
+        self._tick("get_file")
+        return self.inner.get_file(key, target)
+
     def list(self, prefix: str) -> list[tuple[str, int]]:
         self._tick("list")
         return self.inner.list(prefix)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from spotrun._checkpoint import Checkpoint
+from spotrun._checkpoint import MARKER, Checkpoint
 from spotrun._context import Settings
 from spotrun._errors import ConfigError, SpotrunError
 from spotrun._manifest import CheckpointInfo, manifest_key
@@ -218,7 +218,8 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
     args.dir.mkdir(parents=True, exist_ok=True)
-    last: dict[str, tuple[int, int, int]] | None = _snapshot(args.dir)  # what restore left is committed already
+    # What `spotrun restore` left is committed already; anything else is committed on the first tick.
+    last = _snapshot(args.dir) if _holds_latest(checkpoint, args.dir) else None
     while True:
         stopping = stop.wait(args.interval)
         current = _snapshot(args.dir)
@@ -229,6 +230,22 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
         if stopping:
             log.info("Stopped on SIGTERM after the final commit")
             return 0
+
+
+def _holds_latest(checkpoint: Checkpoint, root: Path) -> bool:
+    """Whether `root` is exactly what restore put there: the newest checkpoint's paths and sizes."""
+    latest = checkpoint.latest()
+    marker = root / MARKER
+    if latest is None or not marker.exists():
+        return False
+    try:
+        if json.loads(marker.read_text()).get("id") != latest.id:
+            return False
+    except ValueError:
+        return False
+    manifest = checkpoint._manifest(checkpoint.storage, latest.id)
+    on_disk = {rel: size for rel, (size, _, _) in _snapshot(root).items()}
+    return manifest is not None and on_disk == {f.path: f.size for f in manifest.files}
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:

@@ -57,28 +57,6 @@ class HashingReader(io.RawIOBase):
         return data
 
 
-class HashingWriter(io.RawIOBase):
-    """Writes front to back, hashing and counting; unseekable so s3transfer writes in order."""
-
-    def __init__(self, sink: IO[bytes]) -> None:
-        super().__init__()
-        self._sink = sink
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        self._sink.write(data)
-        self.sha256.update(data)
-        self.size += len(data)
-        return len(data)
-
-
 def upload_bytes(storage: Storage, key: str, path: str, data: bytes, mode: int = 0o644) -> FileEntry:
     storage.put(key, data)
     return FileEntry(path=path, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode)
@@ -115,33 +93,46 @@ def verify(entry: FileEntry, size: int, digest: str, where: str) -> None:
 
 
 def fetch_bytes(storage: Storage, entry: FileEntry, where: str) -> bytes:
-    try:
-        if entry.size < SMALL_FILE:
-            data = storage.get(entry.key)
-        else:
-            buffer = io.BytesIO()
-            storage.get_stream(entry.key, buffer)
-            data = buffer.getvalue()
-    except NotFoundError as err:
-        raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
-    verify(entry, len(data), hashlib.sha256(data).hexdigest(), where)
-    return data
+    for attempt in (1, 2):  # as in download_file: a bad transfer is not a corrupt checkpoint
+        try:
+            if entry.size < SMALL_FILE:
+                data = storage.get(entry.key)
+            else:
+                buffer = io.BytesIO()
+                storage.get_stream(entry.key, buffer)
+                data = buffer.getvalue()
+        except NotFoundError as err:
+            raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
+        try:
+            verify(entry, len(data), hashlib.sha256(data).hexdigest(), where)
+            return data
+        except CorruptCheckpointError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def download_file(storage: Storage, entry: FileEntry, target: Path, where: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if entry.size < SMALL_FILE:
-            data = storage.get(entry.key)
-            verify(entry, len(data), hashlib.sha256(data).hexdigest(), where)
-            target.write_bytes(data)
-        else:
-            with target.open("wb") as f:
-                writer = HashingWriter(f)
-                storage.get_stream(entry.key, writer)  # type: ignore[arg-type]
-            verify(entry, writer.size, writer.sha256.hexdigest(), where)
-    except NotFoundError as err:
-        raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
+    # A mismatch is checked twice before the checkpoint is called corrupt: a transfer that went
+    # wrong must not make a restore skip a good checkpoint.
+    for attempt in (1, 2):
+        try:
+            if entry.size < SMALL_FILE:
+                data = storage.get(entry.key)
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+                if size == entry.size and digest == entry.sha256:
+                    target.write_bytes(data)
+            else:
+                size, digest = storage.get_file(entry.key, target)
+        except NotFoundError as err:
+            raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
+        try:
+            verify(entry, size, digest, where)
+            break
+        except CorruptCheckpointError:
+            if attempt == 2:
+                raise
     os.chmod(target, entry.mode & 0o7777)
 
 

@@ -1,0 +1,236 @@
+"""Checkpoint save/restore throughput of the SDK against raw boto3, side by side in one run.
+
+Needs the local cluster's S3 server (`make bench` starts the cluster). Each measurement runs in a
+fresh subprocess so that its peak RSS is its own. Prints, per case, the throughput of both and
+the ratio SDK/boto3 (above 1: the SDK is faster), then the cost of committing a tiny checkpoint.
+
+    python bench/checkpoint_io.py [--sizes 8M,256M,1G] [--small-files 1000] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import boto3  # noqa: E402
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+from botocore.config import Config  # noqa: E402
+from spotrun import Checkpoint, S3Storage  # noqa: E402
+
+from localcluster.cluster import Cluster  # noqa: E402
+
+# The SDK's transfer settings; the boto3 baseline gets the very same.
+TRANSFER = {"multipart_threshold": 8 << 20, "multipart_chunksize": 8 << 20, "max_concurrency": 10}
+
+
+def transfer_config() -> TransferConfig:
+    return TransferConfig(**TRANSFER)  # type: ignore[arg-type]
+
+
+def raw_client() -> Any:
+    return boto3.client(
+        "s3",
+        config=Config(
+            s3={"addressing_style": "path"}, retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=16
+        ),
+    )
+
+
+def sdk_checkpoint(bucket: str, prefix: str) -> Checkpoint:
+    return Checkpoint(S3Storage(bucket, prefix, transfer_config=transfer_config()), attempt=1, keep=3)
+
+
+# ----- one measurement, in a child process ----------------------------------------------------------
+
+
+def measure(impl: str, op: str, source: Path, bucket: str, prefix: str, target: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    if impl == "sdk":
+        cp = sdk_checkpoint(bucket, prefix)
+        if op == "save":
+            cp.save(source)
+        else:
+            assert cp.restore(target) is not None
+    else:
+        client, config = raw_client(), transfer_config()
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        if op == "save":
+            if impl == "boto3":
+                for path in files:
+                    client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(source)}", Config=config)
+            else:  # boto3-threads: what a careful user would write for many files
+                with ThreadPoolExecutor(10) as pool:
+                    list(
+                        pool.map(
+                            lambda p: client.upload_file(
+                                str(p), bucket, f"{prefix}/{p.relative_to(source)}", Config=config
+                            ),
+                            files,
+                        )
+                    )
+        else:
+            keys = [f"{prefix}/{p.relative_to(source)}" for p in files]
+
+            def fetch(key: str) -> None:
+                out = target / key[len(prefix) + 1 :]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, key, str(out), Config=config)
+
+            if impl == "boto3":
+                for key in keys:
+                    fetch(key)
+            else:
+                with ThreadPoolExecutor(10) as pool:
+                    list(pool.map(fetch, keys))
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "peak_rss": peak}
+
+
+def child_main(argv: list[str]) -> None:
+    impl, op, source, bucket, prefix, target = argv
+    print(json.dumps(measure(impl, op, Path(source), bucket, prefix, Path(target))))
+
+
+def run_child(*args: str, env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark child failed: {out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ----- the cases -----------------------------------------------------------------------------------
+
+
+def make_case(root: Path, name: str) -> tuple[Path, int]:
+    source = root / name
+    source.mkdir(parents=True)
+    if name.startswith("files-"):
+        count = int(name.split("-")[1])
+        for i in range(count):
+            (source / f"shard-{i // 100:02d}" / f"part-{i:05d}.bin").parent.mkdir(exist_ok=True)
+            (source / f"shard-{i // 100:02d}" / f"part-{i:05d}.bin").write_bytes(os.urandom(256 << 10))
+        return source, count * (256 << 10)
+    size = parse_size(name)
+    with (source / "model.bin").open("wb") as f:
+        block = os.urandom(8 << 20)
+        for _ in range(size // len(block)):
+            f.write(block)
+    return source, size
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def tiny_commit_cost(bucket: str, prefix: str, commits: int) -> dict[str, float]:
+    cp = sdk_checkpoint(bucket, prefix)
+    storage = cp.storage
+    assert isinstance(storage, S3Storage)
+    requests: list[str] = []
+    storage.client.meta.events.register("before-send.s3", lambda request, **_: requests.append(request.method))
+    timings, counts = [], []
+    for step in range(commits):
+        before = len(requests)
+        started = time.perf_counter()
+        cp.write(str(step).encode(), step=step)
+        timings.append(time.perf_counter() - started)
+        counts.append(len(requests) - before)
+    steady = slice(cp.keep + 1, None)  # after the first commit's sweep, once retention deletes
+    return {
+        "first_ms": timings[0] * 1000,
+        "first_requests": counts[0],
+        "steady_ms": 1000 * sum(timings[steady]) / len(timings[steady]),
+        "steady_requests": sum(counts[steady]) / len(counts[steady]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="8M,256M,1G")
+    parser.add_argument("--small-files", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is kept")
+    parser.add_argument("--state-dir", type=Path, default=None, help="the local cluster (default .localcluster)")
+    args = parser.parse_args()
+
+    cluster = Cluster(args.state_dir)
+    if not cluster.running():
+        raise SystemExit("the local cluster is not running: run `make up` (or `python -m localcluster up`) first")
+    env = {**os.environ, **cluster.env_vars()}
+    os.environ.update(cluster.env_vars())
+    bucket = env["LOCALCLUSTER_BUCKET"]
+    run_id = uuid.uuid4().hex[:8]
+    cases = [s.strip() for s in args.sizes.split(",") if s.strip()] + [f"files-{args.small_files}"]
+
+    print(f"checkpoint I/O against versitygw at {env['AWS_ENDPOINT_URL']}, TransferConfig {TRANSFER}")
+    print(f"best of {args.repeat}; throughput in MiB/s; ratio = SDK / boto3 (above 1: SDK faster)\n")
+    header = (
+        f"{'case':>12} {'op':>8} {'SDK':>8} {'boto3':>8} {'ratio':>6}   {'SDK peak RSS':>12} {'boto3 peak RSS':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    work = Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
+    try:
+        for case in cases:
+            source, size = make_case(work / "src", case)
+            impls = ["sdk", "boto3"] + (["boto3-threads"] if case.startswith("files-") else [])
+            for op in ("save", "restore"):
+                results: dict[str, dict[str, Any]] = {}
+                for impl in impls:
+                    best: dict[str, Any] | None = None
+                    for n in range(args.repeat):
+                        prefix = f"bench/{run_id}/{case}/{impl}"
+                        if op == "save":
+                            prefix += f"-{n}"
+                        else:
+                            prefix += "-0"
+                        target = work / "dst" / f"{case}-{impl}-{op}-{n}"
+                        result = run_child(impl, op, str(source), bucket, prefix, str(target), env=env)
+                        shutil.rmtree(target, ignore_errors=True)
+                        if best is None or result["seconds"] < best["seconds"]:
+                            best = result
+                    assert best is not None
+                    results[impl] = best
+                mib = size / (1 << 20)
+                sdk, raw = mib / results["sdk"]["seconds"], mib / results["boto3"]["seconds"]
+                print(
+                    f"{case:>12} {op:>8} {sdk:8.1f} {raw:8.1f} {sdk / raw:6.2f}   "
+                    f"{results['sdk']['peak_rss'] / 2**20:9.0f} MiB {results['boto3']['peak_rss'] / 2**20:11.0f} MiB"
+                )
+                if "boto3-threads" in results:
+                    threaded = mib / results["boto3-threads"]["seconds"]
+                    print(f"{'':>12} {'':>8} {'':>8} {threaded:8.1f} {sdk / threaded:6.2f}   (boto3 with 10 threads)")
+            shutil.rmtree(source)
+        cost = tiny_commit_cost(bucket, f"bench/{run_id}/tiny", commits=20)
+        print(
+            f"\ntiny checkpoint (the seed's integer): first commit {cost['first_ms']:.1f} ms in "
+            f"{cost['first_requests']:.0f} requests; steady state {cost['steady_ms']:.1f} ms in "
+            f"{cost['steady_requests']:.1f} requests (data, manifest, listing, retention)"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+    else:
+        main()
