@@ -79,7 +79,8 @@ class Checkpoint:
         self.resume_from = resume_from
         self.keep = keep
         self.concurrency = concurrency
-        self._lock = threading.Lock()
+        # Reentrant: an on_preemption callback may commit while the main thread is inside a commit.
+        self._lock = threading.RLock()
         self._sequence: Iterator[int] | None = None
         self._manifests: dict[tuple[str, str], Manifest] = {}  # manifests are immutable: cached by (uri, id)
         self._restored_from: str | None = None

@@ -19,7 +19,7 @@ from typing import Any
 
 from spotrun._checkpoint import MARKER, Checkpoint
 from spotrun._context import Settings
-from spotrun._errors import ConfigError, SpotrunError
+from spotrun._errors import ConfigError, SpotrunError, StorageError
 from spotrun._manifest import CheckpointInfo, manifest_key
 from spotrun._storage import open_storage
 
@@ -224,7 +224,13 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
         stopping = stop.wait(args.interval)
         current = _snapshot(args.dir)
         if current != last:
-            info = checkpoint.sync_directory(args.dir)
+            try:
+                info = checkpoint.sync_directory(args.dir)
+            except StorageError as err:
+                if stopping:
+                    raise
+                log.warning("Committing %s failed, retrying in %.0fs: %s", args.dir, args.interval, err)
+                continue
             log.info("Committed %s: checkpoint %s, %d files, %d bytes", args.dir, info.id, info.files, info.size)
             last = current
         if stopping:
