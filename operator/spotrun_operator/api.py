@@ -1,0 +1,199 @@
+"""The operator's only door to the Kubernetes API (kopf's own watching aside).
+
+Synchronous, through the `kubernetes` client: callers are plain `def` kopf handlers, which kopf
+runs in its thread pool, so nothing here blocks the event loop. Bodies go in and come out as
+dicts (`_preload_content=False`), never as generated model objects.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import uuid
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from spotrun_operator import names
+
+Obj = dict[str, Any]
+log = logging.getLogger("spotrun.api")
+
+
+class Conflict(Exception):
+    """The object changed since it was read; the next pass starts over from a fresh read."""
+
+
+class Api:
+    def __init__(self, client: Any = None) -> None:
+        if client is None:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            client = kubernetes.client.ApiClient()
+        self.client = client
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+
+    @staticmethod
+    def _json(response: Any) -> Obj:
+        data: Obj = json.loads(response.data or b"{}")
+        return data
+
+    # ----- TaskRuns -------------------------------------------------------------------------------
+
+    def get_taskrun(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._json(
+                self.custom.get_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, names.PLURAL, name, _preload_content=False
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def write_status(self, taskrun: Obj, status: Obj) -> Obj:
+        """Replaces the status with the resourceVersion it was computed from (Conflict when stale)."""
+        body = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.KIND,
+            "metadata": {
+                "name": taskrun["metadata"]["name"],
+                "namespace": taskrun["metadata"]["namespace"],
+                "resourceVersion": taskrun["metadata"]["resourceVersion"],
+            },
+            "status": status,
+        }
+        try:
+            return self._json(
+                self.custom.replace_namespaced_custom_object_status(
+                    names.GROUP,
+                    names.VERSION,
+                    taskrun["metadata"]["namespace"],
+                    names.PLURAL,
+                    taskrun["metadata"]["name"],
+                    body,
+                    _preload_content=False,
+                )
+            )
+        except ApiException as err:
+            if err.status in (404, 409):
+                raise Conflict(str(err.reason)) from err
+            raise
+
+    def delete_taskrun(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.PLURAL, name, propagation_policy="Background"
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # ----- pods ----------------------------------------------------------------------------------------
+
+    def list_pods(self, namespace: str, taskrun: str) -> list[Obj]:
+        answer = self._json(
+            self.core.list_namespaced_pod(
+                namespace, label_selector=f"{names.LABEL_TASKRUN}={taskrun}", _preload_content=False
+            )
+        )
+        pods: list[Obj] = answer.get("items", [])
+        return pods
+
+    def create_pod(self, body: Obj) -> Obj:
+        """Creates the pod, or returns the one of that name that exists (an earlier pass made it)."""
+        namespace = body["metadata"]["namespace"]
+        try:
+            return self._json(self.core.create_namespaced_pod(namespace, body, _preload_content=False))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        return self._json(self.core.read_namespaced_pod(body["metadata"]["name"], namespace, _preload_content=False))
+
+    def stop_pod(self, namespace: str, name: str, reason: str) -> None:
+        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted."""
+        try:
+            self.core.patch_namespaced_pod(
+                name, namespace, {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}}
+            )
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def release_pod(self, pod: Obj) -> None:
+        """Removes Spotrun's accounting finalizer (with the pod's resourceVersion)."""
+        finalizers = [f for f in pod["metadata"].get("finalizers") or [] if f != names.POD_FINALIZER]
+        if len(finalizers) == len(pod["metadata"].get("finalizers") or []):
+            return
+        patch = {
+            "metadata": {
+                "finalizers": finalizers or None,
+                "resourceVersion": pod["metadata"]["resourceVersion"],
+            }
+        }
+        try:
+            self.core.patch_namespaced_pod(
+                pod["metadata"]["name"],
+                pod["metadata"]["namespace"],
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(str(err.reason)) from err
+            if err.status != 404:
+                raise
+
+    def force_delete_pod(self, pod: Obj) -> None:
+        """For a pod whose node is gone: nothing else will ever finish deleting it."""
+        self.release_pod(pod)
+        try:
+            self.core.delete_namespaced_pod(
+                pod["metadata"]["name"], pod["metadata"]["namespace"], grace_period_seconds=0
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # ----- nodes and events -------------------------------------------------------------------------
+
+    def node_names(self) -> set[str]:
+        answer = self._json(self.core.list_node(_preload_content=False))
+        return {n["metadata"]["name"] for n in answer.get("items", [])}
+
+    def event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        meta = taskrun["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": names.API_VERSION,
+                "kind": names.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": names.MANAGED_BY},
+            "reportingComponent": names.MANAGED_BY,
+            "reportingInstance": names.MANAGED_BY,
+            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:  # events are for people: never fail a pass over one
+            log.warning("Posting event %s for %s/%s failed: %s", reason, meta["namespace"], meta["name"], err.reason)

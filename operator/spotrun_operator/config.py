@@ -1,0 +1,150 @@
+"""Operator configuration from environment variables, and the capacity profiles."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def _spot_taint(key: str, value: str) -> Obj:
+    return {"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}
+
+
+def _lacks(label: str) -> Obj:
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": label, "operator": "DoesNotExist"}]}]
+            }
+        }
+    }
+
+
+# Placement per capacity type. "any" tolerates the spot taints and selects nothing.
+PROFILES: dict[str, dict[str, Obj]] = {
+    "generic": {
+        "spot": {
+            "nodeSelector": {"spotrun.dev/capacity": "spot"},
+            "tolerations": [_spot_taint("spotrun.dev/capacity", "spot")],
+        },
+        "on-demand": {"nodeSelector": {"spotrun.dev/capacity": "on-demand"}},
+        "any": {"tolerations": [_spot_taint("spotrun.dev/capacity", "spot")]},
+    },
+    "gke": {
+        "spot": {
+            "nodeSelector": {"cloud.google.com/gke-spot": "true"},
+            "tolerations": [_spot_taint("cloud.google.com/gke-spot", "true")],
+        },
+        "on-demand": {"affinity": _lacks("cloud.google.com/gke-spot")},
+        "any": {"tolerations": [_spot_taint("cloud.google.com/gke-spot", "true")]},
+    },
+    "eks": {
+        "spot": {"nodeSelector": {"eks.amazonaws.com/capacityType": "SPOT"}},
+        "on-demand": {"nodeSelector": {"eks.amazonaws.com/capacityType": "ON_DEMAND"}},
+        "any": {},
+    },
+    "karpenter": {
+        "spot": {"nodeSelector": {"karpenter.sh/capacity-type": "spot"}},
+        "on-demand": {"nodeSelector": {"karpenter.sh/capacity-type": "on-demand"}},
+        "any": {},
+    },
+    "aks": {
+        "spot": {
+            "nodeSelector": {"kubernetes.azure.com/scalesetpriority": "spot"},
+            "tolerations": [_spot_taint("kubernetes.azure.com/scalesetpriority", "spot")],
+        },
+        "on-demand": {"affinity": _lacks("kubernetes.azure.com/scalesetpriority")},
+        "any": {"tolerations": [_spot_taint("kubernetes.azure.com/scalesetpriority", "spot")]},
+    },
+}
+
+
+class ConfigError(ValueError):
+    """The operator's environment is wrong; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything the operator reads from its environment (see docs/operations.md).
+
+    Attributes:
+        namespaces: SPOTRUN_NAMESPACES, comma-separated; empty: the whole cluster.
+        checkpoint_prefix: SPOTRUN_CHECKPOINT_PREFIX, s3://BUCKET/PREFIX/; a TaskRun without
+            checkpoint.uri gets PREFIX/NAMESPACE/NAME/.
+        checkpoint_secret: SPOTRUN_CHECKPOINT_SECRET, the Secret (in the TaskRun's namespace) whose
+            keys give tasks their S3 credentials, when the TaskRun names none.
+        profile: SPOTRUN_CAPACITY_PROFILE: generic, gke, eks, karpenter, aks; or
+            SPOTRUN_CAPACITY_PROFILE_FILE, a JSON file of the same shape as PROFILES' entries.
+        image: SPOTRUN_IMAGE, the image of the directory-mode restore and sync containers.
+        default_retries, default_max_interruptions: SPOTRUN_DEFAULT_RETRIES and
+            SPOTRUN_DEFAULT_MAX_INTERRUPTIONS, for TaskRuns created before the CRD defaulted them.
+        log_format: SPOTRUN_LOG_FORMAT, text or json.
+        metrics_port: SPOTRUN_METRICS_PORT (0: no metrics endpoint).
+    """
+
+    namespaces: tuple[str, ...] = ()
+    checkpoint_prefix: str = ""
+    checkpoint_secret: str = ""
+    profile_name: str = "generic"
+    profile: dict[str, Obj] = dataclasses.field(default_factory=lambda: PROFILES["generic"])
+    image: str = "ghcr.io/spotrun/spotrun:0.1.0"
+    default_retries: int = 0
+    default_max_interruptions: int = 20
+    log_format: str = "text"
+    metrics_port: int = 8080
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        profile_name = env.get("SPOTRUN_CAPACITY_PROFILE", "generic")
+        profile_file = env.get("SPOTRUN_CAPACITY_PROFILE_FILE", "")
+        if profile_file:
+            try:
+                profile = json.loads(Path(profile_file).read_text())
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"SPOTRUN_CAPACITY_PROFILE_FILE={profile_file}: {err}") from err
+            profile_name = "custom"
+        elif profile_name in PROFILES:
+            profile = PROFILES[profile_name]
+        else:
+            raise ConfigError(
+                f"SPOTRUN_CAPACITY_PROFILE={profile_name!r} is not one of {', '.join(PROFILES)}; "
+                "or set SPOTRUN_CAPACITY_PROFILE_FILE"
+            )
+        prefix = env.get("SPOTRUN_CHECKPOINT_PREFIX", "")
+        if prefix and not prefix.startswith("s3://"):
+            raise ConfigError(f"SPOTRUN_CHECKPOINT_PREFIX={prefix!r} must be s3://BUCKET/PREFIX/")
+        log_format = env.get("SPOTRUN_LOG_FORMAT", "text")
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"SPOTRUN_LOG_FORMAT={log_format!r} must be text or json")
+        return cls(
+            namespaces=tuple(n.strip() for n in env.get("SPOTRUN_NAMESPACES", "").split(",") if n.strip()),
+            checkpoint_prefix=prefix,
+            checkpoint_secret=env.get("SPOTRUN_CHECKPOINT_SECRET", ""),
+            profile_name=profile_name,
+            profile=profile,
+            image=env.get("SPOTRUN_IMAGE", cls.image),
+            default_retries=_int(env, "SPOTRUN_DEFAULT_RETRIES", 0),
+            default_max_interruptions=_int(env, "SPOTRUN_DEFAULT_MAX_INTERRUPTIONS", 20),
+            log_format=log_format,
+            metrics_port=_int(env, "SPOTRUN_METRICS_PORT", 8080),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must be 0 or more")
+    return value

@@ -1,0 +1,160 @@
+"""Thin kopf handlers: read the TaskRun and its pods, ask `reconcile.decide`, apply the decision.
+
+Every handler is a plain `def`: the `kubernetes` client blocks, and kopf runs sync handlers in
+its thread pool (kopf docs, async.rst). A per-TaskRun lock keeps the pod events, TaskRun events
+and the timer of one TaskRun from deciding at the same time.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import threading
+from typing import Any
+
+import kopf
+from spotrun import Checkpoint, open_storage
+
+from spotrun_operator import metrics, names
+from spotrun_operator.api import Api, Conflict
+from spotrun_operator.config import Config
+from spotrun_operator.podbuild import checkpoint_uri
+from spotrun_operator.reconcile import decide
+from spotrun_operator.status import changed
+
+Obj = dict[str, Any]
+log = logging.getLogger("spotrun.operator")
+
+_state: dict[str, Any] = {}
+_locks: collections.defaultdict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
+
+
+def api() -> Api:
+    if "api" not in _state:
+        _state["api"] = Api()
+    result: Api = _state["api"]
+    return result
+
+
+def config() -> Config:
+    if "config" not in _state:
+        _state["config"] = Config.from_env()
+    result: Config = _state["config"]
+    return result
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Spotrun's own names for kopf's bookkeeping, so two operators built on kopf never collide.
+    settings.persistence.finalizer = names.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.PROGRESS_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.PROGRESS_PREFIX, key="last-handled-configuration"
+    )
+    # Events are posted by the API module on transitions only; kopf's per-handler chatter is noise.
+    settings.posting.level = logging.WARNING
+    # A stuck watch is noticed within a minute instead of kopf's default of never.
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    # Sync handlers run in this pool; one reconcile per TaskRun at a time, several TaskRuns at once.
+    settings.execution.max_workers = 20
+    cfg = config()
+    metrics.start(cfg.metrics_port)
+    log.info("Started with capacity profile %s, checkpoint prefix %r", cfg.profile_name, cfg.checkpoint_prefix)
+
+
+def _resume_from(taskrun: Obj) -> str:
+    source = (taskrun["spec"].get("checkpoint") or {}).get("resumeFrom") or {}
+    if source.get("uri"):
+        return str(source["uri"])
+    if source.get("taskRun"):
+        other = api().get_taskrun(taskrun["metadata"]["namespace"], source["taskRun"])
+        if other is None:
+            raise kopf.TemporaryError(
+                f"checkpoint.resumeFrom.taskRun {source['taskRun']!r} does not exist yet", delay=10
+            )
+        return checkpoint_uri(other, config())
+    return ""
+
+
+def _latest_checkpoint(uri: str) -> Obj:
+    try:
+        info = Checkpoint(open_storage(uri, read_only=True)).latest()
+    except Exception as err:  # the status is informative; a storage hiccup must not stop a pass
+        log.warning("Reading the newest checkpoint of %s failed: %s", uri, err)
+        return {}
+    if info is None:
+        return {}
+    return {"id": info.id, "step": info.step, "attempt": info.attempt, "time": info.time.isoformat(), "size": info.size}
+
+
+def reconcile(namespace: str, name: str) -> None:
+    with _locks[(namespace, name)]:
+        _reconcile(namespace, name)
+
+
+def _reconcile(namespace: str, name: str) -> None:
+    taskrun = api().get_taskrun(namespace, name)
+    pods = api().list_pods(namespace, name)
+    if taskrun is None or taskrun["metadata"].get("deletionTimestamp"):
+        for pod in pods:  # the owner is gone: nothing will count these pods any more
+            api().release_pod(pod)
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    decision = decide(taskrun, pods, api().node_names(), now, config(), resume_from=_resume_from(taskrun))
+    by_name = {p["metadata"]["name"]: p for p in pods}
+    if decision.create is not None:
+        api().create_pod(decision.create)
+        metrics.observe_creation(taskrun, pods, now)
+    if decision.refresh_checkpoint:
+        uri = decision.status.get("checkpoint", {}).get("uri", "")
+        if uri:
+            decision.status["checkpoint"] = {"uri": uri, **_latest_checkpoint(uri)}
+    if changed(taskrun.get("status") or {}, decision.status):
+        try:
+            api().write_status(taskrun, decision.status)
+        except Conflict:
+            raise kopf.TemporaryError("the TaskRun changed during the pass; recomputing", delay=0.2) from None
+        for kind, reason, message in decision.events:
+            api().event(taskrun, kind, reason, message)
+        metrics.observe_status(taskrun, decision.status)
+    for pod_name in decision.force_delete:
+        api().force_delete_pod(by_name[pod_name])
+    for pod_name, reason in decision.stop:
+        api().stop_pod(namespace, pod_name, reason)
+    for pod_name in decision.release:
+        if pod_name not in decision.force_delete:
+            api().release_pod(by_name[pod_name])
+    if decision.delete_taskrun:
+        log.info("Deleted TaskRun %s/%s: ttlSecondsAfterFinished passed", namespace, name)
+        api().delete_taskrun(namespace, name)
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
+def taskrun_changed(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's keyword
+    if type != "DELETED":
+        reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.on.event("", "v1", "pods", labels={names.LABEL_TASKRUN: kopf.PRESENT})
+def pod_changed(body: kopf.Body, **_: Any) -> None:
+    reconcile(body["metadata"]["namespace"], body["metadata"]["labels"][names.LABEL_TASKRUN])
+
+
+@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=2.0, sharp=False)
+def tick(body: kopf.Body, **_: Any) -> None:
+    # Backoff delays, deadlines and TTLs end without any event: the timer notices.
+    reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
+def taskrun_deleted(body: kopf.Body, **_: Any) -> None:
+    # The pods go with their owner (garbage collector); the accounting finalizer must not hold them.
+    for pod in api().list_pods(body["metadata"]["namespace"], body["metadata"]["name"]):
+        api().release_pod(pod)
+    log.info(
+        "Released the pods of deleted TaskRun %s/%s; its checkpoints are kept",
+        body["metadata"]["namespace"],
+        body["metadata"]["name"],
+    )

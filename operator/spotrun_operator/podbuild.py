@@ -1,0 +1,136 @@
+"""Builds the pod of one attempt from the TaskRun's template, the capacity profile and the env contract."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from spotrun_operator import names
+from spotrun_operator.config import Config
+
+Obj = dict[str, Any]
+
+CHECKPOINT_VOLUME = "spotrun-checkpoint"
+
+
+def checkpoint_uri(taskrun: Obj, config: Config) -> str:
+    """The TaskRun's checkpoint prefix: spec.checkpoint.uri, else the operator's prefix + NAMESPACE/NAME/."""
+    explicit = (taskrun["spec"].get("checkpoint") or {}).get("uri")
+    if explicit:
+        return str(explicit).rstrip("/") + "/"
+    if not config.checkpoint_prefix:
+        return ""
+    meta = taskrun["metadata"]
+    return f"{config.checkpoint_prefix.rstrip('/')}/{meta['namespace']}/{meta['name']}/"
+
+
+def _env(taskrun: Obj, attempt: int, capacity: str, uri: str, resume_from: str, grace: int) -> list[Obj]:
+    meta = taskrun["metadata"]
+    env = [
+        {"name": "SPOTRUN_TASKRUN", "value": meta["name"]},
+        {"name": "SPOTRUN_NAMESPACE", "value": meta["namespace"]},
+        {"name": "SPOTRUN_ATTEMPT", "value": str(attempt)},
+        {"name": "SPOTRUN_CHECKPOINT_URI", "value": uri},
+        {"name": "SPOTRUN_CAPACITY", "value": capacity},
+        {"name": "SPOTRUN_GRACE_SECONDS", "value": str(grace)},
+        {"name": "SPOTRUN_CHECKPOINT_KEEP", "value": str((taskrun["spec"].get("checkpoint") or {}).get("keep", 3))},
+    ]
+    if resume_from:
+        env.append({"name": "SPOTRUN_RESUME_FROM", "value": resume_from})
+    return env
+
+
+def _with_contract(container: Obj, env: list[Obj], secret: str) -> Obj:
+    container = copy.deepcopy(container)
+    ours = {e["name"] for e in env}
+    container["env"] = [e for e in container.get("env") or [] if e["name"] not in ours] + env
+    if secret:
+        container["envFrom"] = [*(container.get("envFrom") or []), {"secretRef": {"name": secret}}]
+    container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    return container
+
+
+def build_pod(
+    taskrun: Obj,
+    attempt: int,
+    capacity: str,
+    config: Config,
+    *,
+    resume_from: str = "",
+) -> Obj:
+    """The pod of `attempt`: deterministic name, controller owner reference, labels, finalizer,
+    the SPOTRUN_* environment and the S3 secret in every container, and placement for `capacity`."""
+    meta, spec = taskrun["metadata"], taskrun["spec"]
+    template = copy.deepcopy(spec["template"])
+    pod_spec: Obj = template.get("spec") or {}
+    pod_meta: Obj = template.get("metadata") or {}
+    checkpoint = spec.get("checkpoint") or {}
+    uri = checkpoint_uri(taskrun, config)
+    secret = (checkpoint.get("secretRef") or {}).get("name") or config.checkpoint_secret
+    grace = int(pod_spec.get("terminationGracePeriodSeconds", 30))
+    env = _env(taskrun, attempt, capacity, uri, resume_from, grace)
+
+    pod_spec["restartPolicy"] = "Never"
+    pod_spec["containers"] = [_with_contract(c, env, secret) for c in pod_spec["containers"]]
+    placement = config.profile.get(capacity, {})
+    pod_spec["nodeSelector"] = {**placement.get("nodeSelector", {}), **(pod_spec.get("nodeSelector") or {})}
+    if not pod_spec["nodeSelector"]:
+        del pod_spec["nodeSelector"]
+    tolerations = [*(pod_spec.get("tolerations") or []), *placement.get("tolerations", [])]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if "affinity" not in pod_spec and placement.get("affinity"):
+        pod_spec["affinity"] = copy.deepcopy(placement["affinity"])
+
+    mount_path = checkpoint.get("mountPath")
+    if mount_path:
+        volume = {"name": CHECKPOINT_VOLUME, "emptyDir": {}}
+        pod_spec["volumes"] = [*(pod_spec.get("volumes") or []), volume]
+        mount = {"name": CHECKPOINT_VOLUME, "mountPath": mount_path}
+        for container in pod_spec["containers"]:
+            container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]
+        image = checkpoint.get("image") or config.image
+        interval = str(checkpoint.get("syncIntervalSeconds", 60))
+        helpers = [
+            {"name": "spotrun-restore", "image": image, "command": ["spotrun", "restore", mount_path]},
+            {
+                "name": "spotrun-sync",
+                "image": image,
+                "command": ["spotrun", "sync", mount_path, "--interval", interval],
+                # A native sidecar: runs beside the task, stopped after it, syncing once more on SIGTERM.
+                "restartPolicy": "Always",
+            },
+        ]
+        pod_spec["initContainers"] = [_with_contract({**h, "volumeMounts": [mount]}, env, secret) for h in helpers] + (
+            pod_spec.get("initContainers") or []
+        )
+
+    labels = {
+        **(pod_meta.get("labels") or {}),
+        names.LABEL_TASKRUN: meta["name"],
+        names.LABEL_ATTEMPT: str(attempt),
+        names.LABEL_CAPACITY: capacity,
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": names.pod_name(meta["name"], attempt),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": dict(pod_meta.get("annotations") or {}),
+            "finalizers": [names.POD_FINALIZER],
+            "ownerReferences": [
+                {
+                    "apiVersion": names.API_VERSION,
+                    "kind": names.KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": pod_spec,
+    }

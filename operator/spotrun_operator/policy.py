@@ -1,0 +1,49 @@
+"""Retry and backoff policy: how long a failure waits, which budget is used up, where the next attempt runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spotrun_operator import names
+
+Obj = dict[str, Any]
+
+
+def backoff_seconds(spec: Obj, failures: int) -> float:
+    """Delay before the attempt that follows the `failures`-th failure: initial * factor^(n-1), capped."""
+    backoff = spec.get("backoff") or {}
+    initial = float(backoff.get("initialSeconds", 10))
+    factor = float(backoff.get("factor", 2))
+    ceiling = float(backoff.get("maxSeconds", 600))
+    if failures <= 0:
+        return 0.0
+    # Exponents past 64 only overflow: the ceiling is reached long before.
+    return min(initial * factor ** min(failures - 1, 64), ceiling)
+
+
+def exhausted_budget(spec: Obj, failures: int, interruptions: int) -> tuple[str, str] | None:
+    """(reason, message) when a budget is used up, else None."""
+    retries = int(spec.get("retries", 0))
+    if failures > retries:
+        return (
+            names.REASON_RETRIES_EXHAUSTED,
+            f"{failures} failure{'s' if failures != 1 else ''} used up retries ({retries})",
+        )
+    limit = int(spec.get("maxInterruptions", 20))
+    if interruptions > limit:
+        return (
+            names.REASON_INTERRUPTIONS_EXHAUSTED,
+            f"{interruptions} interruptions exceeded maxInterruptions ({limit})",
+        )
+    return None
+
+
+def capacity_for_next_attempt(spec: Obj, interruptions: int) -> str:
+    """spot, on-demand or any: spot falls back to on-demand after `fallback.afterInterruptions`."""
+    capacity = spec.get("capacity") or {}
+    kind = str(capacity.get("type", names.CAPACITY_SPOT))
+    fallback = capacity.get("fallback") or {}
+    after = fallback.get("afterInterruptions")
+    if kind == names.CAPACITY_SPOT and after is not None and interruptions >= int(after):
+        return names.CAPACITY_ON_DEMAND
+    return kind

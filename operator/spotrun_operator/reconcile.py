@@ -1,0 +1,277 @@
+"""The reconcile decision: (TaskRun, its pods, the nodes, now) -> what to create, stop and record.
+
+Level-based: every pass recomputes from what exists. All that must survive an operator restart
+lives in the TaskRun's status (counters, the last attempt accounted for) and in the pods' labels
+and annotations, so a pass after a crash at any point reaches the same decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+from spotrun_operator import names, policy
+from spotrun_operator.classify import Outcome, classify
+from spotrun_operator.config import Config
+from spotrun_operator.podbuild import build_pod, checkpoint_uri
+from spotrun_operator.status import set_condition
+
+Obj = dict[str, Any]
+HISTORY = 20  # attempts kept in status.attempts
+OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline): counted nowhere
+
+
+@dataclasses.dataclass
+class Decision:
+    """What one pass wants done. The handler applies it through the API module, then writes status."""
+
+    status: Obj
+    create: Obj | None = None
+    stop: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (pod, reason): graceful delete
+    force_delete: list[str] = dataclasses.field(default_factory=list)  # pods on nodes that are gone
+    release: list[str] = dataclasses.field(default_factory=list)  # pods whose outcome is counted
+    events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (type, reason, message)
+    requeue_after: float | None = None
+    refresh_checkpoint: bool = False
+    delete_taskrun: bool = False
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _attempt_of(pod: Obj) -> int:
+    try:
+        return int(pod["metadata"]["labels"][names.LABEL_ATTEMPT])
+    except (KeyError, ValueError):
+        return 0
+
+
+def _finished(pod: Obj | None) -> bool:
+    return pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _result(pod: Obj | None) -> Any:
+    """What the task reported: `{"result": ...}` JSON on its termination message."""
+    for entry in (pod or {}).get("status", {}).get("containerStatuses") or []:
+        message = ((entry.get("state") or {}).get("terminated") or {}).get("message")
+        if not message:
+            continue
+        try:
+            body = json.loads(message)
+        except ValueError:
+            continue
+        if isinstance(body, dict) and "result" in body:
+            return body["result"]
+    return None
+
+
+def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, now: datetime.datetime) -> Obj:
+    status = (pod or {}).get("status", {})
+    entry: Obj = {
+        "attempt": attempt,
+        "pod": (pod or {}).get("metadata", {}).get("name", ""),
+        "node": (pod or {}).get("spec", {}).get("nodeName", ""),
+        "capacity": (pod or {}).get("metadata", {}).get("labels", {}).get(names.LABEL_CAPACITY, ""),
+        "startTime": status.get("startTime") or (pod or {}).get("metadata", {}).get("creationTimestamp", ""),
+        "endTime": _iso(now),
+        "outcome": kind,
+        "reason": outcome.reason if outcome else "",
+    }
+    if outcome and outcome.exit_code is not None:
+        entry["exitCode"] = outcome.exit_code
+    return entry
+
+
+def decide(
+    taskrun: Obj,
+    pods: list[Obj],
+    nodes: set[str],
+    now: datetime.datetime,
+    config: Config,
+    *,
+    resume_from: str = "",
+) -> Decision:
+    meta, spec = taskrun["metadata"], taskrun["spec"]
+    old: Obj = taskrun.get("status") or {}
+    st: Obj = copy.deepcopy(old)
+    decision = Decision(status=st)
+    rules = (spec.get("failurePolicy") or {}).get("rules") or []
+    ours = [p for p in pods if any(o.get("uid") == meta["uid"] for o in p["metadata"].get("ownerReferences") or [])]
+    by_attempt = {_attempt_of(p): p for p in ours if _attempt_of(p) > 0}
+
+    st.setdefault("failures", 0)
+    st.setdefault("interruptions", 0)
+    st["observedGeneration"] = meta.get("generation", 1)
+    st["checkpoint"] = {**(old.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
+    attempt = max(int(old.get("attempt", 0)), max(by_attempt, default=0))
+    st["attempt"] = attempt
+    accounted = int(old.get("accountedAttempt", 0))
+    history: list[Obj] = list(old.get("attempts") or [])
+
+    # 1. Count every attempt that ended since the last pass, in order.
+    for n in range(accounted + 1, attempt + 1):
+        pod = by_attempt.get(n)
+        node = (pod or {}).get("spec", {}).get("nodeName")
+        node_exists = not node or node in nodes
+        outcome = classify(pod, node_exists=node_exists, rules=rules)
+        if pod is not None and not node_exists and pod["metadata"].get("deletionTimestamp"):
+            # Its node is gone, so is its process: nothing will ever finish deleting it.
+            decision.force_delete.append(pod["metadata"]["name"])
+            outcome = outcome or Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_NODE_GONE)
+        if outcome is None:
+            break  # this attempt still runs
+        stopped_by = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_STOPPED_BY)
+        kind = OUTCOME_STOPPED if stopped_by and outcome.kind != names.OUTCOME_SUCCEEDED else outcome.kind
+        if kind == names.OUTCOME_FAILED:
+            st["failures"] += 1
+        elif kind == names.OUTCOME_INTERRUPTED:
+            st["interruptions"] += 1
+        history.append(_record(pod, n, outcome, kind, now))
+        st["accountedAttempt"] = n
+        st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
+        st["lastEndTime"] = _iso(now)
+        if kind == names.OUTCOME_SUCCEEDED:
+            st["result"] = _result(pod)
+        decision.refresh_checkpoint = True
+        if pod is not None:
+            decision.release.append(pod["metadata"]["name"])
+        detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
+        decision.events.append(
+            (
+                "Normal" if kind in (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED) else "Warning",
+                f"Attempt{kind}",
+                f"Attempt {n} ({(pod or {}).get('metadata', {}).get('name', 'pod gone')}) {kind.lower()}: "
+                f"{outcome.reason}{detail}",
+            )
+        )
+    st["attempts"] = history[-HISTORY:]
+
+    unfinished = [p for n, p in by_attempt.items() if n <= attempt and not _finished(p)]
+    unfinished = [p for p in unfinished if p["metadata"]["name"] not in decision.force_delete]
+    last = st.get("lastOutcome") or {}
+    phase = old.get("phase", names.PENDING)
+    start = _parse(old.get("startTime"))
+
+    def finish(new_phase: str, reason: str, message: str) -> None:
+        st["phase"] = new_phase
+        st["message"] = message
+        st.setdefault("completionTime", _iso(now))
+        for pod in unfinished:
+            decision.stop.append((pod["metadata"]["name"], reason))
+        kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
+        set_condition(st, kind, True, reason, message, now)
+        set_condition(st, names.COND_READY, False, reason, message, now)
+        if phase != new_phase:
+            decision.events.append(("Normal" if new_phase == names.SUCCEEDED else "Warning", reason, message))
+
+    if phase in names.TERMINAL_PHASES:
+        for pod in unfinished:
+            decision.stop.append((pod["metadata"]["name"], str(old.get("message", phase))))
+        ttl = spec.get("ttlSecondsAfterFinished")
+        done_at = _parse(old.get("completionTime"))
+        if ttl is not None and done_at is not None:
+            left = (done_at + datetime.timedelta(seconds=int(ttl)) - now).total_seconds()
+            if left <= 0:
+                decision.delete_taskrun = True
+            else:
+                decision.requeue_after = left
+        return decision
+
+    if last.get("kind") == names.OUTCOME_SUCCEEDED:
+        finish(names.SUCCEEDED, names.REASON_SUCCEEDED, f"attempt {last['attempt']} succeeded")
+        return decision
+    if last.get("fatal"):
+        finish(
+            names.FAILED,
+            names.REASON_FAILURE_POLICY,
+            f"attempt {last['attempt']} failed: a failurePolicy Fail rule matched",
+        )
+        return decision
+    exhausted = policy.exhausted_budget(spec, st["failures"], st["interruptions"])
+    if exhausted:
+        reason, message = exhausted
+        finish(names.FAILED, reason, f"{message}; last attempt {last.get('attempt')} ended {last.get('reason')}")
+        return decision
+    deadline = spec.get("activeDeadlineSeconds")
+    if deadline is not None and start is not None:
+        left = (start + datetime.timedelta(seconds=int(deadline)) - now).total_seconds()
+        if left <= 0:
+            finish(
+                names.FAILED, names.REASON_DEADLINE, f"the TaskRun ran longer than activeDeadlineSeconds ({deadline})"
+            )
+            return decision
+        decision.requeue_after = left
+
+    if spec.get("suspend"):
+        for pod in unfinished:
+            decision.stop.append((pod["metadata"]["name"], names.REASON_SUSPENDED))
+        st["phase"] = names.SUSPENDED
+        st["message"] = "suspended: the pod is stopped, its checkpoints are kept"
+        set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], now)
+        set_condition(st, names.COND_READY, False, names.REASON_SUSPENDED, st["message"], now)
+        if phase != names.SUSPENDED:
+            decision.events.append(("Normal", names.REASON_SUSPENDED, st["message"]))
+        return decision
+    set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", now)
+
+    if unfinished:
+        pod = unfinished[-1]
+        running = pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+        st["phase"] = names.RUNNING if running else names.PENDING
+        st["podName"] = pod["metadata"]["name"]
+        st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
+        waiting_for = "terminate" if pod["metadata"].get("deletionTimestamp") else "start"
+        st["message"] = (
+            f"attempt {attempt} is running on {st['nodeName']}"
+            if running
+            else f"waiting for pod {pod['metadata']['name']} to {waiting_for}"
+        )
+        set_condition(
+            st,
+            names.COND_READY,
+            running,
+            names.REASON_POD_RUNNING if running else names.REASON_POD_PENDING,
+            st["message"],
+            now,
+        )
+        return decision
+
+    if last.get("kind") == names.OUTCOME_FAILED:
+        delay = policy.backoff_seconds(spec, st["failures"])
+        ended = _parse(st.get("lastEndTime")) or now
+        wait = (ended + datetime.timedelta(seconds=delay) - now).total_seconds()
+        if wait > 0:
+            st["phase"] = names.BACKOFF
+            st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying in {wait:.0f}s"
+            set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], now)
+            if phase != names.BACKOFF:
+                decision.events.append(("Normal", names.REASON_BACKOFF, st["message"]))
+            decision.requeue_after = min(wait, decision.requeue_after or wait)
+            return decision
+
+    next_attempt = attempt + 1
+    capacity = policy.capacity_for_next_attempt(spec, st["interruptions"])
+    pod = build_pod(taskrun, next_attempt, capacity, config, resume_from=resume_from)
+    decision.create = pod
+    st["attempt"] = next_attempt
+    st["capacity"] = capacity
+    st["podName"] = pod["metadata"]["name"]
+    st["nodeName"] = ""
+    st["phase"] = names.PENDING
+    st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
+    st.setdefault("startTime", _iso(now))
+    set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
+    decision.events.append(
+        ("Normal", "AttemptCreated", f"Created pod {pod['metadata']['name']} (attempt {next_attempt}, {capacity})")
+    )
+    return decision
