@@ -96,11 +96,14 @@ class Container:
         return status
 
 
-class PodWorker(threading.Thread):
-    """Owns one pod (by UID): prepares its volumes, runs its containers, reports status, stops it."""
+class PodWorker:
+    """Owns one pod (by UID): prepares its volumes, runs its containers, reports status, stops it.
+
+    It runs on a thread of its own but is not a Thread subclass, so none of its method names can
+    shadow threading's internals."""
 
     def __init__(self, kubelet: Kubelet, pod: Obj) -> None:
-        super().__init__(name=f"pod-{pod['metadata']['name']}", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"pod-{pod['metadata']['name']}", daemon=True)
         self.kubelet = kubelet
         self.pod = pod
         self.uid: str = pod["metadata"]["uid"]
@@ -126,6 +129,12 @@ class PodWorker(threading.Thread):
         self.last_written: Obj | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def update(self, pod: Obj) -> None:
         self.pod = pod

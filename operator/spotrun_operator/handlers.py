@@ -120,6 +120,7 @@ def _reconcile(namespace: str, name: str) -> None:
             api().event(taskrun, kind, reason, message)
         metrics.observe_status(taskrun, decision.status)
     for pod_name in decision.force_delete:
+        log.info("Force-deleted pod %s/%s: its node is gone", namespace, pod_name)
         api().force_delete_pod(by_name[pod_name])
     for pod_name, reason in decision.stop:
         api().stop_pod(namespace, pod_name, reason)

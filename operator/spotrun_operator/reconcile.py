@@ -124,10 +124,6 @@ def decide(
         node = (pod or {}).get("spec", {}).get("nodeName")
         node_exists = not node or node in nodes
         outcome = classify(pod, node_exists=node_exists, rules=rules)
-        if pod is not None and not node_exists and pod["metadata"].get("deletionTimestamp"):
-            # Its node is gone, so is its process: nothing will ever finish deleting it.
-            decision.force_delete.append(pod["metadata"]["name"])
-            outcome = outcome or Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_NODE_GONE)
         if outcome is None:
             break  # this attempt still runs
         stopped_by = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_STOPPED_BY)
@@ -157,6 +153,12 @@ def decide(
     st["attempts"] = history[-HISTORY:]
 
     unfinished = [p for n, p in by_attempt.items() if n <= attempt and not _finished(p)]
+    for pod in unfinished:
+        node = pod.get("spec", {}).get("nodeName")
+        if node and node not in nodes:
+            # Its node is gone, and its process with it: nothing else will finish deleting the pod
+            # (PodGC waits 40 s or more), and it must be gone before the next attempt starts.
+            decision.force_delete.append(pod["metadata"]["name"])
     unfinished = [p for p in unfinished if p["metadata"]["name"] not in decision.force_delete]
     last = st.get("lastOutcome") or {}
     phase = old.get("phase", names.PENDING)

@@ -1,0 +1,35 @@
+"""A task for the operator tests: counts to STEPS, one step every STEP_SECONDS, a checkpoint per step.
+
+It returns the step it resumed from on each attempt, so a test can tell that an attempt resumed
+from a checkpoint rather than from zero. Exit code EXIT_AT_STEP=N:CODE makes attempt 1 exit.
+"""
+
+import os
+import time
+
+import spotrun
+
+STEPS = int(os.environ.get("STEPS", "20"))
+STEP_SECONDS = float(os.environ.get("STEP_SECONDS", "0.5"))
+
+
+@spotrun.task
+def count() -> dict[str, object]:
+    ctx = spotrun.current_context()
+    cp = ctx.checkpoint
+    raw = cp.read()
+    state = {"step": 0, "resumed": []} if raw is None else eval(raw.decode())  # noqa: S307 - our own repr
+    state["resumed"].append(state["step"])
+    print(f"attempt {ctx.attempt} resumed from step {state['step']}", flush=True)
+    exit_at = os.environ.get("EXIT_AT_STEP", "")
+    while state["step"] < STEPS:
+        time.sleep(STEP_SECONDS)
+        state["step"] += 1
+        cp.write(repr(state).encode(), step=state["step"])
+        if exit_at and ctx.attempt == 1 and state["step"] == int(exit_at.split(":")[0]):
+            raise SystemExit(int(exit_at.split(":")[1]))
+    return {"steps": state["step"], "resumed": state["resumed"], "attempt": ctx.attempt}
+
+
+if __name__ == "__main__":
+    count()
