@@ -26,6 +26,10 @@ class Conflict(Exception):
     """The object changed since it was read; the next pass starts over from a fresh read."""
 
 
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: nothing new can be created in it, and nothing needs to be."""
+
+
 class Api:
     def __init__(self, client: Any = None) -> None:
         if client is None:
@@ -112,6 +116,8 @@ class Api:
         try:
             return self._json(self.core.create_namespaced_pod(namespace, body, _preload_content=False))
         except ApiException as err:
+            if err.status == 403 and "NamespaceTerminating" in str(err.body):
+                raise NamespaceTerminating(namespace) from err
             if err.status != 409:
                 raise
         return self._json(self.core.read_namespaced_pod(body["metadata"]["name"], namespace, _preload_content=False))
@@ -146,8 +152,13 @@ class Api:
                 _content_type="application/merge-patch+json",
             )
         except ApiException as err:
-            if err.status == 409:
-                raise Conflict(str(err.reason)) from err
+            if err.status == 409:  # the pod changed since it was listed: the next pass releases it
+                log.info(
+                    "Releasing pod %s/%s conflicted; the next pass retries",
+                    pod["metadata"]["namespace"],
+                    pod["metadata"]["name"],
+                )
+                return
             if err.status != 404:
                 raise
 

@@ -14,10 +14,11 @@ import threading
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from spotrun import Checkpoint, open_storage
 
 from spotrun_operator import metrics, names
-from spotrun_operator.api import Api, Conflict
+from spotrun_operator.api import Api, Conflict, NamespaceTerminating
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import checkpoint_uri
 from spotrun_operator.reconcile import decide
@@ -90,8 +91,18 @@ def _latest_checkpoint(uri: str) -> Obj:
 
 
 def reconcile(namespace: str, name: str) -> None:
-    with _locks[(namespace, name)]:
-        _reconcile(namespace, name)
+    """One pass for one TaskRun. What will pass is retried soon, not after kopf's default minute."""
+    try:
+        with _locks[(namespace, name)]:
+            _reconcile(namespace, name)
+    except NamespaceTerminating:
+        log.info("Skipped TaskRun %s/%s: its namespace is being deleted", namespace, name)
+    except Conflict:
+        raise kopf.TemporaryError("the TaskRun changed during the pass; recomputing", delay=0.5) from None
+    except ApiException as err:
+        if err.status in (409, 429) or err.status >= 500:
+            raise kopf.TemporaryError(f"the apiserver answered {err.status}; retrying", delay=2) from err
+        raise
 
 
 def _reconcile(namespace: str, name: str) -> None:
@@ -112,10 +123,7 @@ def _reconcile(namespace: str, name: str) -> None:
         if uri:
             decision.status["checkpoint"] = {"uri": uri, **_latest_checkpoint(uri)}
     if changed(taskrun.get("status") or {}, decision.status):
-        try:
-            api().write_status(taskrun, decision.status)
-        except Conflict:
-            raise kopf.TemporaryError("the TaskRun changed during the pass; recomputing", delay=0.2) from None
+        api().write_status(taskrun, decision.status)
         for kind, reason, message in decision.events:
             api().event(taskrun, kind, reason, message)
         metrics.observe_status(taskrun, decision.status)
@@ -143,7 +151,7 @@ def pod_changed(body: kopf.Body, **_: Any) -> None:
     reconcile(body["metadata"]["namespace"], body["metadata"]["labels"][names.LABEL_TASKRUN])
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=2.0, sharp=False)
+@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=2.0, sharp=False, backoff=2)
 def tick(body: kopf.Body, **_: Any) -> None:
     # Backoff delays, deadlines and TTLs end without any event: the timer notices.
     reconcile(body["metadata"]["namespace"], body["metadata"]["name"])

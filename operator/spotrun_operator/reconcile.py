@@ -139,8 +139,6 @@ def decide(
         if kind == names.OUTCOME_SUCCEEDED:
             st["result"] = _result(pod)
         decision.refresh_checkpoint = True
-        if pod is not None:
-            decision.release.append(pod["metadata"]["name"])
         detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
         decision.events.append(
             (
@@ -151,6 +149,14 @@ def decide(
             )
         )
     st["attempts"] = history[-HISTORY:]
+    # Every counted pod lets go of its accounting finalizer; recomputed each pass, so a release
+    # that failed (a conflict, a crash) is simply done again.
+    counted = int(st.get("accountedAttempt", 0))
+    decision.release = [
+        p["metadata"]["name"]
+        for n, p in sorted(by_attempt.items())
+        if n <= counted and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
+    ]
 
     unfinished = [p for n, p in by_attempt.items() if n <= attempt and not _finished(p)]
     for pod in unfinished:

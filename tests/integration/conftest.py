@@ -12,6 +12,7 @@ import pytest
 from localcluster.cluster import Cluster, marked_processes
 from localcluster.kube import Client
 from tests.integration import helpers
+from tests.integration.operator_fixtures import operator, task_namespace  # noqa: F401 - fixtures for every module
 
 
 @pytest.fixture(scope="session")

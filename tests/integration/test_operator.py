@@ -1,0 +1,237 @@
+"""The operator on the local cluster: each way a spot task dies, retries, budgets, suspend, deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from localcluster.cluster import Cluster
+from localcluster.kube import ApiError, Client
+from tests.integration.helpers import container, pod, running_container, wait_for
+from tests.integration.operator_fixtures import (
+    SEED,
+    Operator,
+    create_taskrun,
+    current_pod,
+    kubectl,
+    steps_taskrun,
+    taskrun,
+    wait_phase,
+    wait_step,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _refill_spot_pool(cluster: Cluster, kube: Client) -> None:
+    present = {n["metadata"]["name"] for n in kube.get("/api/v1/nodes")["items"]}
+    for name in ("spot-1", "spot-2"):
+        if name not in present or cluster._pid(f"kubelet-{name}") is None:
+            with contextlib.suppress(SystemExit):
+                cluster.kill_node(name)
+            cluster.add_node(name, "spot")
+
+
+@pytest.fixture
+def spot_pool(cluster: Cluster, kube: Client) -> Iterator[None]:
+    """Two spot nodes before a test that destroys one; back afterwards, as an autoscaler would."""
+    _refill_spot_pool(cluster, kube)
+    yield
+    _refill_spot_pool(cluster, kube)
+
+
+def assert_resumed_and_succeeded(kube: Client, ns: str, name: str, interruptions: int = 1) -> dict[str, object]:
+    final = wait_phase(kube, ns, name, "Succeeded", "Failed", timeout=180)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert final["interruptions"] == interruptions
+    assert final["failures"] == 0
+    assert final["attempt"] == interruptions + 1
+    resumed = final["result"]["resumed"]
+    assert resumed[0] == 0
+    assert all(step > 0 for step in resumed[1:]), f"an attempt restarted from zero: {resumed}"
+    return final
+
+
+def run_until_step(kube: Client, ns: str, name: str, step: int = 5) -> dict[str, object]:
+    create_taskrun(kube, ns, steps_taskrun(name))
+    wait_step(kube, ns, name, step)
+    live = current_pod(kube, ns, name)
+    assert live is not None
+    return live
+
+
+def test_seed_with_three_retries_succeeds_with_result_9(kube: Client, task_namespace: str) -> None:
+    body = taskrun("seed", ["python", str(SEED)], retries=3, backoff={"initialSeconds": 1, "maxSeconds": 2})
+    create_taskrun(kube, task_namespace, body)
+    final = wait_phase(kube, task_namespace, "seed", "Succeeded", "Failed")
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["result"], final["attempt"], final["failures"], final["interruptions"]) == (9, 4, 3, 0)
+    assert [a["outcome"] for a in final["attempts"]] == ["Failed", "Failed", "Failed", "Succeeded"]
+    assert final["attempts"][0]["exitCode"] == 75
+    assert final["checkpoint"]["attempt"] == 4
+
+
+def test_seed_with_two_retries_fails_naming_the_budget(kube: Client, task_namespace: str) -> None:
+    body = taskrun("seed2", ["python", str(SEED)], retries=2, backoff={"initialSeconds": 1, "maxSeconds": 2})
+    create_taskrun(kube, task_namespace, body)
+    final = wait_phase(kube, task_namespace, "seed2", "Succeeded", "Failed")
+    assert final["phase"] == "Failed"
+    assert (final["attempt"], final["failures"]) == (3, 3)
+    assert "used up retries (2)" in final["message"]
+    failed = next(c for c in final["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "RetriesExhausted")
+
+
+def test_node_preempt_is_an_interruption_and_the_task_resumes(
+    cluster: Cluster, kube: Client, task_namespace: str, spot_pool: None
+) -> None:
+    live = run_until_step(kube, task_namespace, "preempt")
+    cluster.preempt_node(live["spec"]["nodeName"], grace=3)
+    final = assert_resumed_and_succeeded(kube, task_namespace, "preempt")
+    assert final["attempts"][0]["reason"] == "TerminationByKubelet"
+
+
+def test_node_kill_is_an_interruption_and_the_task_resumes(
+    cluster: Cluster, kube: Client, task_namespace: str, spot_pool: None
+) -> None:
+    live = run_until_step(kube, task_namespace, "killed")
+    cluster.kill_node(live["spec"]["nodeName"])
+    final = assert_resumed_and_succeeded(kube, task_namespace, "killed")
+    assert final["attempts"][0]["reason"] in ("DeletionByTaintManager", "DeletionByPodGC", "NodeGone", "PodDeleted")
+
+
+def test_kubectl_drain_is_an_interruption(cluster: Cluster, kube: Client, task_namespace: str, spot_pool: None) -> None:
+    live = run_until_step(kube, task_namespace, "drained")
+    node = live["spec"]["nodeName"]
+    try:
+        kubectl(
+            cluster,
+            "drain",
+            node,
+            "--pod-selector=spotrun.dev/taskrun=drained",
+            "--delete-emptydir-data",
+            "--timeout=90s",
+        )
+        final = assert_resumed_and_succeeded(kube, task_namespace, "drained")
+    finally:
+        kubectl(cluster, "uncordon", node, check=False)
+    assert final["attempts"][0]["reason"] == "EvictionByEvictionAPI"
+
+
+def test_kubectl_delete_pod_is_an_interruption(cluster: Cluster, kube: Client, task_namespace: str) -> None:
+    live = run_until_step(kube, task_namespace, "deleted")
+    kubectl(cluster, "-n", task_namespace, "delete", "pod", live["metadata"]["name"], "--wait=false")
+    final = assert_resumed_and_succeeded(kube, task_namespace, "deleted")
+    assert final["attempts"][0]["reason"] == "PodDeleted"
+
+
+def test_scheduler_preemption_is_an_interruption(
+    cluster: Cluster, kube: Client, task_namespace: str, spot_pool: None
+) -> None:
+    node = f"solo-{uuid.uuid4().hex[:5]}"
+    cluster.add_node(node, "spot")
+    name = "preempted"
+    body = steps_taskrun(name, pod={"priorityClassName": f"{task_namespace}-low"})
+    body["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "6"}}
+    for cls, value in (("low", 10), ("high", 1000)):
+        kube.create(
+            "/apis/scheduling.k8s.io/v1/priorityclasses",
+            {"metadata": {"name": f"{task_namespace}-{cls}"}, "value": value},
+        )
+    try:
+        create_taskrun(kube, task_namespace, body)
+        wait_step(kube, task_namespace, name, 3)
+        live = current_pod(kube, task_namespace, name)
+        assert live is not None
+        hog = pod(
+            "hog",
+            container(script="import time; time.sleep(3)", resources={"requests": {"cpu": "6"}}),
+            node=live["spec"]["nodeName"],
+            priorityClassName=f"{task_namespace}-high",
+        )
+        kube.create(f"/api/v1/namespaces/{task_namespace}/pods", hog)
+        final = assert_resumed_and_succeeded(kube, task_namespace, name)
+        assert final["attempts"][0]["reason"] == "PreemptionByScheduler"
+    finally:
+        for cls in ("low", "high"):
+            kube.delete(f"/apis/scheduling.k8s.io/v1/priorityclasses/{task_namespace}-{cls}")
+        with contextlib.suppress(SystemExit):
+            cluster.kill_node(node)
+        with contextlib.suppress(ApiError):
+            kube.delete(f"/api/v1/nodes/{node}")
+
+
+def test_an_exit_code_failure_is_retried_after_backoff(kube: Client, task_namespace: str) -> None:
+    body = steps_taskrun("exits", steps=8, env={"EXIT_AT_STEP": "3:4"}, retries=1, backoff={"initialSeconds": 3})
+    create_taskrun(kube, task_namespace, body)
+    backoff = wait_phase(kube, task_namespace, "exits", "Backoff", "Succeeded", "Failed")
+    assert backoff["phase"] == "Backoff"
+    final = wait_phase(kube, task_namespace, "exits", "Succeeded", "Failed")
+    assert final["phase"] == "Succeeded"
+    assert (final["failures"], final["interruptions"], final["attempt"]) == (1, 0, 2)
+    assert final["attempts"][0]["exitCode"] == 4
+    assert final["result"]["resumed"] == [0, 3]
+
+
+def test_a_failure_policy_fail_rule_fails_at_once(kube: Client, task_namespace: str) -> None:
+    rules = [{"action": "Fail", "onExitCodes": {"operator": "In", "values": [4]}}]
+    body = steps_taskrun("fatal", steps=8, env={"EXIT_AT_STEP": "2:4"}, retries=5, failurePolicy={"rules": rules})
+    create_taskrun(kube, task_namespace, body)
+    final = wait_phase(kube, task_namespace, "fatal", "Succeeded", "Failed")
+    assert final["phase"] == "Failed"
+    assert (final["attempt"], final["failures"]) == (1, 1)
+    assert "failurePolicy" in final["message"]
+
+
+def test_fallback_to_on_demand_after_interruptions(cluster: Cluster, kube: Client, task_namespace: str) -> None:
+    body = steps_taskrun("fallback", capacity={"type": "spot", "fallback": {"afterInterruptions": 1}})
+    create_taskrun(kube, task_namespace, body)
+    wait_step(kube, task_namespace, "fallback", 3)
+    first = current_pod(kube, task_namespace, "fallback")
+    assert first is not None
+    assert first["metadata"]["labels"]["spotrun.dev/capacity"] == "spot"
+    kubectl(cluster, "-n", task_namespace, "delete", "pod", first["metadata"]["name"], "--wait=false")
+    final = assert_resumed_and_succeeded(kube, task_namespace, "fallback")
+    assert [a["capacity"] for a in final["attempts"]] == ["spot", "on-demand"]
+    assert final["attempts"][1]["node"] == "ondemand-1"
+
+
+def test_suspend_stops_the_pod_and_resume_continues_from_the_checkpoint(kube: Client, task_namespace: str) -> None:
+    name = "pausable"
+    create_taskrun(kube, task_namespace, steps_taskrun(name))
+    wait_step(kube, task_namespace, name, 4)
+    path = f"/apis/spotrun.dev/v1alpha1/namespaces/{task_namespace}/taskruns/{name}"
+    kube.merge_patch(path, {"spec": {"suspend": True}})
+    wait_phase(kube, task_namespace, name, "Suspended")
+    wait_for(lambda: not running_container(kube, task_namespace, f"{name}-a1"), 30, "the pod to stop")
+    kube.merge_patch(path, {"spec": {"suspend": False}})
+    final = wait_phase(kube, task_namespace, name, "Succeeded", "Failed", timeout=120)
+    assert final["phase"] == "Succeeded"
+    assert (final["failures"], final["interruptions"]) == (0, 0)
+    assert final["attempts"][0]["outcome"] == "Stopped"
+    assert final["result"]["resumed"][1] > 0
+
+
+def test_active_deadline_fails_the_run(kube: Client, task_namespace: str) -> None:
+    create_taskrun(kube, task_namespace, steps_taskrun("slow", steps=100, activeDeadlineSeconds=4))
+    final = wait_phase(kube, task_namespace, "slow", "Succeeded", "Failed", timeout=60)
+    assert final["phase"] == "Failed"
+    assert "activeDeadlineSeconds" in final["message"]
+    wait_for(lambda: not running_container(kube, task_namespace, "slow-a1"), 30, "the pod to stop")
+
+
+def test_the_operator_runs_as_its_service_account(operator: Operator, kube: Client) -> None:
+    review = kube.create(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {
+            "spec": {
+                "user": "system:serviceaccount:spotrun-system:spotrun-operator",
+                "resourceAttributes": {"verb": "get", "resource": "secrets", "namespace": "default"},
+            }
+        },
+    )
+    assert review["status"]["allowed"] is False  # least privilege: no secrets
+    assert "token" in operator.kubeconfig.read_text()
