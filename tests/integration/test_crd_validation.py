@@ -1,0 +1,128 @@
+"""Bad TaskRuns are refused at `kubectl apply`, with a message that names the field and the fix."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from localcluster.cluster import Cluster
+from localcluster.kube import ApiError, Client
+from tests.integration.operator_fixtures import CRD, kubectl
+
+pytestmark = pytest.mark.integration
+
+Obj = dict[str, Any]
+
+
+def good() -> Obj:
+    return {
+        "apiVersion": "spotrun.dev/v1alpha1",
+        "kind": "TaskRun",
+        "metadata": {"name": "t"},
+        "spec": {"template": {"spec": {"containers": [{"name": "task", "image": "python", "command": ["true"]}]}}},
+    }
+
+
+def with_spec(**changes: Any) -> Obj:
+    body = good()
+    body["spec"].update(copy.deepcopy(changes))
+    return body
+
+
+def with_pod(**changes: Any) -> Obj:
+    body = good()
+    body["spec"]["template"]["spec"].update(changes)
+    return body
+
+
+BAD: list[tuple[str, Obj, list[str]]] = [
+    (
+        "no template",
+        {"apiVersion": "spotrun.dev/v1alpha1", "kind": "TaskRun", "metadata": {"name": "t"}, "spec": {}},
+        ["spec.template", "Required"],
+    ),
+    ("no containers", with_pod(containers=[]), ["spec.template.spec.containers", "at least 1"]),
+    ("restartPolicy Always", with_pod(restartPolicy="Always"), ["spec.template.spec.restartPolicy", "Never"]),
+    ("negative retries", with_spec(retries=-1), ["spec.retries", "greater than or equal to 0"]),
+    ("negative maxInterruptions", with_spec(maxInterruptions=-5), ["spec.maxInterruptions"]),
+    (
+        "backoff max below initial",
+        with_spec(backoff={"initialSeconds": 60, "maxSeconds": 10}),
+        ["backoff.maxSeconds must be at least backoff.initialSeconds"],
+    ),
+    ("unknown capacity", with_spec(capacity={"type": "cheap"}), ["spec.capacity.type", "spot", "on-demand", "any"]),
+    (
+        "fallback without spot",
+        with_spec(capacity={"type": "on-demand", "fallback": {"afterInterruptions": 2}}),
+        ["capacity.fallback only applies to capacity.type spot"],
+    ),
+    (
+        "failurePolicy action",
+        with_spec(failurePolicy={"rules": [{"action": "Ignore", "onExitCodes": {"operator": "In", "values": [1]}}]}),
+        ["spec.failurePolicy.rules[0].action", "Retry", "Fail", "Interruption"],
+    ),
+    (
+        "exit code 0 with In",
+        with_spec(failurePolicy={"rules": [{"action": "Fail", "onExitCodes": {"operator": "In", "values": [0, 1]}}]}),
+        ["cannot contain 0 with operator In"],
+    ),
+    (
+        "exit code out of range",
+        with_spec(failurePolicy={"rules": [{"action": "Fail", "onExitCodes": {"operator": "In", "values": [300]}}]}),
+        ["values[0]", "less than or equal to 255"],
+    ),
+    ("checkpoint uri not s3", with_spec(checkpoint={"uri": "gs://bucket/x"}), ["spec.checkpoint.uri", "s3://"]),
+    (
+        "resumeFrom both",
+        with_spec(checkpoint={"resumeFrom": {"taskRun": "a", "uri": "s3://b/c"}}),
+        ["exactly one of taskRun or uri"],
+    ),
+    (
+        "relative mountPath",
+        with_spec(checkpoint={"mountPath": "data"}),
+        ["checkpoint.mountPath must be an absolute directory"],
+    ),
+    ("keep zero", with_spec(checkpoint={"keep": 0}), ["spec.checkpoint.keep", "greater than or equal to 1"]),
+    ("deadline zero", with_spec(activeDeadlineSeconds=0), ["spec.activeDeadlineSeconds"]),
+]
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> None:
+    kubectl(cluster, "apply", "-f", str(CRD))
+    kubectl(cluster, "wait", "--for=condition=Established", "crd/taskruns.spotrun.dev", "--timeout=60s")
+
+
+@pytest.mark.parametrize(("case", "body", "fragments"), BAD, ids=[case for case, _, _ in BAD])
+def test_a_bad_taskrun_is_refused_with_a_clear_message(
+    crd: None, kube: Client, namespace: str, case: str, body: Obj, fragments: list[str]
+) -> None:
+    with pytest.raises(ApiError) as refused:
+        kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
+    assert refused.value.status == 422
+    for fragment in fragments:
+        assert fragment in str(refused.value), f"{case}: {fragment!r} not in {refused.value}"
+
+
+def test_a_good_taskrun_is_accepted_with_defaults(crd: None, kube: Client, namespace: str) -> None:
+    created = kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", good())
+    spec = created["spec"]
+    assert (spec["retries"], spec["maxInterruptions"], spec["suspend"]) == (0, 20, False)
+    assert spec["backoff"] == {"initialSeconds": 10, "factor": 2, "maxSeconds": 600}
+    assert spec["capacity"] == {"type": "spot"}
+    assert spec["checkpoint"]["keep"] == 3
+
+
+def test_kubectl_explain_teaches_the_fields(crd: None, cluster: Cluster) -> None:
+    explained = kubectl(cluster, "explain", "taskrun.spec.checkpoint").stdout
+    assert "resumeFrom" in explained
+    assert "Directory mode" in explained
+
+
+def test_kubectl_get_shows_the_columns(crd: None, cluster: Cluster, kube: Client, namespace: str) -> None:
+    kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", good())
+    header = kubectl(cluster, "-n", namespace, "get", "taskruns.spotrun.dev").stdout.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "ATTEMPT", "FAILURES", "INTERRUPTIONS", "CAPACITY", "CHECKPOINT", "AGE"]
+    assert "t" in kubectl(cluster, "-n", namespace, "get", "spotrun").stdout  # the category

@@ -1,0 +1,246 @@
+"""The reconcile decision, without a cluster: (TaskRun, pods, nodes, now) -> decision."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from spotrun_operator.config import Config
+from spotrun_operator.reconcile import Decision, decide
+
+Obj = dict[str, Any]
+NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
+CONFIG = Config(checkpoint_prefix="s3://bucket/runs/", checkpoint_secret="s3-creds")
+CAPTURED = Path(__file__).resolve().parent / "pod_statuses"
+NODES = {"spot-1", "spot-2", "ondemand-1"}
+
+
+def taskrun(status: Obj | None = None, **spec: Any) -> Obj:
+    return {
+        "metadata": {"name": "train", "namespace": "ml", "uid": "uid-1", "generation": 1, "resourceVersion": "1"},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "task", "image": "img", "command": ["python", "t.py"]}]}},
+            "retries": 2,
+            "maxInterruptions": 20,
+            "backoff": {"initialSeconds": 10, "factor": 2, "maxSeconds": 600},
+            "capacity": {"type": "spot"},
+            "checkpoint": {"keep": 3},
+            **spec,
+        },
+        "status": status or {},
+    }
+
+
+def pod_of(attempt: int, captured: str, *, node: str = "spot-1", finalizer: bool = True) -> Obj:
+    pod: Obj = json.loads((CAPTURED / f"{captured}.json").read_text())
+    pod["metadata"].update(
+        name=f"train-a{attempt}",
+        namespace="ml",
+        labels={"spotrun.dev/taskrun": "train", "spotrun.dev/attempt": str(attempt), "spotrun.dev/capacity": "spot"},
+        ownerReferences=[{"uid": "uid-1", "controller": True}],
+        finalizers=["spotrun.dev/accounting"] if finalizer else [],
+    )
+    pod["spec"]["nodeName"] = node
+    return pod
+
+
+def running(attempt: int, node: str = "spot-1") -> Obj:
+    pod = pod_of(attempt, "exit-3", node=node)
+    pod["status"] = {"phase": "Running", "containerStatuses": [{"name": "main", "state": {"running": {}}}]}
+    pod["metadata"].pop("deletionTimestamp", None)
+    return pod
+
+
+def apply(tr: Obj, decision: Decision) -> Obj:
+    """What the handler does with the decision's status: the next pass starts from it."""
+    following = copy.deepcopy(tr)
+    following["status"] = copy.deepcopy(decision.status)
+    return following
+
+
+def test_a_new_taskrun_gets_attempt_1_on_spot_with_the_contract() -> None:
+    d = decide(taskrun(), [], NODES, NOW, CONFIG)
+    assert d.create is not None
+    pod = d.create
+    assert pod["metadata"]["name"] == "train-a1"
+    assert pod["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "spotrun.dev/v1alpha1",
+        "kind": "TaskRun",
+        "name": "train",
+        "uid": "uid-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert pod["metadata"]["finalizers"] == ["spotrun.dev/accounting"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["nodeSelector"] == {"spotrun.dev/capacity": "spot"}
+    assert {"key": "spotrun.dev/capacity", "operator": "Equal", "value": "spot", "effect": "NoSchedule"} in pod["spec"][
+        "tolerations"
+    ]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SPOTRUN_ATTEMPT"] == "1"
+    assert env["SPOTRUN_CHECKPOINT_URI"] == "s3://bucket/runs/ml/train/"
+    assert env["SPOTRUN_GRACE_SECONDS"] == "30"
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert (d.status["phase"], d.status["attempt"], d.status["capacity"]) == ("Pending", 1, "spot")
+
+
+def test_an_interruption_is_replaced_at_once_and_costs_no_retry() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [pod_of(1, "preempted")], NODES, NOW, CONFIG)
+    assert (d.status["interruptions"], d.status["failures"]) == (1, 0)
+    assert d.create is not None
+    assert d.create["metadata"]["name"] == "train-a2"
+    assert d.release == ["train-a1"]
+    assert d.status["attempts"][0]["reason"] == "TerminationByKubelet"
+
+
+def test_a_failure_waits_out_the_backoff_then_retries() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [pod_of(1, "exit-3")], NODES, NOW, CONFIG)
+    assert (d.status["failures"], d.status["phase"], d.create) == (1, "Backoff", None)
+    assert d.requeue_after == 10
+    later = decide(
+        apply(tr, d), [pod_of(1, "exit-3", finalizer=False)], NODES, NOW + datetime.timedelta(seconds=11), CONFIG
+    )
+    assert later.create is not None
+    assert later.status["failures"] == 1  # counted once, not again
+    assert later.create["metadata"]["name"] == "train-a2"
+
+
+def test_used_up_retries_fail_the_run_saying_which_budget() -> None:
+    tr = taskrun({"attempt": 3, "accountedAttempt": 2, "failures": 2, "phase": "Running"})
+    d = decide(tr, [pod_of(3, "exit-3")], NODES, NOW, CONFIG)
+    assert d.status["phase"] == "Failed"
+    assert d.create is None
+    assert "3 failures used up retries (2)" in d.status["message"]
+    assert any(c["type"] == "Failed" and c["reason"] == "RetriesExhausted" for c in d.status["conditions"])
+
+
+def test_never_two_live_pods_while_the_old_one_terminates() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    evicted = pod_of(1, "evicted")  # DisruptionTarget set, still running on a live node
+    d = decide(tr, [evicted], NODES, NOW, CONFIG)
+    assert d.status["interruptions"] == 1
+    assert d.create is None
+    assert "waiting for pod train-a1 to terminate" in d.status["message"]
+
+
+def test_a_pod_on_a_node_that_is_gone_is_force_deleted_then_replaced() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    stuck = pod_of(1, "killed", node="gone-node")
+    d = decide(tr, [stuck], NODES, NOW, CONFIG)
+    assert d.force_delete == ["train-a1"]
+    assert d.create is not None
+    assert d.status["interruptions"] == 1
+
+
+def test_a_pass_after_a_crash_adopts_the_pod_it_created() -> None:
+    # The operator created train-a2 and died before writing status.attempt = 2.
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [pod_of(1, "preempted"), running(2, "spot-2")], NODES, NOW, CONFIG)
+    assert d.create is None
+    assert d.status["attempt"] == 2
+    assert d.status["interruptions"] == 1
+    assert d.status["phase"] == "Running"
+
+
+def test_the_same_pass_twice_counts_once() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    pods = [pod_of(1, "preempted")]
+    first = decide(tr, pods, NODES, NOW, CONFIG)
+    second = decide(apply(tr, first), pods + [running(2, "spot-2")], NODES, NOW, CONFIG)
+    assert second.status["interruptions"] == 1
+    assert second.create is None
+
+
+def test_fallback_to_on_demand_after_n_interruptions() -> None:
+    tr = taskrun(
+        {"attempt": 2, "accountedAttempt": 1, "interruptions": 1},
+        capacity={"type": "spot", "fallback": {"afterInterruptions": 2}},
+    )
+    d = decide(tr, [pod_of(2, "preempted")], NODES, NOW, CONFIG)
+    assert d.create is not None
+    assert d.create["spec"]["nodeSelector"] == {"spotrun.dev/capacity": "on-demand"}
+    assert "tolerations" not in d.create["spec"]
+    assert d.status["capacity"] == "on-demand"
+
+
+def test_too_many_interruptions_fail_the_run() -> None:
+    tr = taskrun({"attempt": 3, "accountedAttempt": 2, "interruptions": 2}, maxInterruptions=2)
+    d = decide(tr, [pod_of(3, "preempted")], NODES, NOW, CONFIG)
+    assert d.status["phase"] == "Failed"
+    assert "exceeded maxInterruptions (2)" in d.status["message"]
+
+
+def test_suspend_stops_the_pod_and_its_end_counts_nowhere() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"}, suspend=True)
+    d = decide(tr, [running(1)], NODES, NOW, CONFIG)
+    assert d.stop == [("train-a1", "Suspended")]
+    assert d.status["phase"] == "Suspended"
+    stopped = pod_of(1, "deleted")
+    stopped["metadata"]["annotations"] = {"spotrun.dev/stopped-by": "Suspended"}
+    after = decide(apply(tr, d), [stopped], NODES, NOW, CONFIG)
+    assert (after.status["interruptions"], after.status["failures"]) == (0, 0)
+    assert after.status["attempts"][0]["outcome"] == "Stopped"
+    assert after.create is None
+    resumed = apply(tr, after)
+    resumed["spec"]["suspend"] = False
+    assert decide(resumed, [stopped], NODES, NOW, CONFIG).create is not None
+
+
+def test_the_deadline_fails_the_run_and_stops_the_pod() -> None:
+    start = (NOW - datetime.timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tr = taskrun({"attempt": 1, "phase": "Running", "startTime": start}, activeDeadlineSeconds=60)
+    d = decide(tr, [running(1)], NODES, NOW, CONFIG)
+    assert d.status["phase"] == "Failed"
+    assert d.stop == [("train-a1", "DeadlineExceeded")]
+
+
+def test_success_reports_the_result_and_finishes() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    done = pod_of(1, "succeeded")
+    done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = json.dumps({"result": {"loss": 0.1}})
+    d = decide(tr, [done], NODES, NOW, CONFIG)
+    assert d.status["phase"] == "Succeeded"
+    assert d.status["result"] == {"loss": 0.1}
+    assert d.status["completionTime"] == "2026-11-27T12:00:00Z"
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in d.status["conditions"])
+
+
+def test_ttl_deletes_the_finished_run() -> None:
+    tr = taskrun({"phase": "Succeeded", "completionTime": "2026-11-27T11:00:00Z"}, ttlSecondsAfterFinished=60)
+    assert decide(tr, [], NODES, NOW, CONFIG).delete_taskrun
+    fresh = taskrun({"phase": "Succeeded", "completionTime": "2026-11-27T11:59:30Z"}, ttlSecondsAfterFinished=60)
+    d = decide(fresh, [], NODES, NOW, CONFIG)
+    assert not d.delete_taskrun
+    assert d.requeue_after == 30
+
+
+def test_directory_mode_adds_restore_and_a_native_sync_sidecar() -> None:
+    tr = taskrun(
+        checkpoint={"mountPath": "/ckpt", "syncIntervalSeconds": 15, "keep": 3},
+    )
+    d = decide(tr, [], NODES, NOW, CONFIG, resume_from="s3://bucket/runs/ml/old/")
+    assert d.create is not None
+    spec = d.create["spec"]
+    restore, sync = spec["initContainers"]
+    assert restore["command"] == ["spotrun", "restore", "/ckpt"]
+    assert (sync["command"], sync["restartPolicy"]) == (["spotrun", "sync", "/ckpt", "--interval", "15"], "Always")
+    assert {"name": "spotrun-checkpoint", "emptyDir": {}} in spec["volumes"]
+    assert {"name": "spotrun-checkpoint", "mountPath": "/ckpt"} in spec["containers"][0]["volumeMounts"]
+    env = {e["name"]: e["value"] for e in sync["env"]}
+    assert env["SPOTRUN_RESUME_FROM"] == "s3://bucket/runs/ml/old/"
+
+
+def test_the_template_overrides_the_profile_placement() -> None:
+    tr = taskrun()
+    tr["spec"]["template"]["spec"]["nodeSelector"] = {"spotrun.dev/capacity": "spot", "zone": "a"}
+    d = decide(tr, [], NODES, NOW, CONFIG)
+    assert d.create is not None
+    assert d.create["spec"]["nodeSelector"] == {"spotrun.dev/capacity": "spot", "zone": "a"}
