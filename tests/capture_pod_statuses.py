@@ -22,7 +22,11 @@ from tests.integration.helpers import condition, container, get_pod, pod, runnin
 OUT = Path(__file__).resolve().parent / "unit" / "pod_statuses"
 Obj = dict[str, Any]
 SLEEP = "import time; time.sleep(600)"
-LINGER = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: (time.sleep(3), sys.exit(143)))\ntime.sleep(600)"
+LINGER = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(3), sys.exit(143)))\n"
+    "time.sleep(600)"
+)
 
 
 def scrub(obj: Obj) -> Obj:

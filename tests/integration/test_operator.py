@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +17,7 @@ from tests.integration.helpers import container, pod, running_container, wait_fo
 from tests.integration.operator_fixtures import (
     SEED,
     Operator,
+    checkpoint_step,
     create_taskrun,
     current_pod,
     kubectl,
@@ -235,3 +239,53 @@ def test_the_operator_runs_as_its_service_account(operator: Operator, kube: Clie
     )
     assert review["status"]["allowed"] is False  # least privilege: no secrets
     assert "token" in operator.kubeconfig.read_text()
+
+
+def test_operator_killed_at_random_moments_during_repeated_interruptions(
+    operator: Operator, kube: Client, task_namespace: str
+) -> None:
+    name = "chaos"
+    steps = 40
+    create_taskrun(kube, task_namespace, steps_taskrun(name, steps=steps, step_seconds=0.25, maxInterruptions=100))
+    wait_step(kube, task_namespace, name, 1)
+    rng = random.Random(20261127)
+    live_counts: list[int] = []
+    watching = threading.Event()
+
+    def watch_pods() -> None:
+        while not watching.is_set():
+            pods = kube.get(f"/api/v1/namespaces/{task_namespace}/pods", labelSelector=f"spotrun.dev/taskrun={name}")
+            live_counts.append(sum(p["status"].get("phase") not in ("Succeeded", "Failed") for p in pods["items"]))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_pods, daemon=True)
+    watcher.start()
+    injected = 0
+    try:
+        for kill in range(20):
+            time.sleep(rng.uniform(0.2, 1.5))
+            operator.kill()
+            pods = kube.get(f"/api/v1/namespaces/{task_namespace}/pods", labelSelector=f"spotrun.dev/taskrun={name}")
+            target = [
+                p
+                for p in pods["items"]
+                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+            ]
+            if kill % 2 == 0 and target and checkpoint_step(kube, task_namespace, name) < steps - 8:
+                kube.delete(f"/api/v1/namespaces/{task_namespace}/pods/{target[0]['metadata']['name']}")
+                injected += 1
+            time.sleep(rng.uniform(0, 1.0))
+            operator.start()
+        final = wait_phase(kube, task_namespace, name, "Succeeded", "Failed", timeout=240)
+    finally:
+        watching.set()
+        watcher.join()
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start()
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert max(live_counts) == 1, "two pods of one TaskRun were alive at once"
+    assert (final["interruptions"], final["failures"]) == (injected, 0)
+    assert final["attempt"] == injected + 1
+    assert final["result"]["steps"] == steps
+    resumed = final["result"]["resumed"]
+    assert resumed == sorted(resumed), f"an attempt went back: {resumed}"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from spotrun_operator.classify import classify
 
 CAPTURED = Path(__file__).resolve().parent / "pod_statuses"

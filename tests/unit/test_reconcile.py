@@ -154,7 +154,7 @@ def test_the_same_pass_twice_counts_once() -> None:
     tr = taskrun({"attempt": 1, "phase": "Running"})
     pods = [pod_of(1, "preempted")]
     first = decide(tr, pods, NODES, NOW, CONFIG)
-    second = decide(apply(tr, first), pods + [running(2, "spot-2")], NODES, NOW, CONFIG)
+    second = decide(apply(tr, first), [*pods, running(2, "spot-2")], NODES, NOW, CONFIG)
     assert second.status["interruptions"] == 1
     assert second.create is None
 
