@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build up down status lint format test test-unit test-integration bench clean
+.PHONY: help install build up down status lint format test test-unit test-integration bench bench-io bench-recovery clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,8 +53,15 @@ test: $(STAMP) build ## The whole suite: pip check, lint, unit and integration t
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
 
-bench: $(STAMP) up ## Checkpoint I/O benchmark: SDK against raw boto3 on the local S3 server (minutes).
+bench: $(STAMP) up ## Both benchmarks below (about 15 minutes).
 	$(PY) bench/checkpoint_io.py
+	$(PY) bench/recovery_latency.py
+
+bench-io: $(STAMP) up ## Checkpoint I/O: the SDK against raw boto3 on the local S3 server.
+	$(PY) bench/checkpoint_io.py
+
+bench-recovery: $(STAMP) up ## Recovery after preemption: a TaskRun against a batch/v1 Job, five rounds.
+	$(PY) bench/recovery_latency.py
 
 clean: down ## Stop the cluster and remove .localcluster and caches in the tree (not the binary cache).
 	rm -rf .localcluster .pytest_cache .mypy_cache .ruff_cache

@@ -6,10 +6,12 @@ import contextlib
 import random
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from spotrun import Checkpoint, open_storage
 
 from localcluster.cluster import Cluster
 from localcluster.kube import ApiError, Client
@@ -25,6 +27,9 @@ from tests.integration.operator_fixtures import (
     taskrun,
     wait_phase,
     wait_step,
+)
+from tests.integration.operator_fixtures import (
+    status as status_of,
 )
 
 pytestmark = pytest.mark.integration
@@ -289,3 +294,34 @@ def test_operator_killed_at_random_moments_during_repeated_interruptions(
     assert final["result"]["steps"] == steps
     resumed = final["result"]["resumed"]
     assert resumed == sorted(resumed), f"an attempt went back: {resumed}"
+
+
+def test_deleting_a_taskrun_removes_its_pods_and_keeps_its_checkpoints(
+    cluster: Cluster, kube: Client, task_namespace: str
+) -> None:
+    name = "short-lived"
+    create_taskrun(kube, task_namespace, steps_taskrun(name))
+    wait_step(kube, task_namespace, name, 2)
+    uri = wait_for(lambda: status_of(kube, task_namespace, name).get("checkpoint", {}).get("uri"), 30, "the uri")
+    kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{task_namespace}/taskruns/{name}")
+    wait_for(
+        lambda: (
+            not kube.get(f"/api/v1/namespaces/{task_namespace}/pods", labelSelector=f"spotrun.dev/taskrun={name}")[
+                "items"
+            ]
+        ),
+        60,
+        "the TaskRun's pods to go",
+    )
+    latest = Checkpoint(open_storage(uri, read_only=True)).latest()
+    assert latest is not None
+    assert latest.step is not None
+    assert latest.step >= 2
+
+
+def test_the_metrics_endpoint_counts_interruptions_and_latency(operator: Operator) -> None:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'spotrun_taskruns{phase="Succeeded"}' in text
+    interrupted = [line for line in text.splitlines() if line.startswith("spotrun_interruptions_total{")]
+    assert interrupted, "no interruption was counted"
+    assert "spotrun_replacement_latency_seconds_bucket" in text

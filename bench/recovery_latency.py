@@ -1,0 +1,176 @@
+"""Recovery latency after a spot preemption: a TaskRun against a batch/v1 Job, side by side in one run.
+
+The Job is the best the built-in controller offers: podFailurePolicy `Ignore` on DisruptionTarget,
+so preemptions do not count against backoffLimit. Both run on the local cluster's spot nodes; the
+same disruption (`node preempt`, 1 s grace) hits each five times in a row. Latency is measured by
+one watch on the pods: from the moment the old pod is seen terminal to the moment its replacement
+is seen created.
+
+    python -m localcluster up && python bench/recovery_latency.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from localcluster.cluster import Cluster  # noqa: E402
+from localcluster.kube import Client  # noqa: E402
+from tests.integration.helpers import wait_for  # noqa: E402
+from tests.integration.operator_fixtures import SECRET, install, steps_taskrun  # noqa: E402
+
+Obj = dict[str, Any]
+SPOT = {
+    "nodeSelector": {"spotrun.dev/capacity": "spot"},
+    "tolerations": [{"key": "spotrun.dev/capacity", "operator": "Equal", "value": "spot", "effect": "NoSchedule"}],
+}
+
+
+class PodWatch:
+    """Records, per pod, when it was first seen and when it was first seen terminal."""
+
+    def __init__(self, kube: Client, namespace: str) -> None:
+        self.kube, self.namespace = kube, namespace
+        self.created: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.owner: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        version = self.kube.get(path)["metadata"]["resourceVersion"]
+        while not self._stop.is_set():
+            for event in self.kube.watch(path, version, timeout_seconds=30):
+                now = time.monotonic()
+                pod = event["object"]
+                version = pod["metadata"].get("resourceVersion", version)
+                if event["type"] in ("BOOKMARK", "ERROR"):
+                    continue
+                name = pod["metadata"]["name"]
+                labels = pod["metadata"].get("labels") or {}
+                self.owner.setdefault(name, labels.get("spotrun.dev/taskrun") or labels.get("job-name", ""))
+                self.created.setdefault(name, now)
+                terminal = pod.get("status", {}).get("phase") in ("Failed", "Succeeded")
+                if terminal or event["type"] == "DELETED":
+                    self.ended.setdefault(name, now)
+                if self._stop.is_set():
+                    return
+
+    def live(self, owner: str) -> list[str]:
+        return [n for n, o in self.owner.items() if o == owner and n not in self.ended]
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def job(name: str) -> Obj:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "task",
+                            "image": "python",
+                            "command": ["python", "-c", "import time; time.sleep(3600)"],
+                        }
+                    ],
+                    **SPOT,
+                }
+            },
+        },
+    }
+
+
+def one_round(cluster: Cluster, watch: PodWatch, owner: str) -> float:
+    """Preempts the node of `owner`'s live pod; seconds from it seen terminal to its replacement seen created."""
+    kube = cluster.admin()
+    live = wait_for(lambda: (pods := watch.live(owner)) and len(pods) == 1 and pods, 120, f"one live pod of {owner}")
+    old = live[0]
+    path = f"/api/v1/namespaces/{watch.namespace}/pods/{old}"
+    wait_for(lambda: kube.get(path).get("status", {}).get("phase") == "Running", 60, f"{old} to run")
+    node = kube.get(path)["spec"]["nodeName"]
+    cluster.preempt_node(node, grace=1)
+    ended = wait_for(lambda: watch.ended.get(old), 60, f"{old} to be seen terminal")
+    replacement = wait_for(
+        lambda: [n for n in watch.live(owner) if n != old and watch.created[n] >= ended - 5],
+        180,
+        f"a replacement for {old}",
+    )[0]
+    cluster.add_node(node, "spot")  # the autoscaler brings the capacity back
+    return max(0.0, watch.created[replacement] - ended)
+
+
+def measure(cluster: Cluster, watch: PodWatch, owner: str, rounds: int) -> list[float]:
+    return [one_round(cluster, watch, owner) for _ in range(rounds)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    cluster = Cluster()
+    if not cluster.running():
+        raise SystemExit("the local cluster is not running: run `make up` first")
+    kube = cluster.admin()
+    namespace = f"bench-{uuid.uuid4().hex[:6]}"
+    kube.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+    wait_for(lambda: kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"), 30, "the namespace")
+    env = cluster.env_vars()
+    kube.create(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {
+            "metadata": {"name": SECRET},
+            "stringData": {
+                k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+            },
+        },
+    )
+    operator = install(cluster, kube, Path(tempfile.mkdtemp(prefix="spotrun-bench-")))
+    operator.start()
+    watch = PodWatch(kube, namespace)
+    try:
+        body = steps_taskrun("bench", steps=100000, step_seconds=1, maxInterruptions=1000)
+        body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 1
+        kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
+        spotrun = measure(cluster, watch, "bench", args.rounds)
+        kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns/bench")
+        kube.create(f"/apis/batch/v1/namespaces/{namespace}/jobs", job("bench-job"))
+        batch = measure(cluster, watch, "bench-job", args.rounds)
+    finally:
+        watch.stop()
+        operator.stop()
+        kube.delete(f"/api/v1/namespaces/{namespace}")
+
+    print(f"recovery after `node preempt`: old pod seen terminal -> replacement seen created, {args.rounds} rounds\n")
+    print(f"{'round':>5} {'TaskRun':>10} {'Job':>10} {'Job/TaskRun':>12}")
+    for n, (a, b) in enumerate(zip(spotrun, batch, strict=True), 1):
+        print(f"{n:>5} {a:9.2f}s {b:9.2f}s {b / max(a, 1e-3):11.1f}x")
+    first = max(spotrun[0], 1e-3)
+    print(
+        f"\nTaskRun p50 {statistics.median(spotrun):.2f}s, fifth/first {spotrun[-1] / first:.2f}; "
+        f"Job p50 {statistics.median(batch):.2f}s; first-round ratio Job/TaskRun {batch[0] / first:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
