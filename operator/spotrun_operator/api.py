@@ -26,6 +26,13 @@ class Conflict(Exception):
     """The object changed since it was read; the next pass starts over from a fresh read."""
 
 
+def transient(err: BaseException) -> bool:
+    """Whether an error from this module will likely pass on its own (conflict, throttling, 5xx)."""
+    return isinstance(err, Conflict) or (
+        isinstance(err, ApiException) and (err.status in (409, 429) or (err.status or 0) >= 500)
+    )
+
+
 class NamespaceTerminating(Exception):
     """The namespace is being deleted: nothing new can be created in it, and nothing needs to be."""
 

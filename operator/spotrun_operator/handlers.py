@@ -14,11 +14,10 @@ import threading
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 from spotrun import Checkpoint, open_storage
 
 from spotrun_operator import metrics, names
-from spotrun_operator.api import Api, Conflict, NamespaceTerminating
+from spotrun_operator.api import Api, Conflict, NamespaceTerminating, transient
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import checkpoint_uri
 from spotrun_operator.reconcile import decide
@@ -97,11 +96,11 @@ def reconcile(namespace: str, name: str) -> None:
             _reconcile(namespace, name)
     except NamespaceTerminating:
         log.info("Skipped TaskRun %s/%s: its namespace is being deleted", namespace, name)
-    except Conflict:
-        raise kopf.TemporaryError("the TaskRun changed during the pass; recomputing", delay=0.5) from None
-    except ApiException as err:
-        if err.status in (409, 429) or err.status >= 500:
-            raise kopf.TemporaryError(f"the apiserver answered {err.status}; retrying", delay=2) from err
+    except Exception as err:
+        if transient(err):
+            raise kopf.TemporaryError(
+                f"retrying shortly: {err}", delay=0.5 if isinstance(err, Conflict) else 2
+            ) from err
         raise
 
 

@@ -21,15 +21,17 @@ def backoff_seconds(spec: Obj, failures: int) -> float:
     return min(initial * factor ** min(failures - 1, 64), ceiling)
 
 
-def exhausted_budget(spec: Obj, failures: int, interruptions: int) -> tuple[str, str] | None:
-    """(reason, message) when a budget is used up, else None."""
-    retries = int(spec.get("retries", 0))
+def exhausted_budget(
+    spec: Obj, failures: int, interruptions: int, default_retries: int = 0, default_max_interruptions: int = 20
+) -> tuple[str, str] | None:
+    """(reason, message) when a budget is used up, else None. Unset budgets take the operator's defaults."""
+    retries = int(spec.get("retries", default_retries))
     if failures > retries:
         return (
             names.REASON_RETRIES_EXHAUSTED,
             f"{failures} failure{'s' if failures != 1 else ''} used up retries ({retries})",
         )
-    limit = int(spec.get("maxInterruptions", 20))
+    limit = int(spec.get("maxInterruptions", default_max_interruptions))
     if interruptions > limit:
         return (
             names.REASON_INTERRUPTIONS_EXHAUSTED,

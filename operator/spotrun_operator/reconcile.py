@@ -205,7 +205,9 @@ def decide(
             f"attempt {last['attempt']} failed: a failurePolicy Fail rule matched",
         )
         return decision
-    exhausted = policy.exhausted_budget(spec, st["failures"], st["interruptions"])
+    exhausted = policy.exhausted_budget(
+        spec, st["failures"], st["interruptions"], config.default_retries, config.default_max_interruptions
+    )
     if exhausted:
         reason, message = exhausted
         finish(names.FAILED, reason, f"{message}; last attempt {last.get('attempt')} ended {last.get('reason')}")

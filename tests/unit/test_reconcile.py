@@ -244,3 +244,12 @@ def test_the_template_overrides_the_profile_placement() -> None:
     d = decide(tr, [], NODES, NOW, CONFIG)
     assert d.create is not None
     assert d.create["spec"]["nodeSelector"] == {"spotrun.dev/capacity": "spot", "zone": "a"}
+
+
+def test_unset_budgets_take_the_operators_defaults() -> None:
+    tr = taskrun({"attempt": 2, "accountedAttempt": 1, "failures": 1, "phase": "Running"})
+    del tr["spec"]["retries"]
+    d = decide(tr, [pod_of(2, "exit-3")], NODES, NOW, Config(default_retries=1))
+    assert d.status["phase"] == "Failed"
+    assert "used up retries (1)" in d.status["message"]
+    assert decide(tr, [pod_of(2, "exit-3")], NODES, NOW, Config(default_retries=5)).status["phase"] == "Backoff"
