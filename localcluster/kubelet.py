@@ -167,12 +167,13 @@ class PodWorker:
                 self._delete_gracefully()
                 return
             self._step()
-            self._write_status()
             if self.phase in ("Succeeded", "Failed"):
+                # As the kubelet does: the pod is terminal only once its sidecars have stopped too.
                 self._stop_sidecars(grace=self._grace())
                 self._write_status()
                 self._await_deletion()
                 return
+            self._write_status()
             self.wake.wait(0.2)
             self.wake.clear()
 

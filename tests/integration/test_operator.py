@@ -9,6 +9,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from spotrun import Checkpoint, open_storage
@@ -325,3 +326,48 @@ def test_the_metrics_endpoint_counts_interruptions_and_latency(operator: Operato
     interrupted = [line for line in text.splitlines() if line.startswith("spotrun_interruptions_total{")]
     assert interrupted, "no interruption was counted"
     assert "spotrun_replacement_latency_seconds_bucket" in text
+
+
+def test_resume_from_another_taskrun_starts_from_its_checkpoint(kube: Client, task_namespace: str) -> None:
+    create_taskrun(kube, task_namespace, steps_taskrun("first", steps=6, step_seconds=0.1))
+    wait_phase(kube, task_namespace, "first", "Succeeded")
+    second = steps_taskrun("second", steps=12, step_seconds=0.1, checkpoint={"resumeFrom": {"taskRun": "first"}})
+    create_taskrun(kube, task_namespace, second)
+    final = wait_phase(kube, task_namespace, "second", "Succeeded", "Failed")
+    assert final["phase"] == "Succeeded"
+    assert final["result"]["resumed"] == [0, 6]  # the first run's history, then this run from step 6
+    assert final["checkpoint"]["uri"].endswith(f"/{task_namespace}/second/")
+
+
+DIRECTORY_TASK = """
+n=$(cat /ckpt/count 2>/dev/null || echo 0)
+echo "start $n" >> /ckpt/starts
+while [ "$n" -lt 30 ]; do n=$((n + 1)); echo "$n" > /ckpt/count; sleep 0.3; done
+"""
+
+
+def test_directory_mode_survives_a_preemption(
+    cluster: Cluster, kube: Client, task_namespace: str, spot_pool: None, tmp_path: Path
+) -> None:
+    body = taskrun("shell", ["sh", "-c", DIRECTORY_TASK], checkpoint={"mountPath": "/ckpt", "syncIntervalSeconds": 1})
+    create_taskrun(kube, task_namespace, body)
+    uri = wait_for(lambda: status_of(kube, task_namespace, "shell").get("checkpoint", {}).get("uri"), 30, "the uri")
+    reader = Checkpoint(open_storage(uri, read_only=True))
+
+    def synced_count() -> int:
+        restored = reader.restore(tmp_path / "peek")
+        return int((restored / "count").read_text()) if restored and (restored / "count").exists() else 0
+
+    wait_for(lambda: synced_count() >= 5, 60, "the sidecar to sync a few steps")
+    live = current_pod(kube, task_namespace, "shell")
+    assert live is not None
+    cluster.preempt_node(live["spec"]["nodeName"], grace=3)
+    final = wait_phase(kube, task_namespace, "shell", "Succeeded", "Failed", timeout=180)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["interruptions"], final["failures"]) == (1, 0)
+    restored = reader.restore(tmp_path / "final")
+    assert restored is not None
+    assert (restored / "count").read_text().strip() == "30"
+    starts = [int(line.split()[1]) for line in (restored / "starts").read_text().splitlines()]
+    assert starts[0] == 0
+    assert starts[1] >= 5, f"attempt 2 did not resume from the synced directory: {starts}"
