@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import kopf
-from spotrun import Checkpoint, open_storage
+from spotrun import Checkpoint, SpotrunError, open_storage
 
 from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, NamespaceTerminating, transient
@@ -161,6 +161,20 @@ def taskrun_deleted(body: kopf.Body, **_: Any) -> None:
     # The pods go with their owner (garbage collector); the accounting finalizer must not hold them.
     for pod in api().list_pods(body["metadata"]["namespace"], body["metadata"]["name"]):
         api().release_pod(pod)
+    annotations = body["metadata"].get("annotations") or {}
+    if annotations.get(names.ANNOTATION_DELETE_CHECKPOINTS) == "true":
+        uri = checkpoint_uri({"metadata": dict(body["metadata"]), "spec": dict(body["spec"])}, config())
+        try:
+            storage = open_storage(uri)
+            storage.delete([key for key, _ in storage.list("")])
+        except SpotrunError as err:
+            raise kopf.TemporaryError(f"deleting the checkpoints under {uri} failed: {err}", delay=10) from err
+        log.info(
+            "Deleted the checkpoints of TaskRun %s/%s under %s, as its annotation asked",
+            body["metadata"]["namespace"],
+            body["metadata"]["name"],
+            uri,
+        )
     log.info(
         "Released the pods of deleted TaskRun %s/%s; its checkpoints are kept",
         body["metadata"]["namespace"],

@@ -19,7 +19,8 @@ MANAGED_BY = "spotrun-operator"
 
 # Annotations.
 ANNOTATION_STOPPED_BY = f"{GROUP}/stopped-by"  # on a pod the operator itself deletes, with the reason
-ANNOTATION_ACCOUNTED = f"{GROUP}/accounted"  # on a pod whose outcome is in the TaskRun's counters
+# On a TaskRun, "true": deleting the TaskRun also deletes its checkpoints (kept by default).
+ANNOTATION_DELETE_CHECKPOINTS = f"{GROUP}/delete-checkpoints"
 
 # kopf's own bookkeeping, under Spotrun's prefix.
 FINALIZER = f"{GROUP}/finalizer"

@@ -320,12 +320,34 @@ def test_deleting_a_taskrun_removes_its_pods_and_keeps_its_checkpoints(
     assert latest.step >= 2
 
 
-def test_the_metrics_endpoint_counts_interruptions_and_latency(operator: Operator) -> None:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).read().decode()
+def test_the_metrics_endpoint_counts_interruptions_and_latency(
+    operator: Operator, cluster: Cluster, kube: Client, task_namespace: str
+) -> None:
+    def scrape() -> str:
+        def attempt() -> str | None:
+            try:
+                url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+                return str(urllib.request.urlopen(url, timeout=10).read().decode())
+            except OSError:  # the operator may still be starting
+                return None
+
+        return wait_for(attempt, 60, "the operator's metrics endpoint")
+
+    def interruptions_deleted(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith('spotrun_interruptions_total{reason="PodDeleted"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = interruptions_deleted(scrape())
+    live = run_until_step(kube, task_namespace, "measured", step=2)
+    kubectl(cluster, "-n", task_namespace, "delete", "pod", live["metadata"]["name"], "--wait=false")
+    assert_resumed_and_succeeded(kube, task_namespace, "measured")
+    text = scrape()
+    assert interruptions_deleted(text) == before + 1
     assert 'spotrun_taskruns{phase="Succeeded"}' in text
-    interrupted = [line for line in text.splitlines() if line.startswith("spotrun_interruptions_total{")]
-    assert interrupted, "no interruption was counted"
-    assert "spotrun_replacement_latency_seconds_bucket" in text
+    count = next(line for line in text.splitlines() if line.startswith("spotrun_replacement_latency_seconds_count"))
+    assert float(count.split()[-1]) >= 1
 
 
 def test_resume_from_another_taskrun_starts_from_its_checkpoint(kube: Client, task_namespace: str) -> None:
@@ -371,3 +393,14 @@ def test_directory_mode_survives_a_preemption(
     starts = [int(line.split()[1]) for line in (restored / "starts").read_text().splitlines()]
     assert starts[0] == 0
     assert starts[1] >= 5, f"attempt 2 did not resume from the synced directory: {starts}"
+
+
+def test_deleting_with_the_annotation_also_deletes_the_checkpoints(kube: Client, task_namespace: str) -> None:
+    body = steps_taskrun("cleanup", steps=3, step_seconds=0.1)
+    body["metadata"]["annotations"] = {"spotrun.dev/delete-checkpoints": "true"}
+    create_taskrun(kube, task_namespace, body)
+    final = wait_phase(kube, task_namespace, "cleanup", "Succeeded")
+    storage = open_storage(final["checkpoint"]["uri"], read_only=True)
+    assert storage.list("")
+    kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{task_namespace}/taskruns/cleanup")
+    wait_for(lambda: not storage.list(""), 60, "the checkpoints to be deleted")
