@@ -32,11 +32,12 @@ down: $(STAMP) ## Stop every process of the local cluster.
 status: $(STAMP) ## Show the local cluster's processes and nodes.
 	$(PY) -m localcluster status
 
-lint: $(STAMP) ## ruff (lint and format check), mypy --strict, import-linter.
+lint: $(STAMP) ## ruff (lint and format check), mypy --strict, import-linter, hadolint.
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint Dockerfile
 
 format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(VENV)/bin/ruff check --fix .

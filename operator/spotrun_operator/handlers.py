@@ -117,6 +117,14 @@ def _reconcile(namespace: str, name: str) -> None:
     if decision.create is not None:
         api().create_pod(decision.create)
         metrics.observe_creation(taskrun, pods, now)
+        log.info(
+            "Created pod %s for TaskRun %s/%s (attempt %s, %s)",
+            decision.create["metadata"]["name"],
+            namespace,
+            name,
+            decision.status.get("attempt"),
+            decision.status.get("capacity"),
+        )
     if decision.refresh_checkpoint:
         uri = decision.status.get("checkpoint", {}).get("uri", "")
         if uri:

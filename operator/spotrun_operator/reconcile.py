@@ -149,13 +149,14 @@ def decide(
             )
         )
     st["attempts"] = history[-HISTORY:]
-    # Every counted pod lets go of its accounting finalizer; recomputed each pass, so a release
-    # that failed (a conflict, a crash) is simply done again.
+    # A counted pod lets go of its accounting finalizer once it is terminal, so that its final
+    # status stays readable until then. Recomputed each pass: a release that failed (a conflict,
+    # a crash) is simply done again.
     counted = int(st.get("accountedAttempt", 0))
     decision.release = [
         p["metadata"]["name"]
         for n, p in sorted(by_attempt.items())
-        if n <= counted and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
+        if n <= counted and _finished(p) and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
     ]
 
     unfinished = [p for n, p in by_attempt.items() if n <= attempt and not _finished(p)]

@@ -16,7 +16,7 @@ from spotrun import Checkpoint, open_storage
 
 from localcluster.cluster import Cluster
 from localcluster.kube import ApiError, Client
-from tests.integration.helpers import container, pod, running_container, wait_for
+from tests.integration.helpers import container, pod, pod_gone, running_container, wait_for
 from tests.integration.operator_fixtures import (
     SEED,
     Operator,
@@ -51,6 +51,10 @@ def spot_pool(cluster: Cluster, kube: Client) -> Iterator[None]:
     _refill_spot_pool(cluster, kube)
     yield
     _refill_spot_pool(cluster, kube)
+
+
+def stopped(kube: Client, namespace: str, pod_name: str) -> bool:
+    return pod_gone(kube, namespace, pod_name) or not running_container(kube, namespace, pod_name)
 
 
 def assert_resumed_and_succeeded(kube: Client, ns: str, name: str, interruptions: int = 1) -> dict[str, object]:
@@ -216,7 +220,7 @@ def test_suspend_stops_the_pod_and_resume_continues_from_the_checkpoint(kube: Cl
     path = f"/apis/spotrun.dev/v1alpha1/namespaces/{task_namespace}/taskruns/{name}"
     kube.merge_patch(path, {"spec": {"suspend": True}})
     wait_phase(kube, task_namespace, name, "Suspended")
-    wait_for(lambda: not running_container(kube, task_namespace, f"{name}-a1"), 30, "the pod to stop")
+    wait_for(lambda: stopped(kube, task_namespace, f"{name}-a1"), 30, "the pod to stop")
     kube.merge_patch(path, {"spec": {"suspend": False}})
     final = wait_phase(kube, task_namespace, name, "Succeeded", "Failed", timeout=120)
     assert final["phase"] == "Succeeded"
@@ -230,7 +234,7 @@ def test_active_deadline_fails_the_run(kube: Client, task_namespace: str) -> Non
     final = wait_phase(kube, task_namespace, "slow", "Succeeded", "Failed", timeout=60)
     assert final["phase"] == "Failed"
     assert "activeDeadlineSeconds" in final["message"]
-    wait_for(lambda: not running_container(kube, task_namespace, "slow-a1"), 30, "the pod to stop")
+    wait_for(lambda: stopped(kube, task_namespace, "slow-a1"), 30, "the pod to stop")
 
 
 def test_the_operator_runs_as_its_service_account(operator: Operator, kube: Client) -> None:

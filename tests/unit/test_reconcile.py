@@ -129,6 +129,7 @@ def test_never_two_live_pods_while_the_old_one_terminates() -> None:
     assert d.status["interruptions"] == 1
     assert d.create is None
     assert "waiting for pod train-a1 to terminate" in d.status["message"]
+    assert d.release == []  # its finalizer stays until it is terminal, so its end stays readable
 
 
 def test_a_pod_on_a_node_that_is_gone_is_force_deleted_then_replaced() -> None:
