@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build up down status lint format test test-unit test-integration bench bench-io bench-recovery clean
+.PHONY: help install build up down status demo demo-down lint format test test-unit test-integration bench bench-io bench-recovery clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,12 @@ down: $(STAMP) ## Stop every process of the local cluster.
 
 status: $(STAMP) ## Show the local cluster's processes and nodes.
 	$(PY) -m localcluster status
+
+demo: $(STAMP) ## The mission on the local cluster: install, train on spot, preempt mid-run, resume, succeed.
+	$(PY) examples/demo.py
+
+demo-down: $(STAMP) ## Stop the demo's local cluster (the next `make demo` starts a fresh one).
+	$(PY) -m localcluster down
 
 lint: $(STAMP) ## ruff (lint and format check), mypy --strict, import-linter, hadolint.
 	$(VENV)/bin/ruff check .

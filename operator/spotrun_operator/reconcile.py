@@ -241,6 +241,7 @@ def decide(
         st["phase"] = names.RUNNING if running else names.PENDING
         st["podName"] = pod["metadata"]["name"]
         st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
+        st["capacity"] = pod["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
         waiting_for = "terminate" if pod["metadata"].get("deletionTimestamp") else "start"
         st["message"] = (
             f"attempt {attempt} is running on {st['nodeName']}"
