@@ -19,6 +19,8 @@ COPY --from=build /dist /dist
 RUN for wheel in /dist/*.whl; do pip install --no-cache-dir "${wheel}[operator]"; done \
     && rm -rf /dist \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin spotrun
+# The examples, so that examples/*-taskrun.yaml run on this image as they are.
+COPY examples /opt/spotrun/examples
 USER 10001
 WORKDIR /tmp
 ENTRYPOINT ["python", "-m", "spotrun_operator"]

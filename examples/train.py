@@ -69,6 +69,7 @@ def train() -> dict[str, object]:
         state.update(w=w, velocity=velocity, step=int(state["step"]) + 1)
         if state["step"] % CHECKPOINT_EVERY == 0:
             cp.write(pack(state), step=int(state["step"]), metadata={"loss": loss})
+            print(f"step {state['step']} loss {loss:.4f} checkpointed", flush=True)
         time.sleep(STEP_SECONDS)
     return {"loss": round(loss, 6), "steps": state["step"], "resumed": state["resumed"], "attempt": ctx.attempt}
 

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Directory mode, for a program in any language: the TaskRun's checkpoint.mountPath (/ckpt here)
+# holds the newest checkpoint when this starts, and is synced back every few seconds and on
+# SIGTERM by Spotrun's sidecar. The program just reads and writes files there.
+set -eu
+dir="${CHECKPOINT_DIR:-/ckpt}"
+target="${COUNT_TO:-60}"
+n=$(cat "$dir/count" 2>/dev/null || echo 0)
+echo "$n" >> "$dir/starts"
+echo "counting from $n to $target"
+while [ "$n" -lt "$target" ]; do
+  n=$((n + 1))
+  echo "$n" > "$dir/count"
+  sleep "${STEP_SECONDS:-0.5}"
+done
+echo "reached $target; started at: $(tr '\n' ' ' < "$dir/starts")"

@@ -1,0 +1,68 @@
+"""The examples on an installed Spotrun, with preemption from the outside."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import E2E
+
+pytestmark = pytest.mark.e2e
+
+
+def test_seed_with_3_retries_succeeds_with_result_9(e2e: E2E) -> None:
+    name = e2e.apply_example("seed")
+    final = e2e.finished(name)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["result"], final["attempt"], final["failures"], final["interruptions"]) == (9, 4, 3, 0)
+
+
+def test_seed_with_2_retries_fails(e2e: E2E) -> None:
+    name = e2e.apply_example("seed", retries=2)
+    final = e2e.finished(name)
+    assert final["phase"] == "Failed"
+    assert "used up retries (2)" in final["message"]
+
+
+def _preempt_mid_run(e2e: E2E, name: str, progressed: str) -> None:
+    def running_node() -> str:
+        status = e2e.status(name)
+        pod = status.get("podName")
+        if status.get("phase") != "Running" or not pod:
+            return ""
+        logs = e2e.kubectl("logs", "-n", e2e.namespace, pod, "--all-containers")
+        return str(status.get("nodeName", "")) if progressed in logs else ""
+
+    e2e.preempt(e2e.wait(running_node, 300, f"{name} to make progress"))
+
+
+def test_training_preempted_mid_run_resumes_and_succeeds(e2e: E2E) -> None:
+    name = e2e.apply_example("train")
+
+    def checkpointed() -> bool:
+        checkpoint = e2e.status(name).get("checkpoint", {})
+        return bool(checkpoint.get("uri"))
+
+    e2e.wait(checkpointed, 120, "the checkpoint URI")
+    _preempt_mid_run(e2e, name, "step 100 loss")
+    final = e2e.finished(name)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["interruptions"], final["failures"]) == (1, 0)
+    resumed = final["result"]["resumed"]
+    assert resumed[0] == 0
+    assert resumed[1] > 0, f"attempt 2 started from zero: {resumed}"
+
+
+def test_directory_mode_program_survives_a_preemption(e2e: E2E) -> None:
+    name = e2e.apply_example("counter")
+    _preempt_mid_run(e2e, name, "checkpoint 000001-000003")
+    final = e2e.finished(name)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert final["interruptions"] == 1
+    last_pod = final["podName"]
+    logs = e2e.kubectl("logs", "-n", e2e.namespace, last_pod, "-c", "counter")
+    starts = [int(n) for n in logs.rsplit("started at:", 1)[1].split()]
+    assert starts[0] == 0
+    assert starts[1] > 0, f"the second attempt did not resume from the synced directory: {starts}"
+    assert json.dumps(final)  # the status is plain JSON
