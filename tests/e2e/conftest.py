@@ -40,7 +40,7 @@ class E2E:
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
-            ["kubectl", *args], env=self.env, input=stdin, capture_output=True, text=True, timeout=120
+            ["kubectl", *args], env=self.env, input=stdin, capture_output=True, text=True, timeout=120, check=False
         )
         if done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
