@@ -371,9 +371,10 @@ class Cluster:
         lines.append(f'export PATH={_shell_quote(str(self.dir / "bin"))}:"$PATH"')
         (self.dir / "env").write_text("\n".join(lines) + "\n")
 
-    def _create_bucket(self) -> None:
+    def s3_client(self) -> Any:
+        """A boto3 S3 client for the cluster's versitygw, with its credentials."""
         c = self.config
-        s3 = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=c["s3_endpoint"],
             aws_access_key_id=c["s3_access_key"],
@@ -381,8 +382,11 @@ class Cluster:
             region_name=c["region"],
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 10, "mode": "standard"}),
         )
+
+    def _create_bucket(self) -> None:
+        s3 = self.s3_client()
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-            s3.create_bucket(Bucket=c["bucket"])
+            s3.create_bucket(Bucket=self.config["bucket"])
 
     # ----- nodes -----------------------------------------------------------------------------
 

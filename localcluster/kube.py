@@ -67,9 +67,6 @@ class Client:
     def merge_patch(self, path: str, body: Obj) -> Obj:
         return self.request("PATCH", path, body, content_type="application/merge-patch+json")
 
-    def strategic_patch(self, path: str, body: Obj) -> Obj:
-        return self.request("PATCH", path, body, content_type="application/strategic-merge-patch+json")
-
     def delete(self, path: str, body: Obj | None = None) -> Obj:
         return self.request("DELETE", path, body)
 

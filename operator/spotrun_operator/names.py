@@ -55,7 +55,6 @@ REASON_INTERRUPTIONS_EXHAUSTED = "MaxInterruptionsExceeded"
 REASON_FAILURE_POLICY = "FailurePolicyRule"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_SUSPENDED = "Suspended"
-REASON_INVALID = "InvalidSpec"
 
 # Why a pod was interrupted, when the pod itself does not say.
 INTERRUPTION_NODE_GONE = "NodeGone"

@@ -81,11 +81,3 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
             log.exception("Preemption callback %r failed", callback)
     if _callbacks or not _polled:
         raise SystemExit(128 + signum)
-
-
-def _reset_for_tests() -> None:
-    global _deadline, _polled
-    _preempted.clear()
-    _deadline = None
-    _polled = False
-    _callbacks.clear()

@@ -79,9 +79,10 @@ def upload_file(storage: Storage, key: str, path: str, source: Path) -> FileEntr
 
 def upload_files(storage: Storage, jobs: Iterable[tuple[str, str, Path]], concurrency: int) -> list[FileEntry]:
     """Uploads (key, path-in-checkpoint, source) jobs: small files in parallel, large ones streamed."""
-    jobs = list(jobs)
-    small = [j for j in jobs if j[2].stat().st_size < SMALL_FILE]
-    large = [j for j in jobs if j not in small]
+    small: list[tuple[str, str, Path]] = []
+    large: list[tuple[str, str, Path]] = []
+    for job in jobs:
+        (small if job[2].stat().st_size < SMALL_FILE else large).append(job)
     return _run_parallel(lambda job: upload_file(storage, *job), small, large, concurrency)
 
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from localcluster.cluster import Cluster
@@ -28,6 +24,7 @@ from tests.integration.helpers import (
     running_container,
     wait_for,
 )
+from tests.integration.operator_fixtures import kubectl
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +38,6 @@ signal.signal(signal.SIGTERM, on_term)
 (out / 'started').write_text('yes')
 time.sleep(600)
 """
-
-
-def kubectl(cluster: Cluster, *args: str) -> str:
-    env = {**os.environ, **cluster.env_vars()}
-    kubectl_bin = str(cluster.dir / "bin" / "kubectl")
-    return subprocess.run([kubectl_bin, *args], env=env, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
 @pytest.fixture
@@ -113,7 +104,7 @@ def test_pod_runs_with_env_secret_and_downward_api(cluster: Cluster, kube: Clien
     pod_name, node_name, token, label, cwd = state["message"].split("|")
     assert (pod_name, token, label, cwd) == ("env-pod", "s3cr3t", "demo", "/tmp")
     assert node_name == done["spec"]["nodeName"]
-    assert "greeting hello from env-pod" in kubectl(cluster, "-n", namespace, "logs", "env-pod")
+    assert "greeting hello from env-pod" in kubectl(cluster, "-n", namespace, "logs", "env-pod").stdout
 
 
 def test_exit_code_3_fails_with_reason_error(kube: Client, namespace: str) -> None:
@@ -378,15 +369,7 @@ def test_deployment_pod_runs(kube: Client, namespace: str) -> None:
 
 
 def test_versitygw_serves_s3_with_conditional_writes(cluster: Cluster) -> None:
-    env = cluster.env_vars()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_REGION"],
-        config=Config(s3={"addressing_style": "path"}),
-    )
+    s3 = cluster.s3_client()
     bucket = f"t-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket=bucket, Key="a/b", Body=b"first")
@@ -429,5 +412,5 @@ def test_on_failure_restarts_with_back_off_and_keeps_previous_logs(
     final = done["status"]["containerStatuses"][0]
     assert final["restartCount"] == 1
     assert final["lastState"]["terminated"]["exitCode"] == 1
-    assert kubectl(cluster, "-n", namespace, "logs", "flaky").strip() == "second run"
-    assert kubectl(cluster, "-n", namespace, "logs", "flaky", "--previous").strip() == "first run"
+    assert kubectl(cluster, "-n", namespace, "logs", "flaky").stdout.strip() == "second run"
+    assert kubectl(cluster, "-n", namespace, "logs", "flaky", "--previous").stdout.strip() == "first run"
