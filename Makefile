@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build up down status demo demo-down kind-demo lint format test test-unit test-integration test-e2e bench bench-io bench-recovery clean
+.PHONY: help install build build-real up down status image demo demo-real demo-down kind-demo lint format test test-unit test-integration test-e2e test-real bench bench-io bench-recovery bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,8 +23,14 @@ install: $(STAMP) ## Create .venv with the package, the operator extra and the d
 build: $(STAMP) ## Build the local cluster's binaries into ~/.cache/spotrun (reused when cached).
 	$(PY) -m localcluster build
 
-up: $(STAMP) ## Start the local cluster (builds first when needed); then: . .localcluster/env
-	$(PY) -m localcluster up
+build-real: $(STAMP) ## Also real nodes' pieces: kubelet, kube-proxy, containerd, CNI plugins, Debian packages.
+	$(PY) -m localcluster build --real-nodes
+
+up: $(STAMP) ## Start the local cluster (builds first when needed); REAL=1: real nodes. Then: . .localcluster/env
+	$(PY) -m localcluster up $(if $(REAL),--real-nodes)
+
+image: $(STAMP) ## Build the Dockerfile's image and the examples' image daemonless; import into running real nodes.
+	$(PY) -m localcluster image
 
 down: $(STAMP) ## Stop every process of the local cluster.
 	$(PY) -m localcluster down
@@ -32,8 +38,11 @@ down: $(STAMP) ## Stop every process of the local cluster.
 status: $(STAMP) ## Show the local cluster's processes and nodes.
 	$(PY) -m localcluster status
 
-demo: $(STAMP) ## The mission on the local cluster: install, train on spot, preempt mid-run, resume, succeed.
-	$(PY) examples/demo.py
+demo: $(STAMP) ## The mission on the local cluster: install, train on spot, preempt, resume. REAL=1: real nodes.
+	$(PY) examples/demo.py $(if $(REAL),--real)
+
+demo-real: $(STAMP) ## The demo on real nodes (kubelet, containerd, runc) with the image built from the Dockerfile.
+	$(PY) examples/demo.py --real
 
 demo-down: $(STAMP) ## Stop the demo's local cluster (the next `make demo` starts a fresh one).
 	$(PY) -m localcluster down
@@ -66,11 +75,15 @@ test-integration: $(STAMP) build ## Integration tests against the local cluster 
 test-e2e: $(STAMP) build ## End-to-end: the examples on an installed Spotrun (the local cluster by default).
 	$(PY) -m pytest tests/e2e
 
-test: $(STAMP) build ## The whole suite: pip check, lint, unit, integration and e2e tests. CI runs this.
+test-real: $(STAMP) build-real ## tests/e2e on real nodes with the built image, once per node preempt, reclaim and kill.
+	$(PY) -m tests.real_nodes
+
+test: $(STAMP) build build-real ## The whole suite: pip check, lint, unit, integration, e2e and real-node tests. CI runs this.
 	$(PY) -m pip check
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
 	$(PY) -m pytest tests/e2e
+	$(PY) -m tests.real_nodes
 
 bench: $(STAMP) up ## Both benchmarks below (about 15 minutes).
 	$(PY) bench/checkpoint_io.py

@@ -4,6 +4,10 @@ Builds what is missing, starts the local cluster, installs Spotrun with its Helm
 training example as a TaskRun on spot capacity, preempts its spot node in the middle of the run,
 and shows the TaskRun resume from its checkpoint and succeed. Running it twice works; `make
 demo-down` cleans up.
+
+With `--real` (`make demo REAL=1`) the nodes run the real kubelet with containerd and runc, the
+operator and the task run in the images built from the project's Dockerfile and
+examples/Dockerfile, and the preemption is the kubelet's graceful node shutdown.
 """
 
 from __future__ import annotations
@@ -37,9 +41,23 @@ def run(cluster: Cluster, *argv: str) -> str:
 
 
 def main() -> None:
+    real = "--real" in sys.argv[1:]
     cluster = Cluster()
+    if real and cluster.running() and not cluster.real_nodes:
+        say("Stopping the running cluster of process nodes to start one with real nodes")
+        cluster.down()
+    if not real and cluster.running() and cluster.real_nodes:
+        say("Stopping the running cluster of real nodes to start one with process nodes")
+        cluster.down()
     say("Starting the local cluster (the first run builds Kubernetes from source: minutes)")
-    cluster.up()
+    cluster.up(real_nodes=real)
+    image_settings: list[str] = []
+    if real:
+        from localcluster import images  # noqa: PLC0415 - buildah and debootstrap only for real nodes
+
+        say("Building the Dockerfile's image and the examples' image (cached), importing them into every node")
+        cluster.add_real_images(list(images.build_project_images(REPO).values()))
+        image_settings = ["--set", "image.pullPolicy=Never"]
     kube = cluster.admin()
     env = cluster.env_vars()
     aws = {k: v for k, v in env.items() if k.startswith("AWS_") and k != "AWS_DEFAULT_REGION"}
@@ -79,6 +97,7 @@ def main() -> None:
             "operatorS3Secret=spotrun-s3",
             "--set",
             "logFormat=text",
+            *image_settings,
         ).strip()
     )
 
@@ -91,10 +110,11 @@ def main() -> None:
     except ApiError as err:
         if err.status != 404:
             raise
-    # The local cluster has no images: the task runs examples/train.py from this checkout.
-    manifest = (
-        (REPO / "examples" / "train-taskrun.yaml").read_text().replace("/opt/spotrun/examples", str(REPO / "examples"))
-    )
+    manifest = (REPO / "examples" / "train-taskrun.yaml").read_text()
+    if real:  # the examples' image: the Spotrun image with numpy
+        manifest = manifest.replace("ghcr.io/spotrun/spotrun:0.1.0", "ghcr.io/spotrun/spotrun-examples:0.1.0")
+    else:  # process nodes have no images: the task runs examples/train.py from this checkout
+        manifest = manifest.replace("/opt/spotrun/examples", str(REPO / "examples"))
     run_with_input(cluster, manifest)
     # A fresh prefix for every demo run, so it starts from step 0.
     kube.merge_patch(TASKRUN, {"metadata": {"annotations": {"spotrun.dev/delete-checkpoints": "true"}}})

@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from localcluster import pki, toolchain
+from localcluster import host, pki, realnode, toolchain
 from localcluster.kube import ApiError, Client
 
 Obj = dict[str, Any]
@@ -44,6 +44,10 @@ ON_DEMAND_LABELS = {
     "karpenter.sh/capacity-type": "on-demand",
     "eks.amazonaws.com/capacityType": "ON_DEMAND",
 }
+# The state directory of the one cluster whose real nodes use this host's network and cgroups.
+REAL_NODES_CLAIM = "/run/localcluster-real-nodes"
+# What `node reclaim` taints a node with before draining it: Karpenter's disruption taint.
+RECLAIM_TAINT = "karpenter.sh/disrupted"
 SPOT_TAINT = {"key": "spotrun.dev/capacity", "value": "spot", "effect": "NoSchedule"}
 DEFAULT_NODES = (("spot-1", "spot"), ("spot-2", "spot"), ("ondemand-1", "on-demand"))
 
@@ -105,7 +109,15 @@ class Cluster:
     def _env(self) -> dict[str, str]:
         return {**os.environ, MARKER: str(self.dir)}
 
-    def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> int:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        cgroup: str | None = None,
+    ) -> int:
+        """Starts a process of the cluster with its log and pid file; in CGROUP (every hierarchy) when given."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as out:
@@ -115,8 +127,10 @@ class Cluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=cwd or self.dir,
-                env=self._env(),
+                env={**self._env(), **(env or {})},
                 start_new_session=True,
+                # Joined before exec, so that nothing the process starts escapes the node's cgroup.
+                preexec_fn=(lambda: host.join_cgroup(cgroup)) if cgroup else None,  # noqa: PLW1509
             )
         (self.pids / f"{name}.pid").write_text(str(proc.pid))
         return proc.pid
@@ -134,12 +148,21 @@ class Cluster:
 
     # ----- up --------------------------------------------------------------------------------
 
-    def up(self) -> None:
+    @property
+    def real_nodes(self) -> bool:
+        """Whether the cluster was started with `--real-nodes` (its default for `node add`)."""
+        return bool(self.config.get("real_nodes"))
+
+    def up(self, real_nodes: bool = False) -> None:
         if self.running():
+            if real_nodes and not self.real_nodes:
+                raise SystemExit(
+                    f"localcluster: the cluster in {self.dir} runs process nodes; `down` it first to start real nodes"
+                )
             say(f"cluster already running (state in {self.dir}); reusing it")
             self._wait_nodes_ready()
             return
-        toolchain.build()
+        toolchain.build(real_nodes=real_nodes)
         started = time.monotonic()
         self.down(quiet=True)
         for stale in ("etcd", "nodes", "logs", "pids", "s3", "s3-meta"):
@@ -148,11 +171,24 @@ class Cluster:
         (self.dir / ".gitignore").write_text("*\n")
         say("creating certificates")
         pki.create_control_plane(self.pki)
-        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "s3")}
+        ports = {
+            k: free_port()
+            for k in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "s3", "proxy", "proxy_metrics")
+        }
         access_key, secret_key = "spotrun-local", base64.b32encode(os.urandom(20)).decode().lower()
+        # Pods of real nodes live on bridges: they cannot reach 127.0.0.1, so the apiserver and the S3
+        # server listen on an address of the host's that routes from every bridge.
+        address = realnode.HOST_IP if real_nodes else "127.0.0.1"
+        if real_nodes:
+            self._claim_host()
+            host.record(self.dir)
+            host.ensure_dirs()
+            host.add_address(address)
         config = {
-            "apiserver": f"https://127.0.0.1:{ports['apiserver']}",
-            "s3_endpoint": f"http://127.0.0.1:{ports['s3']}",
+            "apiserver": f"https://{address}:{ports['apiserver']}",
+            "s3_endpoint": f"http://{address}:{ports['s3']}",
+            "address": address,
+            "real_nodes": real_nodes,
             "s3_access_key": access_key,
             "s3_secret_key": secret_key,
             "bucket": BUCKET,
@@ -177,13 +213,19 @@ class Cluster:
         say("starting kube-controller-manager, kube-scheduler, the cloud controller and nodes")
         self._start_controller_manager(ports)
         self._start_scheduler(ports)
+        if real_nodes:
+            self._start_kube_proxy(ports)
         self._spawn(
             "cloud-controller",
             [sys.executable, "-m", "localcluster.cloud", "--state-dir", str(self.dir)],
             cwd=REPO_ROOT,
         )
+        if real_nodes:
+            from localcluster import images  # noqa: PLC0415 - only real nodes need images
+
+            self.add_real_images([images.pause_archive()])
         for name, capacity in DEFAULT_NODES:
-            self.add_node(name, capacity, wait=False)
+            self.add_node(name, capacity, wait=False, real=real_nodes)
         self._wait("versitygw", lambda: _http_ok(f"{config['s3_endpoint']}/health"), "versitygw")
         self._create_bucket()
         self._wait_nodes_ready()
@@ -227,7 +269,7 @@ class Cluster:
                 f"--access={config['s3_access_key']}",
                 f"--secret={config['s3_secret_key']}",
                 f"--region={config['region']}",
-                f"--port=127.0.0.1:{config['ports']['s3']}",
+                f"--port={config['address']}:{config['ports']['s3']}",
                 "--health=/health",
                 "--quiet",
                 "posix",
@@ -237,13 +279,18 @@ class Cluster:
 
     def _start_apiserver(self, ports: Obj) -> None:
         p = self.pki
+        address = self.config["address"]
+        # With real nodes the `kubernetes` Service leads to the apiserver through kube-proxy, as on any
+        # cluster. Without, its Endpoints would point at 127.0.0.1, which Endpoints validation refuses;
+        # pods of process nodes reach the apiserver through KUBERNETES_SERVICE_HOST instead.
+        endpoints = ["--endpoint-reconciler-type=" + ("lease" if self.real_nodes else "none")]
         self._spawn(
             "kube-apiserver",
             [
                 self._bin("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={ports['apiserver']}",
                 f"--tls-cert-file={p / 'apiserver.crt'}",
                 f"--tls-private-key-file={p / 'apiserver.key'}",
@@ -254,16 +301,14 @@ class Cluster:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={realnode.SERVICE_NETWORK}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
                 # Pods leave an unreachable node after 5s instead of 300s, so tests of node loss are fast.
                 "--default-not-ready-toleration-seconds=5",
                 "--default-unreachable-toleration-seconds=5",
-                # The `kubernetes` Endpoints would point at 127.0.0.1, which Endpoints validation refuses;
-                # pods reach the apiserver through KUBERNETES_SERVICE_HOST instead.
-                "--endpoint-reconciler-type=none",
+                *endpoints,
                 "--profiling=false",
                 "--v=1",
             ],
@@ -310,6 +355,45 @@ class Cluster:
             ],
         )
 
+    def _start_kube_proxy(self, ports: Obj) -> None:
+        """The real kube-proxy in iptables mode, one for the host: real nodes share its network namespace."""
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(self.dir / "kubeconfigs" / "kube-proxy.kubeconfig")},
+            "mode": "iptables",
+            "clusterCIDR": realnode.POD_NETWORK,
+            "hostnameOverride": "localcluster-host",
+            "healthzBindAddress": f"127.0.0.1:{ports['proxy']}",
+            "metricsBindAddress": f"127.0.0.1:{ports['proxy_metrics']}",
+            # Leave the host's conntrack table and timeouts as they are.
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            # NodePorts on 127.0.0.1 would need net.ipv4.conf.all.route_localnet=1 on the host.
+            "iptables": {"localhostNodePorts": False},
+            "nodePortAddresses": [f"{realnode.HOST_IP}/32"],
+        }
+        path = self.dir / "kube-proxy.json"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn("kube-proxy", [self._bin("kube-proxy"), f"--config={path}", "--v=1"])
+
+    def _claim_host(self) -> None:
+        """One cluster with real nodes per host: they share its addresses, iptables and cgroups."""
+        claim = Path(REAL_NODES_CLAIM)
+        if claim.exists():
+            owner = Path(claim.read_text().strip())
+            if owner != self.dir and Cluster(owner).running():
+                raise SystemExit(
+                    f"localcluster: the cluster in {owner} runs real nodes on this host; "
+                    f"stop it first (python -m localcluster --state-dir {owner} down)"
+                )
+            if owner != self.dir:
+                Cluster(owner).down(quiet=True)
+        claim.write_text(str(self.dir))
+
+    def _owns_host(self) -> bool:
+        claim = Path(REAL_NODES_CLAIM)
+        return claim.exists() and Path(claim.read_text().strip()) == self.dir
+
     def _kubeconfig(self, user: str, cert: Path, key: Path) -> str:
         def b64(path: Path) -> str:
             return base64.b64encode(path.read_bytes()).decode()
@@ -339,7 +423,7 @@ class Cluster:
         (self.dir / "kubeconfig").chmod(0o600)
         sub = self.dir / "kubeconfigs"
         sub.mkdir(exist_ok=True)
-        for name in ("controller-manager", "scheduler"):
+        for name in ("controller-manager", "scheduler", "kube-proxy"):
             (sub / f"{name}.kubeconfig").write_text(
                 self._kubeconfig(name, self.pki / f"{name}.crt", self.pki / f"{name}.key")
             )
@@ -390,33 +474,112 @@ class Cluster:
 
     # ----- nodes -----------------------------------------------------------------------------
 
-    def add_node(self, name: str, capacity: str, wait: bool = True) -> None:
+    def node_config(self, name: str) -> Obj:
+        path = self.dir / "nodes" / name / "config.json"
+        if not path.exists():
+            raise SystemExit(f"localcluster: there is no node {name} in {self.dir}")
+        config: Obj = json.loads(path.read_text())
+        return config
+
+    def add_node(self, name: str, capacity: str, wait: bool = True, real: bool | None = None) -> None:
+        """Adds a node, as an autoscaler would: real (kubelet, containerd) by the cluster's default, or as asked."""
         if capacity not in ("spot", "on-demand"):
             raise SystemExit(f"localcluster: --capacity must be spot or on-demand, not {capacity!r}")
+        real = self.real_nodes if real is None else real
+        if real and not self.real_nodes:
+            raise SystemExit("localcluster: real nodes need a cluster started with `up --real-nodes`")
         node_dir = self.dir / "nodes" / name
         if self._pid(f"kubelet-{name}") is not None:
             raise SystemExit(f"localcluster: node {name} is already running")
+        if real and node_dir.exists():
+            self._switch_off(name)  # what an earlier VM of that name left
         shutil.rmtree(node_dir, ignore_errors=True)
         node_dir.mkdir(parents=True)
         pki.create_node(self.pki, name)
         config = {
             "name": name,
             "capacity_type": capacity,
+            "real": real,
             "port": free_port(),
             "labels": dict(SPOT_LABELS if capacity == "spot" else ON_DEMAND_LABELS),
             "taints": [SPOT_TAINT] if capacity == "spot" else [],
             "kubeletVersion": toolchain.KUBERNETES_VERSION,
             "machineID": os.urandom(16).hex(),
         }
+        if real:
+            config |= {"index": realnode.free_index(self.dir, name), "healthz_port": free_port()}
         (node_dir / "config.json").write_text(json.dumps(config, indent=2))
-        self._spawn(
-            f"kubelet-{name}",
-            [sys.executable, "-m", "localcluster.kubelet", "--state-dir", str(self.dir), "--node", name],
-            cwd=REPO_ROOT,
-        )
+        if real:
+            self._start_real_node(name, config)
+        else:
+            self._spawn(
+                f"kubelet-{name}",
+                [sys.executable, "-m", "localcluster.kubelet", "--state-dir", str(self.dir), "--node", name],
+                cwd=REPO_ROOT,
+            )
         if wait:
             self._wait_nodes_ready([name])
-            say(f"node {name} ({capacity}) is Ready")
+            say(f"node {name} ({capacity}{', real' if real else ''}) is Ready")
+
+    def _start_real_node(self, name: str, config: Obj) -> None:
+        from localcluster import images, logind  # noqa: PLC0415 - only real nodes need them
+
+        node = realnode.layout(self.dir, name, config["index"])
+        realnode.write_files(node, config, self.config["apiserver"], self.pki)
+        host.create_cgroup(node.system_cgroup)
+        host.add_address(node.ip)
+        env = realnode.node_env(node)
+        bus_config, bus_address = logind.write_bus_config(node.dir)
+        config["bus_address"] = bus_address
+        (node.dir / "config.json").write_text(json.dumps(config, indent=2))
+        self._spawn(f"dbus-{name}", logind.bus_argv(bus_config), env=env, cgroup=node.system_cgroup)
+        self._spawn(
+            f"logind-{name}",
+            logind.logind_argv(bus_address, realnode.SHUTDOWN_GRACE_SECONDS, node.dir / "logind-state.json"),
+            cwd=REPO_ROOT,
+            env=env,
+            cgroup=node.system_cgroup,
+        )
+        containerd = self._spawn(
+            f"containerd-{name}", realnode.containerd_argv(node), cwd=REPO_ROOT, env=env, cgroup=node.system_cgroup
+        )
+        ctr = toolchain.path_of("ctr")
+
+        def containerd_ready() -> bool:
+            done = subprocess.run(
+                [str(ctr), "--address", str(node.containerd_socket), "version"], capture_output=True, check=False
+            )
+            return done.returncode == 0
+
+        self._wait(f"containerd of {name}", containerd_ready, f"containerd-{name}", timeout=60)
+        logind.wait_ready(bus_address, timeout=30)
+        for archive in self.real_images():
+            images.import_image(ctr, str(node.containerd_socket), archive)
+        self._spawn(
+            f"kubelet-{name}", realnode.kubelet_argv(node, config, containerd), env=env, cgroup=node.system_cgroup
+        )
+
+    def real_images(self) -> list[Path]:
+        """The image archives every real node gets at start (pause first), as a node image's pre-pulled set."""
+        path = self.dir / "real-images.json"
+        listed = [Path(p) for p in json.loads(path.read_text())] if path.exists() else []
+        return [p for p in listed if p.exists()]
+
+    def add_real_images(self, archives: list[Path]) -> None:
+        """Imports ARCHIVES into every running real node and records them for nodes added later."""
+        from localcluster import images  # noqa: PLC0415
+
+        known = [str(p) for p in self.real_images()]
+        for archive in archives:
+            if str(archive) not in known:
+                known.append(str(archive))
+        (self.dir / "real-images.json").write_text(json.dumps(known, indent=2))
+        for node_dir in sorted((self.dir / "nodes").glob("*")):
+            config = json.loads((node_dir / "config.json").read_text())
+            if config.get("real") and self._pid(f"containerd-{config['name']}") is not None:
+                node = realnode.layout(self.dir, config["name"], config["index"])
+                for archive in archives:
+                    images.import_image(toolchain.path_of("ctr"), str(node.containerd_socket), archive)
 
     def _wait_nodes_ready(self, names: list[str] | None = None) -> None:
         wanted = set(names or [p.name for p in (self.dir / "nodes").iterdir() if self._pid(f"kubelet-{p.name}")])
@@ -432,35 +595,113 @@ class Cluster:
 
         self._wait(f"nodes {sorted(wanted)}", ready, "kube-apiserver")
 
-    def preempt_node(self, name: str, grace: float) -> None:
-        """A reclaimed spot VM: graceful node shutdown of its pods, then the VM and its Node are gone."""
-        pid = self._pid(f"kubelet-{name}")
-        if pid is None:
+    def _running_node(self, name: str) -> Obj:
+        config = self.node_config(name)
+        if self._pid(f"kubelet-{name}") is None:
             raise SystemExit(f"localcluster: node {name} is not running")
-        node_dir = self.dir / "nodes" / name
-        (node_dir / "shutdown-grace").write_text(str(grace))
-        say(f"preempting node {name}: pods get SIGTERM and {grace:g}s of grace")
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace + 30
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        self._kill_node_containers(name)
-        (self.pids / f"kubelet-{name}.pid").unlink(missing_ok=True)
+        return config
+
+    def preempt_node(self, name: str, grace: float) -> None:
+        """A reclaimed spot VM: graceful node shutdown of its pods, then the VM and its Node are gone.
+
+        On a real node the OS shuts down: logind (the stand-in) announces it, the real kubelet's
+        shutdown manager terminates the pods and writes their status, and after GRACE seconds (or
+        once the kubelet released its inhibitor lock) the VM is switched off."""
+        config = self._running_node(name)
+        if config.get("real"):
+            from localcluster import logind  # noqa: PLC0415
+
+            node = realnode.layout(self.dir, name, config["index"])
+            say(f"preempting node {name}: the OS shuts down; the VM is switched off after at most {grace:g}s")
+            try:
+                result = logind.power_off(config["bus_address"], timeout=grace)
+                say(f"node {name}: {result}")
+            except (TimeoutError, logind.LogindError) as err:
+                # The cloud's deadline: the VM goes whether or not the OS finished shutting down.
+                say(f"node {name}: the shutdown did not finish within {grace:g}s ({err}); switching the VM off")
+            self._switch_off(name)
+        else:
+            pid = self._pid(f"kubelet-{name}")
+            assert pid is not None
+            (self.dir / "nodes" / name / "shutdown-grace").write_text(str(grace))
+            say(f"preempting node {name}: pods get SIGTERM and {grace:g}s of grace")
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._switch_off(name)
         with contextlib.suppress(ApiError):
             self.admin().delete(f"/api/v1/nodes/{name}")
         say(f"node {name} was reclaimed and its Node object deleted")
 
+    def reclaim_node(self, name: str, taint: str = RECLAIM_TAINT, timeout: float = 120) -> None:
+        """Karpenter's and the AWS Node Termination Handler's path: taint and cordon the node, evict its
+        pods through the Eviction API, wait for them to end, then the VM and its Node are gone."""
+        self._running_node(name)
+        client = self.admin()
+        node = client.get(f"/api/v1/nodes/{name}")
+        taints = [t for t in node["spec"].get("taints", []) if t["key"] != taint]
+        taints.append({"key": taint, "effect": "NoSchedule"})
+        client.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"unschedulable": True, "taints": taints}})
+        say(f"node {name} tainted {taint}:NoSchedule and cordoned; evicting its pods")
+        deadline = time.monotonic() + timeout
+        pending = self._pods_on(name)
+        while pending and time.monotonic() < deadline:
+            for pod in pending:
+                meta = pod["metadata"]
+                if meta.get("deletionTimestamp"):
+                    continue
+                try:
+                    client.create(
+                        f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/eviction",
+                        {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": meta["name"]}},
+                    )
+                except ApiError as err:
+                    if err.status not in (404, 429):  # 429: a PodDisruptionBudget says not yet
+                        raise
+            time.sleep(0.5)
+            pending = self._pods_on(name)
+        if pending:
+            say(f"node {name}: {len(pending)} pods still running after {timeout:.0f}s; switching the VM off anyway")
+        self._switch_off(name)
+        with contextlib.suppress(ApiError):
+            client.delete(f"/api/v1/nodes/{name}")
+        say(f"node {name} was reclaimed and its Node object deleted")
+
+    def _pods_on(self, name: str) -> list[Obj]:
+        """Pods bound to node NAME that still run: not terminal, not mirror pods, not a DaemonSet's."""
+        pods = self.admin().get("/api/v1/pods", fieldSelector=f"spec.nodeName={name}")["items"]
+        return [
+            p
+            for p in pods
+            if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+            and "kubernetes.io/config.mirror" not in p["metadata"].get("annotations", {})
+            and not any(o.get("kind") == "DaemonSet" for o in p["metadata"].get("ownerReferences", []))
+        ]
+
     def kill_node(self, name: str) -> None:
         """Abrupt loss of a node: kubelet and pods die at once and write nothing."""
+        self._running_node(name)
+        self._switch_off(name)
+        say(f"node {name} killed; the node lifecycle controller, taint eviction and PodGC take it from here")
+
+    def _switch_off(self, name: str) -> None:
+        """The VM is gone: every process of the node ends at once, and what it held on the host is freed."""
+        config = self.node_config(name)
+        if config.get("real"):
+            node = realnode.layout(self.dir, name, config["index"])
+            host.kill_cgroup(node.cgroup_root)
+            host.remove_cgroup(node.cgroup_root)
+            host.remove_bridge(node.bridge)
+            host.remove_address(node.ip)
+            for process in ("kubelet", "containerd", "logind", "dbus"):
+                (self.pids / f"{process}-{name}.pid").unlink(missing_ok=True)
+            return
         pid = self._pid(f"kubelet-{name}")
-        if pid is None:
-            raise SystemExit(f"localcluster: node {name} is not running")
-        os.kill(pid, signal.SIGKILL)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
         self._kill_node_containers(name)
         (self.pids / f"kubelet-{name}.pid").unlink(missing_ok=True)
-        say(f"node {name} killed; the node lifecycle controller, taint eviction and PodGC take it from here")
 
     def _kill_node_containers(self, name: str) -> None:
         for pid_file in (self.dir / "nodes" / name / "pods").glob("*/pids/*"):
@@ -472,12 +713,12 @@ class Cluster:
     def down(self, quiet: bool = False) -> None:
         stopped = 0
         if self.dir.exists():
-            for node_dir in (self.dir / "nodes").glob("*"):
-                pid = self._pid(f"kubelet-{node_dir.name}")
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
+            for node_dir in sorted((self.dir / "nodes").glob("*")):
+                if not (node_dir / "config.json").exists():
+                    continue
+                if self._pid(f"kubelet-{node_dir.name}") is not None:
                     stopped += 1
-                self._kill_node_containers(node_dir.name)
+                self._switch_off(node_dir.name)
             for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
                 with contextlib.suppress(ValueError):
                     pid = int(pid_file.read_text())
@@ -496,8 +737,31 @@ class Cluster:
         for pid in strays:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        restored = self._restore_host() if self._owns_host() else []
         if not quiet:
             say(f"stopped {stopped + len(strays)} processes" if stopped or strays else "nothing was running")
+            if restored:
+                say("put back on the host: " + "; ".join(restored))
+
+    def _restore_host(self) -> list[str]:
+        """What real nodes left on the host after their VMs are off: chains, addresses, bridges, cgroups, sysctls."""
+        done = []
+        if chains := host.remove_iptables_chains():
+            done.append(f"removed {chains} iptables chains")
+        for bridge in host.bridges():
+            host.remove_bridge(bridge)
+            done.append(f"removed bridge {bridge}")
+        for address in sorted(host.addresses()):
+            if address == realnode.HOST_IP or address.startswith("10.77.0."):
+                host.remove_address(address)
+                done.append(f"removed {address} from lo")
+        host.remove_cgroup(f"/localcluster/{realnode.cluster_id(self.dir)}")
+        with contextlib.suppress(OSError):
+            for hierarchy in host.hierarchies():
+                (hierarchy / "localcluster").rmdir()
+        done += host.restore(self.dir)
+        Path(REAL_NODES_CLAIM).unlink(missing_ok=True)
+        return done
 
     def status(self) -> int:
         if not (self.dir / "cluster.json").exists():
@@ -513,14 +777,32 @@ class Cluster:
         print(f"apiserver: {self.config['apiserver']} ({self.config['kubernetes_version']})")
         print(f"s3:        {self.config['s3_endpoint']} bucket {self.config['bucket']}")
         for node in self.admin().get("/api/v1/nodes")["items"]:
+            name = node["metadata"]["name"]
             ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
             capacity = node["metadata"].get("labels", {}).get("spotrun.dev/capacity", "?")
-            print(f"node {node['metadata']['name']:20} Ready={ready:8} capacity={capacity}")
+            print(f"node {name:20} Ready={ready:8} capacity={capacity:10} {self._node_memory(name)}")
         pids = list(marked_processes(self.dir))
         rss = sum(_rss_bytes(pid) for pid in pids)
         print(f"memory:    {rss / 2**20:.0f} MiB resident in {len(pids)} processes")
         print(f"env:       . {self.dir / 'env'}")
         return 0
+
+    def _node_memory(self, name: str) -> str:
+        """`real kubelet 90 MiB containerd 50 MiB pods 120 MiB`, or `process kubelet 26 MiB`."""
+        path = self.dir / "nodes" / name / "config.json"
+        if not path.exists():
+            return ""
+        config = json.loads(path.read_text())
+
+        def mib(process: str) -> str:
+            pid = self._pid(f"{process}-{name}")
+            return f"{_rss_bytes(pid) / 2**20:.0f} MiB" if pid else "-"
+
+        if not config.get("real"):
+            return f"process kubelet {mib('kubelet')}"
+        node = realnode.layout(self.dir, name, config["index"])
+        pods = host.cgroup_memory(f"{node.cgroup_root}/kubepods") / 2**20
+        return f"real    kubelet {mib('kubelet')} containerd {mib('containerd')} pods {pods:.0f} MiB"
 
 
 def _alive(pid: int) -> bool:

@@ -787,7 +787,8 @@ class Kubelet:
         self.client = Client(
             cluster["apiserver"], str(pki / "ca.crt"), str(pki / f"node-{node}.crt"), str(pki / f"node-{node}.key")
         )
-        self.apiserver_port = int(cluster["apiserver"].rsplit(":", 1)[1])
+        self.apiserver_host, port = cluster["apiserver"].removeprefix("https://").rsplit(":", 1)
+        self.apiserver_port = int(port)
         images_file = state_dir / "images.json"
         self.images: dict[str, Obj] = json.loads(images_file.read_text()) if images_file.exists() else {}
         self.pods_dir = self.node_dir / "pods"
@@ -808,7 +809,7 @@ class Kubelet:
             "PATH": path,
             "HOME": os.environ.get("HOME", "/root"),
             "HOSTNAME": pod["metadata"]["name"],
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_HOST": self.apiserver_host,
             "KUBERNETES_SERVICE_PORT": str(self.apiserver_port),
             "KUBERNETES_SERVICE_PORT_HTTPS": str(self.apiserver_port),
         }

@@ -14,6 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 VALIDITY = datetime.timedelta(days=365)
 APISERVER_SANS = (
     "127.0.0.1",
+    "10.77.0.1",  # the host's address on lo that real nodes' pods reach (realnode.HOST_IP)
     "10.0.0.1",
     "localhost",
     "kubernetes",
@@ -141,9 +142,17 @@ def create_control_plane(pki: Path) -> None:
     issue(pki, "admin", "kubernetes-admin", "system:masters")
     issue(pki, "controller-manager", "system:kube-controller-manager")
     issue(pki, "scheduler", "system:kube-scheduler")
+    issue(pki, "kube-proxy", "system:kube-proxy")  # bound to system:node-proxier by the default RBAC
     issue(pki, "kubelet-serving", "localcluster-kubelet", client=False, server_names=("127.0.0.1", "localhost"))
 
 
 def create_node(pki: Path, node: str) -> tuple[Path, Path]:
     """The node's client certificate: `system:node:NAME` in `system:nodes`, as NodeRestriction expects."""
     return issue(pki, f"node-{node}", f"system:node:{node}", "system:nodes")
+
+
+def create_node_serving(pki: Path, node: str, address: str) -> tuple[Path, Path]:
+    """A real kubelet's serving certificate, for its node IP (what the apiserver dials for logs and exec)."""
+    return issue(
+        pki, f"node-{node}-{address}-serving", f"system:node:{node}", client=False, server_names=(address, node)
+    )

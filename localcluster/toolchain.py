@@ -17,6 +17,14 @@ KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 VERSITYGW_VERSION = "v1.8.0"
 HELM_VERSION = "v3.22.0"
+CONTAINERD_VERSION = "v2.4.2"
+CNI_PLUGINS_VERSION = "v1.9.1"
+
+# What real nodes and image builds take from Debian rather than from Go modules: runc (Debian's
+# 1.1 works once containerd restricts oom_score_adj), iptables and conntrack for kube-proxy and
+# the CNI bridge's masquerading, dbus-daemon for the logind stand-in's private system bus,
+# buildah and debootstrap to build images without a daemon or a registry.
+DEBIAN_PACKAGES: tuple[str, ...] = ("runc", "iptables", "conntrack", "dbus-daemon", "buildah", "debootstrap")
 
 
 def _k8s_ldflags() -> str:
@@ -43,6 +51,10 @@ class Binary:
     package: str
     version: str
     ldflags: str
+    tags: str = ""
+    cgo: bool | None = None  # None: Go's default (on where a C compiler is), shared with the cached builds
+    # Only real nodes need it: `build` makes it when asked for real-node pieces or when cached already.
+    real_nodes: bool = False
 
     @property
     def source(self) -> Path:
@@ -69,6 +81,34 @@ BINARIES: tuple[Binary, ...] = (
         Binary(name, "kubernetes", f"k8s.io/kubernetes/cmd/{name}", KUBERNETES_VERSION, _k8s_ldflags())
         for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
     ),
+    *(
+        Binary(name, "kubernetes", f"k8s.io/kubernetes/cmd/{name}", KUBERNETES_VERSION, _k8s_ldflags(), real_nodes=True)
+        for name in ("kubelet", "kube-proxy")
+    ),
+    *(
+        Binary(
+            name,
+            "containerd",
+            f"github.com/containerd/containerd/v2/cmd/{name}",
+            CONTAINERD_VERSION,
+            f"-s -w -X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}",
+            tags="no_btrfs no_devmapper no_zfs",
+            cgo=False,  # static, as containerd's releases are; no btrfs/devmapper/zfs headers needed
+            real_nodes=True,
+        )
+        for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+    ),
+    *(
+        Binary(
+            name,
+            "cni",
+            f"github.com/containernetworking/plugins/plugins/{kind}/{name}",
+            CNI_PLUGINS_VERSION,
+            "-s -w",
+            real_nodes=True,
+        )
+        for kind, name in (("main", "bridge"), ("ipam", "host-local"), ("main", "loopback"), ("meta", "portmap"))
+    ),
 )
 
 
@@ -92,8 +132,42 @@ def path_of(name: str) -> Path:
     raise KeyError(f"unknown localcluster binary {name!r}")
 
 
-def missing() -> list[Binary]:
-    return [b for b in BINARIES if not binary_path(b).is_file()]
+def missing(real_nodes: bool = False) -> list[Binary]:
+    """The binaries not cached yet: the control plane's, and real nodes' pieces when asked."""
+    return [b for b in BINARIES if (real_nodes or not b.real_nodes) and not binary_path(b).is_file()]
+
+
+def cni_bin_dir() -> Path:
+    """One directory holding every CNI plugin, as the container runtime's `bin_dir` wants."""
+    return cache_root() / "localcluster" / f"cni-plugins-{CNI_PLUGINS_VERSION}"
+
+
+def missing_debian_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> list[str]:
+    missing_ones = []
+    for package in packages:
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in done.stdout:
+            missing_ones.append(package)
+    return missing_ones
+
+
+def install_debian_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> None:
+    """Installs the Debian packages real nodes and image builds need (apt-get, as root), when missing."""
+    todo = missing_debian_packages(packages)
+    if not todo:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"localcluster: real nodes need the Debian packages {' '.join(todo)}; install them as root")
+    _log(f"installing Debian packages: {' '.join(todo)}")
+    started = time.monotonic()
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *todo]):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"localcluster: {' '.join(argv)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    _log(f"installed {' '.join(todo)} in {time.monotonic() - started:.0f}s")
 
 
 def _log(message: str) -> None:
@@ -113,6 +187,7 @@ def _build_one(binary: Binary, index: int, total: int) -> None:
         "-v",
         "-trimpath",
         "-buildvcs=false",
+        *(["-tags", binary.tags] if binary.tags else []),
         "-ldflags",
         binary.ldflags,
         "-o",
@@ -132,6 +207,8 @@ def _build_one(binary: Binary, index: int, total: int) -> None:
     ticker.start()
     tail: list[str] = []
     env = {**os.environ, "GOFLAGS": "-mod=readonly"}
+    if binary.cgo is not None:
+        env["CGO_ENABLED"] = "1" if binary.cgo else "0"
     with subprocess.Popen(cmd, cwd=binary.source, env=env, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stderr is not None
         for line in proc.stderr:
@@ -143,12 +220,19 @@ def _build_one(binary: Binary, index: int, total: int) -> None:
         detail = "\n".join(tail)
         raise SystemExit(f"localcluster: building {binary.name} failed (go build exit {code}):\n{detail}")
     partial.replace(target)
+    if binary.module_dir == "cni":
+        cni_bin_dir().mkdir(parents=True, exist_ok=True)
+        link = cni_bin_dir() / binary.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
     _log(f"[{index}/{total}] built {binary.name} in {time.monotonic() - started:.0f}s -> {target}")
 
 
-def build(force: bool = False) -> None:
-    """Builds every binary that is not cached yet (all of them with force)."""
-    todo = list(BINARIES) if force else missing()
+def build(force: bool = False, real_nodes: bool = False) -> None:
+    """Builds every binary that is not cached yet (all of them with force); real nodes' pieces when asked."""
+    if real_nodes:
+        install_debian_packages()
+    todo = [b for b in BINARIES if real_nodes or not b.real_nodes] if force else missing(real_nodes)
     if not todo:
         _log(f"all binaries cached under {cache_root() / 'localcluster'}")
         return
