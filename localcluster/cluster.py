@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -197,8 +198,7 @@ class Cluster:
             "kubernetes_version": toolchain.KUBERNETES_VERSION,
         }
         (self.dir / "cluster.json").write_text(json.dumps(config, indent=2))
-        images = dict(DEFAULT_IMAGES)
-        (self.dir / "images.json").write_text(json.dumps(images, indent=2))
+        (self.dir / "images.json").write_text(json.dumps(DEFAULT_IMAGES, indent=2))
         self._write_kubeconfigs()
         self._link_binaries()
         self._write_env()
@@ -522,7 +522,7 @@ class Cluster:
             say(f"node {name} ({capacity}{', real' if real else ''}) is Ready")
 
     def _start_real_node(self, name: str, config: Obj) -> None:
-        from localcluster import images, logind  # noqa: PLC0415 - only real nodes need them
+        from localcluster import logind  # noqa: PLC0415 - only real nodes need it
 
         node = realnode.layout(self.dir, name, config["index"])
         realnode.write_files(node, config, self.config["apiserver"], self.pki)
@@ -553,8 +553,7 @@ class Cluster:
 
         self._wait(f"containerd of {name}", containerd_ready, f"containerd-{name}", timeout=60)
         logind.wait_ready(bus_address, timeout=30)
-        for archive in self.real_images():
-            images.import_image(ctr, str(node.containerd_socket), archive)
+        _import_all(node, self.real_images())
         self._spawn(
             f"kubelet-{name}", realnode.kubelet_argv(node, config, containerd), env=env, cgroup=node.system_cgroup
         )
@@ -567,19 +566,18 @@ class Cluster:
 
     def add_real_images(self, archives: list[Path]) -> None:
         """Imports ARCHIVES into every running real node and records them for nodes added later."""
-        from localcluster import images  # noqa: PLC0415
-
         known = [str(p) for p in self.real_images()]
         for archive in archives:
             if str(archive) not in known:
                 known.append(str(archive))
         (self.dir / "real-images.json").write_text(json.dumps(known, indent=2))
+        nodes = []
         for node_dir in sorted((self.dir / "nodes").glob("*")):
             config = json.loads((node_dir / "config.json").read_text())
             if config.get("real") and self._pid(f"containerd-{config['name']}") is not None:
-                node = realnode.layout(self.dir, config["name"], config["index"])
-                for archive in archives:
-                    images.import_image(toolchain.path_of("ctr"), str(node.containerd_socket), archive)
+                nodes.append(realnode.layout(self.dir, config["name"], config["index"]))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda node: _import_all(node, archives), nodes))
 
     def _wait_nodes_ready(self, names: list[str] | None = None) -> None:
         wanted = set(names or [p.name for p in (self.dir / "nodes").iterdir() if self._pid(f"kubelet-{p.name}")])
@@ -614,7 +612,9 @@ class Cluster:
             node = realnode.layout(self.dir, name, config["index"])
             say(f"preempting node {name}: the OS shuts down; the VM is switched off after at most {grace:g}s")
             try:
-                result = logind.power_off(config["bus_address"], timeout=grace)
+                result = logind.power_off(
+                    config.get("bus_address") or f"unix:path={node.bus_dir / logind.SOCKET_NAME}", timeout=grace
+                )
                 say(f"node {name}: {result}")
             except (TimeoutError, logind.LogindError) as err:
                 # The cloud's deadline: the VM goes whether or not the OS finished shutting down.
@@ -669,13 +669,12 @@ class Cluster:
         say(f"node {name} was reclaimed and its Node object deleted")
 
     def _pods_on(self, name: str) -> list[Obj]:
-        """Pods bound to node NAME that still run: not terminal, not mirror pods, not a DaemonSet's."""
+        """Pods bound to node NAME that a drain waits for: all but mirror pods and a DaemonSet's, until deleted."""
         pods = self.admin().get("/api/v1/pods", fieldSelector=f"spec.nodeName={name}")["items"]
         return [
             p
             for p in pods
-            if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-            and "kubernetes.io/config.mirror" not in p["metadata"].get("annotations", {})
+            if "kubernetes.io/config.mirror" not in p["metadata"].get("annotations", {})
             and not any(o.get("kind") == "DaemonSet" for o in p["metadata"].get("ownerReferences", []))
         ]
 
@@ -803,6 +802,15 @@ class Cluster:
         node = realnode.layout(self.dir, name, config["index"])
         pods = host.cgroup_memory(f"{node.cgroup_root}/kubepods") / 2**20
         return f"real    kubelet {mib('kubelet')} containerd {mib('containerd')} pods {pods:.0f} MiB"
+
+
+def _import_all(node: realnode.Layout, archives: list[Path]) -> None:
+    """Imports the archives into a node's containerd, two at a time (unpacking is CPU-bound; two cores)."""
+    from localcluster import images  # noqa: PLC0415 - only real nodes need images
+
+    ctr = toolchain.path_of("ctr")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda archive: images.import_image(ctr, str(node.containerd_socket), archive), archives))
 
 
 def _alive(pid: int) -> bool:

@@ -93,11 +93,24 @@ def restore(state_dir: Path) -> list[str]:
                 target.write_text(value)
                 done.append(f"sysctl {key.replace('/', '.')}={value}")
     for created in before["created_dirs"]:
-        with contextlib.suppress(OSError):
-            Path(created).rmdir()
+        if _remove_empty_tree(Path(created)):
             done.append(f"removed {created}")
     path.unlink()
     return done
+
+
+def _remove_empty_tree(top: Path) -> bool:
+    """Removes TOP when it holds nothing but empty directories (what ctr and runc leave in /run/containerd)."""
+    if not top.is_dir():
+        return False
+    for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    try:
+        top.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 # ----- addresses and links -----------------------------------------------------------------------
@@ -139,7 +152,7 @@ def _removal_script(dump: str) -> tuple[list[str], int]:
     """An iptables-restore --noflush script deleting the jumps into our chains, then the chains."""
     script: list[str] = []
     count = 0
-    table, chains, deletes = "", [], []
+    table, chains, deletes = "", list[str](), list[str]()
     for line in dump.splitlines():
         if line.startswith("*"):
             table, chains, deletes = line[1:], [], []
