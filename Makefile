@@ -95,5 +95,14 @@ bench-io: $(STAMP) up ## Checkpoint I/O: the SDK against raw boto3 on the local 
 bench-recovery: $(STAMP) up ## Recovery after preemption: a TaskRun against a batch/v1 Job, five rounds.
 	$(PY) bench/recovery_latency.py
 
+bench-real-nodes: $(STAMP) build-real ## Real nodes against process nodes: up, idle memory, node add, pod start; recovery on real nodes.
+	$(PY) bench/real_nodes.py
+	$(PY) -m localcluster down
+	$(PY) -m localcluster up --real-nodes
+	$(PY) -m localcluster image
+	$(PY) bench/recovery_latency.py --disruption preempt
+	$(PY) bench/recovery_latency.py --disruption reclaim
+	$(PY) -m localcluster down
+
 clean: down ## Stop the cluster and remove .localcluster and caches in the tree (not the binary cache).
 	rm -rf .localcluster .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,12 @@ one watch on the pods: from the moment the old pod is seen terminal to the momen
 is seen created.
 
     python -m localcluster up && python bench/recovery_latency.py [--rounds 5]
+    python -m localcluster up --real-nodes && python -m localcluster image \
+        && python bench/recovery_latency.py --disruption reclaim
+
+On real nodes (kubelet, containerd, runc) both run the Spotrun image; `--disruption reclaim` taints,
+cordons and evicts through the Eviction API (Karpenter's and the AWS Node Termination Handler's
+path) instead of the graceful node shutdown.
 """
 
 from __future__ import annotations
@@ -75,7 +81,12 @@ class PodWatch:
         self._stop.set()
 
 
-def job(name: str) -> Obj:
+IMAGE = "ghcr.io/spotrun/spotrun:0.1.0"
+SLEEPER = ["python", "-c", "import time; time.sleep(3600)"]
+
+
+def job(name: str, real: bool) -> Obj:
+    image = {"image": IMAGE, "imagePullPolicy": "Never"} if real else {"image": "python"}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -90,8 +101,8 @@ def job(name: str) -> Obj:
                     "containers": [
                         {
                             "name": "task",
-                            "image": "python",
-                            "command": ["python", "-c", "import time; time.sleep(3600)"],
+                            "command": SLEEPER,
+                            **image,
                         }
                     ],
                     **SPOT,
@@ -101,7 +112,7 @@ def job(name: str) -> Obj:
     }
 
 
-def one_round(cluster: Cluster, watch: PodWatch, owner: str) -> float:
+def one_round(cluster: Cluster, watch: PodWatch, owner: str, disruption: str) -> float:
     """Preempts the node of `owner`'s live pod; seconds from it seen terminal to its replacement seen created."""
     kube = cluster.admin()
     live = wait_for(lambda: (pods := watch.live(owner)) and len(pods) == 1 and pods, 120, f"one live pod of {owner}")
@@ -109,7 +120,10 @@ def one_round(cluster: Cluster, watch: PodWatch, owner: str) -> float:
     path = f"/api/v1/namespaces/{watch.namespace}/pods/{old}"
     wait_for(lambda: kube.get(path).get("status", {}).get("phase") == "Running", 60, f"{old} to run")
     node = kube.get(path)["spec"]["nodeName"]
-    cluster.preempt_node(node, grace=1)
+    if disruption == "reclaim":
+        cluster.reclaim_node(node)
+    else:
+        cluster.preempt_node(node, grace=1)
     ended = wait_for(lambda: watch.ended.get(old), 60, f"{old} to be seen terminal")
     replacement = wait_for(
         lambda: [n for n in watch.live(owner) if n != old and watch.created[n] >= ended - 5],
@@ -120,15 +134,17 @@ def one_round(cluster: Cluster, watch: PodWatch, owner: str) -> float:
     return max(0.0, watch.created[replacement] - ended)
 
 
-def measure(cluster: Cluster, watch: PodWatch, owner: str, rounds: int) -> list[float]:
-    return [one_round(cluster, watch, owner) for _ in range(rounds)]
+def measure(cluster: Cluster, watch: PodWatch, owner: str, rounds: int, disruption: str) -> list[float]:
+    return [one_round(cluster, watch, owner, disruption) for _ in range(rounds)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--disruption", choices=["preempt", "reclaim"], default="preempt")
+    parser.add_argument("--state-dir", type=Path, help="the cluster's state directory (default .localcluster)")
     args = parser.parse_args()
-    cluster = Cluster()
+    cluster = Cluster(args.state_dir)
     if not cluster.running():
         raise SystemExit("the local cluster is not running: run `make up` first")
     kube = cluster.admin()
@@ -150,18 +166,25 @@ def main() -> None:
     watch = PodWatch(kube, namespace)
     try:
         body = steps_taskrun("bench", steps=100000, step_seconds=1, maxInterruptions=1000)
-        body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 1
+        template = body["spec"]["template"]["spec"]
+        template["terminationGracePeriodSeconds"] = 1
+        if cluster.real_nodes:  # the image has no tests/: the TaskRun's task only sleeps, as the Job's
+            template["containers"][0] |= {"image": IMAGE, "imagePullPolicy": "Never", "command": SLEEPER}
         kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
-        spotrun = measure(cluster, watch, "bench", args.rounds)
+        spotrun = measure(cluster, watch, "bench", args.rounds, args.disruption)
         kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns/bench")
-        kube.create(f"/apis/batch/v1/namespaces/{namespace}/jobs", job("bench-job"))
-        batch = measure(cluster, watch, "bench-job", args.rounds)
+        kube.create(f"/apis/batch/v1/namespaces/{namespace}/jobs", job("bench-job", cluster.real_nodes))
+        batch = measure(cluster, watch, "bench-job", args.rounds, args.disruption)
     finally:
         watch.stop()
         operator.stop()
         kube.delete(f"/api/v1/namespaces/{namespace}")
 
-    print(f"recovery after `node preempt`: old pod seen terminal -> replacement seen created, {args.rounds} rounds\n")
+    nodes = "real nodes" if cluster.real_nodes else "process nodes"
+    print(
+        f"recovery after `node {args.disruption}` on {nodes}: old pod seen terminal -> replacement seen created, "
+        f"{args.rounds} rounds\n"
+    )
     print(f"{'round':>5} {'TaskRun':>10} {'Job':>10} {'Job/TaskRun':>12}")
     for n, (a, b) in enumerate(zip(spotrun, batch, strict=True), 1):
         print(f"{n:>5} {a:9.2f}s {b:9.2f}s {b / max(a, 1e-3):11.1f}x")

@@ -12,6 +12,10 @@ Obj = dict[str, Any]
 
 # Pod status reasons that mean the node or the kubelet took the pod away.
 INTERRUPTION_REASONS = ("Terminated", "Shutdown", "NodeShutdown", "Evicted", "NodeLost", "UnexpectedAdmissionError")
+# The kubelet's admission refused the pod before any container ran (pkg/kubelet/lifecycle): the
+# node's fault (a fresh spot node without the resources the scheduler counted on), not the task's.
+# `OutOf<resource>` covers OutOfcpu, OutOfmemory, OutOfpods and extended resources.
+ADMISSION_REJECTIONS = ("NodeAffinity", "InvalidNodeInfo")  # UnexpectedAdmissionError: above
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,12 @@ def _terminations(pod: Obj) -> list[tuple[str, Obj]]:
         if terminated:
             found.append((entry["name"], terminated))
     return found
+
+
+def _rejected_at_admission(pod: Obj) -> bool:
+    reason = str(pod.get("status", {}).get("reason") or "")
+    rejected = reason.startswith("OutOf") or reason in ADMISSION_REJECTIONS
+    return rejected and not _terminations(pod)
 
 
 def _matches(rule: Obj, terminations: Sequence[tuple[str, Obj]]) -> int | None:
@@ -87,6 +97,8 @@ def classify(
             message=disruption.get("message", ""),
         )
     if status.get("reason") in INTERRUPTION_REASONS:
+        return Outcome(names.OUTCOME_INTERRUPTED, status["reason"], message=status.get("message", ""))
+    if phase == "Failed" and _rejected_at_admission(pod):
         return Outcome(names.OUTCOME_INTERRUPTED, status["reason"], message=status.get("message", ""))
     if pod.get("metadata", {}).get("deletionTimestamp") and not stopped_by_operator:
         return Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_POD_DELETED, message="the pod was deleted")

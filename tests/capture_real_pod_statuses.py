@@ -1,0 +1,183 @@
+"""Captures pod objects as the REAL kubelet and controllers leave them, one per way a pod ends.
+
+    python -m localcluster up --real-nodes && python -m localcluster image
+    python -m tests.capture_real_pod_statuses [NAME ...]
+
+writes tests/unit/pod_statuses/real/NAME.json: the pod as the API returned it at the moment a
+controller would classify it (terminal, carrying its DisruptionTarget, or stuck with its waiting
+reason). The containers run the Spotrun image on kubelet v1.36 with containerd and runc; the
+disruptions are the local cluster's (graceful node shutdown through logind, abrupt VM loss).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from localcluster.cluster import Cluster
+from localcluster.kube import ApiError, Client
+from tests.capture_pod_statuses import LINGER, SLEEP, disrupted, scrub, terminal
+from tests.integration.helpers import SPOT_TOLERATION, get_pod, running_container, wait_for
+
+OUT = Path(__file__).resolve().parent / "unit" / "pod_statuses" / "real"
+IMAGE = "ghcr.io/spotrun/spotrun:0.1.0"
+FINALIZER = "spotrun.dev/accounting"  # the operator's: keeps an ended pod readable until it is counted
+Obj = dict[str, Any]
+
+
+def container(script: str = "true", **extra: Any) -> Obj:
+    return {
+        "name": "main",
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-c", script],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **extra,
+    }
+
+
+def pod(name: str, *containers: Obj, node: str | None = None, **spec: Any) -> Obj:
+    body: Obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "finalizers": [FINALIZER]},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 10, "containers": list(containers), **spec},
+    }
+    if node:
+        body["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        body["spec"]["tolerations"] = [SPOT_TOLERATION]
+    return body
+
+
+def waiting(kube: Client, ns: str, name: str, reason: str) -> Obj:
+    def check() -> Obj | None:
+        found = get_pod(kube, ns, name)
+        for entry in found.get("status", {}).get("containerStatuses") or []:
+            if (entry.get("state") or {}).get("waiting", {}).get("reason") == reason:
+                return found
+        return None
+
+    return wait_for(check, 120, f"{name} to wait with {reason}")
+
+
+def main() -> None:
+    cluster = Cluster(Path(os.environ["LOCALCLUSTER_STATE_DIR"]) if "LOCALCLUSTER_STATE_DIR" in os.environ else None)
+    if not cluster.running() or not cluster.real_nodes:
+        raise SystemExit("capture: start a cluster with real nodes first: python -m localcluster up --real-nodes")
+    kube = cluster.admin()
+    ns = f"capture-{uuid.uuid4().hex[:6]}"
+    kube.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    wait_for(lambda: kube.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30, "the default ServiceAccount")
+    OUT.mkdir(parents=True, exist_ok=True)
+    pods = f"/api/v1/namespaces/{ns}/pods"
+
+    def create(body: Obj) -> None:
+        kube.create(pods, body)
+
+    def simple(name: str, script: str, **extra: Any) -> Obj:
+        create(pod(name, container(script, **extra)))
+        return terminal(kube, ns, name)
+
+    def on_node(name: str, script: str = SLEEP) -> str:
+        node = f"cap-{uuid.uuid4().hex[:5]}"
+        cluster.add_node(node, "spot")
+        create(pod(name, container(script), node=node))
+        wait_for(lambda: running_container(kube, ns, name), 60, f"{name} to run")
+        return node
+
+    def preempted() -> Obj:
+        cluster.preempt_node(on_node("preempted", LINGER), grace=20)
+        return get_pod(kube, ns, "preempted")
+
+    def killed() -> Obj:
+        cluster.kill_node(on_node("killed"))
+        return disrupted(kube, ns, "killed")
+
+    def killed_then_podgc() -> Obj:
+        cluster.kill_node(on_node("killed-podgc"))
+
+        def collected() -> Obj | None:
+            found = get_pod(kube, ns, "killed-podgc")
+            return found if found.get("status", {}).get("phase") == "Failed" else None
+
+        return wait_for(collected, 240, "PodGC to fail killed-podgc")
+
+    def evicted() -> Obj:
+        on_node("evicted", LINGER)
+        kube.create(
+            f"{pods}/evicted/eviction", {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evicted"}}
+        )
+        return terminal(kube, ns, "evicted")
+
+    def deleted() -> Obj:
+        on_node("deleted", LINGER)
+        kube.delete(f"{pods}/deleted")
+        return terminal(kube, ns, "deleted")
+
+    def scheduler_preempted() -> Obj:
+        for cls, value in (("cap-low", 1), ("cap-high", 100000)):
+            try:
+                kube.create("/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": cls}, "value": value})
+            except ApiError as err:
+                if err.status != 409:
+                    raise
+        node = f"cap-{uuid.uuid4().hex[:5]}"
+        cluster.add_node(node, "spot")
+        big = {"requests": {"cpu": "1500m"}}  # a real node has the host's 2 CPUs: two do not fit
+        create(pod("victim", container(LINGER, resources=big), node=node, priorityClassName="cap-low"))
+        wait_for(lambda: running_container(kube, ns, "victim"), 60, "victim to run")
+        create(pod("preemptor", container(SLEEP, resources=big), node=node, priorityClassName="cap-high"))
+        return terminal(kube, ns, "victim")
+
+    def out_of_cpu() -> Obj:
+        # Bound straight to a node (no scheduler) with more CPU than it has: the kubelet's admission refuses it.
+        create(pod("outofcpu", container(SLEEP, resources={"requests": {"cpu": "64"}}), nodeName="ondemand-1"))
+        return terminal(kube, ns, "outofcpu")
+
+    def image_never_pulled() -> Obj:
+        create(pod("neverpull", container(image="ghcr.io/spotrun/not-imported:1")))
+        return waiting(kube, ns, "neverpull", "ErrImageNeverPull")
+
+    def missing_secret() -> Obj:
+        env = [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "AWS_ACCESS_KEY_ID"}}}]
+        create(pod("nosecret", container(env=env)))
+        return waiting(kube, ns, "nosecret", "CreateContainerConfigError")
+
+    scenarios: dict[str, Callable[[], Obj]] = {
+        "succeeded": lambda: simple("succeeded", "print('done')"),
+        "exit-1": lambda: simple("exit-1", "import sys; print('Failed at iteration 3'); sys.exit(1)"),
+        "exit-75-recoverable": lambda: simple("exit-75", "import sys; sys.exit(75)"),
+        "oomkilled": lambda: simple(
+            "oomkilled",
+            "x = bytearray(512 * 2**20); x[::4096] = b'1' * len(x[::4096]); print(len(x))",
+            resources={"limits": {"memory": "64Mi"}},
+        ),
+        "deleted": deleted,
+        "evicted": evicted,
+        "preempted": preempted,
+        "killed": killed,
+        "killed-podgc": killed_then_podgc,
+        "scheduler_preempted": scheduler_preempted,
+        "outofcpu": out_of_cpu,
+        "err-image-never-pull": image_never_pulled,
+        "create-container-config-error": missing_secret,
+    }
+    only = set(sys.argv[1:])
+    for name, scenario in scenarios.items():
+        if only and name not in only:
+            continue
+        captured = scrub(scenario())
+        (OUT / f"{name}.json").write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
+        print(f"captured {name}: phase {captured['status'].get('phase')}", flush=True)
+    for item in kube.get(pods)["items"]:  # let the namespace go
+        kube.merge_patch(f"{pods}/{item['metadata']['name']}", {"metadata": {"finalizers": None}})
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+if __name__ == "__main__":
+    main()
