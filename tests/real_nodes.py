@@ -107,6 +107,47 @@ def install(cluster: Cluster, env: dict[str, str]) -> None:
     )
 
 
+def check_operator_pod(env: dict[str, str]) -> None:
+    """The Dockerfile as built: the operator runs as uid 10001 on a read-only root, `spotrun` works in it."""
+    pod = subprocess.run(
+        [
+            "kubectl",
+            "-n",
+            RELEASE_NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=spotrun-operator",
+            "-o",
+            "name",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+
+    def inside(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", "-n", RELEASE_NAMESPACE, "exec", pod, "--", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    uid = inside("id", "-u")
+    if uid.stdout.strip() != "10001":
+        raise SystemExit(f"test-real: the operator runs as uid {uid.stdout.strip()!r}, not 10001: {uid.stderr}")
+    write = inside("touch", "/probe")
+    if write.returncode == 0 or "Read-only file system" not in write.stderr:
+        raise SystemExit(f"test-real: the operator's root filesystem is writable: {write.stderr or 'touch succeeded'}")
+    cli = inside("spotrun", "--help")
+    if cli.returncode != 0 or "checkpoints" not in cli.stdout:
+        raise SystemExit(f"test-real: `spotrun --help` failed in the operator's image: {cli.stderr}")
+    say(f"{pod}: uid 10001, read-only root filesystem, `spotrun` works (checked with kubectl exec)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.real_nodes", description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", action="append", choices=MODES, help="run only these disruptions (repeatable)")
@@ -157,6 +198,7 @@ def run_suites(cluster: Cluster, args: argparse.Namespace) -> int:
     env = {**os.environ, **cluster.env_vars(), "PATH": f"{cluster.dir / 'bin'}:{os.environ['PATH']}"}
     install(cluster, env)
     say("Spotrun installed with the Helm chart on the built image")
+    check_operator_pod(env)
     failed = []
     for mode in args.mode or MODES:
         command = [sys.executable, "-m", "tests.real_nodes", "--state-dir", str(cluster.dir), "disrupt", mode]

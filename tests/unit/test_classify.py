@@ -96,3 +96,44 @@ def test_a_success_wins_over_a_late_disruption() -> None:
     outcome = classify(pod)
     assert outcome is not None
     assert outcome.kind == "Succeeded"
+
+
+REAL = "real"  # captured from the real kubelet v1.36 with containerd and runc (tests/capture_real_pod_statuses.py)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "reason", "exit_code"),
+    [
+        ("succeeded", "Succeeded", "Completed", 0),
+        ("exit-1", "Failed", "Error", 1),
+        ("exit-75-recoverable", "Failed", "Error", 75),
+        ("oomkilled", "Failed", "OOMKilled", 137),
+        ("deleted", "Interrupted", "PodDeleted", None),
+        ("evicted", "Interrupted", "EvictionByEvictionAPI", None),
+        ("preempted", "Interrupted", "TerminationByKubelet", None),
+        ("killed", "Interrupted", "DeletionByTaintManager", None),
+        ("killed-podgc", "Interrupted", "DeletionByPodGC", None),
+        ("scheduler_preempted", "Interrupted", "PreemptionByScheduler", None),
+        ("outofcpu", "Interrupted", "OutOfcpu", None),
+    ],
+)
+def test_each_way_a_pod_ends_on_a_real_node(name: str, kind: str, reason: str, exit_code: int | None) -> None:
+    outcome = classify(captured(f"{REAL}/{name}"))
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.exit_code) == (kind, reason, exit_code)
+
+
+@pytest.mark.parametrize("name", ["err-image-never-pull", "create-container-config-error"])
+def test_a_pod_whose_container_cannot_start_has_not_ended(name: str) -> None:
+    # The kubelet keeps such a pod Pending and retries (the image may be loaded, the Secret created).
+    pod = captured(f"{REAL}/{name}")
+    assert pod["status"]["phase"] == "Pending"
+    assert classify(pod) is None
+
+
+def test_an_admission_rejection_after_a_container_ran_is_not_mistaken_for_one() -> None:
+    pod = captured(f"{REAL}/exit-1")
+    pod["status"]["reason"] = "OutOfcpu"  # a reason, but a container ran and exited 1: the task's failure
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.exit_code) == ("Failed", 1)
