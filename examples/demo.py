@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,6 +125,7 @@ def main() -> None:
     preempted_at: float | None = None
     old_pod = ""
     recovery: float | None = None
+    autoscaler: threading.Thread | None = None
     while True:
         table = run(cluster, "kubectl", "get", "taskruns", "-n", NAMESPACE)
         # Print the table when something but its AGE column changed.
@@ -138,13 +140,17 @@ def main() -> None:
             say(f"Preempting spot node {node} at step {step(status)}: the VM is reclaimed, the pod gets SIGTERM")
             cluster.preempt_node(node, grace=5)
             preempted_at = time.monotonic()
-            cluster.add_node(node, "spot")  # the autoscaler brings a node back
+            # The autoscaler brings a node back, while the TaskRun has already moved on.
+            autoscaler = threading.Thread(target=cluster.add_node, args=(node, "spot"))
+            autoscaler.start()
         if preempted_at is not None and recovery is None and status.get("podName") not in ("", old_pod):
             pod = kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{status['podName']}")
             if pod.get("status", {}).get("phase") == "Running":
                 recovery = time.monotonic() - preempted_at
         time.sleep(0.5)
 
+    if autoscaler is not None:
+        autoscaler.join()
     result = status.get("result") or {}
     resumed = result.get("resumed", [])
     say("Done")
