@@ -47,7 +47,7 @@ demo-real: $(STAMP) ## The demo on real nodes (kubelet, containerd, runc) with t
 demo-down: $(STAMP) ## Stop the demo's local cluster (the next `make demo` starts a fresh one).
 	$(PY) -m localcluster down
 
-kind-demo: ## On kind with Docker (NOT run here: no Docker engine): build, load, install, run the e2e suite.
+kind-demo: ## On kind with Docker (NOT run here or in CI: see README, "kind"): build, load, install, run e2e.
 	kind create cluster --name spotrun --config kind/cluster.yaml
 	docker build -t ghcr.io/spotrun/spotrun:0.1.0 .
 	kind load docker-image ghcr.io/spotrun/spotrun:0.1.0 --name spotrun

@@ -54,6 +54,16 @@ def disrupted(kube: Client, ns: str, name: str) -> Obj:
     return wait_for(check, 120, f"{name} to carry DisruptionTarget", interval=0.05)
 
 
+def priority_classes(kube: Client) -> None:
+    """cap-low and cap-high, for a scheduler preemption."""
+    for cls, value in (("cap-low", 1), ("cap-high", 100000)):
+        try:
+            kube.create("/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": cls}, "value": value})
+        except ApiError as err:
+            if err.status != 409:
+                raise
+
+
 def main() -> None:
     cluster = Cluster()
     kube = cluster.admin()
@@ -113,12 +123,7 @@ def main() -> None:
         return ended
 
     def scheduler_preempted() -> Obj:
-        for cls, value in (("cap-low", 1), ("cap-high", 100000)):
-            try:
-                kube.create("/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": cls}, "value": value})
-            except ApiError as err:
-                if err.status != 409:
-                    raise
+        priority_classes(kube)
         node = f"cap-{uuid.uuid4().hex[:5]}"
         cluster.add_node(node, "spot")
         big = {"requests": {"cpu": "6"}}

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.cluster import Cluster
-from localcluster.kube import ApiError, Client
-from tests.capture_pod_statuses import LINGER, SLEEP, disrupted, scrub, terminal
+from localcluster.kube import Client
+from tests.capture_pod_statuses import LINGER, SLEEP, disrupted, priority_classes, scrub, terminal
 from tests.integration.helpers import SPOT_TOLERATION, get_pod, running_container, wait_for
 
 OUT = Path(__file__).resolve().parent / "unit" / "pod_statuses" / "real"
@@ -120,12 +120,7 @@ def main() -> None:
         return terminal(kube, ns, "deleted")
 
     def scheduler_preempted() -> Obj:
-        for cls, value in (("cap-low", 1), ("cap-high", 100000)):
-            try:
-                kube.create("/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": cls}, "value": value})
-            except ApiError as err:
-                if err.status != 409:
-                    raise
+        priority_classes(kube)
         node = f"cap-{uuid.uuid4().hex[:5]}"
         cluster.add_node(node, "spot")
         big = {"requests": {"cpu": "1500m"}}  # a real node has the host's 2 CPUs: two do not fit
