@@ -60,7 +60,7 @@ lint: $(STAMP) ## ruff (lint and format check), mypy --strict, import-linter, ha
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile examples/Dockerfile
 
 format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(VENV)/bin/ruff check --fix .
