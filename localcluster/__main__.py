@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,13 +15,15 @@ from localcluster.cluster import DEFAULT_STATE_DIR, REPO_ROOT, Cluster
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m localcluster",
-        description="A real Kubernetes control plane, process kubelets and an S3 server, as local processes.",
+        description="A real Kubernetes control plane and an S3 server as local processes, with process or real nodes.",
     )
+    # `. DIR/env` exports LOCALCLUSTER_STATE_DIR: every command then acts on that cluster.
+    from_env = os.environ.get("LOCALCLUSTER_STATE_DIR")
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=DEFAULT_STATE_DIR,
-        help=f"cluster state directory (default {DEFAULT_STATE_DIR})",
+        default=Path(from_env) if from_env else DEFAULT_STATE_DIR,
+        help=f"cluster state directory (default $LOCALCLUSTER_STATE_DIR, else {DEFAULT_STATE_DIR})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the binaries into the cache (reused when present)")
