@@ -609,12 +609,9 @@ class Cluster:
         if config.get("real"):
             from localcluster import logind  # noqa: PLC0415
 
-            node = realnode.layout(self.dir, name, config["index"])
             say(f"preempting node {name}: the OS shuts down; the VM is switched off after at most {grace:g}s")
             try:
-                result = logind.power_off(
-                    config.get("bus_address") or f"unix:path={node.bus_dir / logind.SOCKET_NAME}", timeout=grace
-                )
+                result = logind.power_off(config["bus_address"], timeout=grace)
                 say(f"node {name}: {result}")
             except (TimeoutError, logind.LogindError) as err:
                 # The cloud's deadline: the VM goes whether or not the OS finished shutting down.
@@ -751,7 +748,7 @@ class Cluster:
             host.remove_bridge(bridge)
             done.append(f"removed bridge {bridge}")
         for address in sorted(host.addresses()):
-            if address == realnode.HOST_IP or address.startswith("10.77.0."):
+            if address.startswith("10.77.0."):  # realnode.HOST_IP and every node IP
                 host.remove_address(address)
                 done.append(f"removed {address} from lo")
         host.remove_cgroup(f"/localcluster/{realnode.cluster_id(self.dir)}")

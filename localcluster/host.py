@@ -303,15 +303,6 @@ def cgroup_memory(path: str) -> int:
     return 0
 
 
-def cgroups_left(path: str) -> list[str]:
-    left = []
-    for hierarchy in hierarchies():
-        base = hierarchy / Path(path).relative_to("/")
-        if base.is_dir():
-            left.append(str(base))
-    return left
-
-
 # ----- what `down` must leave as it found -------------------------------------------------------
 
 
