@@ -649,10 +649,7 @@ class Cluster:
                 if meta.get("deletionTimestamp"):
                     continue
                 try:
-                    client.create(
-                        f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/eviction",
-                        {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": meta["name"]}},
-                    )
+                    client.evict(meta["namespace"], meta["name"])
                 except ApiError as err:
                     if err.status not in (404, 429):  # 429: a PodDisruptionBudget says not yet
                         raise

@@ -70,6 +70,13 @@ class Client:
     def delete(self, path: str, body: Obj | None = None) -> Obj:
         return self.request("DELETE", path, body)
 
+    def evict(self, namespace: str, name: str) -> Obj:
+        """Asks the Eviction API to evict pod NAMESPACE/NAME (HTTP 429 while a PodDisruptionBudget says not yet)."""
+        return self.create(
+            f"/api/v1/namespaces/{namespace}/pods/{name}/eviction",
+            {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}},
+        )
+
     def watch(self, path: str, resource_version: str, timeout_seconds: int = 60, **params: Any) -> Iterator[Obj]:
         """Yields watch events until the server closes the stream (after timeout_seconds)."""
         query = {

@@ -109,9 +109,7 @@ def main() -> None:
 
     def evicted() -> Obj:
         on_node("evicted", LINGER)
-        kube.create(
-            f"{pods}/evicted/eviction", {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evicted"}}
-        )
+        kube.evict(ns, "evicted")
         return terminal(kube, ns, "evicted")
 
     def deleted() -> Obj:

@@ -253,10 +253,7 @@ def test_eviction_api_marks_the_disruption_and_stops_the_pod(kube: Client, names
     body = pod("evictee", container(script=WAIT_FOR_SIGTERM, volumeMounts=[OUT_MOUNT]), volumes=[host_volume(tmp_path)])
     create_pod(kube, namespace, body)
     wait_for((tmp_path / "started").exists, 60, "the container to start")
-    kube.create(
-        f"/api/v1/namespaces/{namespace}/pods/evictee/eviction",
-        {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "evictee", "namespace": namespace}},
-    )
+    kube.evict(namespace, "evictee")
     evicted = get_pod(kube, namespace, "evictee")
     disruption = condition(evicted, "DisruptionTarget")
     assert disruption is not None
