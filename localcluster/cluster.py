@@ -529,13 +529,11 @@ class Cluster:
         host.create_cgroup(node.system_cgroup)
         host.add_address(node.ip)
         env = realnode.node_env(node)
-        bus_config, bus_address = logind.write_bus_config(node.dir)
-        config["bus_address"] = bus_address
-        (node.dir / "config.json").write_text(json.dumps(config, indent=2))
+        bus_config, _ = logind.write_bus_config(node.dir)
         self._spawn(f"dbus-{name}", logind.bus_argv(bus_config), env=env, cgroup=node.system_cgroup)
         self._spawn(
             f"logind-{name}",
-            logind.logind_argv(bus_address, realnode.SHUTDOWN_GRACE_SECONDS, node.dir / "logind-state.json"),
+            logind.logind_argv(node.bus_address, realnode.SHUTDOWN_GRACE_SECONDS, node.dir / "logind-state.json"),
             cwd=REPO_ROOT,
             env=env,
             cgroup=node.system_cgroup,
@@ -552,7 +550,7 @@ class Cluster:
             return done.returncode == 0
 
         self._wait(f"containerd of {name}", containerd_ready, f"containerd-{name}", timeout=60)
-        logind.wait_ready(bus_address, timeout=30)
+        logind.wait_ready(node.bus_address, timeout=30)
         _import_all(node, self.real_images())
         self._spawn(
             f"kubelet-{name}", realnode.kubelet_argv(node, config, containerd), env=env, cgroup=node.system_cgroup
@@ -609,9 +607,10 @@ class Cluster:
         if config.get("real"):
             from localcluster import logind  # noqa: PLC0415
 
+            node = realnode.layout(self.dir, name, config["index"])
             say(f"preempting node {name}: the OS shuts down; the VM is switched off after at most {grace:g}s")
             try:
-                result = logind.power_off(config["bus_address"], timeout=grace)
+                result = logind.power_off(node.bus_address, timeout=grace)
                 say(f"node {name}: {result}")
             except (TimeoutError, logind.LogindError) as err:
                 # The cloud's deadline: the VM goes whether or not the OS finished shutting down.

@@ -154,13 +154,12 @@ def write_bus_config(node_dir: Path) -> tuple[Path, str]:
     anything: only root's processes of this one node connect. No service directories, so nothing
     is activated on demand (a missing logind is an error at once, not a wait), and no syslog.
     """
-    bus_dir = Path(node_dir).resolve() / "dbus"
-    socket_path = bus_dir / SOCKET_NAME
+    socket_path = _socket_path(node_dir)
     if len(os.fsencode(socket_path)) >= SUN_PATH_MAX:
         raise ValueError(f"{socket_path} is longer than a unix socket path may be ({SUN_PATH_MAX - 1} bytes)")
-    bus_dir.mkdir(parents=True, exist_ok=True)
-    address = f"unix:path={_escape_address_value(str(socket_path))}"
-    config = bus_dir / "system.conf"
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    address = bus_address(node_dir)
+    config = socket_path.parent / "system.conf"
     config.write_text(
         '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
         ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
@@ -184,6 +183,15 @@ def write_bus_config(node_dir: Path) -> tuple[Path, str]:
         "</busconfig>\n"
     )
     return config, address
+
+
+def bus_address(node_dir: Path) -> str:
+    """The D-Bus address of the system bus of the node in NODE_DIR, for its dbus-daemon and every client."""
+    return f"unix:path={_escape_address_value(str(_socket_path(node_dir)))}"
+
+
+def _socket_path(node_dir: Path) -> Path:
+    return Path(node_dir).resolve() / "dbus" / SOCKET_NAME
 
 
 def _escape_address_value(value: str) -> str:

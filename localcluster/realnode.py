@@ -73,8 +73,11 @@ class Layout:
         return self.dir / "containerd" / "containerd.sock"
 
     @property
-    def bus_dir(self) -> Path:
-        return self.dir / "dbus"
+    def bus_address(self) -> str:
+        """The node's private D-Bus system bus, where its logind stand-in is."""
+        from localcluster import logind  # noqa: PLC0415 - only real nodes need it
+
+        return logind.bus_address(self.dir)
 
 
 def cluster_id(state_dir: Path) -> str:
@@ -251,7 +254,7 @@ def node_env(node: Layout) -> dict[str, str]:
     shim_dir = toolchain.path_of("containerd-shim-runc-v2").parent
     return {
         "PATH": f"{shim_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
-        "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={node.bus_dir / 'system_bus_socket'}",
+        "DBUS_SYSTEM_BUS_ADDRESS": node.bus_address,
         "LOCALCLUSTER_NODE": node.name,
     }
 
