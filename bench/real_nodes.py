@@ -37,7 +37,7 @@ Obj = dict[str, Any]
 
 
 def pod(name: str, node: str, real: bool) -> Obj:
-    image = {"image": "ghcr.io/spotrun/spotrun:0.1.0", "imagePullPolicy": "Never"} if real else {"image": "python"}
+    image = {"image": images.PROJECT_IMAGE, "imagePullPolicy": "Never"} if real else {"image": "python"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from localcluster.cluster import Cluster  # noqa: E402
+from localcluster.images import PROJECT_IMAGE  # noqa: E402
 from localcluster.kube import Client  # noqa: E402
 from tests.integration.helpers import wait_for  # noqa: E402
 from tests.integration.operator_fixtures import SECRET, install, steps_taskrun  # noqa: E402
@@ -81,12 +82,11 @@ class PodWatch:
         self._stop.set()
 
 
-IMAGE = "ghcr.io/spotrun/spotrun:0.1.0"
 SLEEPER = ["python", "-c", "import time; time.sleep(3600)"]
 
 
 def job(name: str, real: bool) -> Obj:
-    image = {"image": IMAGE, "imagePullPolicy": "Never"} if real else {"image": "python"}
+    image = {"image": PROJECT_IMAGE, "imagePullPolicy": "Never"} if real else {"image": "python"}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -171,7 +171,7 @@ def main() -> None:
         template = body["spec"]["template"]["spec"]
         template["terminationGracePeriodSeconds"] = 1
         if cluster.real_nodes:  # the image has no tests/: the TaskRun's task only sleeps, as the Job's
-            template["containers"][0] |= {"image": IMAGE, "imagePullPolicy": "Never", "command": SLEEPER}
+            template["containers"][0] |= {"image": PROJECT_IMAGE, "imagePullPolicy": "Never", "command": SLEEPER}
         kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
         spotrun = measure(cluster, watch, "bench", args.rounds, args.disruption)
         kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns/bench")

@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from localcluster import host, pki, realnode, toolchain
+from localcluster import host, images, pki, podspec, realnode, toolchain
 from localcluster.kube import ApiError, Client
 
 Obj = dict[str, Any]
@@ -54,7 +54,7 @@ DEFAULT_NODES = (("spot-1", "spot"), ("spot-2", "spot"), ("ondemand-1", "on-dema
 
 # Images the process kubelet can run without a `command`: their ENTRYPOINT, as the Dockerfile sets it.
 DEFAULT_IMAGES: dict[str, Obj] = {
-    "ghcr.io/spotrun/spotrun": {"entrypoint": ["python", "-m", "spotrun_operator"]},
+    podspec.image_repository(images.PROJECT_IMAGE): {"entrypoint": ["python", "-m", "spotrun_operator"]},
 }
 
 
@@ -221,8 +221,6 @@ class Cluster:
             cwd=REPO_ROOT,
         )
         if real_nodes:
-            from localcluster import images  # noqa: PLC0415 - only real nodes need images
-
             self.add_real_images([images.pause_archive()])
         for name, capacity in DEFAULT_NODES:
             self.add_node(name, capacity, wait=False, real=real_nodes)
@@ -799,8 +797,6 @@ class Cluster:
 
 def _import_all(node: realnode.Layout, archives: list[Path]) -> None:
     """Imports the archives into a node's containerd, two at a time (unpacking is CPU-bound; two cores)."""
-    from localcluster import images  # noqa: PLC0415 - only real nodes need images
-
     ctr = toolchain.path_of("ctr")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(lambda archive: images.import_image(ctr, str(node.containerd_socket), archive), archives))

@@ -22,14 +22,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from localcluster import host, pki, toolchain
+from localcluster import host, images, pki, toolchain
 
 Obj = dict[str, Any]
 
 HOST_IP = "10.77.0.1"  # on lo: what pods on real nodes reach the apiserver and the S3 server at
 POD_NETWORK = "10.88.0.0/16"  # node i has 10.88.i.0/24 on its bridge lcbr<i>
 SERVICE_NETWORK = "10.0.0.0/24"
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 RUNC = "/usr/sbin/runc"  # Debian's runc
 # The kubelet's graceful node shutdown: the whole shutdown may take this long, and logind's
 # InhibitDelayMaxUSec is the same, so the kubelet never needs to rewrite logind.conf.d.
@@ -131,7 +130,7 @@ oom_score = 0
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = "overlayfs"
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      sandbox = "{PAUSE_IMAGE}"
+      sandbox = "{images.PAUSE_IMAGE}"
   [plugins.'io.containerd.cri.v1.runtime']
     # root here lacks CAP_SYS_RESOURCE: a negative oom_score_adj is refused and every sandbox
     # would fail; this makes containerd never ask for less than its own.

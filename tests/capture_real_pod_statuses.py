@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.cluster import Cluster
+from localcluster.images import PROJECT_IMAGE
 from localcluster.kube import Client
 from tests.capture_pod_statuses import LINGER, SLEEP, disrupted, priority_classes, scrub, terminal
 from tests.integration.helpers import SPOT_TOLERATION, get_pod, running_container, wait_for
 
 OUT = Path(__file__).resolve().parent / "unit" / "pod_statuses" / "real"
-IMAGE = "ghcr.io/spotrun/spotrun:0.1.0"
 FINALIZER = "spotrun.dev/accounting"  # the operator's: keeps an ended pod readable until it is counted
 Obj = dict[str, Any]
 
@@ -33,7 +33,7 @@ Obj = dict[str, Any]
 def container(script: str = "true", **extra: Any) -> Obj:
     return {
         "name": "main",
-        "image": IMAGE,
+        "image": PROJECT_IMAGE,
         "imagePullPolicy": "Never",
         "command": ["python", "-c", script],
         "terminationMessagePolicy": "FallbackToLogsOnError",
