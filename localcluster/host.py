@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # Sysctls the real components write: the kubelet (protectKernelDefaults=false sets them), the CNI
@@ -35,6 +35,7 @@ SYSCTLS = (
 # and the CNI bridge and portmap plugins (CNI-...).
 CHAIN_PREFIXES = ("KUBE-", "CNI-")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SYSCTL_ROOT = Path("/proc/sys")
 BRIDGE_PREFIX = "lcbr"
 HOST_DIRS = (
     "/var/lib/kubelet",
@@ -65,12 +66,8 @@ def record(state_dir: Path) -> None:
     path = snapshot_path(state_dir)
     if path.exists():
         return
-    sysctls = {}
-    for key in SYSCTLS:
-        with contextlib.suppress(OSError):
-            sysctls[key] = (Path("/proc/sys") / key).read_text().strip()
     created_dirs = [d for d in HOST_DIRS if not Path(d).exists()]
-    path.write_text(json.dumps({"sysctls": sysctls, "created_dirs": created_dirs}, indent=2))
+    path.write_text(json.dumps({"sysctls": _sysctls(SYSCTLS), "created_dirs": created_dirs}, indent=2))
 
 
 def ensure_dirs() -> None:
@@ -86,21 +83,34 @@ def restore(state_dir: Path) -> list[str]:
         return []
     before = json.loads(path.read_text())
     done = []
+    now = _sysctls(before["sysctls"])
     for key, value in before["sysctls"].items():
-        target = Path("/proc/sys") / key
-        with contextlib.suppress(OSError):
-            if target.read_text().strip() != value:
-                target.write_text(value)
+        if key in now and now[key] != value:
+            with contextlib.suppress(OSError):
+                (SYSCTL_ROOT / key).write_text(value)
                 done.append(f"sysctl {key.replace('/', '.')}={value}")
     for created in before["created_dirs"]:
-        if _remove_empty_tree(Path(created)):
+        # Gone only when nothing but empty directories is left (what ctr and runc leave in /run/containerd).
+        if _remove_empty_dirs(Path(created)):
             done.append(f"removed {created}")
     path.unlink()
     return done
 
 
-def _remove_empty_tree(top: Path) -> bool:
-    """Removes TOP when it holds nothing but empty directories (what ctr and runc leave in /run/containerd)."""
+def _sysctls(keys: Iterable[str]) -> dict[str, str]:
+    """The current value of each of KEYS (`net/ipv4/ip_forward`) that this kernel has."""
+    values = {}
+    for key in keys:
+        with contextlib.suppress(OSError):
+            values[key] = (SYSCTL_ROOT / key).read_text().strip()
+    return values
+
+
+def _remove_empty_dirs(top: Path) -> bool:
+    """Removes every empty directory in TOP, deepest first, then TOP; whether TOP is gone.
+
+    A cgroup directory counts as empty without tasks or child groups: its control files do not stop rmdir.
+    """
     if not top.is_dir():
         return False
     for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
@@ -148,22 +158,42 @@ def _ours(chain: str) -> bool:
     return chain.startswith(CHAIN_PREFIXES)
 
 
+def _dumps() -> Iterator[tuple[str, str]]:
+    """(`iptables` or `ip6tables`, what its -save printed), for each of the two this host has."""
+    for family in ("iptables", "ip6tables"):
+        try:
+            dump = _run([f"{family}-save"])
+        except (OSError, RuntimeError):
+            continue
+        yield family, dump
+
+
+def _tables(dump: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """Each table of an iptables-save dump: its name, our chains in it, and all its `-A` rules."""
+    table, chains, rules = "", list[str](), list[str]()
+    for line in dump.splitlines():
+        if line.startswith("*"):
+            table, chains, rules = line[1:], [], []
+        elif line.startswith(":") and _ours(line[1:].split()[0]):
+            chains.append(line[1:].split()[0])
+        elif line.startswith("-A "):
+            rules.append(line)
+        elif line == "COMMIT":
+            yield table, chains, rules
+
+
 def _removal_script(dump: str) -> tuple[list[str], int]:
     """An iptables-restore --noflush script deleting the jumps into our chains, then the chains."""
     script: list[str] = []
     count = 0
-    table, chains, deletes = "", list[str](), list[str]()
-    for line in dump.splitlines():
-        if line.startswith("*"):
-            table, chains, deletes = line[1:], [], []
-        elif line.startswith(":") and _ours(line[1:].split()[0]):
-            chains.append(line[1:].split()[0])
-        elif line.startswith("-A "):
-            parts = line.split()
+    for table, chains, rules in _tables(dump):
+        deletes = []
+        for rule in rules:
+            parts = rule.split()
             target = parts[parts.index("-j") + 1] if "-j" in parts else ""
             if not _ours(parts[1]) and _ours(target):
-                deletes.append("-D" + line[2:])
-        elif line == "COMMIT" and (chains or deletes):
+                deletes.append("-D" + rule[2:])
+        if chains or deletes:
             script += [f"*{table}", *deletes, *(f"-F {c}" for c in chains), *(f"-X {c}" for c in chains), "COMMIT"]
             count += len(chains)
     return script, count
@@ -172,32 +202,22 @@ def _removal_script(dump: str) -> tuple[list[str], int]:
 def remove_iptables_chains() -> int:
     """Deletes every rule that jumps to a KUBE-/CNI- chain, then those chains, in every table, v4 and v6."""
     removed = 0
-    for save, restore_cmd in (("iptables-save", "iptables-restore"), ("ip6tables-save", "ip6tables-restore")):
-        try:
-            script, count = _removal_script(_run([save]))
-        except (OSError, RuntimeError):
-            continue
+    for family, dump in _dumps():
+        script, count = _removal_script(dump)
         if script:
-            _run([restore_cmd, "--noflush"], stdin="\n".join(script) + "\n", check=False)
+            _run([f"{family}-restore", "--noflush"], stdin="\n".join(script) + "\n", check=False)
             removed += count
     return removed
 
 
 def iptables_chains() -> list[str]:
-    """Our chains still present, as `table/CHAIN`, for `down`'s check and the tests."""
-    found = []
-    for save in ("iptables-save", "ip6tables-save"):
-        try:
-            dump = _run([save])
-        except (OSError, RuntimeError):
-            continue
-        table = ""
-        for line in dump.splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif line.startswith(":") and _ours(line[1:].split()[0]):
-                found.append(f"{save.removesuffix('-save')}/{table}/{line[1:].split()[0]}")
-    return found
+    """Our chains still present, as `iptables/table/CHAIN`, for `down`'s check and the tests."""
+    return [
+        f"{family}/{table}/{chain}"
+        for family, dump in _dumps()
+        for table, chains, _ in _tables(dump)
+        for chain in chains
+    ]
 
 
 # ----- cgroups -----------------------------------------------------------------------------------
@@ -278,19 +298,7 @@ def kill_cgroup(path: str, timeout: float = 10) -> int:
 def remove_cgroup(path: str) -> None:
     """Removes cgroup PATH and everything below it, deepest first, in every hierarchy."""
     for hierarchy in hierarchies():
-        base = hierarchy / Path(path).relative_to("/")
-        if not base.is_dir():
-            continue
-        for directory in sorted(_dirs(base), key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-
-
-def _dirs(base: Path) -> Iterator[Path]:
-    yield base
-    for entry in base.rglob("*"):
-        if entry.is_dir():
-            yield entry
+        _remove_empty_dirs(hierarchy / Path(path).relative_to("/"))
 
 
 def cgroup_memory(path: str) -> int:
@@ -319,10 +327,7 @@ def fingerprint(state_dir: Path) -> dict[str, list[str]]:
     addrs = sorted(_run(["ip", "-o", "addr", "show"]).split("\n"))
     addrs = [" ".join(line.split()[1:4]) for line in addrs if line.strip()]
     cgroups = sorted(str(h / "localcluster") for h in hierarchies() if (h / "localcluster").exists())
-    sysctls = []
-    for key in SYSCTLS:
-        with contextlib.suppress(OSError):
-            sysctls.append(f"{key}={(Path('/proc/sys') / key).read_text().strip()}")
+    sysctls = [f"{key}={value}" for key, value in _sysctls(SYSCTLS).items()]
     dirs = [d for d in HOST_DIRS if Path(d).exists()]
     return {
         "mounts": sorted(mounts),
