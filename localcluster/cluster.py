@@ -473,9 +473,21 @@ class Cluster:
     # ----- nodes -----------------------------------------------------------------------------
 
     def node_config(self, name: str) -> Obj:
+        config = self._read_node_config(name)
+        if config is None:
+            raise SystemExit(f"localcluster: there is no node {name} in {self.dir}")
+        return config
+
+    def _node_configs(self) -> list[Obj]:
+        """The configuration of every node the cluster has had, by name."""
+        configs = (self._read_node_config(node_dir.name) for node_dir in sorted((self.dir / "nodes").glob("*")))
+        return [config for config in configs if config is not None]
+
+    def _read_node_config(self, name: str) -> Obj | None:
+        """`nodes/NAME/config.json` as `add_node` wrote it; None when there is none."""
         path = self.dir / "nodes" / name / "config.json"
         if not path.exists():
-            raise SystemExit(f"localcluster: there is no node {name} in {self.dir}")
+            return None
         config: Obj = json.loads(path.read_text())
         return config
 
@@ -567,11 +579,11 @@ class Cluster:
             if str(archive) not in known:
                 known.append(str(archive))
         (self.dir / "real-images.json").write_text(json.dumps(known, indent=2))
-        nodes = []
-        for node_dir in sorted((self.dir / "nodes").glob("*")):
-            config = json.loads((node_dir / "config.json").read_text())
-            if config.get("real") and self._pid(f"containerd-{config['name']}") is not None:
-                nodes.append(realnode.layout(self.dir, config["name"], config["index"]))
+        nodes = [
+            realnode.layout(self.dir, config["name"], config["index"])
+            for config in self._node_configs()
+            if config.get("real") and self._pid(f"containerd-{config['name']}") is not None
+        ]
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda node: _import_all(node, archives), nodes))
 
@@ -703,12 +715,10 @@ class Cluster:
     def down(self, quiet: bool = False) -> None:
         stopped = 0
         if self.dir.exists():
-            for node_dir in sorted((self.dir / "nodes").glob("*")):
-                if not (node_dir / "config.json").exists():
-                    continue
-                if self._pid(f"kubelet-{node_dir.name}") is not None:
+            for config in self._node_configs():
+                if self._pid(f"kubelet-{config['name']}") is not None:
                     stopped += 1
-                self._switch_off(node_dir.name)
+                self._switch_off(config["name"])
             for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
                 with contextlib.suppress(ValueError):
                     pid = int(pid_file.read_text())
@@ -779,10 +789,9 @@ class Cluster:
 
     def _node_memory(self, name: str) -> str:
         """`real kubelet 90 MiB containerd 50 MiB pods 120 MiB`, or `process kubelet 26 MiB`."""
-        path = self.dir / "nodes" / name / "config.json"
-        if not path.exists():
+        config = self._read_node_config(name)
+        if config is None:
             return ""
-        config = json.loads(path.read_text())
 
         def mib(process: str) -> str:
             pid = self._pid(f"{process}-{name}")
