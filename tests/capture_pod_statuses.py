@@ -8,74 +8,35 @@ moment a controller would classify it (terminal, or carrying its DisruptionTarge
 
 from __future__ import annotations
 
-import json
-import sys
-import uuid
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from localcluster.cluster import Cluster
-from localcluster.kube import ApiError, Client
-from tests.integration.helpers import condition, container, get_pod, pod, running_container, wait_for
-
-OUT = Path(__file__).resolve().parent / "unit" / "pod_statuses"
-Obj = dict[str, Any]
-SLEEP = "import time; time.sleep(600)"
-LINGER = (
-    "import signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(3), sys.exit(143)))\n"
-    "time.sleep(600)"
+from tests.capture_common import (
+    FINALIZER,
+    LINGER,
+    POD_STATUSES,
+    SLEEP,
+    Obj,
+    capture,
+    disrupted,
+    new_namespace,
+    new_spot_node,
+    priority_classes,
+    start,
+    terminal,
 )
-
-
-def scrub(obj: Obj) -> Obj:
-    meta = obj["metadata"]
-    for key in ("managedFields", "resourceVersion", "uid", "creationTimestamp"):
-        meta.pop(key, None)
-    meta["namespace"] = "captured"
-    return obj
-
-
-def terminal(kube: Client, ns: str, name: str) -> Obj:
-    return wait_for(
-        lambda: (p := get_pod(kube, ns, name)).get("status", {}).get("phase") in ("Succeeded", "Failed") and p,
-        120,
-        f"{name} to end",
-    )
-
-
-def disrupted(kube: Client, ns: str, name: str) -> Obj:
-    def check() -> Obj | None:
-        found = get_pod(kube, ns, name)
-        target = condition(found, "DisruptionTarget")
-        return found if target and target["status"] == "True" else None
-
-    return wait_for(check, 120, f"{name} to carry DisruptionTarget", interval=0.05)
-
-
-def priority_classes(kube: Client) -> None:
-    """cap-low and cap-high, for a scheduler preemption."""
-    for cls, value in (("cap-low", 1), ("cap-high", 100000)):
-        try:
-            kube.create("/apis/scheduling.k8s.io/v1/priorityclasses", {"metadata": {"name": cls}, "value": value})
-        except ApiError as err:
-            if err.status != 409:
-                raise
+from tests.integration.helpers import container, create_pod, get_pod, phase_is, pod, wait_for
 
 
 def main() -> None:
     cluster = Cluster()
     kube = cluster.admin()
-    ns = f"capture-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"metadata": {"name": ns}})
-    wait_for(lambda: kube.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30, "the default ServiceAccount")
-    OUT.mkdir(parents=True, exist_ok=True)
+    ns = new_namespace(kube)
     pods = f"/api/v1/namespaces/{ns}/pods"
     scenarios: dict[str, Callable[[], Obj]] = {}
 
     def simple(name: str, script: str) -> Obj:
-        kube.create(pods, pod(name, container(script=script, terminationMessagePolicy="FallbackToLogsOnError")))
+        create_pod(kube, ns, pod(name, container(script=script, terminationMessagePolicy="FallbackToLogsOnError")))
         return terminal(kube, ns, name)
 
     scenarios["succeeded"] = lambda: simple("succeeded", "print('done')")
@@ -83,10 +44,8 @@ def main() -> None:
     scenarios["exit-75-recoverable"] = lambda: simple("exit-75", "import sys; sys.exit(75)")
 
     def on_node(name: str, script: str = SLEEP) -> str:
-        node = f"cap-{uuid.uuid4().hex[:5]}"
-        cluster.add_node(node, "spot")
-        kube.create(pods, pod(name, container(script=script), node=node, terminationGracePeriodSeconds=10))
-        wait_for(lambda: running_container(kube, ns, name), 60, f"{name} to run")
+        node = new_spot_node(cluster)
+        start(kube, ns, pod(name, container(script=script), node=node, terminationGracePeriodSeconds=10))
         return node
 
     def preempted() -> Obj:
@@ -105,45 +64,28 @@ def main() -> None:
 
     def deleted() -> Obj:
         # With the operator's finalizer, as the operator creates pods, the ended pod stays readable.
-        node = f"cap-{uuid.uuid4().hex[:5]}"
-        cluster.add_node(node, "spot")
-        body = pod("deleted", container(script=LINGER), node=node, terminationGracePeriodSeconds=10)
-        body["metadata"]["finalizers"] = ["spotrun.dev/accounting"]
-        kube.create(pods, body)
-        wait_for(lambda: running_container(kube, ns, "deleted"), 60, "deleted to run")
+        body = pod("deleted", container(script=LINGER), node=new_spot_node(cluster), terminationGracePeriodSeconds=10)
+        body["metadata"]["finalizers"] = [FINALIZER]
+        start(kube, ns, body)
         kube.delete(f"{pods}/deleted")
-        ended = wait_for(
-            lambda: (p := get_pod(kube, ns, "deleted")).get("status", {}).get("phase") == "Failed" and p,
-            30,
-            "deleted to end",
-        )
+        ended = wait_for(lambda: phase_is(kube, ns, "deleted", "Failed"), 30, "deleted to end")
         kube.merge_patch(f"{pods}/deleted", {"metadata": {"finalizers": None}})
         return ended
 
     def scheduler_preempted() -> Obj:
         priority_classes(kube)
-        node = f"cap-{uuid.uuid4().hex[:5]}"
-        cluster.add_node(node, "spot")
+        node = new_spot_node(cluster)
         big = {"requests": {"cpu": "6"}}
-        kube.create(
-            pods, pod("victim", container(script=LINGER, resources=big), node=node, priorityClassName="cap-low")
-        )
-        wait_for(lambda: running_container(kube, ns, "victim"), 60, "victim to run")
-        kube.create(
-            pods, pod("preemptor", container(script=SLEEP, resources=big), node=node, priorityClassName="cap-high")
+        start(kube, ns, pod("victim", container(script=LINGER, resources=big), node=node, priorityClassName="cap-low"))
+        create_pod(
+            kube, ns, pod("preemptor", container(script=SLEEP, resources=big), node=node, priorityClassName="cap-high")
         )
         return disrupted(kube, ns, "victim")
 
     scenarios.update(
         preempted=preempted, killed=killed, evicted=evicted, deleted=deleted, scheduler_preempted=scheduler_preempted
     )
-    only = set(sys.argv[1:])
-    for name, scenario in scenarios.items():
-        if only and name not in only:
-            continue
-        captured = scrub(scenario())
-        (OUT / f"{name}.json").write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
-        print(f"captured {name}: phase {captured['status'].get('phase')}")
+    capture(scenarios, POD_STATUSES)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ disruptions are the local cluster's (graceful node shutdown through logind, abru
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,35 +19,34 @@ from typing import Any
 from localcluster.cluster import Cluster
 from localcluster.images import PROJECT_IMAGE
 from localcluster.kube import Client
-from tests.capture_pod_statuses import LINGER, SLEEP, disrupted, priority_classes, scrub, terminal
-from tests.integration.helpers import SPOT_TOLERATION, get_pod, running_container, wait_for
-
-OUT = Path(__file__).resolve().parent / "unit" / "pod_statuses" / "real"
-FINALIZER = "spotrun.dev/accounting"  # the operator's: keeps an ended pod readable until it is counted
-Obj = dict[str, Any]
+from tests.capture_common import (
+    FINALIZER,
+    LINGER,
+    POD_STATUSES,
+    SLEEP,
+    Obj,
+    capture,
+    disrupted,
+    new_namespace,
+    new_spot_node,
+    priority_classes,
+    start,
+    terminal,
+)
+from tests.integration import helpers
+from tests.integration.helpers import create_pod, get_pod, phase_is, wait_for
 
 
 def container(script: str = "true", **extra: Any) -> Obj:
-    return {
-        "name": "main",
-        "image": PROJECT_IMAGE,
-        "imagePullPolicy": "Never",
-        "command": ["python", "-c", script],
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        **extra,
-    }
+    """The Spotrun image as the node imported it (never pulled); a failure's message is its log tail."""
+    image = {"image": PROJECT_IMAGE, "imagePullPolicy": "Never", "terminationMessagePolicy": "FallbackToLogsOnError"}
+    return helpers.container(script=script, **(image | extra))
 
 
 def pod(name: str, *containers: Obj, node: str | None = None, **spec: Any) -> Obj:
-    body: Obj = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "finalizers": [FINALIZER]},
-        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 10, "containers": list(containers), **spec},
-    }
-    if node:
-        body["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
-        body["spec"]["tolerations"] = [SPOT_TOLERATION]
+    """With the operator's finalizer, as the operator creates pods, so that an ended pod stays readable."""
+    body = helpers.pod(name, *containers, node=node, **({"terminationGracePeriodSeconds": 10} | spec))
+    body["metadata"]["finalizers"] = [FINALIZER]
     return body
 
 
@@ -70,24 +66,19 @@ def main() -> None:
     if not cluster.running() or not cluster.real_nodes:
         raise SystemExit("capture: start a cluster with real nodes first: python -m localcluster up --real-nodes")
     kube = cluster.admin()
-    ns = f"capture-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"metadata": {"name": ns}})
-    wait_for(lambda: kube.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 30, "the default ServiceAccount")
-    OUT.mkdir(parents=True, exist_ok=True)
+    ns = new_namespace(kube)
     pods = f"/api/v1/namespaces/{ns}/pods"
 
     def create(body: Obj) -> None:
-        kube.create(pods, body)
+        create_pod(kube, ns, body)
 
     def simple(name: str, script: str, **extra: Any) -> Obj:
         create(pod(name, container(script, **extra)))
         return terminal(kube, ns, name)
 
     def on_node(name: str, script: str = SLEEP) -> str:
-        node = f"cap-{uuid.uuid4().hex[:5]}"
-        cluster.add_node(node, "spot")
-        create(pod(name, container(script), node=node))
-        wait_for(lambda: running_container(kube, ns, name), 60, f"{name} to run")
+        node = new_spot_node(cluster)
+        start(kube, ns, pod(name, container(script), node=node))
         return node
 
     def preempted() -> Obj:
@@ -100,12 +91,7 @@ def main() -> None:
 
     def killed_then_podgc() -> Obj:
         cluster.kill_node(on_node("killed-podgc"))
-
-        def collected() -> Obj | None:
-            found = get_pod(kube, ns, "killed-podgc")
-            return found if found.get("status", {}).get("phase") == "Failed" else None
-
-        return wait_for(collected, 240, "PodGC to fail killed-podgc")
+        return wait_for(lambda: phase_is(kube, ns, "killed-podgc", "Failed"), 240, "PodGC to fail killed-podgc")
 
     def evicted() -> Obj:
         on_node("evicted", LINGER)
@@ -119,11 +105,9 @@ def main() -> None:
 
     def scheduler_preempted() -> Obj:
         priority_classes(kube)
-        node = f"cap-{uuid.uuid4().hex[:5]}"
-        cluster.add_node(node, "spot")
+        node = new_spot_node(cluster)
         big = {"requests": {"cpu": "1500m"}}  # a real node has the host's 2 CPUs: two do not fit
-        create(pod("victim", container(LINGER, resources=big), node=node, priorityClassName="cap-low"))
-        wait_for(lambda: running_container(kube, ns, "victim"), 60, "victim to run")
+        start(kube, ns, pod("victim", container(LINGER, resources=big), node=node, priorityClassName="cap-low"))
         create(pod("preemptor", container(SLEEP, resources=big), node=node, priorityClassName="cap-high"))
         return terminal(kube, ns, "victim")
 
@@ -160,13 +144,7 @@ def main() -> None:
         "err-image-never-pull": image_never_pulled,
         "create-container-config-error": missing_secret,
     }
-    only = set(sys.argv[1:])
-    for name, scenario in scenarios.items():
-        if only and name not in only:
-            continue
-        captured = scrub(scenario())
-        (OUT / f"{name}.json").write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
-        print(f"captured {name}: phase {captured['status'].get('phase')}", flush=True)
+    capture(scenarios, POD_STATUSES / "real")
     for item in kube.get(pods)["items"]:  # let the namespace go
         kube.merge_patch(f"{pods}/{item['metadata']['name']}", {"metadata": {"finalizers": None}})
     kube.delete(f"/api/v1/namespaces/{ns}")
