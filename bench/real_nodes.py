@@ -31,25 +31,15 @@ sys.path.insert(0, str(REPO))
 
 from localcluster import images, toolchain  # noqa: E402
 from localcluster.cluster import Cluster, _rss_bytes  # noqa: E402
-from tests.integration.helpers import SPOT_TOLERATION, wait_for  # noqa: E402
+from tests.integration.helpers import container, create_pod, phase_is, pod, wait_for  # noqa: E402
 
 Obj = dict[str, Any]
 
 
-def pod(name: str, node: str, real: bool) -> Obj:
+def sleeper(name: str, node: str, real: bool) -> Obj:
     image = {"image": images.PROJECT_IMAGE, "imagePullPolicy": "Never"} if real else {"image": "python"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 0,
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": [SPOT_TOLERATION],
-            "containers": [{"name": "main", "command": ["python", "-c", "import time; time.sleep(600)"], **image}],
-        },
-    }
+    script = "import time; time.sleep(600)"
+    return pod(name, container(script=script, **image), node=node, terminationGracePeriodSeconds=0)
 
 
 def node_rss(cluster: Cluster, node: str) -> float:
@@ -83,13 +73,8 @@ def measure(real: bool, pods: int) -> dict[str, Any]:
         for i in range(pods):
             name = f"p{i}"
             t0 = time.monotonic()
-            kube.create(f"/api/v1/namespaces/{ns}/pods", pod(name, "spot-1", real))
-            wait_for(
-                lambda name=name: kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")["status"].get("phase") == "Running",
-                120,
-                f"{name} to run",
-                interval=0.02,
-            )
+            create_pod(kube, ns, sleeper(name, "spot-1", real))
+            wait_for(lambda name=name: phase_is(kube, ns, name, "Running"), 120, f"{name} to run", interval=0.02)
             starts.append(time.monotonic() - t0)
             kube.delete(f"/api/v1/namespaces/{ns}/pods/{name}")
         return {"up": up, "rss": rss, "add": add, "starts": starts}

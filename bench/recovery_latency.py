@@ -33,14 +33,11 @@ sys.path.insert(0, str(REPO))
 from localcluster.cluster import Cluster  # noqa: E402
 from localcluster.images import PROJECT_IMAGE  # noqa: E402
 from localcluster.kube import Client  # noqa: E402
-from tests.integration.helpers import wait_for  # noqa: E402
+from tests.integration.helpers import SPOT_TOLERATION, wait_for  # noqa: E402
 from tests.integration.operator_fixtures import SECRET, install, steps_taskrun  # noqa: E402
 
 Obj = dict[str, Any]
-SPOT = {
-    "nodeSelector": {"spotrun.dev/capacity": "spot"},
-    "tolerations": [{"key": "spotrun.dev/capacity", "operator": "Equal", "value": "spot", "effect": "NoSchedule"}],
-}
+SPOT = {"nodeSelector": {"spotrun.dev/capacity": "spot"}, "tolerations": [SPOT_TOLERATION]}
 
 
 class PodWatch:
@@ -98,13 +95,7 @@ def job(name: str, real: bool) -> Obj:
                 "spec": {
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 1,
-                    "containers": [
-                        {
-                            "name": "task",
-                            "command": SLEEPER,
-                            **image,
-                        }
-                    ],
+                    "containers": [{"name": "task", "command": SLEEPER, **image}],
                     **SPOT,
                 }
             },
