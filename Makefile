@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-real up down status image demo demo-real demo-down kind-demo lint format test test-unit test-integration test-e2e test-real bench bench-io bench-recovery bench-real-nodes clean
+.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real bench bench-io bench-recovery bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,13 +47,14 @@ demo-real: $(STAMP) ## The demo on real nodes (kubelet, containerd, runc) with t
 demo-down: $(STAMP) ## Stop the demo's local cluster (the next `make demo` starts a fresh one).
 	$(PY) -m localcluster down
 
-kind-demo: ## On kind with Docker (NOT run here or in CI: see README, "kind"): build, load, install, run e2e.
-	kind create cluster --name spotrun --config kind/cluster.yaml
-	docker build -t ghcr.io/spotrun/spotrun:0.1.0 .
-	kind load docker-image ghcr.io/spotrun/spotrun:0.1.0 --name spotrun
-	@echo "Install an S3 endpoint and a spotrun-s3 secret, then:"
-	@echo "  helm install spotrun charts/spotrun -n spotrun-system --create-namespace --set checkpoint.prefix=s3://BUCKET/spotrun/ --set checkpoint.secret=spotrun-s3"
-	@echo "  SPOTRUN_E2E_KUBECONFIG=~/.kube/config SPOTRUN_E2E_PREEMPT='kubectl drain {node} --ignore-daemonsets --delete-emptydir-data' make test-e2e"
+build-kind: $(STAMP) ## Also kind's pieces: kind, kubeadm, crictl, CoreDNS, Debian's docker.io (when no Docker runs).
+	$(PY) -m localcluster build --kind
+
+kind-demo: $(STAMP) ## The demo on kind (kind/cluster.yaml): spot pools, the built images, a drain mid-run, resume.
+	$(PY) examples/demo.py --kind
+
+kind-down: $(STAMP) ## Delete the kind cluster and stop the stand-in Docker engine.
+	$(PY) -m localcluster kind down
 
 lint: $(STAMP) ## ruff (lint and format check), mypy --strict, import-linter, hadolint.
 	$(VENV)/bin/ruff check .

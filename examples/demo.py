@@ -8,15 +8,21 @@ demo-down` cleans up.
 With `--real` (`make demo REAL=1`) the nodes run the real kubelet with containerd and runc, the
 operator and the task run in the images built from the project's Dockerfile and
 examples/Dockerfile, and the preemption is the kubelet's graceful node shutdown.
+
+With `--kind` (`make kind-demo`) the same on kind (`kind/cluster.yaml`, `python -m localcluster
+kind up`), where the node is reclaimed as a drain does: `kubectl drain`, then `kubectl uncordon`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,135 +30,192 @@ sys.path.insert(0, str(REPO))
 
 from spotrun import Checkpoint, open_storage  # noqa: E402
 
-from localcluster.cluster import Cluster  # noqa: E402
-from localcluster.kube import ApiError  # noqa: E402
+from localcluster.images import EXAMPLES_IMAGE, PROJECT_IMAGE  # noqa: E402
 
 NAMESPACE = "default"
-TASKRUN = f"/apis/spotrun.dev/v1alpha1/namespaces/{NAMESPACE}/taskruns/train"
+RELEASE_NAMESPACE = "spotrun-system"
 
 
 def say(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def run(cluster: Cluster, *argv: str) -> str:
-    env = {**os.environ, **cluster.env_vars(), "HELM_CACHE_HOME": str(cluster.dir / "helm")}
-    binary = str(cluster.dir / "bin" / argv[0])
-    return subprocess.run([binary, *argv[1:]], env=env, check=True, capture_output=True, text=True).stdout
+@dataclasses.dataclass
+class Lab:
+    """Where the demo runs: how to reach the cluster and S3, and how a node is lost and comes back."""
+
+    env: dict[str, str]  # for kubectl and helm: KUBECONFIG, PATH
+    pod_s3: dict[str, str]  # the S3 settings as pods see them (the Secret)
+    bucket: str
+    helm_settings: list[str]
+    examples_image: bool  # the task runs in the examples' image (else from this checkout)
+    reclaim: Callable[[str], None]  # the node is lost...
+    bring_back: Callable[[str], None]  # ...and capacity comes back, as an autoscaler does
+    how: str  # the reclaim, in words
+
+    def kubectl(self, *argv: str, stdin: str | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            ["kubectl", *argv], env=self.env, input=stdin, capture_output=True, text=True, check=False
+        )
+        if check and done.returncode != 0:
+            raise SystemExit(f"kubectl {' '.join(argv)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def get(self, *argv: str) -> dict[str, object]:
+        out = self.kubectl("get", *argv, "-o", "json", check=False)
+        return json.loads(out) if out else {}
 
 
-def main() -> None:
-    real = "--real" in sys.argv[1:]
+def local_lab(real: bool) -> Lab:
+    from localcluster.cluster import Cluster  # noqa: PLC0415
+
     cluster = Cluster()
-    if real and cluster.running() and not cluster.real_nodes:
-        say("Stopping the running cluster of process nodes to start one with real nodes")
-        cluster.down()
-    if not real and cluster.running() and cluster.real_nodes:
-        say("Stopping the running cluster of real nodes to start one with process nodes")
+    if cluster.running() and cluster.real_nodes != real:
+        say(f"Stopping the running cluster of {'process' if real else 'real'} nodes to start one of the other kind")
         cluster.down()
     say("Starting the local cluster (the first run builds Kubernetes from source: minutes)")
     cluster.up(real_nodes=real)
-    image_settings: list[str] = []
+    settings: list[str] = []
     if real:
         from localcluster import images  # noqa: PLC0415 - buildah and debootstrap only for real nodes
 
         say("Building the Dockerfile's image and the examples' image (cached), importing them into every node")
         cluster.add_real_images(list(images.build_project_images(REPO).values()))
-        image_settings = ["--set", "image.pullPolicy=Never"]
-    kube = cluster.admin()
-    env = cluster.env_vars()
-    aws = {k: v for k, v in env.items() if k.startswith("AWS_") and k != "AWS_DEFAULT_REGION"}
-    os.environ.update(aws)  # this script reads the checkpoints' progress from S3 as the SDK does
+        settings = ["--set", "image.pullPolicy=Never"]
+    env = {**os.environ, **cluster.env_vars(), "HELM_CACHE_HOME": str(cluster.dir / "helm")}
+    env["PATH"] = f"{cluster.dir / 'bin'}:{env['PATH']}"
+    s3 = {k: v for k, v in cluster.env_vars().items() if k.startswith("AWS_") and k != "AWS_DEFAULT_REGION"}
+    os.environ.update(s3)  # this script reads the checkpoints' progress from S3 as the SDK does
+    how = "the VM is reclaimed, the kubelet's graceful shutdown gives the pod SIGTERM"
+    return Lab(
+        env,
+        s3,
+        cluster.config["bucket"],
+        settings,
+        real,
+        lambda node: cluster.preempt_node(node, grace=5),
+        lambda node: cluster.add_node(node, "spot"),
+        how,
+    )
+
+
+def kind_lab() -> Lab:
+    from localcluster import kind  # noqa: PLC0415
+
+    cluster = kind.Kind()
+    say("Starting kind with spot and on-demand pools (the first run builds kind's pieces and images: minutes)")
+    cluster.up()
+    cluster.enter()  # where the cluster's published ports are (the stand-in engine's network)
+    keys = kind.s3_keys(cluster.dir)
+    os.environ.update({**keys, "AWS_ENDPOINT_URL": kind.S3_FROM_HOST})
+    lab = Lab(
+        cluster.env(),
+        {**keys, "AWS_ENDPOINT_URL": kind.S3_IN_CLUSTER},
+        kind.S3_BUCKET,
+        ["--set", "image.pullPolicy=Never"],  # loaded into the nodes by `kind load`
+        True,
+        lambda node: None,
+        lambda node: None,
+        "`kubectl drain`: its pods are evicted, the pod gets SIGTERM",
+    )
+    lab.reclaim = lambda node: lab.kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data") and None
+    lab.bring_back = lambda node: lab.kubectl("uncordon", node) and None
+    return lab
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    lab = kind_lab() if "--kind" in args else local_lab(real="--real" in args)
 
     say("Installing Spotrun with its Helm chart")
-    for namespace in (NAMESPACE, "spotrun-system"):
-        try:
-            kube.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
-        except ApiError as err:
-            if err.status != 409:
-                raise
-        try:
-            kube.delete(f"/api/v1/namespaces/{namespace}/secrets/spotrun-s3")
-        except ApiError as err:
-            if err.status != 404:
-                raise
-        kube.create(f"/api/v1/namespaces/{namespace}/secrets", {"metadata": {"name": "spotrun-s3"}, "stringData": aws})
-    print(
-        run(
-            cluster,
+    for namespace in (NAMESPACE, RELEASE_NAMESPACE):
+        lab.kubectl("create", "namespace", namespace, check=False)
+        lab.kubectl("-n", namespace, "delete", "secret", "spotrun-s3", "--ignore-not-found")
+        lab.kubectl(
+            "-n",
+            namespace,
+            "create",
+            "secret",
+            "generic",
+            "spotrun-s3",
+            *(f"--from-literal={k}={v}" for k, v in lab.pod_s3.items()),
+        )
+    helm = subprocess.run(
+        [
             "helm",
             "upgrade",
             "--install",
             "spotrun",
             str(REPO / "charts" / "spotrun"),
             "--namespace",
-            "spotrun-system",
+            RELEASE_NAMESPACE,
             "--wait",
             "--timeout",
-            "120s",
+            "180s",
             "--set",
-            f"checkpoint.prefix=s3://{env['LOCALCLUSTER_BUCKET']}/demo/",
+            f"checkpoint.prefix=s3://{lab.bucket}/demo/",
             "--set",
             "checkpoint.secret=spotrun-s3",
             "--set",
             "operatorS3Secret=spotrun-s3",
             "--set",
             "logFormat=text",
-            *image_settings,
-        ).strip()
+            *lab.helm_settings,
+        ],
+        env=lab.env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    print(helm.stdout.strip())
 
     say("Applying the training TaskRun (examples/train-taskrun.yaml) on spot capacity")
-    try:
-        kube.delete(TASKRUN)
-        while True:
-            kube.get(TASKRUN)
-            time.sleep(0.5)
-    except ApiError as err:
-        if err.status != 404:
-            raise
+    lab.kubectl("-n", NAMESPACE, "delete", "taskruns.spotrun.dev", "train", "--ignore-not-found", "--wait=true")
     manifest = (REPO / "examples" / "train-taskrun.yaml").read_text()
-    if real:  # the examples' image: the Spotrun image with numpy
-        manifest = manifest.replace("ghcr.io/spotrun/spotrun:0.1.0", "ghcr.io/spotrun/spotrun-examples:0.1.0")
+    if lab.examples_image:  # the Spotrun image with numpy
+        manifest = manifest.replace(PROJECT_IMAGE, EXAMPLES_IMAGE)
     else:  # process nodes have no images: the task runs examples/train.py from this checkout
         manifest = manifest.replace("/opt/spotrun/examples", str(REPO / "examples"))
-    run_with_input(cluster, manifest)
+    lab.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=manifest)
     # A fresh prefix for every demo run, so it starts from step 0.
-    kube.merge_patch(TASKRUN, {"metadata": {"annotations": {"spotrun.dev/delete-checkpoints": "true"}}})
+    lab.kubectl("-n", NAMESPACE, "annotate", "taskruns.spotrun.dev", "train", "spotrun.dev/delete-checkpoints=true")
 
     started = time.monotonic()
     last_table = ""
     preempted_at: float | None = None
     old_pod = ""
     recovery: float | None = None
-    autoscaler: threading.Thread | None = None
+    disruption: threading.Thread | None = None
     while True:
-        table = run(cluster, "kubectl", "get", "taskruns", "-n", NAMESPACE)
+        table = lab.kubectl("get", "taskruns", "-n", NAMESPACE)
         # Print the table when something but its AGE column changed.
         if table.rsplit(" ", 1)[0] != last_table.rsplit(" ", 1)[0]:
             print(f"[{time.monotonic() - started:5.1f}s]\n{table.rstrip()}", flush=True)
             last_table = table
-        status = kube.get(TASKRUN).get("status") or {}
+        status: dict[str, object] = lab.get("taskruns.spotrun.dev", "train", "-n", NAMESPACE).get("status") or {}  # type: ignore[assignment]
         if status.get("phase") in ("Succeeded", "Failed"):
             break
         if preempted_at is None and status.get("phase") == "Running" and step(status) >= 100:
-            old_pod, node = status["podName"], status["nodeName"]
-            say(f"Preempting spot node {node} at step {step(status)}: the VM is reclaimed, the pod gets SIGTERM")
-            cluster.preempt_node(node, grace=5)
+            old_pod, node = str(status["podName"]), str(status["nodeName"])
+            say(f"Reclaiming spot node {node} at step {step(status)}: {lab.how}")
             preempted_at = time.monotonic()
-            # The autoscaler brings a node back, while the TaskRun has already moved on.
-            autoscaler = threading.Thread(target=cluster.add_node, args=(node, "spot"))
-            autoscaler.start()
+
+            def lose_and_bring_back(node: str = node) -> None:
+                lab.reclaim(node)
+                lab.bring_back(node)  # while the TaskRun has already moved on
+
+            disruption = threading.Thread(target=lose_and_bring_back)
+            disruption.start()
         if preempted_at is not None and recovery is None and status.get("podName") not in ("", old_pod):
-            pod = kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{status['podName']}")
-            if pod.get("status", {}).get("phase") == "Running":
+            pod = lab.get("pod", str(status["podName"]), "-n", NAMESPACE)
+            if (pod.get("status") or {}).get("phase") == "Running":  # type: ignore[union-attr]
                 recovery = time.monotonic() - preempted_at
         time.sleep(0.5)
 
-    if autoscaler is not None:
-        autoscaler.join()
-    result = status.get("result") or {}
-    resumed = result.get("resumed", [])
+    if disruption is not None:
+        disruption.join()
+    result: dict[str, object] = status.get("result") or {}  # type: ignore[assignment]
+    resumed: list[int] = result.get("resumed", [])  # type: ignore[assignment]
     say("Done")
     print(f"phase:            {status.get('phase')} ({status.get('message')})")
     counts = f"interruptions: {status.get('interruptions')}  failures: {status.get('failures')}"
@@ -161,8 +224,8 @@ def main() -> None:
     if recovery is not None:
         print(f"recovery:         {recovery:.1f}s from the node's reclaim to the next attempt running")
     print(f"final loss:       {result.get('loss')}")
-    if status.get("phase") != "Succeeded":
-        raise SystemExit(1)
+    if status.get("phase") != "Succeeded" or len(resumed) < 2 or resumed[-1] <= 0:
+        raise SystemExit("demo: the TaskRun did not succeed after resuming from a checkpoint")
 
 
 def step(status: dict[str, object]) -> int:
@@ -171,17 +234,6 @@ def step(status: dict[str, object]) -> int:
         return -1
     latest = Checkpoint(open_storage(str(uri), read_only=True)).latest()
     return -1 if latest is None or latest.step is None else latest.step
-
-
-def run_with_input(cluster: Cluster, manifest: str) -> None:
-    env = {**os.environ, **cluster.env_vars()}
-    subprocess.run(
-        [str(cluster.dir / "bin" / "kubectl"), "apply", "-n", NAMESPACE, "-f", "-"],
-        input=manifest,
-        env=env,
-        check=True,
-        text=True,
-    )
 
 
 if __name__ == "__main__":

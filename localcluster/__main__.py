@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the kubelet, kube-proxy, containerd, CNI plugins and Debian packages",
     )
+    build.add_argument(
+        "--kind", action="store_true", help="also kind, kubeadm, crictl, CoreDNS and Docker's engine (docker.io)"
+    )
     up = sub.add_parser("up", help="start the cluster (building first when needed); reuses a running one")
     up.add_argument(
         "--real-nodes",
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show processes, nodes and endpoints")
     sub.add_parser("env", help="print the shell exports of the running cluster")
     sub.add_parser("paths", help="print the cached binary paths as JSON")
+    sub.add_parser(
+        "kind",
+        help="kind with spot pools on Docker (a stand-in engine where none runs): kind up|down|env|exec",
+        add_help=False,
+    )
     node = sub.add_parser("node", help="node disruptions and additions").add_subparsers(
         dest="node_command", required=True
     )
@@ -74,15 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     add = node.add_parser("add", help="add a node, as an autoscaler would")
     add.add_argument("name")
     add.add_argument("--capacity", choices=["spot", "on-demand"], required=True)
-    kind = add.add_mutually_exclusive_group()
-    kind.add_argument(
+    node_kind = add.add_mutually_exclusive_group()
+    node_kind.add_argument(
         "--real", dest="real", action="store_true", default=None, help="a real node (kubelet, containerd)"
     )
-    kind.add_argument("--process", dest="real", action="store_false", help="a process node")
-    args = parser.parse_args(argv)
+    node_kind.add_argument("--process", dest="real", action="store_false", help="a process node")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "kind":
+        from localcluster import kind  # noqa: PLC0415 - docker and kind only when asked
+
+        return kind.main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.command == "build":
-        toolchain.build(force=args.force, real_nodes=args.real_nodes)
+        toolchain.build(force=args.force, real_nodes=args.real_nodes, kind=args.kind)
         return 0
     if args.command == "paths":
         print(json.dumps({b.name: str(toolchain.binary_path(b)) for b in toolchain.BINARIES}, indent=2))

@@ -86,7 +86,7 @@ _PROJECT_RECIPE = "buildah bud --pull=never --isolation chroot; oci-archive with
 _OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 _CONTAINERD_NAME = "io.containerd.image.name"
 _OCI_REF_NAME = "org.opencontainers.image.ref.name"
 _EPOCH = "1970-01-01T00:00:00Z"
@@ -121,7 +121,7 @@ def pause_archive() -> Path:
     with tempfile.TemporaryDirectory(prefix="pause-", dir=_ensure_dir(images_dir())) as scratch:
         binary = Path(scratch) / "pause"
         _run(["gcc", "-static", "-O2", "-s", "-Wall", "-Wextra", "-o", str(binary), str(PAUSE_SOURCE)], "gcc pause.c")
-        layer_tar = _tar_bytes([("pause", binary.read_bytes(), 0o755)])
+        layer_tar = tar_bytes([("pause", binary.read_bytes(), 0o755)])
         layout = Path(scratch) / "layout"
         config: dict[str, object] = {
             "created": _EPOCH,
@@ -227,7 +227,7 @@ def import_image(
 
 
 def _base_image() -> str:
-    rootfs = _rootfs_tarball()
+    rootfs = rootfs_tarball()
     key = _digest(rootfs.name.encode(), HOST_CA_BUNDLE.read_bytes(), _BASE_RECIPE.encode(), repr(BASE_ENV).encode())
     if _image_key(BASE_IMAGE) == key:
         return _image_id(BASE_IMAGE)
@@ -290,9 +290,11 @@ def _make_official_like(root: Path) -> None:
         raise SystemExit("localcluster: the debootstrapped root has no useradd, which the Dockerfile runs")
 
 
-def _rootfs_tarball() -> Path:
-    """`debootstrap --variant=minbase` with BASE_PACKAGES, cleaned and slimmed, as a tarball keyed by its recipe."""
-    recipe = json.dumps([DEBIAN_SUITE, "minbase", DEBIAN_MIRROR, sorted(BASE_PACKAGES), _ROOTFS_RECIPE])
+def rootfs_tarball(packages: tuple[str, ...] = BASE_PACKAGES, *, slim: bool = True) -> Path:
+    """`debootstrap --variant=minbase` with `packages`, cleaned (and slimmed), as a tarball keyed by its recipe."""
+    recipe = json.dumps(
+        [DEBIAN_SUITE, "minbase", DEBIAN_MIRROR, sorted(packages), _ROOTFS_RECIPE, *(["unslimmed"] * (not slim))]
+    )
     tarball = images_dir() / "rootfs" / f"{DEBIAN_SUITE}-minbase-{_digest(recipe.encode())[:16]}.tar"
     if tarball.is_file():
         return tarball
@@ -300,12 +302,12 @@ def _rootfs_tarball() -> Path:
     work = _ensure_dir(tarball.parent) / f".{tarball.stem}.work"
     _remove_tree(work)
     started = time.monotonic()
-    _log(f"Debootstrapping {DEBIAN_SUITE} with {' '.join(BASE_PACKAGES)} (about two minutes)")
+    _log(f"Debootstrapping {DEBIAN_SUITE} with {' '.join(packages)} (about two minutes)")
     _run_logged(
         [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
+            f"--include={','.join(packages)}",
             DEBIAN_SUITE,
             str(work),
             DEBIAN_MIRROR,
@@ -314,7 +316,8 @@ def _rootfs_tarball() -> Path:
         echo=lambda line: line.startswith(("I: Retrieving Packages", "I: Installing", "I: Base system")),
     )
     debootstrapped = time.monotonic() - started
-    _slim(work)
+    if slim:
+        _slim(work)
     partial = tarball.with_name(f".{tarball.name}.partial")
     # The runtime mounts /dev, /proc and /sys, and writes resolv.conf and hostname: the image keeps none of them.
     excludes = ["./dev/*", "./proc/*", "./sys/*", "./etc/resolv.conf", "./etc/hostname"]
@@ -335,9 +338,6 @@ def _rootfs_tarball() -> Path:
     )
     partial.replace(tarball)
     _remove_tree(work)
-    for stale in tarball.parent.glob(f"{DEBIAN_SUITE}-minbase-*.tar"):
-        if stale != tarball:
-            stale.unlink()
     packed = time.monotonic() - started - debootstrapped
     _log(
         f"Debootstrapped in {debootstrapped:.0f}s, slimmed and packed in {packed:.0f}s -> {tarball} ({_size(tarball)})"
@@ -521,7 +521,32 @@ def _inspect(reference: str) -> dict[str, Any] | None:
 # --- OCI layouts -------------------------------------------------------------------------------------
 
 
-def _write_layout(layout: Path, reference: str, config: dict[str, object], layers: list[bytes]) -> None:
+def write_archive(archive: Path, reference: str, config: dict[str, object], layers: list[bytes]) -> None:
+    """An OCI image archive of one image: `config` (its diff_ids filled in here) over uncompressed `layers`.
+
+    Uncompressed, because these archives are imported on this machine at once: gzip would cost more
+    time than it saves in bytes copied.
+    """
+    config = {
+        "created": _EPOCH,
+        "architecture": _oci_arch(),
+        "os": "linux",
+        **config,
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]},
+    }
+    with tempfile.TemporaryDirectory(prefix="archive-", dir=_ensure_dir(archive.parent)) as scratch:
+        layout = Path(scratch) / "layout"
+        _write_layout(layout, reference, config, layers, _OCI_LAYER)
+        _pack_layout(layout, archive)
+
+
+def _write_layout(
+    layout: Path,
+    reference: str,
+    config: dict[str, object],
+    layers: list[bytes],
+    layer_type: str = "application/vnd.oci.image.layer.v1.tar+gzip",
+) -> None:
     """An OCI image layout of one manifest, named by `reference` for OCI tools and for containerd."""
     blobs = _ensure_dir(layout / "blobs" / "sha256")
 
@@ -534,7 +559,7 @@ def _write_layout(layout: Path, reference: str, config: dict[str, object], layer
         "schemaVersion": 2,
         "mediaType": _OCI_MANIFEST,
         "config": blob(_canonical(config), _OCI_CONFIG),
-        "layers": [blob(layer, _OCI_LAYER_GZIP) for layer in layers],
+        "layers": [blob(layer, layer_type) for layer in layers],
     }
     index = {
         "schemaVersion": 2,
@@ -570,8 +595,8 @@ def _pack_layout(layout: Path, archive: Path) -> None:
     partial.replace(archive)
 
 
-def _tar_bytes(files: list[tuple[str, bytes, int]]) -> bytes:
-    """A layer tarball of root-owned files with mtime 0, so the same inputs give the same digest."""
+def tar_bytes(files: list[tuple[str, bytes, int]]) -> bytes:
+    """A layer of root-owned files (name, content, mode) with mtime 0: the same inputs give the same digest."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data, mode in files:

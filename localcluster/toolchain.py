@@ -19,12 +19,21 @@ VERSITYGW_VERSION = "v1.8.0"
 HELM_VERSION = "v3.22.0"
 CONTAINERD_VERSION = "v2.4.2"
 CNI_PLUGINS_VERSION = "v1.9.1"
+KIND_VERSION = "v0.33.0"
+CRICTL_VERSION = "v1.37.0"
+COREDNS_VERSION = "v1.14.2"
+
+# Which runs need a binary: every cluster (the control plane), real nodes, or kind (`make kind-demo`,
+# whose node image also carries the real nodes' kubelet, containerd, runc shim and CNI plugins).
+CONTROL_PLANE, REAL_NODES, KIND = "control plane", "real nodes", "kind"
 
 # What real nodes and image builds take from Debian rather than from Go modules: runc (Debian's
 # 1.1 works once containerd restricts oom_score_adj), iptables and conntrack for kube-proxy and
 # the CNI bridge's masquerading, dbus-daemon for the logind stand-in's private system bus,
 # buildah and debootstrap to build images without a daemon or a registry.
 DEBIAN_PACKAGES: tuple[str, ...] = ("runc", "iptables", "conntrack", "dbus-daemon", "buildah", "debootstrap")
+# kind's Docker engine when the machine has none running: Debian's docker.io (dockerd and the CLI).
+KIND_DEBIAN_PACKAGES: tuple[str, ...] = ("docker.io",)
 
 
 def _k8s_ldflags() -> str:
@@ -53,8 +62,8 @@ class Binary:
     ldflags: str
     tags: str = ""
     cgo: bool | None = None  # None: Go's default (on where a C compiler is), shared with the cached builds
-    # Only real nodes need it: `build` makes it when asked for real-node pieces or when cached already.
-    real_nodes: bool = False
+    # Who needs it: `build` makes the control plane's always, the others when asked for.
+    group: str = CONTROL_PLANE
 
     @property
     def source(self) -> Path:
@@ -82,9 +91,12 @@ BINARIES: tuple[Binary, ...] = (
         for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
     ),
     *(
-        Binary(name, "kubernetes", f"k8s.io/kubernetes/cmd/{name}", KUBERNETES_VERSION, _k8s_ldflags(), real_nodes=True)
+        Binary(
+            name, "kubernetes", f"k8s.io/kubernetes/cmd/{name}", KUBERNETES_VERSION, _k8s_ldflags(), group=REAL_NODES
+        )
         for name in ("kubelet", "kube-proxy")
     ),
+    Binary("kubeadm", "kubernetes", "k8s.io/kubernetes/cmd/kubeadm", KUBERNETES_VERSION, _k8s_ldflags(), group=KIND),
     *(
         Binary(
             name,
@@ -94,7 +106,7 @@ BINARIES: tuple[Binary, ...] = (
             f"-s -w -X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}",
             tags="no_btrfs no_devmapper no_zfs",
             cgo=False,  # static, as containerd's releases are; no btrfs/devmapper/zfs headers needed
-            real_nodes=True,
+            group=REAL_NODES,
         )
         for name in ("containerd", "containerd-shim-runc-v2", "ctr")
     ),
@@ -105,10 +117,22 @@ BINARIES: tuple[Binary, ...] = (
             f"github.com/containernetworking/plugins/plugins/{kind}/{name}",
             CNI_PLUGINS_VERSION,
             "-s -w",
-            real_nodes=True,
+            group=REAL_NODES,
         )
         for kind, name in (("main", "bridge"), ("ipam", "host-local"), ("main", "loopback"), ("meta", "portmap"))
     ),
+    Binary("kind", "kind", "sigs.k8s.io/kind", KIND_VERSION, "-s -w", cgo=False, group=KIND),
+    Binary(
+        "crictl",
+        "crictl",
+        "sigs.k8s.io/cri-tools/cmd/crictl",
+        CRICTL_VERSION,
+        f"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version={CRICTL_VERSION}",
+        cgo=False,
+        group=KIND,
+    ),
+    # The cluster DNS kubeadm deploys; static, to run in an image with nothing else in it.
+    Binary("coredns", "coredns", "github.com/coredns/coredns", COREDNS_VERSION, "-s -w", cgo=False, group=KIND),
 )
 
 
@@ -132,9 +156,32 @@ def path_of(name: str) -> Path:
     raise KeyError(f"unknown localcluster binary {name!r}")
 
 
-def missing(real_nodes: bool = False) -> list[Binary]:
-    """The binaries not cached yet: the control plane's, and real nodes' pieces when asked."""
-    return [b for b in BINARIES if (real_nodes or not b.real_nodes) and not binary_path(b).is_file()]
+def groups(real_nodes: bool = False, kind: bool = False) -> set[str]:
+    """The binaries' groups a run needs: kind's nodes carry the real nodes' pieces too."""
+    return {CONTROL_PLANE} | ({REAL_NODES} if real_nodes or kind else set()) | ({KIND} if kind else set())
+
+
+def missing(real_nodes: bool = False, kind: bool = False) -> list[Binary]:
+    """The binaries not cached yet: the control plane's, and real nodes' or kind's pieces when asked."""
+    wanted = groups(real_nodes, kind)
+    return [b for b in BINARIES if b.group in wanted and not binary_path(b).is_file()]
+
+
+def module_source(module_dir: str, module: str) -> Path:
+    """Where the Go module cache holds MODULE's source at the version wrapper module MODULE_DIR pins."""
+    env = {**os.environ, "GOFLAGS": "-mod=readonly"}
+    subprocess.run(["go", "mod", "download", module], cwd=GO_DIR / module_dir, env=env, check=True, capture_output=True)
+    done = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", module],
+        cwd=GO_DIR / module_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"localcluster: cannot find {module}'s source for {module_dir}: {done.stderr.strip()}")
+    return Path(done.stdout.strip())
 
 
 def cni_bin_dir() -> Path:
@@ -228,11 +275,12 @@ def _build_one(binary: Binary, index: int, total: int) -> None:
     _log(f"[{index}/{total}] built {binary.name} in {time.monotonic() - started:.0f}s -> {target}")
 
 
-def build(force: bool = False, real_nodes: bool = False) -> None:
-    """Builds every binary that is not cached yet (all of them with force); real nodes' pieces when asked."""
-    if real_nodes:
-        install_debian_packages()
-    todo = [b for b in BINARIES if real_nodes or not b.real_nodes] if force else missing(real_nodes)
+def build(force: bool = False, real_nodes: bool = False, kind: bool = False) -> None:
+    """Builds every binary that is not cached yet (all of them with force); real nodes' or kind's pieces when asked."""
+    if real_nodes or kind:
+        install_debian_packages(DEBIAN_PACKAGES + (KIND_DEBIAN_PACKAGES if kind else ()))
+    wanted = groups(real_nodes, kind)
+    todo = [b for b in BINARIES if b.group in wanted] if force else missing(real_nodes, kind)
     if not todo:
         _log(f"all binaries cached under {cache_root() / 'localcluster'}")
         return
