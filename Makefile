@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real bench bench-io bench-recovery bench-real-nodes clean
+.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,12 +79,16 @@ test-e2e: $(STAMP) build ## End-to-end: the examples on an installed Spotrun (th
 test-real: $(STAMP) build-real ## tests/e2e on real nodes with the built image, once per node preempt, reclaim and kill.
 	$(PY) -m tests.real_nodes
 
-test: $(STAMP) build build-real ## The whole suite: pip check, lint, unit, integration, e2e and real-node tests. CI runs this.
+test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
+	$(PY) -m tests.kind --e2e
+
+test: $(STAMP) build build-real build-kind ## The whole suite: lint, unit, integration, e2e, real nodes, kind demo. CI runs this.
 	$(PY) -m pip check
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
 	$(PY) -m pytest tests/e2e
 	$(PY) -m tests.real_nodes
+	$(PY) -m tests.kind
 
 bench: $(STAMP) up ## Both benchmarks below (about 15 minutes).
 	$(PY) bench/checkpoint_io.py
@@ -105,5 +109,5 @@ bench-real-nodes: $(STAMP) build-real ## Real nodes against process nodes: up, i
 	$(PY) bench/recovery_latency.py --disruption reclaim
 	$(PY) -m localcluster down
 
-clean: down ## Stop the cluster and remove .localcluster and caches in the tree (not the binary cache).
-	rm -rf .localcluster .pytest_cache .mypy_cache .ruff_cache
+clean: down kind-down ## Stop the clusters and remove .localcluster, .kind and caches in the tree (not the binary cache).
+	rm -rf .localcluster .kind .pytest_cache .mypy_cache .ruff_cache

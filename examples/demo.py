@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 from spotrun import Checkpoint, open_storage  # noqa: E402
 
 from localcluster.images import EXAMPLES_IMAGE, PROJECT_IMAGE  # noqa: E402
+from localcluster.install import install  # noqa: E402
 
 NAMESPACE = "default"
-RELEASE_NAMESPACE = "spotrun-system"
 
 
 def say(message: str) -> None:
@@ -128,46 +128,18 @@ def main() -> None:
     lab = kind_lab() if "--kind" in args else local_lab(real="--real" in args)
 
     say("Installing Spotrun with its Helm chart")
-    for namespace in (NAMESPACE, RELEASE_NAMESPACE):
-        lab.kubectl("create", "namespace", namespace, check=False)
-        lab.kubectl("-n", namespace, "delete", "secret", "spotrun-s3", "--ignore-not-found")
-        lab.kubectl(
-            "-n",
-            namespace,
-            "create",
-            "secret",
-            "generic",
-            "spotrun-s3",
-            *(f"--from-literal={k}={v}" for k, v in lab.pod_s3.items()),
-        )
-    helm = subprocess.run(
-        [
-            "helm",
-            "upgrade",
-            "--install",
-            "spotrun",
-            str(REPO / "charts" / "spotrun"),
-            "--namespace",
-            RELEASE_NAMESPACE,
-            "--wait",
-            "--timeout",
-            "180s",
-            "--set",
-            f"checkpoint.prefix=s3://{lab.bucket}/demo/",
-            "--set",
-            "checkpoint.secret=spotrun-s3",
-            "--set",
-            "operatorS3Secret=spotrun-s3",
-            "--set",
-            "logFormat=text",
-            *lab.helm_settings,
-        ],
-        env=lab.env,
-        capture_output=True,
-        text=True,
-        check=True,
+    settings = ["--set", "logFormat=text", *lab.helm_settings]
+    prefix = f"s3://{lab.bucket}/demo/"
+    print(
+        install(
+            lab.env,
+            s3=lab.pod_s3,
+            prefix=prefix,
+            task_namespaces=[NAMESPACE],
+            watch_only_tasks=False,
+            settings=settings,
+        ).strip()
     )
-    print(helm.stdout.strip())
 
     say("Applying the training TaskRun (examples/train-taskrun.yaml) on spot capacity")
     lab.kubectl("-n", NAMESPACE, "delete", "taskruns.spotrun.dev", "train", "--ignore-not-found", "--wait=true")

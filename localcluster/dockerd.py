@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from localcluster import host, toolchain
@@ -41,6 +42,7 @@ CONTAINERS_CGROUP = f"{CGROUP}/containers"
 DEBIAN_DOCKER = Path("/usr/bin/docker")  # the CLI of Debian's docker.io, of the engine's own version
 RUNC = Path("/usr/sbin/runc")
 CAP_SYS_RESOURCE = 24
+PROC_STATUS = Path("/proc/self/status")
 CLONE_NEWNET = 0x40000000
 
 # The OCI runtime dockerd runs when root lacks CAP_SYS_RESOURCE: strip it from the capability sets
@@ -81,9 +83,15 @@ os.execv(RUNC, [RUNC, *args])
 """
 
 
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns into a network namespace failed")
+
+
 def lacks_cap_sys_resource() -> bool:
     """True where root's capability bounding set has no CAP_SYS_RESOURCE (this project's CI machine)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in PROC_STATUS.read_text().splitlines():
         if line.startswith("CapBnd:"):
             return not (int(line.split()[1], 16) >> CAP_SYS_RESOURCE) & 1
     return False
@@ -167,6 +175,10 @@ class Engine:
                 "exec " + shlex.join(dockerd),
             ]
         )
+        self._claim()
+        host.record(
+            self.dir
+        )  # kind's kubelets set kernel sysctls (vm.overcommit_memory, kernel.panic): put back at stop
         host.create_cgroup(ENGINE_CGROUP)
         host.create_cgroup(CONTAINERS_CGROUP)
         log = (self.dir / "dockerd.log").open("ab")
@@ -187,8 +199,21 @@ class Engine:
         tail = (self.dir / "dockerd.log").read_text(errors="replace")[-3000:]
         raise SystemExit(f"localcluster: dockerd did not answer on {self.socket} within 60 s; its log ends:\n{tail}")
 
-    def stop(self) -> None:
-        """Stops dockerd (it stops its containers), then ends whatever is left in its cgroups and removes them."""
+    def _claim(self) -> None:
+        """One engine at a time owns the image store in the cache: refuse while another state directory's runs."""
+        claim = self.data_root.parent / "engine-owner"
+        with contextlib.suppress(OSError, ValueError):
+            owner = Path(claim.read_text().strip())
+            if owner != self.dir and Engine(owner.parent).pid() is not None:
+                raise SystemExit(
+                    f"localcluster: the kind engine of {owner.parent} is running and owns {self.data_root}; "
+                    f"stop it first: python -m localcluster kind --state-dir {owner.parent} down"
+                )
+        claim.write_text(f"{self.dir}\n")
+
+    def stop(self) -> list[str]:
+        """Stops dockerd (it stops its containers), ends what is left in its cgroups, removes them and puts
+        back the sysctls the nodes changed; returns what it put back."""
         pid = self.pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -198,8 +223,12 @@ class Engine:
                 time.sleep(0.5)
         host.kill_cgroup(CGROUP)
         host.remove_cgroup(CGROUP)
+        for hierarchy in host.hierarchies():  # and /localcluster, unless a local cluster still has groups there
+            with contextlib.suppress(OSError):
+                (hierarchy / Path(CGROUP).parent.relative_to("/")).rmdir()
         self.socket.unlink(missing_ok=True)
         self.pid_file.unlink(missing_ok=True)
+        return host.restore(self.dir)
 
     def netns(self) -> Path:
         pid = self.pid()
@@ -213,12 +242,20 @@ class Engine:
         """ARGV run in the engine's network namespace, where kind's ports are published."""
         return ["nsenter", f"--net={self.netns()}", "--", *argv]
 
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This thread (and what it starts meanwhile) in the engine's network, then back in its own."""
+        with Path("/proc/thread-self/ns/net").open() as own:
+            self.enter()
+            try:
+                yield
+            finally:
+                _setns(own.fileno())
+
     def enter(self) -> None:
-        """Moves this process (its calling thread, and what it starts from now on) into the engine's network."""
-        libc = ctypes.CDLL(None, use_errno=True)
+        """Moves this thread (and what it starts from now on) into the engine's network namespace."""
         with self.netns().open() as handle:
-            if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns into the kind engine's network namespace failed")
+            _setns(handle.fileno())
 
     def _answers(self) -> bool:
         done = subprocess.run(

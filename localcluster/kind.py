@@ -22,6 +22,7 @@ Everything lives in STATE_DIR (default `.kind/` in the checkout); the engine's i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -32,7 +33,8 @@ from pathlib import Path
 from localcluster import dockerd, images, toolchain
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STATE_DIR = REPO / ".kind"
+# `python -m localcluster kind --state-dir`, else $LOCALCLUSTER_KIND_STATE_DIR, else .kind/ in the checkout.
+DEFAULT_STATE_DIR = Path(os.environ.get("LOCALCLUSTER_KIND_STATE_DIR") or REPO / ".kind")
 NAME = "spotrun"
 CONFIG = REPO / "kind" / "cluster.yaml"
 S3_MANIFEST = REPO / "kind" / "s3.yaml"
@@ -87,6 +89,10 @@ class Kind:
         if self.stand_in:
             self.engine.enter()
 
+    def entered(self) -> contextlib.AbstractContextManager[None]:
+        """Where the cluster is reached for the length of a `with` (then back in this process's network)."""
+        return self.engine.entered() if self.stand_in else contextlib.nullcontext()
+
     def run(self, *argv: str, stdin: str | None = None, check: bool = True) -> str:
         done = subprocess.run(
             self.command(list(argv)), env=self.env(), input=stdin, capture_output=True, text=True, check=False
@@ -103,7 +109,7 @@ class Kind:
         self.dir.mkdir(parents=True, exist_ok=True)
         stand_in = self.stand_in
         (self.dir / "stand-in").write_text("true\n" if stand_in else "false\n")
-        toolchain.build(kind=stand_in)
+        toolchain.build(kind=True)  # kind itself where the machine has none; the node image's pieces
         self._link_binaries(stand_in)
         if stand_in:
             self.engine.start()
@@ -111,8 +117,10 @@ class Kind:
         if self.name in self.run("kind", "get", "clusters").split():
             if self.kubeconfig.is_file() and self._nodes_ready():
                 say(f"cluster {self.name!r} is running; reusing it ({self.kubeconfig})")
+                self._load_images(stand_in)
                 return
             self.run("kind", "delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
+        (self.dir / "loaded-images.json").unlink(missing_ok=True)
         create = ["kind", "create", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig)]
         if stand_in:
             from localcluster import kindnode  # noqa: PLC0415 - only the stand-in builds a node image
@@ -138,10 +146,9 @@ class Kind:
             self.run(
                 "kind", "delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig), check=False
             )
-        if self.stand_in:
-            self.engine.stop()
+        restored = self.engine.stop() if self.stand_in else []
         self.kubeconfig.unlink(missing_ok=True)
-        say(f"cluster {self.name!r} deleted")
+        say(f"cluster {self.name!r} deleted" + ("; put back on the host: " + "; ".join(restored) if restored else ""))
 
     # --- the pieces ----------------------------------------------------------------------------
 
@@ -160,16 +167,9 @@ class Kind:
             link.symlink_to(target)
 
     def _stand_in_config(self) -> Path:
-        """kind/cluster.yaml, plus what the stand-ins need: no kindnetd, and a kubelet that runs on cgroup v1."""
-        text = CONFIG.read_text()
-        if any(line.startswith(("networking:", "kubeadmConfigPatches:")) for line in text.splitlines()):
-            raise SystemExit(f"kind: {CONFIG} sets networking or kubeadmConfigPatches; merge the stand-in's into it")
-        text += "# Added for the stand-ins (localcluster/kind.py): no kindnetd image here.\n"
-        text += "networking:\n  disableDefaultCNI: true\n"
-        if not Path("/sys/fs/cgroup/cgroup.controllers").exists():  # cgroup v1: the kubelet refuses it by default
-            text += "kubeadmConfigPatches:\n  - |\n    kind: KubeletConfiguration\n    failCgroupV1: false\n"
+        cgroup_v1 = not Path("/sys/fs/cgroup/cgroup.controllers").exists()
         path = self.dir / "cluster.yaml"
-        path.write_text(text)
+        path.write_text(stand_in_config(CONFIG.read_text(), cgroup_v1))
         return path
 
     def _nodes(self) -> list[dict[str, str]]:
@@ -198,53 +198,37 @@ class Kind:
                 raise SystemExit(f"kind: nodes without a podCIDR or address after 120 s: {nodes}")
             time.sleep(1)
         for node in nodes:
-            conflist = {
-                "cniVersion": "1.0.0",
-                "name": "spotrun-kind",
-                "plugins": [
-                    {
-                        "type": "bridge",
-                        "bridge": "cni0",
-                        "isGateway": True,
-                        "ipMasq": True,
-                        "hairpinMode": True,
-                        "ipam": {
-                            "type": "host-local",
-                            "ranges": [[{"subnet": node["cidr"]}]],
-                            "routes": [{"dst": "0.0.0.0/0"}],
-                        },
-                    },
-                    {"type": "portmap", "capabilities": {"portMappings": True}},
-                ],
-            }
-            self.run(
-                "docker", "exec", "-i", node["name"], "sh", "-c", f"cat > {CNI_CONFIG}", stdin=json.dumps(conflist)
-            )
-            for other in nodes:
-                if other["name"] != node["name"]:
-                    self.run(
-                        "docker", "exec", node["name"], "ip", "route", "replace", other["cidr"], "via", other["ip"]
-                    )
+            conflist = json.dumps(cni_conflist(node["cidr"]))
+            self.run("docker", "exec", "-i", node["name"], "sh", "-c", f"cat > {CNI_CONFIG}", stdin=conflist)
+            for cidr, via in pod_routes(nodes, node["name"]):
+                self.run("docker", "exec", node["name"], "ip", "route", "replace", cidr, "via", via)
         say(f"CNI: bridge and routes on {len(nodes)} nodes (the stand-in for kindnetd)")
 
     def _workers(self) -> list[str]:
         return [n for n in self.run("kind", "get", "nodes", "--name", self.name).split() if "control-plane" not in n]
 
     def _load_images(self, stand_in: bool) -> None:
+        """The project's images (and, on the stand-in, versitygw's) into every worker; again when they change."""
         workers = ",".join(self._workers())
-        if stand_in:
-            archives = [*images.build_project_images(REPO).values(), self._s3_archive()]
-            for archive in archives:
-                started = time.monotonic()
-                self.run("kind", "load", "image-archive", str(archive), "--name", self.name, "--nodes", workers)
-                say(f"loaded {archive.name} into the workers in {time.monotonic() - started:.0f}s")
+        if not stand_in:
+            for reference, dockerfile, context in (
+                (images.PROJECT_IMAGE, REPO / "Dockerfile", REPO),
+                (images.EXAMPLES_IMAGE, REPO / "examples" / "Dockerfile", REPO / "examples"),
+            ):
+                self.run("docker", "build", "-t", reference, "-f", str(dockerfile), str(context))
+                self.run("kind", "load", "docker-image", reference, "--name", self.name, "--nodes", workers)
             return
-        for reference, dockerfile, context in (
-            (images.PROJECT_IMAGE, REPO / "Dockerfile", REPO),
-            (images.EXAMPLES_IMAGE, REPO / "examples" / "Dockerfile", REPO / "examples"),
-        ):
-            self.run("docker", "build", "-t", reference, "-f", str(dockerfile), str(context))
-            self.run("kind", "load", "docker-image", reference, "--name", self.name, "--nodes", workers)
+        record = self.dir / "loaded-images.json"
+        loaded: dict[str, str] = json.loads(record.read_text()) if record.is_file() else {}
+        for archive in [*images.build_project_images(REPO).values(), self._s3_archive()]:
+            stamp = archive.with_name(f"{archive.name}.key").read_text().strip()
+            if loaded.get(archive.name) == stamp:
+                continue
+            started = time.monotonic()
+            self.run("kind", "load", "image-archive", str(archive), "--name", self.name, "--nodes", workers)
+            loaded[archive.name] = stamp
+            record.write_text(json.dumps(loaded))
+            say(f"loaded {archive.name} into the workers in {time.monotonic() - started:.0f}s")
 
     def _s3_archive(self) -> Path:
         """The STAND-IN for versitygw's image: the project's versitygw and the image's entrypoint over a Debian root."""
@@ -287,15 +271,8 @@ class Kind:
         )
         self.run("kubectl", "apply", "-f", str(S3_MANIFEST))
         self.run("kubectl", "-n", S3_NAMESPACE, "rollout", "status", "deployment/s3", "--timeout=180s")
-        create_bucket = (
-            "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])"
-        )
-        subprocess.run(
-            self.command([sys.executable, "-c", create_bucket, S3_FROM_HOST, S3_BUCKET]),
-            env={**self.env(), **keys},
-            check=True,
-            timeout=60,
-        )
+        with self.entered():
+            _create_bucket(keys)
         say(f"S3 server up: {S3_IN_CLUSTER} in the cluster, {S3_FROM_HOST} from here; bucket {S3_BUCKET}")
 
     def _nodes_ready(self) -> bool:
@@ -314,6 +291,64 @@ class Kind:
             if time.monotonic() > deadline:
                 raise SystemExit(f"kind: nodes not Ready after {timeout:.0f}s:\n{self.run('kubectl', 'get', 'nodes')}")
             time.sleep(2)
+
+
+def _create_bucket(keys: dict[str, str], timeout: float = 60) -> None:
+    """The bucket, through the published NodePort: retried until kube-proxy routes it to the Ready pod."""
+    import boto3  # noqa: PLC0415 - only `up` talks to S3
+    import botocore.exceptions  # noqa: PLC0415
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=S3_FROM_HOST,
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        region_name=keys["AWS_REGION"],
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s3.create_bucket(Bucket=S3_BUCKET)
+            return
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            return
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def stand_in_config(text: str, cgroup_v1: bool) -> str:
+    """kind/cluster.yaml plus what the stand-ins need: no kindnetd, and a kubelet that runs on cgroup v1."""
+    if any(line.startswith(("networking:", "kubeadmConfigPatches:")) for line in text.splitlines()):
+        raise SystemExit(f"kind: {CONFIG} sets networking or kubeadmConfigPatches; merge the stand-in's into it")
+    text += "# Added for the stand-ins (localcluster/kind.py): no kindnetd image here.\n"
+    text += "networking:\n  disableDefaultCNI: true\n"
+    if cgroup_v1:  # the kubelet refuses cgroup v1 unless told otherwise
+        text += "kubeadmConfigPatches:\n  - |\n    kind: KubeletConfiguration\n    failCgroupV1: false\n"
+    return text
+
+
+def cni_conflist(cidr: str) -> dict[str, object]:
+    """The CNI configuration kindnetd would write for a node's podCIDR, with the bridge plugin for ptp."""
+    bridge = {
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": True,
+        "ipMasq": True,
+        "hairpinMode": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": cidr}]], "routes": [{"dst": "0.0.0.0/0"}]},
+    }
+    return {
+        "cniVersion": "1.0.0",
+        "name": "spotrun-kind",
+        "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": True}}],
+    }
+
+
+def pod_routes(nodes: list[dict[str, str]], node: str) -> list[tuple[str, str]]:
+    """The routes kindnetd keeps on NODE: every other node's podCIDR through that node's address."""
+    return [(other["cidr"], other["ip"]) for other in nodes if other["name"] != node]
 
 
 def s3_keys(state_dir: Path) -> dict[str, str]:

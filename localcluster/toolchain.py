@@ -32,7 +32,7 @@ CONTROL_PLANE, REAL_NODES, KIND = "control plane", "real nodes", "kind"
 # the CNI bridge's masquerading, dbus-daemon for the logind stand-in's private system bus,
 # buildah and debootstrap to build images without a daemon or a registry.
 DEBIAN_PACKAGES: tuple[str, ...] = ("runc", "iptables", "conntrack", "dbus-daemon", "buildah", "debootstrap")
-# kind's Docker engine when the machine has none running: Debian's docker.io (dockerd and the CLI).
+# kind's Docker engine where the machine runs none: Debian's docker.io (dockerd and the CLI).
 KIND_DEBIAN_PACKAGES: tuple[str, ...] = ("docker.io",)
 
 
@@ -278,7 +278,11 @@ def _build_one(binary: Binary, index: int, total: int) -> None:
 def build(force: bool = False, real_nodes: bool = False, kind: bool = False) -> None:
     """Builds every binary that is not cached yet (all of them with force); real nodes' or kind's pieces when asked."""
     if real_nodes or kind:
-        install_debian_packages(DEBIAN_PACKAGES + (KIND_DEBIAN_PACKAGES if kind else ()))
+        from localcluster import dockerd  # noqa: PLC0415 - dockerd builds on this module
+
+        # Docker's engine from Debian only where none answers: a machine's own Docker is kind's engine.
+        engine = KIND_DEBIAN_PACKAGES if kind and not dockerd.user_engine_works() else ()
+        install_debian_packages(DEBIAN_PACKAGES + engine)
     wanted = groups(real_nodes, kind)
     todo = [b for b in BINARIES if b.group in wanted] if force else missing(real_nodes, kind)
     if not todo:

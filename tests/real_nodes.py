@@ -28,14 +28,13 @@ from pathlib import Path
 
 from localcluster import host, images
 from localcluster.cluster import Cluster, marked_processes
+from localcluster.install import install as lab_install
 from localcluster.kube import ApiError
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("preempt", "reclaim", "kill")
 NAMESPACE = "e2e-real"
 RELEASE_NAMESPACE = "spotrun-system"
-IMAGE = "ghcr.io/spotrun/spotrun:0.1.0"
-EXAMPLES_IMAGE = "ghcr.io/spotrun/spotrun-examples:0.1.0"
 
 
 def say(message: str) -> None:
@@ -66,44 +65,14 @@ def disrupt(cluster: Cluster, mode: str, node: str) -> None:
     cluster.add_node(node, capacity)
 
 
-def _run(argv: list[str], env: dict[str, str]) -> None:
-    subprocess.run(argv, env=env, check=True, capture_output=True, text=True, timeout=600)
-
-
 def install(cluster: Cluster, env: dict[str, str]) -> None:
     aws = {k: v for k, v in cluster.env_vars().items() if k.startswith("AWS_") and k != "AWS_DEFAULT_REGION"}
-    for ns in (NAMESPACE, RELEASE_NAMESPACE):
-        _run(["kubectl", "create", "namespace", ns], env)
-        secret = [f"--from-literal={k}={v}" for k, v in aws.items()]
-        _run(["kubectl", "-n", ns, "create", "secret", "generic", "spotrun-s3", *secret], env)
-    repository, tag = IMAGE.rsplit(":", 1)
-    _run(
-        [
-            "helm",
-            "install",
-            "spotrun",
-            str(REPO / "charts" / "spotrun"),
-            "--namespace",
-            RELEASE_NAMESPACE,
-            "--wait",
-            "--timeout",
-            "5m",
-            "--set",
-            f"image.repository={repository}",
-            "--set",
-            f"image.tag={tag}",
-            "--set",
-            "image.pullPolicy=Never",  # imported into each node; there is no registry to pull from
-            "--set",
-            f"checkpoint.prefix=s3://{cluster.config['bucket']}/e2e-real/",
-            "--set",
-            "checkpoint.secret=spotrun-s3",
-            "--set",
-            "operatorS3Secret=spotrun-s3",
-            "--set",
-            f"watchNamespaces={{{NAMESPACE}}}",
-        ],
-        env,
+    repository, tag = images.PROJECT_IMAGE.rsplit(":", 1)
+    # Imported into each node: there is no registry to pull from.
+    image = ["--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never"]
+    prefix = f"s3://{cluster.config['bucket']}/e2e-real/"
+    lab_install(
+        env, s3=aws, prefix=prefix, task_namespaces=[NAMESPACE], release_namespace=RELEASE_NAMESPACE, settings=image
     )
 
 
@@ -207,7 +176,7 @@ def run_suites(cluster: Cluster, args: argparse.Namespace) -> int:
             "SPOTRUN_E2E_KUBECONFIG": str(cluster.dir / "kubeconfig"),
             "SPOTRUN_E2E_NAMESPACE": NAMESPACE,
             "SPOTRUN_E2E_PREEMPT": shlex.join(command) + " {node}",
-            "SPOTRUN_E2E_IMAGE": EXAMPLES_IMAGE,
+            "SPOTRUN_E2E_IMAGE": images.EXAMPLES_IMAGE,
             "SPOTRUN_E2E_EXAMPLES": "/opt/spotrun/examples",
         }
         say(f"tests/e2e with SPOTRUN_E2E_PREEMPT={run_env['SPOTRUN_E2E_PREEMPT']}")

@@ -81,6 +81,7 @@ class E2E:
 def _local() -> Iterator[E2E]:
     # Imported here: on another cluster the suite needs no local-cluster code.
     from localcluster.cluster import Cluster  # noqa: PLC0415
+    from localcluster.install import install  # noqa: PLC0415
 
     existing = os.environ.get("LOCALCLUSTER_STATE_DIR")
     cluster = Cluster(Path(existing) if existing else Path(tempfile.mkdtemp(prefix="spotrun-e2e-")))
@@ -92,38 +93,8 @@ def _local() -> Iterator[E2E]:
     release_ns = f"{namespace}-spotrun"
     aws = {k: v for k, v in cluster.env_vars().items() if k.startswith("AWS_") and k != "AWS_DEFAULT_REGION"}
 
-    def run(*argv: str) -> None:
-        subprocess.run(list(argv), env=env, check=True, capture_output=True, text=True, timeout=300)
-
-    for ns in (namespace, release_ns):
-        run("kubectl", "create", "namespace", ns)
-        run(
-            "kubectl",
-            "-n",
-            ns,
-            "create",
-            "secret",
-            "generic",
-            "spotrun-s3",
-            *[f"--from-literal={k}={v}" for k, v in aws.items()],
-        )
-    run(
-        "helm",
-        "install",
-        "spotrun",
-        str(REPO / "charts" / "spotrun"),
-        "--namespace",
-        release_ns,
-        "--wait",
-        "--set",
-        f"checkpoint.prefix=s3://{cluster.config['bucket']}/e2e/",
-        "--set",
-        "checkpoint.secret=spotrun-s3",
-        "--set",
-        "operatorS3Secret=spotrun-s3",
-        "--set",
-        f"watchNamespaces={{{namespace}}}",
-    )
+    prefix = f"s3://{cluster.config['bucket']}/e2e/"
+    install(env, s3=aws, prefix=prefix, task_namespaces=[namespace], release_namespace=release_ns)
 
     def preempt(node: str) -> None:
         cluster.preempt_node(node, grace=5)
