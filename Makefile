@@ -82,13 +82,13 @@ test-real: $(STAMP) build-real ## tests/e2e on real nodes with the built image, 
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
 
-test: $(STAMP) build build-real build-kind ## The whole suite: lint, unit, integration, e2e, real nodes, kind demo. CI runs this.
+test: $(STAMP) build build-real build-kind ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
 	$(PY) -m pip check
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
 	$(PY) -m pytest tests/e2e
 	$(PY) -m tests.real_nodes
-	$(PY) -m tests.kind
+	$(PY) -m tests.kind --e2e
 
 bench: $(STAMP) up ## Both benchmarks below (about 15 minutes).
 	$(PY) bench/checkpoint_io.py

@@ -118,6 +118,7 @@ class Kind:
             if self.kubeconfig.is_file() and self._nodes_ready():
                 say(f"cluster {self.name!r} is running; reusing it ({self.kubeconfig})")
                 self._load_images(stand_in)
+                self._install_s3()
                 return
             self.run("kind", "delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
         (self.dir / "loaded-images.json").unlink(missing_ok=True)
@@ -220,15 +221,18 @@ class Kind:
             return
         record = self.dir / "loaded-images.json"
         loaded: dict[str, str] = json.loads(record.read_text()) if record.is_file() else {}
-        for archive in [*images.build_project_images(REPO).values(), self._s3_archive()]:
+        on_demand = self.run("kubectl", "get", "nodes", "-l", "spotrun.dev/capacity=on-demand", "-o", "name")
+        s3_nodes = ",".join(name.removeprefix("node/") for name in on_demand.split())  # kind/s3.yaml's nodeSelector
+        targets = [(archive, workers) for archive in images.build_project_images(REPO).values()]
+        for archive, nodes in [*targets, (self._s3_archive(), s3_nodes)]:
             stamp = archive.with_name(f"{archive.name}.key").read_text().strip()
             if loaded.get(archive.name) == stamp:
                 continue
             started = time.monotonic()
-            self.run("kind", "load", "image-archive", str(archive), "--name", self.name, "--nodes", workers)
+            self.run("kind", "load", "image-archive", str(archive), "--name", self.name, "--nodes", nodes)
             loaded[archive.name] = stamp
             record.write_text(json.dumps(loaded))
-            say(f"loaded {archive.name} into the workers in {time.monotonic() - started:.0f}s")
+            say(f"loaded {archive.name} into {nodes} in {time.monotonic() - started:.0f}s")
 
     def _s3_archive(self) -> Path:
         """The STAND-IN for versitygw's image: the project's versitygw and the image's entrypoint over a Debian root."""
@@ -253,22 +257,22 @@ class Kind:
         return archive
 
     def _install_s3(self) -> None:
-        """versitygw in the cluster (kind/s3.yaml) with fresh root keys, and its bucket."""
-        if self.run("kubectl", "get", "namespace", S3_NAMESPACE, check=False):
-            return
+        """versitygw in the cluster (kind/s3.yaml) with the state directory's root keys, and its bucket."""
         keys = s3_keys(self.dir)
-        self.run("kubectl", "create", "namespace", S3_NAMESPACE)
-        self.run(
+        secret = self.run(
             "kubectl",
-            "-n",
-            S3_NAMESPACE,
             "create",
             "secret",
             "generic",
             "s3-root",
+            f"--namespace={S3_NAMESPACE}",
             f"--from-literal=ROOT_ACCESS_KEY={keys['AWS_ACCESS_KEY_ID']}",
             f"--from-literal=ROOT_SECRET_KEY={keys['AWS_SECRET_ACCESS_KEY']}",
+            "--dry-run=client",
+            "--output=yaml",
         )
+        namespace = self.run("kubectl", "create", "namespace", S3_NAMESPACE, "--dry-run=client", "--output=yaml")
+        self.run("kubectl", "apply", "-f", "-", stdin=f"{namespace}\n---\n{secret}")
         self.run("kubectl", "apply", "-f", str(S3_MANIFEST))
         self.run("kubectl", "-n", S3_NAMESPACE, "rollout", "status", "deployment/s3", "--timeout=180s")
         with self.entered():
