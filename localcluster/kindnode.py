@@ -70,8 +70,14 @@ def build(docker: list[str], env: dict[str, str]) -> str:
     """Builds NODE_IMAGE into the engine `docker` talks to, unless it is there from the same inputs."""
     restrict = dockerd.lacks_cap_sys_resource()
     rootfs = images.rootfs_tarball(NODE_PACKAGES, slim=False)
-    binaries = [toolchain.path_of(name) for name in _NODE_BINARIES]
-    inputs = [RECIPE, rootfs.name, f"restrict_oom_score_adj={restrict}", images.pause_archive().read_text("latin-1")]
+    binaries = [toolchain.path_of(name) for name in (*_NODE_BINARIES, *_IMAGE_BINARIES)]
+    pause = images.pause_archive()
+    inputs = [
+        RECIPE,
+        rootfs.name,
+        f"restrict_oom_score_adj={restrict}",
+        pause.with_name(f"{pause.name}.key").read_text(),
+    ]
     inputs += [f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in binaries]
     key = hashlib.sha256("\0".join(inputs).encode("latin-1")).hexdigest()
     inspect = subprocess.run(
@@ -129,6 +135,8 @@ def build(docker: list[str], env: dict[str, str]) -> str:
     return NODE_IMAGE
 
 
+# The binaries of the images kubeadm runs (`kubeadm config images list`, less pause), by image name.
+_IMAGE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "etcd", "coredns")
 # The binaries the node image carries, and where kind's images put them.
 _NODE_BINARIES = {
     "containerd": "usr/local/bin",
@@ -226,6 +234,8 @@ def _preload(root: Path, rootfs: Path, scratch: Path) -> None:
         name = reference.rsplit("/", 1)[-1].split(":")[0]
         if name == "pause":
             continue  # kind swaps kubeadm's pause for containerd's sandbox image, as here
+        if name not in _IMAGE_BINARIES:
+            raise SystemExit(f"localcluster: kubeadm runs {reference}, which kindnode.py has no binary for; add it")
         binary = toolchain.path_of(name).read_bytes()
         archive = scratch / f"{name}.tar"
         if name == "coredns":  # static, and alone in its image as upstream's is; its entrypoint is /coredns
