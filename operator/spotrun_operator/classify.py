@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,12 +12,44 @@ from spotrun_operator import names
 
 Obj = dict[str, Any]
 
-# Pod status reasons that mean the node or the kubelet took the pod away.
-INTERRUPTION_REASONS = ("Terminated", "Shutdown", "NodeShutdown", "Evicted", "NodeLost", "UnexpectedAdmissionError")
-# The kubelet's admission refused the pod before any container ran (pkg/kubelet/lifecycle): the
-# node's fault (a fresh spot node without the resources the scheduler counted on), not the task's.
-# `OutOf<resource>` covers OutOfcpu, OutOfmemory, OutOfpods and extended resources.
-ADMISSION_REJECTIONS = ("NodeAffinity", "InvalidNodeInfo")  # UnexpectedAdmissionError: above
+# Pod status reasons that mean the node or the kubelet took the pod away. `Evicted` without a
+# DisruptionTarget is a node-pressure eviction on a kubelet before PodDisruptionConditions (v1.31),
+# or the eviction manager refusing a pod under pressure, unless its message is an own-limit one below.
+INTERRUPTION_REASONS = ("Terminated", "Shutdown", "NodeShutdown", "NodeLost", "Evicted")
+# The kubelet's admission refused the pod (pkg/kubelet/lifecycle/predicate.go, the topology
+# manager): the node's fault (a fresh spot node whose device plugin, labels or resources are not
+# yet what the scheduler counted on; a reclaim taint that came first), not the task's.
+# `OutOf<resource>` covers OutOfcpu, OutOfmemory, OutOfpods and extended resources such as
+# OutOfnvidia.com/gpu. Rejections of the pod's own spec (PodOSNotSupported,
+# InitContainerRestartPolicyForbidden, SysctlForbidden, ...) repeat on every node: failures.
+ADMISSION_REJECTIONS = (
+    "NodeAffinity",
+    "NodePorts",
+    "TaintToleration",
+    "InvalidNodeInfo",
+    "UnexpectedAdmissionError",
+    "UnexpectedPredicateFailureType",
+    "UnknownReason",
+    "TopologyAffinityError",
+)
+OUT_OF = "OutOf"
+# A kubelet that rejects a running pod (re-admission after it restarted, e.g. before the GPU device
+# plugin registered again) kills its containers: these exits are the kill's, not the task's.
+KILL_EXIT_CODES = (137, 143)
+# The eviction manager's messages for a pod over its own ephemeral-storage or emptyDir sizeLimit
+# (pkg/kubelet/eviction/helpers.go: containerEphemeralStorageMessageFmt, podEphemeralStorageMessageFmt,
+# emptyDirMessageFmt). These evictions carry no DisruptionTarget: the task's fault, like an OOM kill.
+OWN_LIMIT_EVICTION = re.compile(
+    r"exceeded its local ephemeral storage limit"
+    r"|^Pod ephemeral local storage usage exceeds the total limit"
+    r"|^Usage of EmptyDir volume .* exceeds the limit"
+)
+# What the kubelet reports for a container the runtime no longer knows (node rebooted, VM back under
+# the same name) or never saw end: exit 137 that no process returned (pkg/kubelet/kubelet_pods.go).
+LOST = "ContainerStatusUnknown"
+# A container that ended this long before its pod's deletion was asked for ended on its own; closer
+# than that, node and API server clocks cannot tell it from a container the deletion killed.
+CLOCK_SKEW = datetime.timedelta(seconds=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +76,61 @@ def _condition(pod: Obj, kind: str) -> Obj | None:
     return next((c for c in pod.get("status", {}).get("conditions") or [] if c.get("type") == kind), None)
 
 
+def _time(text: str | None) -> datetime.datetime | None:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
 def _terminations(pod: Obj) -> list[tuple[str, Obj]]:
+    """The terminated containers whose exit can decide the outcome, in the order that decides.
+
+    As the Job controller's podFailurePolicy (pkg/controller/job/pod_failure_policy.go): main
+    containers before init containers. Native sidecars (init containers with restartPolicy Always,
+    such as the checkpoint-sync sidecar podbuild injects) are left out: the kubelet stops them
+    after the task, so their 137 or 143 is the kubelet's, and they never decide a pod's phase.
+    """
     status = pod.get("status", {})
+    sidecars = {
+        c["name"] for c in pod.get("spec", {}).get("initContainers") or [] if c.get("restartPolicy") == "Always"
+    }
     found = []
-    for entry in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+    for entry in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
         terminated = (entry.get("state") or {}).get("terminated")
-        if terminated:
+        if terminated and entry["name"] not in sidecars:
             found.append((entry["name"], terminated))
     return found
 
 
+def _exits(terminations: Sequence[tuple[str, Obj]]) -> list[tuple[str, Obj]]:
+    """The terminations a process returned: not the kubelet's stand-in for a lost container."""
+    return [(n, t) for n, t in terminations if t.get("reason") != LOST]
+
+
 def _rejected_at_admission(pod: Obj) -> bool:
     reason = str(pod.get("status", {}).get("reason") or "")
-    rejected = reason.startswith("OutOf") or reason in ADMISSION_REJECTIONS
-    return rejected and not _terminations(pod)
+    if not (reason.startswith(OUT_OF) or reason in ADMISSION_REJECTIONS):
+        return False
+    codes = [int(t.get("exitCode", 0)) for _, t in _exits(_terminations(pod))]
+    return all(code in KILL_EXIT_CODES for code in codes if code != 0)
+
+
+def _evicted_over_own_limit(pod: Obj) -> bool:
+    status = pod.get("status", {})
+    return status.get("reason") == "Evicted" and bool(OWN_LIMIT_EVICTION.search(status.get("message") or ""))
+
+
+def _ended_before_deletion(pod: Obj) -> bool:
+    """The pod had ended before anyone asked to delete it, so its end, not the deletion, counts.
+
+    deletionTimestamp minus deletionGracePeriodSeconds is when the deletion was asked for: the API
+    server keeps that invariant when a later delete shortens the grace period.
+    """
+    meta = pod.get("metadata", {})
+    deleted = _time(meta.get("deletionTimestamp"))
+    ends = [_time(t.get("finishedAt")) for _, t in _exits(_terminations(pod))]
+    if deleted is None or not ends or None in ends:
+        return False
+    asked = deleted - datetime.timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0))
+    return max(e for e in ends if e is not None) + CLOCK_SKEW < asked
 
 
 def _matches(rule: Obj, terminations: Sequence[tuple[str, Obj]]) -> int | None:
@@ -89,6 +164,9 @@ def classify(
     stopped_by_operator = annotations.get(names.ANNOTATION_STOPPED_BY)
     if phase == "Succeeded":
         return Outcome(names.OUTCOME_SUCCEEDED, "Completed", exit_code=0)
+    if _evicted_over_own_limit(pod):
+        # Before the rules: the containers' 137 is the eviction's kill, not an exit of the task.
+        return Outcome(names.OUTCOME_FAILED, "Evicted", message=status.get("message", ""))
     disruption = _condition(pod, "DisruptionTarget")
     if disruption and disruption.get("status") == "True":
         return Outcome(
@@ -100,12 +178,14 @@ def classify(
         return Outcome(names.OUTCOME_INTERRUPTED, status["reason"], message=status.get("message", ""))
     if phase == "Failed" and _rejected_at_admission(pod):
         return Outcome(names.OUTCOME_INTERRUPTED, status["reason"], message=status.get("message", ""))
-    if pod.get("metadata", {}).get("deletionTimestamp") and not stopped_by_operator:
+    deleted = pod.get("metadata", {}).get("deletionTimestamp")
+    if deleted and not stopped_by_operator and not (phase == "Failed" and _ended_before_deletion(pod)):
         return Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_POD_DELETED, message="the pod was deleted")
     if phase == "Failed":
         terminations = _terminations(pod)
+        exits = _exits(terminations)
         for rule in rules:
-            code = _matches(rule, terminations)
+            code = _matches(rule, exits)
             if code is None:
                 continue
             action = rule["action"]
@@ -118,13 +198,20 @@ def classify(
                 fatal=action == "Fail",
                 message=f"exit code {code} matched a failurePolicy rule with action {action}",
             )
-        failed = [(n, t) for n, t in terminations if int(t.get("exitCode", 0)) != 0]
+        failed = [(n, t) for n, t in exits if int(t.get("exitCode", 0)) != 0]
         if failed:
             name, terminated = failed[0]
             code = int(terminated["exitCode"])
             reason = terminated.get("reason") or "Error"
             return Outcome(
                 names.OUTCOME_FAILED, reason, exit_code=code, message=f"container {name} exited with {code} ({reason})"
+            )
+        lost = [n for n, t in terminations if t.get("reason") == LOST]
+        if lost:
+            return Outcome(
+                names.OUTCOME_INTERRUPTED,
+                LOST,
+                message=f"container {lost[0]} could not be located: its node restarted or lost it",
             )
         return Outcome(names.OUTCOME_FAILED, status.get("reason") or "Failed", message=status.get("message", ""))
     if not node_exists and pod.get("spec", {}).get("nodeName"):

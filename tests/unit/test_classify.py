@@ -137,3 +137,181 @@ def test_an_admission_rejection_after_a_container_ran_is_not_mistaken_for_one() 
     outcome = classify(pod)
     assert outcome is not None
     assert (outcome.kind, outcome.exit_code) == ("Failed", 1)
+
+
+UPSTREAM = "upstream"  # written to the upstream kubelet's source, see pod_statuses/upstream/README.md
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("outofnvidia-gpu", "OutOfnvidia.com/gpu"),
+        ("outofmemory", "OutOfmemory"),
+        ("node-affinity", "NodeAffinity"),
+        ("taint-toleration", "TaintToleration"),
+        ("invalid-node-info", "InvalidNodeInfo"),
+        ("unexpected-admission-error", "UnexpectedAdmissionError"),
+        ("topology-affinity-error", "TopologyAffinityError"),
+        ("rejected-under-disk-pressure", "Evicted"),
+    ],
+)
+def test_a_kubelet_admission_rejection_is_an_interruption(name: str, reason: str) -> None:
+    pod = captured(f"{UPSTREAM}/{name}")
+    assert "containerStatuses" not in pod["status"]  # rejected before any container had a status
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.exit_code) == ("Interrupted", reason, None)
+
+
+def test_an_admission_rejection_is_an_interruption_whatever_the_rules() -> None:
+    rules = [{"action": "Fail", "onExitCodes": {"operator": "NotIn", "values": [0]}}]
+    outcome = classify(captured(f"{UPSTREAM}/outofnvidia-gpu"), rules=rules)
+    assert outcome is not None
+    assert outcome.kind == "Interrupted"
+
+
+def test_a_container_lost_with_its_node_is_an_interruption() -> None:
+    outcome = classify(captured(f"{UPSTREAM}/container-status-unknown"))
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.exit_code) == ("Interrupted", "ContainerStatusUnknown", None)
+
+
+def test_a_lost_containers_137_matches_no_exit_code_rule() -> None:
+    rules = [{"action": "Fail", "onExitCodes": {"operator": "In", "values": [137]}}]
+    outcome = classify(captured(f"{UPSTREAM}/container-status-unknown"), rules=rules)
+    assert outcome is not None
+    assert (outcome.kind, outcome.fatal) == ("Interrupted", False)
+
+
+def test_a_real_exit_beside_a_lost_container_is_the_tasks_failure() -> None:
+    pod = captured(f"{UPSTREAM}/container-status-unknown")
+    pod["status"]["containerStatuses"].append(captured(f"{REAL}/exit-1")["status"]["containerStatuses"][0])
+    pod["status"]["containerStatuses"][-1]["name"] = "worker"
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.exit_code) == ("Failed", 1)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "evicted-emptydir-size-limit",
+        "evicted-container-ephemeral-storage-limit",
+        "evicted-pod-ephemeral-storage-limit",
+    ],
+)
+def test_an_eviction_for_the_pods_own_storage_limit_is_a_failure(name: str) -> None:
+    pod = captured(f"{UPSTREAM}/{name}")
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.fatal) == ("Failed", "Evicted", False)
+    assert outcome.message == pod["status"]["message"]
+
+
+def test_the_kubelets_kill_of_a_storage_eviction_matches_no_exit_code_rule() -> None:
+    rules = [{"action": "Interruption", "onExitCodes": {"operator": "In", "values": [137]}}]
+    outcome = classify(captured(f"{UPSTREAM}/evicted-emptydir-size-limit"), rules=rules)
+    assert outcome is not None
+    assert outcome.kind == "Failed"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("evicted-node-memory-pressure", "TerminationByKubelet"),
+        ("evicted-node-disk-pressure-no-condition", "Evicted"),
+    ],
+)
+def test_a_node_pressure_eviction_is_an_interruption(name: str, reason: str) -> None:
+    outcome = classify(captured(f"{UPSTREAM}/{name}"))
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Interrupted", reason)
+
+
+def test_a_pod_that_failed_before_it_was_deleted_is_a_failure() -> None:
+    outcome = classify(captured(f"{UPSTREAM}/failed-then-deleted"))
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.exit_code) == ("Failed", "Error", 1)
+
+
+def test_a_pod_that_succeeded_before_it_was_deleted_is_a_success() -> None:
+    outcome = classify(captured(f"{UPSTREAM}/succeeded-then-deleted"))
+    assert outcome is not None
+    assert (outcome.kind, outcome.exit_code) == ("Succeeded", 0)
+
+
+def test_a_pod_that_failed_before_it_was_deleted_still_meets_its_rules() -> None:
+    rules = [{"action": "Fail", "onExitCodes": {"operator": "In", "values": [1]}}]
+    outcome = classify(captured(f"{UPSTREAM}/failed-then-deleted"), rules=rules)
+    assert outcome is not None
+    assert (outcome.kind, outcome.fatal) == ("Failed", True)
+
+
+@pytest.mark.parametrize("name", ["deleted", f"{REAL}/deleted"])
+def test_a_pod_killed_by_its_deletion_stays_an_interruption(name: str) -> None:
+    # Its container ended after the deletion was asked for (deletionTimestamp - grace): the kill was the deletion's.
+    outcome = classify(captured(name))
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Interrupted", "PodDeleted")
+
+
+def test_the_main_container_decides_before_the_sync_sidecar() -> None:
+    outcome = classify(captured(f"{UPSTREAM}/sidecar-killed-after-exit-3"))
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.exit_code) == ("Failed", "Error", 3)
+
+
+def test_the_sync_sidecars_exit_matches_no_rule() -> None:
+    rules = [{"action": "Fail", "onExitCodes": {"operator": "NotIn", "values": [3]}}]
+    outcome = classify(captured(f"{UPSTREAM}/sidecar-killed-after-exit-3"), rules=rules)
+    assert outcome is not None
+    assert (outcome.kind, outcome.fatal, outcome.exit_code) == ("Failed", False, 3)
+    named = [{"action": "Fail", "onExitCodes": {"containerName": "spotrun-sync", "operator": "In", "values": [137]}}]
+    outcome = classify(captured(f"{UPSTREAM}/sidecar-killed-after-exit-3"), rules=named)
+    assert outcome is not None
+    assert (outcome.kind, outcome.fatal) == ("Failed", False)
+
+
+def test_a_failed_init_container_decides_when_no_main_container_ran() -> None:
+    pod = captured(f"{UPSTREAM}/sidecar-killed-after-exit-3")
+    status = pod["status"]
+    status["initContainerStatuses"] = [captured(f"{REAL}/exit-1")["status"]["containerStatuses"][0]]
+    status["initContainerStatuses"][0]["name"] = "spotrun-restore"
+    status["containerStatuses"] = [{"name": "main", "state": {"waiting": {"reason": "PodInitializing"}}}]
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.exit_code) == ("Failed", 1)
+    assert "spotrun-restore" in outcome.message
+
+
+@pytest.mark.parametrize("reason", ["NodePorts", "UnknownReason", "UnexpectedPredicateFailureType"])
+def test_the_other_node_side_admission_rejections_are_interruptions(reason: str) -> None:
+    pod = captured(f"{UPSTREAM}/node-affinity")
+    pod["status"]["reason"] = reason
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Interrupted", reason)
+
+
+@pytest.mark.parametrize("reason", ["PodOSNotSupported", "InitContainerRestartPolicyForbidden", "SysctlForbidden"])
+def test_an_admission_rejection_of_the_pods_own_spec_is_a_failure(reason: str) -> None:
+    # These repeat on every node: an interruption would only loop until maxInterruptions.
+    pod = captured(f"{UPSTREAM}/node-affinity")
+    pod["status"]["reason"] = reason
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Failed", reason)
+
+
+def test_a_running_pod_its_restarted_kubelet_rejects_is_an_interruption() -> None:
+    # After a kubelet restart the GPU device plugin may not have registered again: re-admission fails
+    # and the kubelet kills the running container, whose 143 is the kill's, not the task's.
+    pod = captured(f"{REAL}/preempted")
+    pod["status"]["conditions"] = [c for c in pod["status"]["conditions"] if c["type"] != "DisruptionTarget"]
+    pod["status"]["reason"] = "OutOfnvidia.com/gpu"
+    pod["status"]["message"] = (
+        "Pod was rejected: Node didn't have enough resource: nvidia.com/gpu, requested: 1, used: 0, capacity: 0"
+    )
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Interrupted", "OutOfnvidia.com/gpu")
