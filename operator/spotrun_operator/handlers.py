@@ -7,10 +7,8 @@ and the timer of one TaskRun from deciding at the same time.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import logging
-import threading
 from typing import Any
 
 import kopf
@@ -19,6 +17,7 @@ from spotrun import Checkpoint, SpotrunError, open_storage
 from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, NamespaceTerminating, transient
 from spotrun_operator.config import Config
+from spotrun_operator.locks import KeyedLocks
 from spotrun_operator.podbuild import checkpoint_uri
 from spotrun_operator.reconcile import decide
 from spotrun_operator.status import changed
@@ -27,7 +26,7 @@ Obj = dict[str, Any]
 log = logging.getLogger("spotrun.operator")
 
 _state: dict[str, Any] = {}
-_locks: collections.defaultdict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
+_locks = KeyedLocks()
 
 
 def api() -> Api:
@@ -92,7 +91,7 @@ def _latest_checkpoint(uri: str) -> Obj:
 def reconcile(namespace: str, name: str) -> None:
     """One pass for one TaskRun. What will pass is retried soon, not after kopf's default minute."""
     try:
-        with _locks[(namespace, name)]:
+        with _locks.hold((namespace, name)):
             _reconcile(namespace, name)
     except NamespaceTerminating:
         log.info("Skipped TaskRun %s/%s: its namespace is being deleted", namespace, name)
@@ -110,6 +109,7 @@ def _reconcile(namespace: str, name: str) -> None:
     if taskrun is None or taskrun["metadata"].get("deletionTimestamp"):
         for pod in pods:  # the owner is gone: nothing will count these pods any more
             api().release_pod(pod)
+        metrics.forget(namespace, name)
         return
     now = datetime.datetime.now(datetime.UTC)
     decision = decide(taskrun, pods, api().node_names(), now, config(), resume_from=_resume_from(taskrun))
@@ -149,7 +149,9 @@ def _reconcile(namespace: str, name: str) -> None:
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
 def taskrun_changed(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's keyword
-    if type != "DELETED":
+    if type == "DELETED":
+        metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+    else:
         reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
 
 

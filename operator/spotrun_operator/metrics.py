@@ -78,8 +78,19 @@ def observe_status(taskrun: Obj, status: Obj) -> None:
     key = (taskrun["metadata"]["namespace"], taskrun["metadata"]["name"])
     with _lock:
         _phases[key] = status.get("phase", names.PENDING)
-        counts: dict[str, int] = {}
-        for phase in _phases.values():
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase in (names.PENDING, names.RUNNING, names.BACKOFF, names.SUSPENDED, names.SUCCEEDED, names.FAILED):
-            TASKRUNS.labels(phase).set(counts.get(phase, 0))
+        _set_phase_gauges()
+
+
+def forget(namespace: str, name: str) -> None:
+    """A deleted TaskRun no longer counts in spotrun_taskruns."""
+    with _lock:
+        if _phases.pop((namespace, name), None) is not None:
+            _set_phase_gauges()
+
+
+def _set_phase_gauges() -> None:
+    counts: dict[str, int] = {}
+    for phase in _phases.values():
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase in (names.PENDING, names.RUNNING, names.BACKOFF, names.SUSPENDED, names.SUCCEEDED, names.FAILED):
+        TASKRUNS.labels(phase).set(counts.get(phase, 0))

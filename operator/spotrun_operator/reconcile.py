@@ -213,6 +213,20 @@ def decide(
         reason, message = exhausted
         finish(names.FAILED, reason, f"{message}; last attempt {last.get('attempt')} ended {last.get('reason')}")
         return decision
+    if spec.get("suspend"):
+        for pod in unfinished:
+            decision.stop.append((pod["metadata"]["name"], names.REASON_SUSPENDED))
+        # As a batch/v1 Job's: the activeDeadlineSeconds timer stops, and starts afresh on resume.
+        st.pop("startTime", None)
+        st["phase"] = names.SUSPENDED
+        st["message"] = "suspended: the pod is stopped, its checkpoints are kept"
+        set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], now)
+        set_condition(st, names.COND_READY, False, names.REASON_SUSPENDED, st["message"], now)
+        if phase != names.SUSPENDED:
+            decision.events.append(("Normal", names.REASON_SUSPENDED, st["message"]))
+        return decision
+    set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", now)
+
     deadline = spec.get("activeDeadlineSeconds")
     if deadline is not None and start is not None:
         left = (start + datetime.timedelta(seconds=int(deadline)) - now).total_seconds()
@@ -223,17 +237,18 @@ def decide(
             return decision
         decision.requeue_after = left
 
-    if spec.get("suspend"):
-        for pod in unfinished:
-            decision.stop.append((pod["metadata"]["name"], names.REASON_SUSPENDED))
-        st["phase"] = names.SUSPENDED
-        st["message"] = "suspended: the pod is stopped, its checkpoints are kept"
-        set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], now)
-        set_condition(st, names.COND_READY, False, names.REASON_SUSPENDED, st["message"], now)
-        if phase != names.SUSPENDED:
-            decision.events.append(("Normal", names.REASON_SUSPENDED, st["message"]))
+    if decision.force_delete:
+        # Its node is gone; the next attempt waits until the force-deleted pod is gone too, so that
+        # two pods of one TaskRun never exist at once. Its deletion event starts the next pass.
+        gone = by_attempt[max(n for n, p in by_attempt.items() if p["metadata"]["name"] in decision.force_delete)]
+        st["phase"] = names.PENDING
+        st["podName"] = gone["metadata"]["name"]
+        st["message"] = (
+            f"waiting for pod {gone['metadata']['name']} to be deleted: its node {gone['spec'].get('nodeName')} is gone"
+        )
+        set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
+        decision.requeue_after = min(1.0, decision.requeue_after or 1.0)
         return decision
-    set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", now)
 
     if unfinished:
         pod = unfinished[-1]
@@ -263,8 +278,10 @@ def decide(
         ended = _parse(st.get("lastEndTime")) or now
         wait = (ended + datetime.timedelta(seconds=delay) - now).total_seconds()
         if wait > 0:
+            # The time the retry is due, not a countdown: the status stays the same while it waits.
             st["phase"] = names.BACKOFF
-            st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying in {wait:.0f}s"
+            st["retryAfter"] = _iso(ended + datetime.timedelta(seconds=delay))
+            st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying at {st['retryAfter']}"
             set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], now)
             if phase != names.BACKOFF:
                 decision.events.append(("Normal", names.REASON_BACKOFF, st["message"]))
@@ -280,6 +297,7 @@ def decide(
     st["podName"] = pod["metadata"]["name"]
     st["nodeName"] = ""
     st["phase"] = names.PENDING
+    st.pop("retryAfter", None)
     st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
     st.setdefault("startTime", _iso(now))
     set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)

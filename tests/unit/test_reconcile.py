@@ -10,6 +10,7 @@ from typing import Any
 
 from spotrun_operator.config import Config
 from spotrun_operator.reconcile import Decision, decide
+from spotrun_operator.status import changed
 
 Obj = dict[str, Any]
 NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
@@ -132,13 +133,22 @@ def test_never_two_live_pods_while_the_old_one_terminates() -> None:
     assert d.release == []  # its finalizer stays until it is terminal, so its end stays readable
 
 
-def test_a_pod_on_a_node_that_is_gone_is_force_deleted_then_replaced() -> None:
+def test_a_pod_on_a_node_that_is_gone_is_force_deleted_and_replaced_once_it_is_gone() -> None:
     tr = taskrun({"attempt": 1, "phase": "Running"})
     stuck = pod_of(1, "killed", node="gone-node")
     d = decide(tr, [stuck], NODES, NOW, CONFIG)
     assert d.force_delete == ["train-a1"]
-    assert d.create is not None
+    assert d.create is None  # not in the same pass: the old pod must be gone first (issue 9, item 15)
     assert d.status["interruptions"] == 1
+    assert "waiting for pod train-a1 to be deleted" in d.status["message"]
+    assert d.requeue_after is not None
+    assert d.requeue_after <= 1
+    still_there = decide(apply(tr, d), [stuck], NODES, NOW, CONFIG)
+    assert (still_there.create, still_there.status["interruptions"]) == (None, 1)
+    gone = decide(apply(tr, d), [], NODES, NOW, CONFIG)
+    assert gone.create is not None
+    assert gone.create["metadata"]["name"] == "train-a2"
+    assert gone.status["interruptions"] == 1
 
 
 def test_a_pass_after_a_crash_adopts_the_pod_it_created() -> None:
@@ -201,6 +211,45 @@ def test_the_deadline_fails_the_run_and_stops_the_pod() -> None:
     d = decide(tr, [running(1)], NODES, NOW, CONFIG)
     assert d.status["phase"] == "Failed"
     assert d.stop == [("train-a1", "DeadlineExceeded")]
+
+
+def test_the_deadline_does_not_run_while_suspended_and_restarts_on_resume() -> None:
+    # As a batch/v1 Job: suspending stops the activeDeadlineSeconds timer, resuming starts it afresh.
+    start = (NOW - datetime.timedelta(seconds=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tr = taskrun(
+        {"attempt": 1, "accountedAttempt": 1, "phase": "Suspended", "startTime": start},
+        activeDeadlineSeconds=60,
+        suspend=True,
+    )
+    d = decide(tr, [], NODES, NOW, CONFIG)
+    assert d.status["phase"] == "Suspended"
+    assert "startTime" not in d.status
+    resumed = apply(tr, d)
+    resumed["spec"]["suspend"] = False
+    later = NOW + datetime.timedelta(seconds=30)
+    after = decide(resumed, [], NODES, later, CONFIG)
+    assert after.create is not None
+    assert after.status["phase"] == "Pending"
+    assert after.status["startTime"] == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_backoff_status_names_when_the_retry_is_due_and_is_the_same_each_pass() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [pod_of(1, "exit-3")], NODES, NOW, CONFIG)
+    due = (NOW + datetime.timedelta(seconds=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert d.status["retryAfter"] == due
+    assert due in d.status["message"]
+    waiting = apply(tr, d)
+    passes = [
+        decide(waiting, [pod_of(1, "exit-3")], NODES, NOW + datetime.timedelta(seconds=s), CONFIG) for s in (2, 4)
+    ]
+    # Nothing to write while it waits: every write would trigger another pass.
+    assert not changed(waiting["status"], passes[0].status)
+    assert not changed(passes[0].status, passes[1].status)
+    assert passes[1].requeue_after == 6
+    retried = decide(waiting, [pod_of(1, "exit-3")], NODES, NOW + datetime.timedelta(seconds=11), CONFIG)
+    assert retried.create is not None
+    assert "retryAfter" not in retried.status
 
 
 def test_success_reports_the_result_and_finishes() -> None:
