@@ -111,7 +111,9 @@ class Api:
     def list_pods(self, namespace: str, taskrun: str) -> list[Obj]:
         answer = self._json(
             self.core.list_namespaced_pod(
-                namespace, label_selector=f"{names.LABEL_TASKRUN}={taskrun}", _preload_content=False
+                namespace,
+                label_selector=f"{names.LABEL_TASKRUN}={names.taskrun_label(taskrun)}",
+                _preload_content=False,
             )
         )
         pods: list[Obj] = answer.get("items", [])

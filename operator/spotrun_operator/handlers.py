@@ -63,17 +63,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     log.info("Started with capacity profile %s, checkpoint prefix %r", cfg.profile_name, cfg.checkpoint_prefix)
 
 
-def _resume_from(taskrun: Obj) -> str:
+def _resume_from(taskrun: Obj) -> str | None:
+    """The resumeFrom source's URI: "" when there is none, None when its TaskRun does not exist (decide
+    then keeps the one it resolved before, or waits with a condition saying so)."""
     source = (taskrun["spec"].get("checkpoint") or {}).get("resumeFrom") or {}
     if source.get("uri"):
         return str(source["uri"])
     if source.get("taskRun"):
         other = api().get_taskrun(taskrun["metadata"]["namespace"], source["taskRun"])
-        if other is None:
-            raise kopf.TemporaryError(
-                f"checkpoint.resumeFrom.taskRun {source['taskRun']!r} does not exist yet", delay=10
-            )
-        return checkpoint_uri(other, config())
+        return None if other is None else checkpoint_uri(other, config())
     return ""
 
 
@@ -128,7 +126,8 @@ def _reconcile(namespace: str, name: str) -> None:
     if decision.refresh_checkpoint:
         uri = decision.status.get("checkpoint", {}).get("uri", "")
         if uri:
-            decision.status["checkpoint"] = {"uri": uri, **_latest_checkpoint(uri)}
+            kept = {k: v for k, v in decision.status["checkpoint"].items() if k == "resumeFrom"}
+            decision.status["checkpoint"] = {"uri": uri, **kept, **_latest_checkpoint(uri)}
     if changed(taskrun.get("status") or {}, decision.status):
         api().write_status(taskrun, decision.status)
         for kind, reason, message in decision.events:

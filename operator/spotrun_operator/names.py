@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 GROUP = "spotrun.dev"
 VERSION = "v1alpha1"
@@ -62,13 +64,43 @@ INTERRUPTION_POD_DELETED = "PodDeleted"
 
 CAPACITY_SPOT, CAPACITY_ON_DEMAND, CAPACITY_ANY = "spot", "on-demand", "any"
 
+# A label value, and a pod's hostname (which the kubelet takes from its name), hold at most 63
+# characters; a TaskRun's name, like any object name, may have 253.
 MAX_NAME = 63
+_DIGEST = 8
+
+
+def _shortened(name: str, room: int) -> str:
+    """`name` if it fits in `room`, else a cut of it plus a hash of all of it: stable, and unique in
+    practice (two names sharing the cut differ in the hash)."""
+    if len(name) <= room:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_DIGEST]
+    # A cut ending in '.' or '-' would put ".-" or "--" before the hash; ".-" is no valid DNS name.
+    return f"{name[: room - _DIGEST - 1].rstrip('.-')}-{digest}"
+
+
+def taskrun_label(taskrun: str) -> str:
+    """The value of LABEL_TASKRUN on a TaskRun's pods: its name, shortened when longer than a label
+    value may be. Every selector of a TaskRun's pods uses this; the full name is in the owner reference."""
+    return _shortened(taskrun, MAX_NAME)
+
+
+def taskrun_of(pod_meta: Mapping[str, Any]) -> str | None:
+    """The name of the TaskRun that controls a pod (its owner reference), or None. The label value
+    may be shortened, so it cannot name the TaskRun."""
+    for owner in pod_meta.get("ownerReferences") or []:
+        if owner.get("controller") and owner.get("kind") == KIND and owner.get("apiVersion") == API_VERSION:
+            return str(owner["name"])
+    return None
 
 
 def pod_name(taskrun: str, attempt: int) -> str:
     """The one name of attempt N's pod: deterministic, so a retried create finds it (409)."""
     suffix = f"-a{attempt}"
-    if len(taskrun) + len(suffix) <= MAX_NAME:
-        return taskrun + suffix
-    digest = hashlib.sha256(taskrun.encode()).hexdigest()[:8]
-    return f"{taskrun[: MAX_NAME - len(suffix) - 9]}-{digest}{suffix}"
+    return _shortened(taskrun, MAX_NAME - len(suffix)) + suffix
+
+
+def event_name(taskrun: str, unique: str) -> str:
+    """The name of an Event about a TaskRun: NAME.UNIQUE, shortened to a valid object name (253)."""
+    return f"{_shortened(taskrun, 253 - len(unique) - 1)}.{unique}"

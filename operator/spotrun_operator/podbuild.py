@@ -11,6 +11,14 @@ from spotrun_operator.config import Config
 Obj = dict[str, Any]
 
 CHECKPOINT_VOLUME = "spotrun-checkpoint"
+OWNED_PREFIX = f"{names.GROUP}/"
+
+
+def _not_ours(metadata: Obj | None) -> Obj:
+    """A template's labels or annotations without the operator's keys. The CRD refuses such keys;
+    this covers TaskRuns stored before that rule: a template's `spotrun.dev/stopped-by` would make
+    every attempt end Stopped, counted against no budget."""
+    return {k: v for k, v in (metadata or {}).items() if not k.startswith(OWNED_PREFIX)}
 
 
 def checkpoint_uri(taskrun: Obj, config: Config) -> str:
@@ -106,8 +114,8 @@ def build_pod(
         )
 
     labels = {
-        **(pod_meta.get("labels") or {}),
-        names.LABEL_TASKRUN: meta["name"],
+        **_not_ours(pod_meta.get("labels")),
+        names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
         names.LABEL_ATTEMPT: str(attempt),
         names.LABEL_CAPACITY: capacity,
         names.LABEL_MANAGED_BY: names.MANAGED_BY,
@@ -119,7 +127,7 @@ def build_pod(
             "name": names.pod_name(meta["name"], attempt),
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": dict(pod_meta.get("annotations") or {}),
+            "annotations": _not_ours(pod_meta.get("annotations")),
             "finalizers": [names.POD_FINALIZER],
             "ownerReferences": [
                 {

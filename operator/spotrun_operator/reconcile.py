@@ -22,6 +22,7 @@ from spotrun_operator.status import set_condition
 Obj = dict[str, Any]
 HISTORY = 20  # attempts kept in status.attempts
 OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline): counted nowhere
+REASON_RESUME_SOURCE_MISSING = "ResumeSourceMissing"
 
 
 @dataclasses.dataclass
@@ -99,8 +100,10 @@ def decide(
     now: datetime.datetime,
     config: Config,
     *,
-    resume_from: str = "",
+    resume_from: str | None = "",
 ) -> Decision:
+    """One pass. `resume_from`: the resolved resumeFrom source ("" when there is none), or None when
+    spec.checkpoint.resumeFrom.taskRun names a TaskRun that cannot be found (deleted by its TTL)."""
     meta, spec = taskrun["metadata"], taskrun["spec"]
     old: Obj = taskrun.get("status") or {}
     st: Obj = copy.deepcopy(old)
@@ -288,9 +291,23 @@ def decide(
             decision.requeue_after = min(wait, decision.requeue_after or wait)
             return decision
 
+    # The resumeFrom source is resolved once and kept: it matters only until the run has a checkpoint
+    # of its own, and the TaskRun it names may be deleted meanwhile.
+    source = resume_from if resume_from is not None else st["checkpoint"].get("resumeFrom")
+    if source is None and not st["checkpoint"].get("id"):
+        missing = ((spec.get("checkpoint") or {}).get("resumeFrom") or {}).get("taskRun")
+        st["phase"] = names.PENDING
+        st["message"] = f"waiting for checkpoint.resumeFrom.taskRun {missing!r}: no such TaskRun in this namespace"
+        set_condition(st, names.COND_READY, False, REASON_RESUME_SOURCE_MISSING, st["message"], now)
+        if phase != names.PENDING or (old.get("message") != st["message"]):
+            decision.events.append(("Warning", REASON_RESUME_SOURCE_MISSING, st["message"]))
+        decision.requeue_after = min(10.0, decision.requeue_after or 10.0)
+        return decision
+    if source:
+        st["checkpoint"]["resumeFrom"] = source
     next_attempt = attempt + 1
     capacity = policy.capacity_for_next_attempt(spec, st["interruptions"])
-    pod = build_pod(taskrun, next_attempt, capacity, config, resume_from=resume_from)
+    pod = build_pod(taskrun, next_attempt, capacity, config, resume_from=source or "")
     decision.create = pod
     st["attempt"] = next_attempt
     st["capacity"] = capacity

@@ -127,3 +127,40 @@ def test_kubectl_get_shows_the_columns(crd: None, cluster: Cluster, kube: Client
     header = kubectl(cluster, "-n", namespace, "get", "taskruns.spotrun.dev").stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "ATTEMPT", "FAILURES", "INTERRUPTIONS", "CAPACITY", "CHECKPOINT", "AGE"]
     assert "t" in kubectl(cluster, "-n", namespace, "get", "spotrun").stdout  # the category
+
+
+def with_template_metadata(**metadata: Any) -> Obj:
+    body = good()
+    body["spec"]["template"]["metadata"] = copy.deepcopy(metadata)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("field", "key"),
+    [
+        ("labels", "spotrun.dev/taskrun"),
+        ("labels", "spotrun.dev/attempt"),
+        ("annotations", "spotrun.dev/stopped-by"),
+        ("annotations", "spotrun.dev/anything"),
+    ],
+)
+def test_a_template_with_spotrun_owned_metadata_is_refused(
+    crd: None, kube: Client, namespace: str, field: str, key: str
+) -> None:
+    body = with_template_metadata(**{field: {"team": "ml", key: "x"}})
+    with pytest.raises(ApiError) as refused:
+        kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
+    assert refused.value.status == 422
+    assert f"spec.template.metadata.{field}" in str(refused.value)
+    assert "spotrun.dev/ keys are the operator's" in str(refused.value)
+
+
+def test_a_template_with_its_own_labels_and_annotations_is_accepted(crd: None, kube: Client, namespace: str) -> None:
+    metadata = {
+        "labels": {"team": "ml", "example.com/spotrun.dev": "x", "app.kubernetes.io/name": "train"},
+        "annotations": {"note": "spotrun.dev/ in a value is fine", "sub.spotrun.dev/key": "y"},
+    }
+    created = kube.create(
+        f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", with_template_metadata(**metadata)
+    )
+    assert created["spec"]["template"]["metadata"] == metadata

@@ -252,6 +252,31 @@ def test_backoff_status_names_when_the_retry_is_due_and_is_the_same_each_pass() 
     assert "retryAfter" not in retried.status
 
 
+def test_a_deleted_resume_from_source_never_freezes_the_run() -> None:
+    source = {"checkpoint": {"resumeFrom": {"taskRun": "old"}}}
+    # Resolved once: the source's URI is kept in status and used for every later attempt.
+    tr = taskrun({}, **source)
+    first = decide(tr, [], NODES, NOW, CONFIG, resume_from="s3://bucket/runs/ml/old/")
+    assert first.status["checkpoint"]["resumeFrom"] == "s3://bucket/runs/ml/old/"
+    after = apply(tr, first)
+    # The source is gone (its TTL): the pass still counts the interruption and replaces the pod.
+    d = decide(after, [pod_of(1, "preempted")], NODES, NOW, CONFIG, resume_from=None)
+    assert d.status["interruptions"] == 1
+    assert d.create is not None
+    env = {e["name"]: e.get("value") for e in d.create["spec"]["containers"][0]["env"]}
+    assert env["SPOTRUN_RESUME_FROM"] == "s3://bucket/runs/ml/old/"
+    # Never resolved, and no checkpoint of its own: no pod, a condition saying why, passes go on.
+    waiting = decide(taskrun({}, **source), [], NODES, NOW, CONFIG, resume_from=None)
+    assert waiting.create is None
+    assert waiting.requeue_after is not None
+    condition = next(c for c in waiting.status["conditions"] if c["type"] == "Ready")
+    assert condition["reason"] == "ResumeSourceMissing"
+    assert "old" in waiting.status["message"]
+    # Never resolved, but the run has a checkpoint of its own: the source no longer matters.
+    own = taskrun({"attempt": 1, "accountedAttempt": 1, "checkpoint": {"id": "000001-000003"}}, **source)
+    assert decide(own, [], NODES, NOW, CONFIG, resume_from=None).create is not None
+
+
 def test_success_reports_the_result_and_finishes() -> None:
     tr = taskrun({"attempt": 1, "phase": "Running"})
     done = pod_of(1, "succeeded")
