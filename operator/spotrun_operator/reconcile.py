@@ -76,6 +76,35 @@ def _result(pod: Obj | None) -> Any:
     return None
 
 
+# Why a pod does not start, as the kubelet reports it on a container: what a user must fix or wait out.
+_WAITING_REASONS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "PreCreateHookError",
+    "PostStartHookError",
+)
+
+
+def _pending_cause(pod: Obj) -> tuple[str, str] | None:
+    """(reason, message) of a pod that does not start: the scheduler's Unschedulable, else a container's."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return str(condition.get("reason") or "Unschedulable"), str(condition.get("message") or "")
+    for entry in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (entry.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _WAITING_REASONS:
+            return str(
+                waiting["reason"]
+            ), f"container {entry.get('name')}: {waiting.get('message') or waiting['reason']}"
+    return None
+
+
 def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, now: datetime.datetime) -> Obj:
     status = (pod or {}).get("status", {})
     entry: Obj = {
@@ -260,20 +289,16 @@ def decide(
         st["podName"] = pod["metadata"]["name"]
         st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
         st["capacity"] = pod["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
-        waiting_for = "terminate" if pod["metadata"].get("deletionTimestamp") else "start"
-        st["message"] = (
-            f"attempt {attempt} is running on {st['nodeName']}"
-            if running
-            else f"waiting for pod {pod['metadata']['name']} to {waiting_for}"
-        )
-        set_condition(
-            st,
-            names.COND_READY,
-            running,
-            names.REASON_POD_RUNNING if running else names.REASON_POD_PENDING,
-            st["message"],
-            now,
-        )
+        terminating = bool(pod["metadata"].get("deletionTimestamp"))
+        cause = None if running or terminating else _pending_cause(pod)
+        reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
+        if running:
+            st["message"] = f"attempt {attempt} is running on {st['nodeName']}"
+        elif cause:
+            st["message"] = f"pod {pod['metadata']['name']} is not starting: {cause[0]}: {cause[1]}"
+        else:
+            st["message"] = f"waiting for pod {pod['metadata']['name']} to {'terminate' if terminating else 'start'}"
+        set_condition(st, names.COND_READY, running, reason, st["message"], now)
         return decision
 
     if last.get("kind") == names.OUTCOME_FAILED:

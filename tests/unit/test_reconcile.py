@@ -277,6 +277,40 @@ def test_a_deleted_resume_from_source_never_freezes_the_run() -> None:
     assert decide(own, [], NODES, NOW, CONFIG, resume_from=None).create is not None
 
 
+def _pending(captured: str) -> Obj:
+    pod = pod_of(1, captured)
+    pod["metadata"].pop("deletionTimestamp", None)
+    return pod
+
+
+def test_a_pending_pod_shows_why_it_does_not_start() -> None:
+    unschedulable = _pending("real/err-image-never-pull")
+    unschedulable["spec"].pop("nodeName")
+    unschedulable["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    }
+    cases = [
+        (unschedulable, "Unschedulable", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+        (_pending("real/err-image-never-pull"), "ErrImageNeverPull", 'image "ghcr.io/spotrun/not-imported:1" is not'),
+        (_pending("real/create-container-config-error"), "CreateContainerConfigError", 'secret "absent" not found'),
+    ]
+    for pod, reason, message in cases:
+        tr = taskrun({"attempt": 1, "phase": "Pending"})
+        d = decide(tr, [pod], NODES, NOW, CONFIG)
+        assert d.status["phase"] == "Pending"
+        assert message in d.status["message"], d.status["message"]
+        ready = next(c for c in d.status["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", reason)
+
+
 def test_success_reports_the_result_and_finishes() -> None:
     tr = taskrun({"attempt": 1, "phase": "Running"})
     done = pod_of(1, "succeeded")
