@@ -156,7 +156,10 @@ def taskrun_changed(type: str, body: kopf.Body, **_: Any) -> None:  # noqa: A002
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_TASKRUN: kopf.PRESENT})
 def pod_changed(body: kopf.Body, **_: Any) -> None:
-    reconcile(body["metadata"]["namespace"], body["metadata"]["labels"][names.LABEL_TASKRUN])
+    # The label value may be shortened (names.taskrun_label); the owner reference has the full name.
+    taskrun = names.taskrun_of(body["metadata"])
+    if taskrun is not None:
+        reconcile(body["metadata"]["namespace"], taskrun)
 
 
 @kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=2.0, sharp=False, backoff=2)
