@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
+import yaml
 
 from localcluster.cluster import Cluster
 from localcluster.kube import Client
@@ -14,6 +16,7 @@ from tests.integration.operator_fixtures import REPO, SECRET, create_taskrun, ku
 
 pytestmark = pytest.mark.integration
 OVERLAYS = ["gke", "eks", "karpenter", "aks"]
+Obj = dict[str, Any]
 
 
 @pytest.mark.parametrize("profile", OVERLAYS)
@@ -67,3 +70,46 @@ def test_apply_k_runs_the_operator_in_cluster(cluster: Cluster, kube: Client, na
     finally:
         # Leave the CRD and RBAC; stop the in-cluster operator so that it does not race other tests'.
         kubectl(cluster, "-n", "spotrun-system", "delete", "deployment", "spotrun-operator", "--wait=true")
+
+
+def kustomized(cluster: Cluster, directory: str) -> list[Obj]:
+    out = kubectl(cluster, "kustomize", str(REPO / "manifests" / directory)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def rules_for(obj: Obj, resource: str) -> list[Obj]:
+    return [rule for rule in obj.get("rules", []) if resource in rule.get("resources", [])]
+
+
+def test_the_namespaced_overlay_grants_pod_rights_only_in_the_watched_namespace(cluster: Cluster) -> None:
+    objects = kustomized(cluster, "overlays/namespaced")
+    config = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "spotrun-operator")
+    watched = config["data"]["SPOTRUN_NAMESPACES"].split(",")
+    assert watched
+    assert all(watched)
+    operator_role = next(
+        o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "spotrun-operator"
+    )
+    for resource in ("pods", "taskruns", "events"):
+        assert not rules_for(operator_role, resource), f"cluster-wide {resource} rights in the namespaced overlay"
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "spotrun-operator"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
+    assert all(rules_for(r, "pods") and rules_for(r, "taskruns/status") for r in roles)
+    bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "spotrun-operator"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
+    base = next(o for o in kustomized(cluster, "base") if o["kind"] == "ConfigMap")
+    assert base["data"]["SPOTRUN_NAMESPACES"] == ""  # the knob, empty: the whole cluster
+
+
+def test_the_manifests_aggregate_taskrun_rights_into_edit_admin_and_view(cluster: Cluster) -> None:
+    objects = kustomized(cluster, "base")
+    labelled = {
+        label: o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "ClusterRole"
+        for label, value in o["metadata"].get("labels", {}).items()
+        if label.startswith("rbac.authorization.k8s.io/aggregate-to-") and value == "true"
+    }
+    assert set(labelled) == {f"rbac.authorization.k8s.io/aggregate-to-{r}" for r in ("edit", "admin", "view")}
+    view = next(o for o in objects if o["metadata"]["name"] == labelled["rbac.authorization.k8s.io/aggregate-to-view"])
+    assert set(rules_for(view, "taskruns")[0]["verbs"]) == {"get", "list", "watch"}

@@ -9,3 +9,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: spotrun-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+{{- /* The operator's rights in each namespace it watches (in its ClusterRole when it watches all). */ -}}
+{{- define "spotrun.namespacedRules" -}}
+# Watch TaskRuns; patch: kopf's finalizer and annotations; delete: ttlSecondsAfterFinished.
+- apiGroups: [spotrun.dev]
+  resources: [taskruns]
+  verbs: [get, list, watch, patch, update, delete]
+# The operator alone writes status.
+- apiGroups: [spotrun.dev]
+  resources: [taskruns/status]
+  verbs: [get, patch, update]
+# One pod per attempt: create, watch, annotate and delete, release the accounting finalizer.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, delete, patch]
+# An Event on every TaskRun transition.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
