@@ -37,6 +37,24 @@ class NamespaceTerminating(Exception):
     """The namespace is being deleted: nothing new can be created in it, and nothing needs to be."""
 
 
+class Refused(Exception):
+    """The API server refused to create a pod (quota, PodSecurity, a webhook, an invalid template)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _message(err: ApiException) -> str:
+    """The API server's own message from an error's Status body, else the error's text."""
+    try:
+        body = json.loads(err.body or "{}")
+    except ValueError:
+        return str(err.body or err.reason)
+    return str(body.get("message") or err.reason)
+
+
 class Api:
     def __init__(self, client: Any = None) -> None:
         if client is None:
@@ -120,16 +138,26 @@ class Api:
         return pods
 
     def create_pod(self, body: Obj) -> Obj:
-        """Creates the pod, or returns the one of that name that exists (an earlier pass made it)."""
+        """Creates the pod, or returns the one of that name that exists if an earlier pass of the same
+        TaskRun made it. Raises Refused when the API server will not have it, and Conflict when the
+        name is taken by a pod of another owner (an earlier TaskRun of the same name)."""
         namespace = body["metadata"]["namespace"]
         try:
             return self._json(self.core.create_namespaced_pod(namespace, body, _preload_content=False))
         except ApiException as err:
             if err.status == 403 and "NamespaceTerminating" in str(err.body):
                 raise NamespaceTerminating(namespace) from err
+            if err.status in (400, 403, 422):
+                raise Refused(err.status, _message(err)) from err
             if err.status != 409:
                 raise
-        return self._json(self.core.read_namespaced_pod(body["metadata"]["name"], namespace, _preload_content=False))
+        existing = self._json(
+            self.core.read_namespaced_pod(body["metadata"]["name"], namespace, _preload_content=False)
+        )
+        owner = {o.get("uid") for o in body["metadata"].get("ownerReferences") or []}
+        if not owner & {o.get("uid") for o in existing["metadata"].get("ownerReferences") or []}:
+            raise Conflict(f"pod {namespace}/{body['metadata']['name']} exists and belongs to another owner")
+        return existing
 
     def stop_pod(self, namespace: str, name: str, reason: str) -> None:
         """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted."""
@@ -184,9 +212,16 @@ class Api:
 
     # ----- nodes and events -------------------------------------------------------------------------
 
-    def node_names(self) -> set[str]:
+    def nodes(self) -> dict[str, bool]:
+        """Every Node's name, and whether its Ready condition is True (False, Unknown: its kubelet is not heard)."""
         answer = self._json(self.core.list_node(_preload_content=False))
-        return {n["metadata"]["name"] for n in answer.get("items", [])}
+        return {
+            n["metadata"]["name"]: any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in n.get("status", {}).get("conditions") or []
+            )
+            for n in answer.get("items", [])
+        }
 
     def event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
         meta = taskrun["metadata"]
@@ -194,7 +229,7 @@ class Api:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "metadata": {"name": names.event_name(meta["name"], uuid.uuid4().hex[:12]), "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": names.API_VERSION,
                 "kind": names.KIND,

@@ -50,6 +50,7 @@ LOST = "ContainerStatusUnknown"
 # A container that ended this long before its pod's deletion was asked for ended on its own; closer
 # than that, node and API server clocks cannot tell it from a container the deletion killed.
 CLOCK_SKEW = datetime.timedelta(seconds=5)
+INTERRUPTION_NODE_NOT_READY = "NodeNotReady"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +151,16 @@ def classify(
     pod: Obj | None,
     *,
     node_exists: bool = True,
+    node_ready: bool = True,
     rules: Sequence[Obj] = (),
 ) -> Outcome | None:
     """The outcome of a pod that ended or vanished; None while it still runs.
 
-    `pod` is None when the pod is gone from the API without the operator having seen its end.
+    `pod` is None when the pod is gone from the API without the operator having seen its end. A pod
+    counts once it is terminal, so that a task that ends within its grace period (it finished, or
+    saw `preempted()` and returned) keeps its success; a pod not yet terminal counts at once only
+    when its node is gone (`node_exists`), or when it is being deleted or disrupted on a node that
+    is not Ready (`node_ready`): its kubelet is dead, and nothing will finish its grace period.
     """
     if pod is None:
         return Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_POD_DELETED, message="the pod disappeared")
@@ -164,6 +170,23 @@ def classify(
     stopped_by_operator = annotations.get(names.ANNOTATION_STOPPED_BY)
     if phase == "Succeeded":
         return Outcome(names.OUTCOME_SUCCEEDED, "Completed", exit_code=0)
+    if phase != "Failed":
+        disruption = _condition(pod, "DisruptionTarget")
+        disrupted = bool(disruption and disruption.get("status") == "True")
+        ending = disrupted or bool(pod.get("metadata", {}).get("deletionTimestamp"))
+        # A running pod on a node that is briefly not Ready is left alone (its kubelet may be back in a
+        # moment, as the taint manager's 300 s default toleration assumes); one that is ending there
+        # will not end, and one whose node is gone is gone with it.
+        will_not_end = not node_exists or (ending and not node_ready)
+        if not pod.get("spec", {}).get("nodeName") or not will_not_end:
+            return None
+        if disrupted:
+            reason = (disruption or {}).get("reason") or "DisruptionTarget"
+        else:
+            reason = names.INTERRUPTION_NODE_GONE if not node_exists else INTERRUPTION_NODE_NOT_READY
+        message = "the pod's node no longer exists" if not node_exists else "the pod's node is not Ready"
+        return Outcome(names.OUTCOME_INTERRUPTED, reason, message=message)
+    # From here on the pod is Failed.
     if _evicted_over_own_limit(pod):
         # Before the rules: the containers' 137 is the eviction's kill, not an exit of the task.
         return Outcome(names.OUTCOME_FAILED, "Evicted", message=status.get("message", ""))
@@ -176,46 +199,40 @@ def classify(
         )
     if status.get("reason") in INTERRUPTION_REASONS:
         return Outcome(names.OUTCOME_INTERRUPTED, status["reason"], message=status.get("message", ""))
-    if phase == "Failed" and _rejected_at_admission(pod):
+    if _rejected_at_admission(pod):
         return Outcome(names.OUTCOME_INTERRUPTED, status["reason"], message=status.get("message", ""))
     deleted = pod.get("metadata", {}).get("deletionTimestamp")
-    if deleted and not stopped_by_operator and not (phase == "Failed" and _ended_before_deletion(pod)):
+    if deleted and not stopped_by_operator and not _ended_before_deletion(pod):
         return Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_POD_DELETED, message="the pod was deleted")
-    if phase == "Failed":
-        terminations = _terminations(pod)
-        exits = _exits(terminations)
-        for rule in rules:
-            code = _matches(rule, exits)
-            if code is None:
-                continue
-            action = rule["action"]
-            if action == "Interruption":
-                return Outcome(names.OUTCOME_INTERRUPTED, "FailurePolicy", exit_code=code, message=f"exit code {code}")
-            return Outcome(
-                names.OUTCOME_FAILED,
-                names.REASON_FAILURE_POLICY,
-                exit_code=code,
-                fatal=action == "Fail",
-                message=f"exit code {code} matched a failurePolicy rule with action {action}",
-            )
-        failed = [(n, t) for n, t in exits if int(t.get("exitCode", 0)) != 0]
-        if failed:
-            name, terminated = failed[0]
-            code = int(terminated["exitCode"])
-            reason = terminated.get("reason") or "Error"
-            return Outcome(
-                names.OUTCOME_FAILED, reason, exit_code=code, message=f"container {name} exited with {code} ({reason})"
-            )
-        lost = [n for n, t in terminations if t.get("reason") == LOST]
-        if lost:
-            return Outcome(
-                names.OUTCOME_INTERRUPTED,
-                LOST,
-                message=f"container {lost[0]} could not be located: its node restarted or lost it",
-            )
-        return Outcome(names.OUTCOME_FAILED, status.get("reason") or "Failed", message=status.get("message", ""))
-    if not node_exists and pod.get("spec", {}).get("nodeName"):
+    terminations = _terminations(pod)
+    exits = _exits(terminations)
+    for rule in rules:
+        code = _matches(rule, exits)
+        if code is None:
+            continue
+        action = rule["action"]
+        if action == "Interruption":
+            return Outcome(names.OUTCOME_INTERRUPTED, "FailurePolicy", exit_code=code, message=f"exit code {code}")
         return Outcome(
-            names.OUTCOME_INTERRUPTED, names.INTERRUPTION_NODE_GONE, message="the pod's node no longer exists"
+            names.OUTCOME_FAILED,
+            names.REASON_FAILURE_POLICY,
+            exit_code=code,
+            fatal=action == "Fail",
+            message=f"exit code {code} matched a failurePolicy rule with action {action}",
         )
-    return None
+    failed = [(n, t) for n, t in exits if int(t.get("exitCode", 0)) != 0]
+    if failed:
+        name, terminated = failed[0]
+        code = int(terminated["exitCode"])
+        reason = terminated.get("reason") or "Error"
+        return Outcome(
+            names.OUTCOME_FAILED, reason, exit_code=code, message=f"container {name} exited with {code} ({reason})"
+        )
+    lost = [n for n, t in terminations if t.get("reason") == LOST]
+    if lost:
+        return Outcome(
+            names.OUTCOME_INTERRUPTED,
+            LOST,
+            message=f"container {lost[0]} could not be located: its node restarted or lost it",
+        )
+    return Outcome(names.OUTCOME_FAILED, status.get("reason") or "Failed", message=status.get("message", ""))

@@ -15,11 +15,11 @@ import kopf
 from spotrun import Checkpoint, SpotrunError, open_storage
 
 from spotrun_operator import metrics, names
-from spotrun_operator.api import Api, Conflict, NamespaceTerminating, transient
+from spotrun_operator.api import Api, Conflict, NamespaceTerminating, Refused, transient
 from spotrun_operator.config import Config
 from spotrun_operator.locks import KeyedLocks
 from spotrun_operator.podbuild import checkpoint_uri
-from spotrun_operator.reconcile import decide
+from spotrun_operator.reconcile import decide, refused
 from spotrun_operator.status import changed
 
 Obj = dict[str, Any]
@@ -110,10 +110,15 @@ def _reconcile(namespace: str, name: str) -> None:
         metrics.forget(namespace, name)
         return
     now = datetime.datetime.now(datetime.UTC)
-    decision = decide(taskrun, pods, api().node_names(), now, config(), resume_from=_resume_from(taskrun))
+    decision = decide(taskrun, pods, api().nodes(), now, config(), resume_from=_resume_from(taskrun))
     by_name = {p["metadata"]["name"]: p for p in pods}
     if decision.create is not None:
-        api().create_pod(decision.create)
+        try:
+            api().create_pod(decision.create)
+        except Refused as err:
+            log.warning("The API server refused pod %s: %s", decision.create["metadata"]["name"], err.message)
+            decision = refused(taskrun, decision, err.status, err.message, now)
+    if decision.create is not None:
         metrics.observe_creation(taskrun, pods, now)
         log.info(
             "Created pod %s for TaskRun %s/%s (attempt %s, %s)",

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import datetime
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from spotrun_operator import names, policy
@@ -23,6 +24,9 @@ Obj = dict[str, Any]
 HISTORY = 20  # attempts kept in status.attempts
 OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline): counted nowhere
 REASON_RESUME_SOURCE_MISSING = "ResumeSourceMissing"
+REASON_POD_REFUSED = "PodRefused"
+REASON_INVALID_TEMPLATE = "InvalidPodTemplate"
+REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
 
 
 @dataclasses.dataclass
@@ -125,20 +129,24 @@ def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, n
 def decide(
     taskrun: Obj,
     pods: list[Obj],
-    nodes: set[str],
+    nodes: Mapping[str, bool],
     now: datetime.datetime,
     config: Config,
     *,
     resume_from: str | None = "",
 ) -> Decision:
-    """One pass. `resume_from`: the resolved resumeFrom source ("" when there is none), or None when
-    spec.checkpoint.resumeFrom.taskRun names a TaskRun that cannot be found (deleted by its TTL)."""
+    """One pass. `nodes`: every Node's name, and whether it is Ready. `resume_from`: the resolved
+    resumeFrom source ("" when there is none), or None when spec.checkpoint.resumeFrom.taskRun names a
+    TaskRun that cannot be found (deleted by its TTL)."""
     meta, spec = taskrun["metadata"], taskrun["spec"]
     old: Obj = taskrun.get("status") or {}
     st: Obj = copy.deepcopy(old)
     decision = Decision(status=st)
     rules = (spec.get("failurePolicy") or {}).get("rules") or []
     ours = [p for p in pods if any(o.get("uid") == meta["uid"] for o in p["metadata"].get("ownerReferences") or [])]
+    # Pods of an earlier TaskRun of this name (deleted, then created again), still being deleted by
+    # the garbage collector: never adopted, and the new run waits until they are gone.
+    namesakes = [p for p in pods if p not in ours and names.taskrun_of(p["metadata"]) == meta["name"]]
     by_attempt = {_attempt_of(p): p for p in ours if _attempt_of(p) > 0}
 
     st.setdefault("failures", 0)
@@ -155,7 +163,8 @@ def decide(
         pod = by_attempt.get(n)
         node = (pod or {}).get("spec", {}).get("nodeName")
         node_exists = not node or node in nodes
-        outcome = classify(pod, node_exists=node_exists, rules=rules)
+        node_ready = not node or nodes.get(node, False)
+        outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
         if outcome is None:
             break  # this attempt still runs
         stopped_by = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_STOPPED_BY)
@@ -199,6 +208,12 @@ def decide(
             # (PodGC waits 40 s or more), and it must be gone before the next attempt starts.
             decision.force_delete.append(pod["metadata"]["name"])
     unfinished = [p for p in unfinished if p["metadata"]["name"] not in decision.force_delete]
+    # A pod counted while it is still ending on a node that is not Ready (classify) does not hold up
+    # the next attempt: its kubelet is dead and will never finish it, and fencing keeps a survivor
+    # from writing over newer checkpoints. It is stopped with the others when the run ends.
+    live = [
+        p for p in unfinished if _attempt_of(p) > counted or nodes.get(p.get("spec", {}).get("nodeName") or "", True)
+    ]
     last = st.get("lastOutcome") or {}
     phase = old.get("phase", names.PENDING)
     start = _parse(old.get("startTime"))
@@ -282,8 +297,8 @@ def decide(
         decision.requeue_after = min(1.0, decision.requeue_after or 1.0)
         return decision
 
-    if unfinished:
-        pod = unfinished[-1]
+    if live:
+        pod = live[-1]
         running = pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
         st["phase"] = names.RUNNING if running else names.PENDING
         st["podName"] = pod["metadata"]["name"]
@@ -316,6 +331,22 @@ def decide(
             decision.requeue_after = min(wait, decision.requeue_after or wait)
             return decision
 
+    if namesakes:
+        # Their owner is gone (a name names one TaskRun at a time), and the garbage collector may not
+        # notice when the name is taken again at once: they are deleted here, gracefully.
+        for pod in namesakes:
+            if not pod["metadata"].get("deletionTimestamp"):
+                decision.stop.append((pod["metadata"]["name"], "OwnerGone"))
+            if names.POD_FINALIZER in (pod["metadata"].get("finalizers") or []):
+                decision.release.append(pod["metadata"]["name"])
+        pod = namesakes[0]
+        st["phase"] = names.PENDING
+        st["message"] = (
+            f"waiting for pod {pod['metadata']['name']} of an earlier TaskRun named {meta['name']} to be gone"
+        )
+        set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
+        decision.requeue_after = min(2.0, decision.requeue_after or 2.0)
+        return decision
     # The resumeFrom source is resolved once and kept: it matters only until the run has a checkpoint
     # of its own, and the TaskRun it names may be deleted meanwhile.
     source = resume_from if resume_from is not None else st["checkpoint"].get("resumeFrom")
@@ -330,6 +361,12 @@ def decide(
         return decision
     if source:
         st["checkpoint"]["resumeFrom"] = source
+    refusal = st.get("podRefusal") or {}
+    retry_at = _parse(refusal.get("retryAfter"))
+    if retry_at is not None and retry_at > now:
+        # The API server refused the last create (quota, PodSecurity, a webhook): wait, unchanged.
+        decision.requeue_after = min((retry_at - now).total_seconds(), decision.requeue_after or 3600.0)
+        return decision
     next_attempt = attempt + 1
     capacity = policy.capacity_for_next_attempt(spec, st["interruptions"])
     pod = build_pod(taskrun, next_attempt, capacity, config, resume_from=source or "")
@@ -340,6 +377,7 @@ def decide(
     st["nodeName"] = ""
     st["phase"] = names.PENDING
     st.pop("retryAfter", None)
+    st.pop("podRefusal", None)
     st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
     st.setdefault("startTime", _iso(now))
     set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
@@ -347,3 +385,47 @@ def decide(
         ("Normal", "AttemptCreated", f"Created pod {pod['metadata']['name']} (attempt {next_attempt}, {capacity})")
     )
     return decision
+
+
+def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: datetime.datetime) -> Decision:
+    """The pass whose pod the API server refused (HTTP `code`, its `message`): no attempt started.
+
+    What the pass counted stays; the attempt it was about to start does not exist, so the status
+    keeps the previous attempt. A template the API server finds invalid (422) cannot heal: the run
+    fails with its message. Anything else (ResourceQuota, PodSecurity, an admission webhook) can:
+    Ready False with the message, an Event when the message is new, and the next try after a wait
+    that doubles with each refusal in a row (2 s to 300 s), not a retry every pass.
+    """
+    old: Obj = taskrun.get("status") or {}
+    st = decision.status
+    pod_name = (decision.create or {}).get("metadata", {}).get("name", "the pod")
+    for key in ("attempt", "podName", "nodeName", "capacity", "startTime"):
+        if key in old:
+            st[key] = old[key]
+        else:
+            st.pop(key, None)
+    st.setdefault("attempt", 0)
+    result = Decision(status=st, release=decision.release, stop=decision.stop, force_delete=decision.force_delete)
+    result.events = [e for e in decision.events if e[1] != "AttemptCreated"]
+    if code == 422:
+        text = f"the API server refused pod {pod_name} as invalid: {message}"
+        st["phase"] = names.FAILED
+        st["message"] = text
+        st.setdefault("completionTime", _iso(now))
+        set_condition(st, names.COND_FAILED, True, REASON_INVALID_TEMPLATE, text, now)
+        set_condition(st, names.COND_READY, False, REASON_INVALID_TEMPLATE, text, now)
+        result.events.append(("Warning", REASON_INVALID_TEMPLATE, text))
+        return result
+    previous: Obj = old.get("podRefusal") or {}
+    count = int(previous.get("count", 0)) + 1
+    first, cap = REFUSAL_BACKOFF
+    wait = min(cap, first * 2 ** (count - 1))
+    retry_at = _iso(now + datetime.timedelta(seconds=wait))
+    st["podRefusal"] = {"count": count, "code": code, "message": message, "retryAfter": retry_at}
+    st["phase"] = names.PENDING
+    st["message"] = f"the API server refused pod {pod_name}: {message}; retrying at {retry_at}"
+    set_condition(st, names.COND_READY, False, REASON_POD_REFUSED, st["message"], now)
+    if previous.get("message") != message:
+        result.events.append(("Warning", REASON_POD_REFUSED, st["message"]))
+    result.requeue_after = wait
+    return result

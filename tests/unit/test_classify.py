@@ -24,9 +24,6 @@ def captured(name: str) -> dict[str, Any]:
         ("exit-3", "Failed", "Error", 3),
         ("exit-75-recoverable", "Failed", "Error", 75),
         ("preempted", "Interrupted", "TerminationByKubelet", None),
-        ("killed", "Interrupted", "DeletionByTaintManager", None),
-        ("evicted", "Interrupted", "EvictionByEvictionAPI", None),
-        ("scheduler_preempted", "Interrupted", "PreemptionByScheduler", None),
         ("deleted", "Interrupted", "PodDeleted", None),
     ],
 )
@@ -51,6 +48,45 @@ def test_a_running_pod_has_no_outcome_until_its_node_is_gone() -> None:
     outcome = classify(pod, node_exists=False)
     assert outcome is not None
     assert (outcome.kind, outcome.reason) == ("Interrupted", "NodeGone")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("evicted", "EvictionByEvictionAPI"),
+        ("scheduler_preempted", "PreemptionByScheduler"),
+        ("killed", "DeletionByTaintManager"),
+        ("real/killed", "DeletionByTaintManager"),
+    ],
+)
+def test_a_pod_in_its_grace_period_counts_when_it_ends_or_at_once_if_its_node_is_dead(name: str, reason: str) -> None:
+    # Marked for deletion, still running: on a live node its kubelet will end it (and a success then
+    # wins); on a NotReady or gone node its kubelet is dead and nothing will: count it now.
+    pod = captured(name)
+    assert pod["status"]["phase"] == "Running"
+    assert pod["metadata"].get("deletionTimestamp")
+    assert classify(pod) is None
+    for dead in ({"node_ready": False}, {"node_exists": False}):
+        outcome = classify(pod, **dead)  # type: ignore[arg-type]
+        assert outcome is not None
+        assert (outcome.kind, outcome.reason) == ("Interrupted", reason)
+
+
+def test_a_success_in_the_grace_period_wins() -> None:
+    # The task saw the SIGTERM, or simply finished, and exited 0 before its grace period ran out.
+    pod = captured("evicted")
+    pod["status"]["phase"] = "Succeeded"
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Succeeded", "Completed")
+
+
+def test_a_running_pod_on_a_briefly_not_ready_node_is_left_alone() -> None:
+    # Nothing is ending it: its kubelet may be back in a moment (the taint manager waits 300 s).
+    pod = captured("exit-3")
+    pod["status"] = {"phase": "Running", "containerStatuses": []}
+    pod["metadata"].pop("deletionTimestamp", None)
+    assert classify(pod, node_ready=False) is None
 
 
 def test_a_vanished_pod_is_an_interruption() -> None:
@@ -111,7 +147,6 @@ REAL = "real"  # captured from the real kubelet v1.36 with containerd and runc (
         ("deleted", "Interrupted", "PodDeleted", None),
         ("evicted", "Interrupted", "EvictionByEvictionAPI", None),
         ("preempted", "Interrupted", "TerminationByKubelet", None),
-        ("killed", "Interrupted", "DeletionByTaintManager", None),
         ("killed-podgc", "Interrupted", "DeletionByPodGC", None),
         ("scheduler_preempted", "Interrupted", "PreemptionByScheduler", None),
         ("outofcpu", "Interrupted", "OutOfcpu", None),

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from spotrun_operator.config import Config
-from spotrun_operator.reconcile import Decision, decide
+from spotrun_operator.reconcile import Decision, decide, refused
 from spotrun_operator.status import changed
 
 Obj = dict[str, Any]
 NOW = datetime.datetime(2026, 11, 27, 12, 0, 0, tzinfo=datetime.UTC)
 CONFIG = Config(checkpoint_prefix="s3://bucket/runs/", checkpoint_secret="s3-creds")
 CAPTURED = Path(__file__).resolve().parent / "pod_statuses"
-NODES = {"spot-1", "spot-2", "ondemand-1"}
+NODES = {"spot-1": True, "spot-2": True, "ondemand-1": True}  # name -> Ready
 
 
 def taskrun(status: Obj | None = None, **spec: Any) -> Obj:
@@ -127,10 +127,41 @@ def test_never_two_live_pods_while_the_old_one_terminates() -> None:
     tr = taskrun({"attempt": 1, "phase": "Running"})
     evicted = pod_of(1, "evicted")  # DisruptionTarget set, still running on a live node
     d = decide(tr, [evicted], NODES, NOW, CONFIG)
-    assert d.status["interruptions"] == 1
+    assert d.status["interruptions"] == 0  # counted when it ends: it may yet succeed
     assert d.create is None
     assert "waiting for pod train-a1 to terminate" in d.status["message"]
     assert d.release == []  # its finalizer stays until it is terminal, so its end stays readable
+    ended = decide(apply(tr, d), [pod_of(1, "real/evicted")], NODES, NOW, CONFIG)
+    assert ended.status["interruptions"] == 1
+    assert ended.status["attempts"][0]["reason"] == "EvictionByEvictionAPI"
+    assert ended.create is not None
+
+
+def test_a_success_in_the_grace_period_is_kept_not_rerun() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [pod_of(1, "evicted")], NODES, NOW, CONFIG)
+    finished = pod_of(1, "evicted")  # the task saw the SIGTERM and returned its result
+    finished["status"]["phase"] = "Succeeded"
+    finished["status"]["containerStatuses"] = [
+        {"name": "main", "state": {"terminated": {"exitCode": 0, "message": '{"result": 42}'}}}
+    ]
+    done = decide(apply(tr, d), [finished], NODES, NOW, CONFIG)
+    assert (done.status["phase"], done.status["result"], done.status["interruptions"]) == ("Succeeded", 42, 0)
+    assert done.create is None
+
+
+def test_a_pod_on_a_not_ready_node_is_counted_and_replaced_without_waiting_for_it() -> None:
+    # Its kubelet is dead: its grace period will never end. Fencing keeps a survivor from writing.
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    nodes = {**NODES, "spot-1": False}
+    d = decide(tr, [pod_of(1, "killed")], nodes, NOW, CONFIG)
+    assert d.status["interruptions"] == 1
+    assert d.status["attempts"][0]["reason"] == "DeletionByTaintManager"
+    assert d.force_delete == []  # its node exists: its process may still run, so it is not force-deleted
+    assert d.create is not None
+    assert d.create["metadata"]["name"] == "train-a2"
+    stuck = decide(apply(tr, d), [pod_of(1, "killed"), running(2, "spot-2")], nodes, NOW, CONFIG)
+    assert (stuck.status["interruptions"], stuck.status["podName"], stuck.create) == (1, "train-a2", None)
 
 
 def test_a_pod_on_a_node_that_is_gone_is_force_deleted_and_replaced_once_it_is_gone() -> None:
@@ -309,6 +340,77 @@ def test_a_pending_pod_shows_why_it_does_not_start() -> None:
         assert message in d.status["message"], d.status["message"]
         ready = next(c for c in d.status["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("False", reason)
+
+
+def test_a_recreated_taskrun_waits_until_the_pods_of_its_namesake_are_gone() -> None:
+    # `train` deleted and created again: the old run's pod (another owner UID) is still terminating
+    # under the name the new run's first attempt would take. It is never adopted.
+    old = running(3)
+    old["metadata"]["ownerReferences"] = [
+        {"apiVersion": "spotrun.dev/v1alpha1", "kind": "TaskRun", "name": "train", "uid": "uid-0", "controller": True}
+    ]
+    old["metadata"]["name"] = "train-a1"
+    old["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:30Z"
+    d = decide(taskrun(), [old], NODES, NOW, CONFIG)
+    assert d.create is None
+    assert (d.status["attempt"], d.status["interruptions"]) == (0, 0)
+    assert "waiting for pod train-a1 of an earlier TaskRun named train to be gone" in d.status["message"]
+    assert d.stop == []  # already being deleted
+    left = copy.deepcopy(old)
+    left["metadata"].pop("deletionTimestamp")
+    orphaned = decide(taskrun(), [left], NODES, NOW, CONFIG)
+    # Its owner is gone; the garbage collector may miss it when the name is taken again at once.
+    assert orphaned.stop == [("train-a1", "OwnerGone")]
+    assert orphaned.release == ["train-a1"]
+    assert orphaned.create is None
+    assert d.requeue_after is not None
+    gone = decide(apply(taskrun(), d), [], NODES, NOW, CONFIG)
+    assert gone.create is not None
+    assert gone.create["metadata"]["name"] == "train-a1"
+
+
+QUOTA = 'pods "train-a1" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=0, limited: pods=0'
+
+
+def test_a_refused_pod_is_a_condition_and_an_event_retried_with_backoff() -> None:
+    tr = taskrun()
+    d = refused(tr, decide(tr, [], NODES, NOW, CONFIG), 403, QUOTA, NOW)
+    st = d.status
+    # No attempt started: nothing to count, and the next pass does not mistake it for a vanished pod.
+    assert (st["attempt"], st["interruptions"], st["failures"], st["phase"]) == (0, 0, 0, "Pending")
+    assert "startTime" not in st
+    assert QUOTA in st["message"]
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PodRefused")
+    assert d.events == [("Warning", "PodRefused", st["message"])]
+    assert st["podRefusal"]["retryAfter"] == "2026-11-27T12:00:02Z"
+    # Before the retry is due: nothing is created, nothing changes (no hot loop, no writes).
+    waiting = apply(tr, d)
+    early = decide(waiting, [], NODES, NOW + datetime.timedelta(seconds=1), CONFIG)
+    assert early.create is None
+    assert not changed(waiting["status"], early.status)
+    assert early.requeue_after == 1
+    # Refused again: the wait doubles, and the same message posts no second Event.
+    due = NOW + datetime.timedelta(seconds=2)
+    again = refused(waiting, decide(waiting, [], NODES, due, CONFIG), 403, QUOTA, due)
+    assert again.status["podRefusal"]["count"] == 2
+    assert again.status["podRefusal"]["retryAfter"] == "2026-11-27T12:00:06Z"
+    assert again.events == []
+    # Once the quota allows it, the pod is created and the refusal is forgotten.
+    later = NOW + datetime.timedelta(seconds=7)
+    created = decide(apply(waiting, again), [], NODES, later, CONFIG)
+    assert created.create is not None
+    assert "podRefusal" not in created.status
+
+
+def test_an_invalid_pod_template_fails_the_run_with_the_api_servers_message() -> None:
+    tr = taskrun()
+    message = 'Pod "train-a1" is invalid: spec.containers[0].name: Invalid value: "Task": a lowercase RFC 1123 label'
+    d = refused(tr, decide(tr, [], NODES, NOW, CONFIG), 422, message, NOW)
+    assert d.status["phase"] == "Failed"
+    assert message in d.status["message"]
+    failed = next(c for c in d.status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidPodTemplate")
 
 
 def test_success_reports_the_result_and_finishes() -> None:
