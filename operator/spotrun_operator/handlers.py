@@ -18,12 +18,15 @@ from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, NamespaceTerminating, Refused, transient
 from spotrun_operator.config import Config
 from spotrun_operator.locks import KeyedLocks
-from spotrun_operator.podbuild import checkpoint_uri
+from spotrun_operator.podbuild import assigned_uri, checkpoint_uri
 from spotrun_operator.reconcile import decide, refused
 from spotrun_operator.status import changed
 
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.operator")
+
+# How long the delete-checkpoints annotation keeps a deleted TaskRun while S3 fails.
+DELETE_TIMEOUT = datetime.timedelta(minutes=5)
 
 _state: dict[str, Any] = {}
 _locks = KeyedLocks()
@@ -174,26 +177,48 @@ def tick(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
-def taskrun_deleted(body: kopf.Body, **_: Any) -> None:
+def taskrun_deleted(body: kopf.Body, runtime: datetime.timedelta, **_: Any) -> None:
     # The pods go with their owner (garbage collector); the accounting finalizer must not hold them.
-    for pod in api().list_pods(body["metadata"]["namespace"], body["metadata"]["name"]):
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    for pod in api().list_pods(namespace, name):
         api().release_pod(pod)
+    metrics.forget(namespace, name)
     annotations = body["metadata"].get("annotations") or {}
     if annotations.get(names.ANNOTATION_DELETE_CHECKPOINTS) == "true":
-        uri = checkpoint_uri({"metadata": dict(body["metadata"]), "spec": dict(body["spec"])}, config())
-        try:
-            storage = open_storage(uri)
-            storage.delete([key for key, _ in storage.list("")])
-        except SpotrunError as err:
-            raise kopf.TemporaryError(f"deleting the checkpoints under {uri} failed: {err}", delay=10) from err
-        log.info(
-            "Deleted the checkpoints of TaskRun %s/%s under %s, as its annotation asked",
-            body["metadata"]["namespace"],
-            body["metadata"]["name"],
-            uri,
+        _delete_checkpoints({"metadata": dict(body["metadata"]), "spec": dict(body["spec"])}, runtime)
+        return
+    log.info("Released the pods of deleted TaskRun %s/%s; its checkpoints are kept", namespace, name)
+
+
+def _delete_checkpoints(taskrun: Obj, runtime: datetime.timedelta) -> None:
+    """What the delete-checkpoints annotation asks, only under the prefix the operator assigned: a
+    TaskRun's author chooses spec.checkpoint.uri, and must not be able to make the operator delete any
+    prefix its credentials reach. A deletion that keeps failing gives up after DELETE_TIMEOUT with a
+    Warning Event, so that the TaskRun's deletion is never blocked for ever."""
+    meta = taskrun["metadata"]
+    uri, assigned = checkpoint_uri(taskrun, config()), assigned_uri(taskrun, config())
+    if uri != assigned:
+        message = (
+            f"not deleting the checkpoints under {uri}: spec.checkpoint.uri is not the prefix the operator "
+            f"assigned ({assigned or 'none configured'}), and it deletes only under that one; delete them "
+            "with your own credentials"
         )
+        log.warning("TaskRun %s/%s: %s", meta["namespace"], meta["name"], message)
+        api().event(taskrun, "Warning", "CheckpointsKept", message)
+        return
+    try:
+        storage = open_storage(uri)
+        storage.delete([key for key, _ in storage.list("")])
+    except SpotrunError as err:
+        if runtime < DELETE_TIMEOUT:
+            raise kopf.TemporaryError(f"deleting the checkpoints under {uri} failed: {err}", delay=10) from err
+        message = f"gave up deleting the checkpoints under {uri} after {runtime.total_seconds():.0f}s: {err}"
+        log.warning("TaskRun %s/%s: %s", meta["namespace"], meta["name"], message)
+        api().event(taskrun, "Warning", "CheckpointDeletionFailed", message)
+        return
     log.info(
-        "Released the pods of deleted TaskRun %s/%s; its checkpoints are kept",
-        body["metadata"]["namespace"],
-        body["metadata"]["name"],
+        "Deleted the checkpoints of TaskRun %s/%s under %s, as its annotation asked",
+        meta["namespace"],
+        meta["name"],
+        uri,
     )

@@ -26,6 +26,12 @@ def checkpoint_uri(taskrun: Obj, config: Config) -> str:
     explicit = (taskrun["spec"].get("checkpoint") or {}).get("uri")
     if explicit:
         return str(explicit).rstrip("/") + "/"
+    return assigned_uri(taskrun, config)
+
+
+def assigned_uri(taskrun: Obj, config: Config) -> str:
+    """The prefix the operator assigns a TaskRun (its prefix + NAMESPACE/NAME/; "" without a prefix):
+    the only one it ever deletes, with its own credentials."""
     if not config.checkpoint_prefix:
         return ""
     meta = taskrun["metadata"]
