@@ -137,254 +137,339 @@ def decide(
 ) -> Decision:
     """One pass. `nodes`: every Node's name, and whether it is Ready. `resume_from`: the resolved
     resumeFrom source ("" when there is none), or None when spec.checkpoint.resumeFrom.taskRun names a
-    TaskRun that cannot be found (deleted by its TTL)."""
-    meta, spec = taskrun["metadata"], taskrun["spec"]
-    old: Obj = taskrun.get("status") or {}
-    st: Obj = copy.deepcopy(old)
-    decision = Decision(status=st)
-    rules = (spec.get("failurePolicy") or {}).get("rules") or []
-    ours = [p for p in pods if any(o.get("uid") == meta["uid"] for o in p["metadata"].get("ownerReferences") or [])]
-    # Pods of an earlier TaskRun of this name (deleted, then created again), still being deleted by
-    # the garbage collector: never adopted, and the new run waits until they are gone.
-    namesakes = [p for p in pods if p not in ours and names.taskrun_of(p["metadata"]) == meta["name"]]
-    by_attempt = {_attempt_of(p): p for p in ours if _attempt_of(p) > 0}
+    TaskRun that cannot be found (deleted by its TTL).
 
-    st.setdefault("failures", 0)
-    st.setdefault("interruptions", 0)
-    st["observedGeneration"] = meta.get("generation", 1)
-    st["checkpoint"] = {**(old.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
-    attempt = max(int(old.get("attempt", 0)), max(by_attempt, default=0))
-    st["attempt"] = attempt
-    accounted = int(old.get("accountedAttempt", 0))
-    history: list[Obj] = list(old.get("attempts") or [])
+    The steps, in order: count what ended, let go of counted pods, then the first of these that
+    applies ends the pass: a finished run (TTL), success, a fatal rule, a spent budget, suspend, the
+    deadline, a force-deleted pod not gone yet, a live pod, backoff, an earlier namesake's pods, a
+    missing resumeFrom source, a refused create not due again; else the next attempt is created.
+    """
+    step = _Pass(taskrun, pods, nodes, now, config)
+    step.count_ended_attempts()
+    step.release_counted_pods()
+    step.force_delete_pods_of_gone_nodes()
+    for ends_the_pass in (
+        step.keep_finished,
+        step.finish_on_outcome,
+        step.suspend,
+        step.deadline,
+        step.wait_for_force_deleted_pod,
+        step.show_live_pod,
+        step.back_off,
+        step.wait_for_namesakes,
+    ):
+        if ends_the_pass():
+            return step.decision
+    source = step.resume_source(resume_from)
+    if source is None or step.refused_recently():
+        return step.decision
+    step.create_next_attempt(source)
+    return step.decision
 
-    # 1. Count every attempt that ended since the last pass, in order.
-    for n in range(accounted + 1, attempt + 1):
-        pod = by_attempt.get(n)
+
+class _Pass:
+    """One pass's view: the TaskRun, its pods, the status being built and the decision."""
+
+    def __init__(
+        self, taskrun: Obj, pods: list[Obj], nodes: Mapping[str, bool], now: datetime.datetime, config: Config
+    ) -> None:
+        self.taskrun, self.nodes, self.now, self.config = taskrun, nodes, now, config
+        self.meta, self.spec = taskrun["metadata"], taskrun["spec"]
+        self.old: Obj = taskrun.get("status") or {}
+        self.st: Obj = copy.deepcopy(self.old)
+        self.decision = Decision(status=self.st)
+        uid = self.meta["uid"]
+        ours = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+        # Pods of an earlier TaskRun of this name (deleted, then created again): never adopted.
+        self.namesakes = [p for p in pods if p not in ours and names.taskrun_of(p["metadata"]) == self.meta["name"]]
+        self.by_attempt = {_attempt_of(p): p for p in ours if _attempt_of(p) > 0}
+        self.phase = self.old.get("phase", names.PENDING)
+        st = self.st
+        st.setdefault("failures", 0)
+        st.setdefault("interruptions", 0)
+        st["observedGeneration"] = self.meta.get("generation", 1)
+        st["checkpoint"] = {**(self.old.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
+        self.attempt = max(int(self.old.get("attempt", 0)), max(self.by_attempt, default=0))
+        st["attempt"] = self.attempt
+        self.unfinished: list[Obj] = []
+        self.live: list[Obj] = []
+
+    @property
+    def last(self) -> Obj:
+        result: Obj = self.st.get("lastOutcome") or {}
+        return result
+
+    def _node(self, pod: Obj | None) -> tuple[bool, bool]:
         node = (pod or {}).get("spec", {}).get("nodeName")
-        node_exists = not node or node in nodes
-        node_ready = not node or nodes.get(node, False)
-        outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
-        if outcome is None:
-            break  # this attempt still runs
-        stopped_by = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_STOPPED_BY)
-        kind = OUTCOME_STOPPED if stopped_by and outcome.kind != names.OUTCOME_SUCCEEDED else outcome.kind
-        if kind == names.OUTCOME_FAILED:
-            st["failures"] += 1
-        elif kind == names.OUTCOME_INTERRUPTED:
-            st["interruptions"] += 1
-        history.append(_record(pod, n, outcome, kind, now))
-        st["accountedAttempt"] = n
-        st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
-        st["lastEndTime"] = _iso(now)
-        if kind == names.OUTCOME_SUCCEEDED:
-            st["result"] = _result(pod)
-        decision.refresh_checkpoint = True
-        detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
-        decision.events.append(
-            (
-                "Normal" if kind in (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED) else "Warning",
-                f"Attempt{kind}",
-                f"Attempt {n} ({(pod or {}).get('metadata', {}).get('name', 'pod gone')}) {kind.lower()}: "
-                f"{outcome.reason}{detail}",
+        return (not node or node in self.nodes), (not node or self.nodes.get(node, False))
+
+    def _wait(self, message: str, reason: str, requeue: float) -> bool:
+        self.st["phase"] = names.PENDING
+        self.st["message"] = message
+        set_condition(self.st, names.COND_READY, False, reason, message, self.now)
+        self.decision.requeue_after = min(requeue, self.decision.requeue_after or requeue)
+        return True
+
+    # --- what happened -------------------------------------------------------------------------
+
+    def count_ended_attempts(self) -> None:
+        """Counts every attempt that ended since the last pass, in order."""
+        st, rules = self.st, (self.spec.get("failurePolicy") or {}).get("rules") or []
+        history: list[Obj] = list(self.old.get("attempts") or [])
+        for n in range(int(self.old.get("accountedAttempt", 0)) + 1, self.attempt + 1):
+            pod = self.by_attempt.get(n)
+            node_exists, node_ready = self._node(pod)
+            outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
+            if outcome is None:
+                break  # this attempt still runs
+            annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
+            stopped = annotations.get(names.ANNOTATION_STOPPED_BY) and outcome.kind != names.OUTCOME_SUCCEEDED
+            kind = OUTCOME_STOPPED if stopped else outcome.kind
+            if kind == names.OUTCOME_FAILED:
+                st["failures"] += 1
+            elif kind == names.OUTCOME_INTERRUPTED:
+                st["interruptions"] += 1
+            history.append(_record(pod, n, outcome, kind, self.now))
+            st["accountedAttempt"] = n
+            st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
+            st["lastEndTime"] = _iso(self.now)
+            if kind == names.OUTCOME_SUCCEEDED:
+                st["result"] = _result(pod)
+            self.decision.refresh_checkpoint = True
+            detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
+            self.decision.events.append(
+                (
+                    "Normal" if kind in (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED) else "Warning",
+                    f"Attempt{kind}",
+                    f"Attempt {n} ({(pod or {}).get('metadata', {}).get('name', 'pod gone')}) {kind.lower()}: "
+                    f"{outcome.reason}{detail}",
+                )
             )
-        )
-    st["attempts"] = history[-HISTORY:]
-    # A counted pod lets go of its accounting finalizer once it is terminal, so that its final
-    # status stays readable until then. Recomputed each pass: a release that failed (a conflict,
-    # a crash) is simply done again.
-    counted = int(st.get("accountedAttempt", 0))
-    decision.release = [
-        p["metadata"]["name"]
-        for n, p in sorted(by_attempt.items())
-        if n <= counted and _finished(p) and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
-    ]
+        st["attempts"] = history[-HISTORY:]
 
-    unfinished = [p for n, p in by_attempt.items() if n <= attempt and not _finished(p)]
-    for pod in unfinished:
-        node = pod.get("spec", {}).get("nodeName")
-        if node and node not in nodes:
-            # Its node is gone, and its process with it: nothing else will finish deleting the pod
-            # (PodGC waits 40 s or more), and it must be gone before the next attempt starts.
-            decision.force_delete.append(pod["metadata"]["name"])
-    unfinished = [p for p in unfinished if p["metadata"]["name"] not in decision.force_delete]
-    # A pod counted while it is still ending on a node that is not Ready (classify) does not hold up
-    # the next attempt: its kubelet is dead and will never finish it, and fencing keeps a survivor
-    # from writing over newer checkpoints. It is stopped with the others when the run ends.
-    live = [
-        p for p in unfinished if _attempt_of(p) > counted or nodes.get(p.get("spec", {}).get("nodeName") or "", True)
-    ]
-    last = st.get("lastOutcome") or {}
-    phase = old.get("phase", names.PENDING)
-    start = _parse(old.get("startTime"))
+    def release_counted_pods(self) -> None:
+        """A counted pod lets go of its accounting finalizer once it is terminal, so that its final
+        status stays readable until then. Recomputed each pass: a failed release is done again."""
+        counted = int(self.st.get("accountedAttempt", 0))
+        self.decision.release = [
+            p["metadata"]["name"]
+            for n, p in sorted(self.by_attempt.items())
+            if n <= counted and _finished(p) and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
+        ]
 
-    def finish(new_phase: str, reason: str, message: str) -> None:
+    def force_delete_pods_of_gone_nodes(self) -> None:
+        """Sorts the unfinished pods: those whose node is gone are force-deleted (its process is gone
+        with it; PodGC waits 40 s or more); the live ones hold up the next attempt. A pod counted while
+        it is still ending on a node that is not Ready does not: its kubelet is dead and will never
+        finish it, and fencing keeps a survivor from writing over newer checkpoints."""
+        counted = int(self.st.get("accountedAttempt", 0))
+        unfinished = [p for n, p in self.by_attempt.items() if n <= self.attempt and not _finished(p)]
+        for pod in unfinished:
+            if not self._node(pod)[0]:
+                self.decision.force_delete.append(pod["metadata"]["name"])
+        self.unfinished = [p for p in unfinished if p["metadata"]["name"] not in self.decision.force_delete]
+        self.live = [p for p in self.unfinished if _attempt_of(p) > counted or self._node(p)[1]]
+
+    # --- the steps that can end a pass ---------------------------------------------------------
+
+    def _finish(self, new_phase: str, reason: str, message: str) -> bool:
+        st = self.st
         st["phase"] = new_phase
         st["message"] = message
-        st.setdefault("completionTime", _iso(now))
-        for pod in unfinished:
-            decision.stop.append((pod["metadata"]["name"], reason))
+        st.setdefault("completionTime", _iso(self.now))
+        self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
         kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
-        set_condition(st, kind, True, reason, message, now)
-        set_condition(st, names.COND_READY, False, reason, message, now)
-        if phase != new_phase:
-            decision.events.append(("Normal" if new_phase == names.SUCCEEDED else "Warning", reason, message))
+        set_condition(st, kind, True, reason, message, self.now)
+        set_condition(st, names.COND_READY, False, reason, message, self.now)
+        if self.phase != new_phase:
+            severity = "Normal" if new_phase == names.SUCCEEDED else "Warning"
+            self.decision.events.append((severity, reason, message))
+        return True
 
-    if phase in names.TERMINAL_PHASES:
-        for pod in unfinished:
-            decision.stop.append((pod["metadata"]["name"], str(old.get("message", phase))))
-        ttl = spec.get("ttlSecondsAfterFinished")
-        done_at = _parse(old.get("completionTime"))
+    def keep_finished(self) -> bool:
+        """A finished run stops what is left of it, and goes when its TTL has passed."""
+        if self.phase not in names.TERMINAL_PHASES:
+            return False
+        reason = str(self.old.get("message", self.phase))
+        self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
+        ttl = self.spec.get("ttlSecondsAfterFinished")
+        done_at = _parse(self.old.get("completionTime"))
         if ttl is not None and done_at is not None:
-            left = (done_at + datetime.timedelta(seconds=int(ttl)) - now).total_seconds()
+            left = (done_at + datetime.timedelta(seconds=int(ttl)) - self.now).total_seconds()
             if left <= 0:
-                decision.delete_taskrun = True
+                self.decision.delete_taskrun = True
             else:
-                decision.requeue_after = left
-        return decision
+                self.decision.requeue_after = left
+        return True
 
-    if last.get("kind") == names.OUTCOME_SUCCEEDED:
-        finish(names.SUCCEEDED, names.REASON_SUCCEEDED, f"attempt {last['attempt']} succeeded")
-        return decision
-    if last.get("fatal"):
-        finish(
-            names.FAILED,
-            names.REASON_FAILURE_POLICY,
-            f"attempt {last['attempt']} failed: a failurePolicy Fail rule matched",
+    def finish_on_outcome(self) -> bool:
+        """Success, a failurePolicy Fail rule, or a spent budget end the run."""
+        last = self.last
+        if last.get("kind") == names.OUTCOME_SUCCEEDED:
+            return self._finish(names.SUCCEEDED, names.REASON_SUCCEEDED, f"attempt {last['attempt']} succeeded")
+        if last.get("fatal"):
+            message = f"attempt {last['attempt']} failed: a failurePolicy Fail rule matched"
+            return self._finish(names.FAILED, names.REASON_FAILURE_POLICY, message)
+        exhausted = policy.exhausted_budget(
+            self.spec,
+            self.st["failures"],
+            self.st["interruptions"],
+            self.config.default_retries,
+            self.config.default_max_interruptions,
         )
-        return decision
-    exhausted = policy.exhausted_budget(
-        spec, st["failures"], st["interruptions"], config.default_retries, config.default_max_interruptions
-    )
-    if exhausted:
-        reason, message = exhausted
-        finish(names.FAILED, reason, f"{message}; last attempt {last.get('attempt')} ended {last.get('reason')}")
-        return decision
-    if spec.get("suspend"):
-        for pod in unfinished:
-            decision.stop.append((pod["metadata"]["name"], names.REASON_SUSPENDED))
-        # As a batch/v1 Job's: the activeDeadlineSeconds timer stops, and starts afresh on resume.
+        if exhausted:
+            reason, message = exhausted
+            ended = f"{message}; last attempt {last.get('attempt')} ended {last.get('reason')}"
+            return self._finish(names.FAILED, reason, ended)
+        return False
+
+    def suspend(self) -> bool:
+        """Suspended: the pod is stopped; as a batch/v1 Job's, the deadline timer stops and restarts on resume."""
+        st = self.st
+        if not self.spec.get("suspend"):
+            set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", self.now)
+            return False
+        self.decision.stop += [(p["metadata"]["name"], names.REASON_SUSPENDED) for p in self.unfinished]
         st.pop("startTime", None)
         st["phase"] = names.SUSPENDED
         st["message"] = "suspended: the pod is stopped, its checkpoints are kept"
-        set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], now)
-        set_condition(st, names.COND_READY, False, names.REASON_SUSPENDED, st["message"], now)
-        if phase != names.SUSPENDED:
-            decision.events.append(("Normal", names.REASON_SUSPENDED, st["message"]))
-        return decision
-    set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", now)
+        set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], self.now)
+        set_condition(st, names.COND_READY, False, names.REASON_SUSPENDED, st["message"], self.now)
+        if self.phase != names.SUSPENDED:
+            self.decision.events.append(("Normal", names.REASON_SUSPENDED, st["message"]))
+        return True
 
-    deadline = spec.get("activeDeadlineSeconds")
-    if deadline is not None and start is not None:
-        left = (start + datetime.timedelta(seconds=int(deadline)) - now).total_seconds()
+    def deadline(self) -> bool:
+        deadline, start = self.spec.get("activeDeadlineSeconds"), _parse(self.old.get("startTime"))
+        if deadline is None or start is None:
+            return False
+        left = (start + datetime.timedelta(seconds=int(deadline)) - self.now).total_seconds()
         if left <= 0:
-            finish(
-                names.FAILED, names.REASON_DEADLINE, f"the TaskRun ran longer than activeDeadlineSeconds ({deadline})"
-            )
-            return decision
-        decision.requeue_after = left
+            message = f"the TaskRun ran longer than activeDeadlineSeconds ({deadline})"
+            return self._finish(names.FAILED, names.REASON_DEADLINE, message)
+        self.decision.requeue_after = left
+        return False
 
-    if decision.force_delete:
-        # Its node is gone; the next attempt waits until the force-deleted pod is gone too, so that
-        # two pods of one TaskRun never exist at once. Its deletion event starts the next pass.
-        gone = by_attempt[max(n for n, p in by_attempt.items() if p["metadata"]["name"] in decision.force_delete)]
-        st["phase"] = names.PENDING
-        st["podName"] = gone["metadata"]["name"]
-        st["message"] = (
-            f"waiting for pod {gone['metadata']['name']} to be deleted: its node {gone['spec'].get('nodeName')} is gone"
+    def wait_for_force_deleted_pod(self) -> bool:
+        """The next attempt waits until a force-deleted pod is gone too (its deletion event starts the
+        next pass), so that two pods of one TaskRun never exist at once."""
+        if not self.decision.force_delete:
+            return False
+        gone = max(
+            (p for p in self.by_attempt.values() if p["metadata"]["name"] in self.decision.force_delete),
+            key=_attempt_of,
         )
-        set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
-        decision.requeue_after = min(1.0, decision.requeue_after or 1.0)
-        return decision
+        self.st["podName"] = gone["metadata"]["name"]
+        node = gone["spec"].get("nodeName")
+        return self._wait(
+            f"waiting for pod {gone['metadata']['name']} to be deleted: its node {node} is gone",
+            names.REASON_POD_PENDING,
+            1.0,
+        )
 
-    if live:
-        pod = live[-1]
-        running = pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+    def show_live_pod(self) -> bool:
+        """A live pod: Running, or why it is not (it does not start, or it is terminating)."""
+        if not self.live:
+            return False
+        st, pod = self.st, self.live[-1]
+        terminating = bool(pod["metadata"].get("deletionTimestamp"))
+        running = pod.get("status", {}).get("phase") == "Running" and not terminating
         st["phase"] = names.RUNNING if running else names.PENDING
         st["podName"] = pod["metadata"]["name"]
         st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
         st["capacity"] = pod["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
-        terminating = bool(pod["metadata"].get("deletionTimestamp"))
         cause = None if running or terminating else _pending_cause(pod)
         reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
         if running:
-            st["message"] = f"attempt {attempt} is running on {st['nodeName']}"
+            st["message"] = f"attempt {self.attempt} is running on {st['nodeName']}"
         elif cause:
             st["message"] = f"pod {pod['metadata']['name']} is not starting: {cause[0]}: {cause[1]}"
         else:
             st["message"] = f"waiting for pod {pod['metadata']['name']} to {'terminate' if terminating else 'start'}"
-        set_condition(st, names.COND_READY, running, reason, st["message"], now)
-        return decision
+        set_condition(st, names.COND_READY, running, reason, st["message"], self.now)
+        return True
 
-    if last.get("kind") == names.OUTCOME_FAILED:
-        delay = policy.backoff_seconds(spec, st["failures"])
-        ended = _parse(st.get("lastEndTime")) or now
-        wait = (ended + datetime.timedelta(seconds=delay) - now).total_seconds()
-        if wait > 0:
-            # The time the retry is due, not a countdown: the status stays the same while it waits.
-            st["phase"] = names.BACKOFF
-            st["retryAfter"] = _iso(ended + datetime.timedelta(seconds=delay))
-            st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying at {st['retryAfter']}"
-            set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], now)
-            if phase != names.BACKOFF:
-                decision.events.append(("Normal", names.REASON_BACKOFF, st["message"]))
-            decision.requeue_after = min(wait, decision.requeue_after or wait)
-            return decision
+    def back_off(self) -> bool:
+        """After a failure, the retry waits; the status names when it is due, not a countdown, so it
+        stays the same while it waits."""
+        last, st = self.last, self.st
+        if last.get("kind") != names.OUTCOME_FAILED:
+            return False
+        delay = policy.backoff_seconds(self.spec, st["failures"])
+        due = (_parse(st.get("lastEndTime")) or self.now) + datetime.timedelta(seconds=delay)
+        wait = (due - self.now).total_seconds()
+        if wait <= 0:
+            return False
+        st["phase"] = names.BACKOFF
+        st["retryAfter"] = _iso(due)
+        st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying at {st['retryAfter']}"
+        set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], self.now)
+        if self.phase != names.BACKOFF:
+            self.decision.events.append(("Normal", names.REASON_BACKOFF, st["message"]))
+        self.decision.requeue_after = min(wait, self.decision.requeue_after or wait)
+        return True
 
-    if namesakes:
-        # Their owner is gone (a name names one TaskRun at a time), and the garbage collector may not
-        # notice when the name is taken again at once: they are deleted here, gracefully.
-        for pod in namesakes:
+    def wait_for_namesakes(self) -> bool:
+        """An earlier TaskRun of this name left pods: their owner is gone (a name names one TaskRun at a
+        time), and the garbage collector may not notice when the name is taken again at once, so they
+        are deleted here, gracefully, and the new run's first attempt waits until they are gone."""
+        if not self.namesakes:
+            return False
+        for pod in self.namesakes:
             if not pod["metadata"].get("deletionTimestamp"):
-                decision.stop.append((pod["metadata"]["name"], "OwnerGone"))
+                self.decision.stop.append((pod["metadata"]["name"], "OwnerGone"))
             if names.POD_FINALIZER in (pod["metadata"].get("finalizers") or []):
-                decision.release.append(pod["metadata"]["name"])
-        pod = namesakes[0]
+                self.decision.release.append(pod["metadata"]["name"])
+        pod_name = self.namesakes[0]["metadata"]["name"]
+        message = f"waiting for pod {pod_name} of an earlier TaskRun named {self.meta['name']} to be gone"
+        return self._wait(message, names.REASON_POD_PENDING, 2.0)
+
+    def resume_source(self, resolved: str | None) -> str | None:
+        """The resumeFrom source, resolved once and kept: it matters only until the run has a checkpoint
+        of its own, and the TaskRun it names may be deleted meanwhile. None: wait for it."""
+        checkpoint = self.st["checkpoint"]
+        source = resolved if resolved is not None else checkpoint.get("resumeFrom")
+        if source is None and checkpoint.get("id"):
+            return ""
+        if source is None:
+            missing = ((self.spec.get("checkpoint") or {}).get("resumeFrom") or {}).get("taskRun")
+            message = f"waiting for checkpoint.resumeFrom.taskRun {missing!r}: no such TaskRun in this namespace"
+            if self.phase != names.PENDING or self.old.get("message") != message:
+                self.decision.events.append(("Warning", REASON_RESUME_SOURCE_MISSING, message))
+            self._wait(message, REASON_RESUME_SOURCE_MISSING, 10.0)
+            return None
+        if source:
+            checkpoint["resumeFrom"] = source
+        return source
+
+    def refused_recently(self) -> bool:
+        """The API server refused the last create (quota, PodSecurity, a webhook): wait, unchanged."""
+        retry_at = _parse((self.st.get("podRefusal") or {}).get("retryAfter"))
+        if retry_at is None or retry_at <= self.now:
+            return False
+        wait = (retry_at - self.now).total_seconds()
+        self.decision.requeue_after = min(wait, self.decision.requeue_after or wait)
+        return True
+
+    def create_next_attempt(self, source: str) -> None:
+        st = self.st
+        next_attempt = self.attempt + 1
+        capacity = policy.capacity_for_next_attempt(self.spec, st["interruptions"])
+        pod = build_pod(self.taskrun, next_attempt, capacity, self.config, resume_from=source)
+        self.decision.create = pod
+        st["attempt"] = next_attempt
+        st["capacity"] = capacity
+        st["podName"] = pod["metadata"]["name"]
+        st["nodeName"] = ""
         st["phase"] = names.PENDING
-        st["message"] = (
-            f"waiting for pod {pod['metadata']['name']} of an earlier TaskRun named {meta['name']} to be gone"
+        st.pop("retryAfter", None)
+        st.pop("podRefusal", None)
+        st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
+        st.setdefault("startTime", _iso(self.now))
+        set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], self.now)
+        self.decision.events.append(
+            ("Normal", "AttemptCreated", f"Created pod {pod['metadata']['name']} (attempt {next_attempt}, {capacity})")
         )
-        set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
-        decision.requeue_after = min(2.0, decision.requeue_after or 2.0)
-        return decision
-    # The resumeFrom source is resolved once and kept: it matters only until the run has a checkpoint
-    # of its own, and the TaskRun it names may be deleted meanwhile.
-    source = resume_from if resume_from is not None else st["checkpoint"].get("resumeFrom")
-    if source is None and not st["checkpoint"].get("id"):
-        missing = ((spec.get("checkpoint") or {}).get("resumeFrom") or {}).get("taskRun")
-        st["phase"] = names.PENDING
-        st["message"] = f"waiting for checkpoint.resumeFrom.taskRun {missing!r}: no such TaskRun in this namespace"
-        set_condition(st, names.COND_READY, False, REASON_RESUME_SOURCE_MISSING, st["message"], now)
-        if phase != names.PENDING or (old.get("message") != st["message"]):
-            decision.events.append(("Warning", REASON_RESUME_SOURCE_MISSING, st["message"]))
-        decision.requeue_after = min(10.0, decision.requeue_after or 10.0)
-        return decision
-    if source:
-        st["checkpoint"]["resumeFrom"] = source
-    refusal = st.get("podRefusal") or {}
-    retry_at = _parse(refusal.get("retryAfter"))
-    if retry_at is not None and retry_at > now:
-        # The API server refused the last create (quota, PodSecurity, a webhook): wait, unchanged.
-        decision.requeue_after = min((retry_at - now).total_seconds(), decision.requeue_after or 3600.0)
-        return decision
-    next_attempt = attempt + 1
-    capacity = policy.capacity_for_next_attempt(spec, st["interruptions"])
-    pod = build_pod(taskrun, next_attempt, capacity, config, resume_from=source or "")
-    decision.create = pod
-    st["attempt"] = next_attempt
-    st["capacity"] = capacity
-    st["podName"] = pod["metadata"]["name"]
-    st["nodeName"] = ""
-    st["phase"] = names.PENDING
-    st.pop("retryAfter", None)
-    st.pop("podRefusal", None)
-    st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
-    st.setdefault("startTime", _iso(now))
-    set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], now)
-    decision.events.append(
-        ("Normal", "AttemptCreated", f"Created pod {pod['metadata']['name']} (attempt {next_attempt}, {capacity})")
-    )
-    return decision
 
 
 def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: datetime.datetime) -> Decision:
