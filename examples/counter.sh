@@ -3,6 +3,9 @@
 # holds the newest checkpoint when this starts, and is synced back every few seconds and on
 # SIGTERM by Spotrun's sidecar. The program just reads and writes files there.
 set -eu
+# Stop when told (a reclaim, a drain): as a container's PID 1 the shell would otherwise ignore
+# SIGTERM and run on until the grace period ends. The sidecar syncs the directory on SIGTERM too.
+trap 'echo "stopped at $n"; exit 143' TERM
 dir="${CHECKPOINT_DIR:-/ckpt}"
 target="${COUNT_TO:-60}"
 n=$(cat "$dir/count" 2>/dev/null || echo 0)
