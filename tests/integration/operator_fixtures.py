@@ -167,6 +167,16 @@ def get_taskrun(kube: Client, namespace: str, name: str) -> Obj:
     return kube.get(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns/{name}")
 
 
+def taskrun_gone(kube: Client, namespace: str, name: str) -> bool:
+    try:
+        get_taskrun(kube, namespace, name)
+    except ApiError as err:
+        if err.status == 404:
+            return True
+        raise
+    return False
+
+
 def status(kube: Client, namespace: str, name: str) -> Obj:
     result: Obj = get_taskrun(kube, namespace, name).get("status") or {}
     return result

@@ -6,13 +6,14 @@ import time
 
 import pytest
 
-from localcluster.kube import ApiError, Client
+from localcluster.kube import Client
 from tests.integration.helpers import wait_for
 from tests.integration.operator_fixtures import (
     create_taskrun,
     current_pod,
     get_taskrun,
     steps_taskrun,
+    taskrun_gone,
     wait_phase,
     wait_step,
 )
@@ -82,7 +83,7 @@ def test_a_taskrun_created_again_under_its_name_waits_for_the_old_pods_and_never
     assert old is not None
     old_uid = old["metadata"]["uid"]
     kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{ns}/taskruns/again")
-    wait_for(lambda: _gone(kube, ns, "again"), 60, "the first TaskRun to be deleted")
+    wait_for(lambda: taskrun_gone(kube, ns, "again"), 60, "the first TaskRun to be deleted")
     create_taskrun(kube, ns, steps_taskrun("again", steps=3, step_seconds=0.1))
     new_uid = get_taskrun(kube, ns, "again")["metadata"]["uid"]
     # Until the old pod is gone, the new run has no pod of its own and does not count the old one. The
@@ -101,13 +102,3 @@ def test_a_taskrun_created_again_under_its_name_waits_for_the_old_pods_and_never
     final = wait_phase(kube, ns, "again", "Succeeded", "Failed", timeout=120)
     assert final["phase"] == "Succeeded", final.get("message")
     assert (final["attempt"], final["interruptions"], final["failures"]) == (1, 0, 0)
-
-
-def _gone(kube: Client, ns: str, name: str) -> bool:
-    try:
-        get_taskrun(kube, ns, name)
-    except ApiError as err:
-        if err.status == 404:
-            return True
-        raise
-    return False

@@ -5,21 +5,11 @@ from __future__ import annotations
 import pytest
 
 from localcluster.cluster import Cluster
-from localcluster.kube import ApiError, Client
+from localcluster.kube import Client
 from tests.integration.helpers import wait_for
-from tests.integration.operator_fixtures import create_taskrun, get_taskrun, steps_taskrun, wait_phase
+from tests.integration.operator_fixtures import create_taskrun, steps_taskrun, taskrun_gone, wait_phase
 
 pytestmark = pytest.mark.integration
-
-
-def _gone(kube: Client, ns: str, name: str) -> bool:
-    try:
-        get_taskrun(kube, ns, name)
-    except ApiError as err:
-        if err.status == 404:
-            return True
-        raise
-    return False
 
 
 def test_the_delete_checkpoints_annotation_never_deletes_a_prefix_the_operator_did_not_assign(
@@ -35,7 +25,7 @@ def test_the_delete_checkpoints_annotation_never_deletes_a_prefix_the_operator_d
     create_taskrun(kube, task_namespace, body)
     wait_phase(kube, task_namespace, "greedy", "Succeeded", "Failed", timeout=120)
     kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{task_namespace}/taskruns/greedy")
-    wait_for(lambda: _gone(kube, task_namespace, "greedy"), 60, "the TaskRun to be deleted")
+    wait_for(lambda: taskrun_gone(kube, task_namespace, "greedy"), 60, "the TaskRun to be deleted")
     assert s3.get_object(Bucket=bucket, Key="someone-else/precious/data.bin")["Body"].read() == b"not yours"
     events = kube.get(f"/api/v1/namespaces/{task_namespace}/events")["items"]
     kept = [e for e in events if e["involvedObject"].get("name") == "greedy" and e.get("reason") == "CheckpointsKept"]
