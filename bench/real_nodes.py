@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def measure(real: bool, pods: int) -> dict[str, Any]:
         return {"up": up, "rss": rss, "add": add, "starts": starts}
     finally:
         cluster.down(quiet=True)
+        shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
 def cold_build() -> dict[str, float]:

@@ -696,6 +696,9 @@ class Cluster:
             host.remove_cgroup(node.cgroup_root)
             host.remove_bridge(node.bridge)
             host.remove_address(node.ip)
+            # Its disk goes with it, as a cloud deletes a spot VM's boot disk: the images and containers'
+            # layers (~0.5 GiB a node). Logs stay in the cluster's logs directory.
+            shutil.rmtree(node.dir / "containerd", ignore_errors=True)
             for process in ("kubelet", "containerd", "logind", "dbus"):
                 (self.pids / f"{process}-{name}.pid").unlink(missing_ok=True)
             return

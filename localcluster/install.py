@@ -36,25 +36,28 @@ def install(
     values = [f"checkpoint.prefix={prefix}", f"checkpoint.secret={SECRET}", f"operatorS3Secret={SECRET}"]
     if watch_only_tasks:
         values.append("watchNamespaces={" + ",".join(task_namespaces) + "}")
-    return _run(
-        env,
-        "helm",
-        "upgrade",
-        "--install",
-        "spotrun",
-        str(CHART),
-        "--namespace",
-        release_namespace,
-        "--wait",
-        "--timeout",
-        timeout,
-        *(flag for value in values for flag in ("--set", value)),
-        *settings,
-    )
+    helm = ["helm", "upgrade", "--install", "spotrun", str(CHART), "--namespace", release_namespace]
+    helm += ["--wait", "--timeout", timeout, *(flag for value in values for flag in ("--set", value)), *settings]
+    return _run(env, *helm, diagnose=release_namespace)
 
 
-def _run(env: dict[str, str], *argv: str, ok_if: str = "") -> str:
+def _run(env: dict[str, str], *argv: str, ok_if: str = "", diagnose: str = "") -> str:
     done = subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0 and not (ok_if and ok_if in done.stderr):
-        raise SystemExit(f"install: {' '.join(argv[:4])} failed (exit {done.returncode}):\n{done.stderr.strip()}")
+        why = _why_not_ready(env, diagnose) if diagnose else ""
+        raise SystemExit(f"install: {' '.join(argv[:4])} failed (exit {done.returncode}):\n{done.stderr.strip()}{why}")
     return done.stdout
+
+
+def _why_not_ready(env: dict[str, str], namespace: str) -> str:
+    """What `helm --wait` waited for: the nodes (taints, pressure), the release's pods and their Events."""
+    views = [
+        ["kubectl", "get", "nodes", "-o", "custom-columns=NAME:.metadata.name,TAINTS:.spec.taints[*].key"],
+        ["kubectl", "-n", namespace, "get", "pods", "-o", "wide"],
+        ["kubectl", "-n", namespace, "get", "events", "--sort-by=.lastTimestamp"],
+    ]
+    out = []
+    for argv in views:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+        out.append(f"$ {' '.join(argv)}\n{(done.stdout + done.stderr).strip()}")
+    return "\n" + "\n".join(out)

@@ -204,6 +204,16 @@ def kubelet_config(node: Layout, config: Obj, pki_dir: Path, serving: tuple[Path
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
+        # Every node here measures the host's one disk, which CI runs and caches fill: with the default
+        # thresholds (imagefs.available<15%) a host at 86% use puts every node under DiskPressure, taints
+        # it and nothing schedules. As kind does, disk pressure is off; memory keeps the kubelet's default.
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "0%",
+            "nodefs.inodesFree": "0%",
+            "imagefs.available": "0%",
+            "imagefs.inodesFree": "0%",
+        },
         # Graceful node shutdown through logind (the stand-in on the node's private system bus).
         "shutdownGracePeriod": f"{SHUTDOWN_GRACE_SECONDS}s",
         "shutdownGracePeriodCriticalPods": f"{SHUTDOWN_GRACE_CRITICAL_SECONDS}s",

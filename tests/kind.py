@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
             else:
                 say("`kind down` left the host as it found it (mounts, cgroups, links, addresses, iptables, sysctls)")
+            if status == 0 and args.state_dir is None:
+                shutil.rmtree(state_dir)
     return status
 
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             cluster.down()
             status = max(status, check_host_restored(cluster, before))
+            if status == 0 and args.state_dir is None:
+                shutil.rmtree(cluster.dir)
+            elif status:
+                say(f"the cluster's logs are kept in {cluster.dir / 'logs'}")
     return status
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -78,7 +79,7 @@ class E2E:
         )
 
 
-def _local() -> Iterator[E2E]:
+def _local(session: pytest.Session) -> Iterator[E2E]:
     # Imported here: on another cluster the suite needs no local-cluster code.
     from localcluster.cluster import Cluster  # noqa: PLC0415
     from localcluster.install import install  # noqa: PLC0415
@@ -108,13 +109,15 @@ def _local() -> Iterator[E2E]:
         )
         if started:
             cluster.down()
+        if not existing and session.testsfailed == 0:
+            shutil.rmtree(cluster.dir, ignore_errors=True)  # kept after a failure: its logs say why
 
 
 @pytest.fixture(scope="session")
-def e2e() -> Iterator[E2E]:
+def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
     kubeconfig = os.environ.get("SPOTRUN_E2E_KUBECONFIG")
     if not kubeconfig:
-        yield from _local()
+        yield from _local(request.session)
         return
     env = {**os.environ, "KUBECONFIG": kubeconfig}
     command = os.environ.get("SPOTRUN_E2E_PREEMPT", "kubectl drain {node} --ignore-daemonsets --delete-emptydir-data")

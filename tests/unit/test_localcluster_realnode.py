@@ -103,6 +103,11 @@ def test_kubelet_config_runs_on_cgroup_v1_and_shuts_down_gracefully(tmp_path: Pa
     assert config["shutdownGracePeriod"] == f"{realnode.SHUTDOWN_GRACE_SECONDS}s"
     assert realnode.SHUTDOWN_GRACE_CRITICAL_SECONDS < realnode.SHUTDOWN_GRACE_SECONDS
     assert config["imageGCHighThresholdPercent"] == 100  # no registry: an image collected is gone
+    # The nodes share the host's disk: its use must not put them under DiskPressure (kind does the same).
+    assert {value for signal, value in config["evictionHard"].items() if signal.startswith(("nodefs", "imagefs"))} == {
+        "0%"
+    }
+    assert config["evictionHard"]["memory.available"] == "100Mi"
     # The node lifecycle controller here calls a node NotReady after 10 s: renew well within that.
     assert config["nodeLeaseDurationSeconds"] / 4 < 10
 
