@@ -1,21 +1,37 @@
-"""`python -m spotrun_operator`: the operator, or `uninstall-cleanup`, on the kubeconfig or in-cluster config."""
+"""`python -m spotrun_operator`: the operator, or `uninstall-cleanup`, on the kubeconfig or in-cluster config.
+
+The operator's life: the informers fill the caches at once (a standby keeps them warm too), the
+replica stands by until it holds the leader Lease, then the controller's workers and kopf (the
+checkpoint-deletion handler) start. SIGTERM: the passes under way finish, the Lease is given up,
+and a standby takes over on its next try. A leader that loses the Lease exits at once (status 1),
+so that it never writes while another replica leads; its Deployment starts it again as a standby.
+"""
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 
-from spotrun_operator import (
-    cleanup,
-    handlers,  # noqa: F401 - registers the handlers with kopf
-    names,
-)
+from spotrun_operator import cleanup, handlers, metrics, names
 from spotrun_operator.api import Api
 from spotrun_operator.config import Config, ConfigError
+from spotrun_operator.controller import Controller
+from spotrun_operator.leader import Elector
+
+log = logging.getLogger("spotrun.operator")
+SYNC_TIMEOUT = 300.0  # a leader whose caches do not fill within this long exits and is restarted
 
 
 class _JsonFormatter(logging.Formatter):
@@ -33,7 +49,10 @@ class _JsonFormatter(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spotrun_operator", description="The Spotrun TaskRun operator.")
     parser.add_argument(
-        "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint ('' to disable)"
+        "--liveness",
+        default="http://0.0.0.0:8081/healthz",
+        help="where to serve the liveness probe ('' to disable); 200 while the caches and the leader "
+        "election run, standby or not",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     clean = commands.add_parser(
@@ -63,17 +82,96 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"spotrun-operator: {err}", file=sys.stderr)
         return 2
-    if args.command == "uninstall-cleanup":
-        _logging(config)
-        return _uninstall_cleanup(args, config)
     _logging(config)
+    if args.command == "uninstall-cleanup":
+        return _uninstall_cleanup(args, config)
+    return run(config, args.liveness)
+
+
+def run(config: Config, liveness: str) -> int:
+    terminating = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: terminating.set())
+    api = Api(qps=config.api_qps, burst=config.api_burst, pool=config.workers + 8)
+    controller = Controller(api, config, workers=config.workers)
+    handlers.use(controller, config)
+    metrics.start(config.metrics_port)
+    controller.start_informers()
+    elector = None
+    if config.leader_election:
+        identity = f"{config.identity}_{uuid.uuid4().hex[:6]}"
+        # Its own client and rate limiter: a renewal never waits behind the workers' requests.
+        elector = Elector(
+            Api(qps=5, burst=10, pool=2),
+            config.lease_namespace,
+            config.lease_name,
+            identity,
+            on_lost=_lost,
+            on_change=lambda leading, holder: metrics.leadership(identity, leading, holder),
+        )
+        elector.start()
+    _serve_liveness(
+        liveness,
+        lambda: (
+            all(i.thread.is_alive() for i in controller.informers) and (elector is None or elector.thread.is_alive())
+        ),
+    )
+    log.info(
+        "Started with capacity profile %s, checkpoint prefix %r; %s",
+        config.profile_name,
+        config.checkpoint_prefix,
+        f"standing by for the Lease {config.lease_namespace}/{config.lease_name}" if elector else "no leader election",
+    )
+    while elector is not None and not elector.leading.wait(0.5):
+        if terminating.is_set():
+            elector.release()
+            return 0
+    while not controller.synced(timeout=0.5):
+        if terminating.is_set():
+            return _stop(controller, elector)
+    controller.start_workers()
+    log.info("Reconciling %d TaskRuns with %d workers", len(controller.taskruns), config.workers)
     kopf.run(
-        standalone=True,  # one replica; no kopf peering objects to create or grant
+        standalone=True,  # no kopf peering: the Lease says who leads
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
-        liveness_endpoint=args.liveness or None,
+        liveness_endpoint=None,
+        stop_flag=terminating,
     )
+    return _stop(controller, elector)
+
+
+def _stop(controller: Controller, elector: Elector | None) -> int:
+    controller.stop()
+    if elector is not None:
+        elector.release()
+    log.info("Stopped")
     return 0
+
+
+def _lost() -> None:
+    """Another replica may lead now: stop writing at once."""
+    logging.shutdown()
+    os._exit(1)
+
+
+def _serve_liveness(url: str, healthy: Callable[[], bool]) -> None:
+    if not url:
+        return
+    parsed = urllib.parse.urlparse(url)
+
+    class Probe(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.split("?")[0] == (parsed.path or "/") and healthy()
+            self.send_response(200 if ok else 500)
+            self.end_headers()
+            self.wfile.write(b"ok\n" if ok else b"not healthy\n")
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 8081), Probe)
+    threading.Thread(target=server.serve_forever, name="liveness", daemon=True).start()
 
 
 def _logging(config: Config) -> None:

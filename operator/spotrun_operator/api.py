@@ -1,8 +1,9 @@
-"""The operator's only door to the Kubernetes API (kopf's own watching aside).
+"""The operator's only door to the Kubernetes API (kopf's own watch of TaskRuns aside).
 
-Synchronous, through the `kubernetes` client: callers are plain `def` kopf handlers, which kopf
-runs in its thread pool, so nothing here blocks the event loop. Bodies go in and come out as
-dicts (`_preload_content=False`), never as generated model objects.
+Synchronous, through the `kubernetes` client, called from the controller's worker threads and the
+informers' threads. Bodies go in and come out as dicts (`_preload_content=False`), never as
+generated model objects. Every request but a watch waits for a token of one rate limiter per
+process, as client-go's clients do (the Python client has none of its own).
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from spotrun_operator import names
 
@@ -55,17 +60,195 @@ def _message(err: ApiException) -> str:
     return str(body.get("message") or err.reason)
 
 
+class Gone(Exception):
+    """A watch's resourceVersion is too old (HTTP 410): list again."""
+
+
+class RateLimiter:
+    """client-go's token bucket (flowcontrol.NewTokenBucketRateLimiter): `qps` requests a second on
+    average and bursts of up to `burst`. `wait()` takes a token, sleeping until it is due; waiters
+    are served in turn, each reserving the next token. qps 0: no limit."""
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.qps, self.burst = qps, max(1, burst)
+        self._clock, self._sleep = clock, sleep
+        self._tokens = float(self.burst)
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Takes the next token; returns how long to wait until it is due."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.qps)
+            self._at = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.qps
+
+    def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            self._sleep(delay)
+
+
+REQUEST_TIMEOUT = (10, 60)  # seconds to connect, and to wait for an answer
+
+
+class _ThrottledClient(kubernetes.client.ApiClient):  # type: ignore[misc]
+    """The kubernetes ApiClient with every request but a watch through a RateLimiter."""
+
+    def __init__(self, limiter: RateLimiter, configuration: Any = None) -> None:
+        super().__init__(configuration)
+        self.limiter = limiter
+
+    def request(self, method: str, url: str, query_params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if not any(k == "watch" and str(v).lower() == "true" for k, v in query_params or []):
+            self.limiter.wait()
+        if kwargs.get("_request_timeout") is None:  # the client's default is to wait for ever
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        return super().request(method, url, query_params, *args, **kwargs)
+
+
+def _configuration(pool: int) -> Any:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    # One connection per worker and per watch; the default (5 per CPU) is too few on a small node.
+    configuration.connection_pool_maxsize = pool
+    return configuration
+
+
+# What the informers list and watch: (path, namespaced).
+PATHS = {
+    "taskruns": (f"/apis/{names.API_VERSION}/{names.PLURAL}", True),
+    "pods": ("/api/v1/pods", True),
+    "nodes": ("/api/v1/nodes", False),
+}
+
+
 class Api:
-    def __init__(self, client: Any = None) -> None:
+    def __init__(self, client: Any = None, *, qps: float = 50.0, burst: int = 100, pool: int = 32) -> None:
         if client is None:
-            try:
-                kubernetes.config.load_incluster_config()
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
-            client = kubernetes.client.ApiClient()
+            client = _ThrottledClient(RateLimiter(qps, burst), _configuration(pool))
         self.client = client
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.coordination = kubernetes.client.CoordinationV1Api(client)
+
+    def _raw(self, path: str, query: list[tuple[str, Any]], timeout: Any = None) -> Any:
+        return self.client.call_api(
+            path,
+            "GET",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+            _request_timeout=timeout,
+        )
+
+    @staticmethod
+    def _path(kind: str, namespace: str | None) -> str:
+        path, namespaced = PATHS[kind]
+        if namespace and namespaced:
+            prefix, _, plural = path.rpartition("/")
+            return f"{prefix}/namespaces/{namespace}/{plural}"
+        return path
+
+    # ----- lists and watches (the informers) -------------------------------------------------------
+
+    def list_objects(
+        self, kind: str, namespace: str | None = None, selector: str = "", page: int = 500
+    ) -> tuple[list[Obj], str]:
+        """Every object of `kind` (in `namespace`, or everywhere), `page` at a time; and the list's
+        resourceVersion, from which a watch goes on."""
+        items: list[Obj] = []
+        token = ""
+        while True:
+            query: list[tuple[str, Any]] = [("limit", page)]
+            if selector:
+                query.append(("labelSelector", selector))
+            if token:
+                query.append(("continue", token))
+            try:
+                answer = self._json(self._raw(self._path(kind, namespace), query, timeout=(10, 120)))
+            except ApiException as err:
+                if err.status == 410 and token:  # the continue token expired: start over
+                    items, token = [], ""
+                    continue
+                raise
+            items.extend(answer.get("items") or [])
+            token = answer.get("metadata", {}).get("continue") or ""
+            if not token:
+                return items, str(answer.get("metadata", {}).get("resourceVersion", ""))
+
+    def watch_objects(
+        self, kind: str, namespace: str | None, selector: str, resource_version: str, timeout: int
+    ) -> Iterator[tuple[str, Obj]]:
+        """(type, object) of every change after `resource_version`, bookmarks included, until the
+        server ends the watch after `timeout` seconds. Raises Gone when the version is too old."""
+        query: list[tuple[str, Any]] = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", timeout),
+        ]
+        if selector:
+            query.append(("labelSelector", selector))
+        try:
+            response = self._raw(self._path(kind, namespace), query, timeout=(10, timeout + 30))
+        except ApiException as err:
+            if err.status == 410:
+                raise Gone(str(err.reason)) from err
+            raise
+        try:
+            for line in iter_resp_lines(response):
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    code = (event.get("object") or {}).get("code")
+                    if code == 410:
+                        raise Gone((event.get("object") or {}).get("message", "expired"))
+                    raise ApiException(status=code, reason=(event.get("object") or {}).get("message"))
+                yield event["type"], event["object"]
+        finally:
+            response.close()
+            response.release_conn()
+
+    # ----- the leader's Lease -------------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def write_lease(self, namespace: str, body: Obj) -> Obj:
+        """Creates the Lease (no resourceVersion in `body`) or replaces it (with one): Conflict when
+        another replica wrote it first."""
+        try:
+            if body["metadata"].get("resourceVersion"):
+                answer = self.coordination.replace_namespaced_lease(
+                    body["metadata"]["name"], namespace, body, _preload_content=False
+                )
+            else:
+                answer = self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"lease {namespace}/{body['metadata']['name']} was written by another replica") from err
+            raise
+        return self._json(answer)
 
     @staticmethod
     def _json(response: Any) -> Obj:
@@ -159,22 +342,25 @@ class Api:
             raise Conflict(f"pod {namespace}/{body['metadata']['name']} exists and belongs to another owner")
         return existing
 
-    def stop_pod(self, namespace: str, name: str, reason: str) -> None:
-        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted."""
+    def stop_pod(self, namespace: str, name: str, reason: str) -> Obj | None:
+        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted.
+        Returns the pod as the deletion left it (None when it is gone)."""
         try:
             self.core.patch_namespaced_pod(
                 name, namespace, {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}}
             )
-            self.core.delete_namespaced_pod(name, namespace)
+            return self._json(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
         except ApiException as err:
             if err.status != 404:
                 raise
+        return None
 
-    def release_pod(self, pod: Obj) -> None:
-        """Removes Spotrun's accounting finalizer (with the pod's resourceVersion)."""
+    def release_pod(self, pod: Obj) -> Obj | None:
+        """Removes Spotrun's accounting finalizer (with the pod's resourceVersion); returns the pod
+        as patched (None when there was nothing to do, it is gone, or it changed meanwhile)."""
         finalizers = [f for f in pod["metadata"].get("finalizers") or [] if f != names.POD_FINALIZER]
         if len(finalizers) == len(pod["metadata"].get("finalizers") or []):
-            return
+            return None
         patch = {
             "metadata": {
                 "finalizers": finalizers or None,
@@ -182,11 +368,14 @@ class Api:
             }
         }
         try:
-            self.core.patch_namespaced_pod(
-                pod["metadata"]["name"],
-                pod["metadata"]["namespace"],
-                patch,
-                _content_type="application/merge-patch+json",
+            return self._json(
+                self.core.patch_namespaced_pod(
+                    pod["metadata"]["name"],
+                    pod["metadata"]["namespace"],
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                )
             )
         except ApiException as err:
             if err.status == 409:  # the pod changed since it was listed: the next pass releases it
@@ -195,9 +384,10 @@ class Api:
                     pod["metadata"]["namespace"],
                     pod["metadata"]["name"],
                 )
-                return
+                return None
             if err.status != 404:
                 raise
+        return None
 
     def force_delete_pod(self, pod: Obj) -> None:
         """For a pod whose node is gone: nothing else will ever finish deleting it."""
@@ -210,18 +400,7 @@ class Api:
             if err.status != 404:
                 raise
 
-    # ----- nodes and events -------------------------------------------------------------------------
-
-    def nodes(self) -> dict[str, bool]:
-        """Every Node's name, and whether its Ready condition is True (False, Unknown: its kubelet is not heard)."""
-        answer = self._json(self.core.list_node(_preload_content=False))
-        return {
-            n["metadata"]["name"]: any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in n.get("status", {}).get("conditions") or []
-            )
-            for n in answer.get("items", [])
-        }
+    # ----- events -------------------------------------------------------------------------
 
     def event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
         meta = taskrun["metadata"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ class Config:
             SPOTRUN_DEFAULT_MAX_INTERRUPTIONS, for TaskRuns created before the CRD defaulted them.
         log_format: SPOTRUN_LOG_FORMAT, text or json.
         metrics_port: SPOTRUN_METRICS_PORT (0: no metrics endpoint).
+        api_qps, api_burst: SPOTRUN_API_QPS and SPOTRUN_API_BURST, the token bucket every request to
+            the API server but a watch waits for (client-go's QPS and Burst).
+        workers: SPOTRUN_WORKERS, TaskRuns reconciled at once.
+        leader_election: SPOTRUN_LEADER_ELECTION, true or false (one replica only).
+        lease_namespace, lease_name: SPOTRUN_LEASE_NAMESPACE (default: the pod's own namespace) and
+            SPOTRUN_LEASE_NAME, the coordination.k8s.io Lease the replicas elect a leader on.
+        identity: SPOTRUN_POD_NAME (the downward API's metadata.name), else the host name; a replica's
+            name in the Lease.
     """
 
     namespaces: tuple[str, ...] = ()
@@ -98,6 +107,13 @@ class Config:
     default_max_interruptions: int = 20
     log_format: str = "text"
     metrics_port: int = 8080
+    api_qps: int = 50
+    api_burst: int = 100
+    workers: int = 8
+    leader_election: bool = True
+    lease_namespace: str = "spotrun-system"
+    lease_name: str = "spotrun-operator"
+    identity: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -134,7 +150,34 @@ class Config:
             default_max_interruptions=_int(env, "SPOTRUN_DEFAULT_MAX_INTERRUPTIONS", 20),
             log_format=log_format,
             metrics_port=_int(env, "SPOTRUN_METRICS_PORT", 8080),
+            api_qps=_int(env, "SPOTRUN_API_QPS", cls.api_qps),
+            api_burst=_int(env, "SPOTRUN_API_BURST", cls.api_burst),
+            workers=max(1, _int(env, "SPOTRUN_WORKERS", cls.workers)),
+            leader_election=_bool(env, "SPOTRUN_LEADER_ELECTION", True),
+            lease_namespace=env.get("SPOTRUN_LEASE_NAMESPACE") or _own_namespace() or cls.lease_namespace,
+            lease_name=env.get("SPOTRUN_LEASE_NAME") or cls.lease_name,
+            identity=env.get("SPOTRUN_POD_NAME") or socket.gethostname(),
         )
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    """The namespace of the pod the operator runs in, as its ServiceAccount token's mount says."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigError(f"{name}={env[name]!r} must be true or false")
+    return raw == "true"
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

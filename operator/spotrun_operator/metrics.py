@@ -23,7 +23,37 @@ REPLACEMENT = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
 )
 
+LEADING = Gauge(
+    "spotrun_leader",
+    "1 while this replica holds the leader Lease (it alone writes), 0 while it stands by.",
+    ["identity"],
+)
+LEASE_HOLDER = Gauge(
+    "spotrun_lease_holder", "The replica that holds the leader Lease, as this one last saw it.", ["holder"]
+)
+POD_REREADS = Counter(
+    "spotrun_pod_rereads_total",
+    "Passes that found the pod of an attempt not yet counted missing from the watch cache, and listed the pods live.",
+)
+EVENTS_DROPPED = Counter("spotrun_events_dropped_total", "Events not posted: too many were waiting.")
+QUEUE_DEPTH = Gauge("spotrun_workqueue_depth", "TaskRuns waiting for a pass now.")
+SCHEDULED = Gauge("spotrun_workqueue_scheduled", "TaskRuns waiting for a due time (backoff, deadline, TTL).")
+
 _phases: dict[tuple[str, str], str] = {}
+_holder = [""]
+
+
+def leadership(identity: str, leading: bool, holder: str) -> None:
+    LEADING.labels(identity).set(1 if leading else 0)
+    with _lock:
+        if _holder[0] != holder:
+            if _holder[0]:
+                LEASE_HOLDER.remove(_holder[0])
+            _holder[0] = holder
+            if holder:
+                LEASE_HOLDER.labels(holder).set(1)
+
+
 _lock = threading.Lock()
 
 
@@ -76,21 +106,23 @@ def observe_status(taskrun: Obj, status: Obj) -> None:
         elif entry.get("outcome") == names.OUTCOME_FAILED:
             FAILURES.labels(entry.get("reason") or "Unknown").inc()
     key = (taskrun["metadata"]["namespace"], taskrun["metadata"]["name"])
+    phase = status.get("phase", names.PENDING)
     with _lock:
-        _phases[key] = status.get("phase", names.PENDING)
-        _set_phase_gauges()
+        before = _phases.get(key)
+        if before != phase:
+            if before is not None:
+                TASKRUNS.labels(before).dec()
+            _phases[key] = phase
+            TASKRUNS.labels(phase).inc()
 
 
 def forget(namespace: str, name: str) -> None:
     """A deleted TaskRun no longer counts in spotrun_taskruns."""
     with _lock:
-        if _phases.pop((namespace, name), None) is not None:
-            _set_phase_gauges()
+        before = _phases.pop((namespace, name), None)
+        if before is not None:
+            TASKRUNS.labels(before).dec()
 
 
-def _set_phase_gauges() -> None:
-    counts: dict[str, int] = {}
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase in (names.PENDING, names.RUNNING, names.BACKOFF, names.SUSPENDED, names.SUCCEEDED, names.FAILED):
-        TASKRUNS.labels(phase).set(counts.get(phase, 0))
+for _phase in (names.PENDING, names.RUNNING, names.BACKOFF, names.SUSPENDED, names.SUCCEEDED, names.FAILED):
+    TASKRUNS.labels(_phase).set(0)

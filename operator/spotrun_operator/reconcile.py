@@ -126,6 +126,18 @@ def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, n
     return entry
 
 
+def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[int]:
+    """The attempts not yet counted that have no pod among `pods`. From a watch cache, such a pod is
+    either not seen yet or truly gone (only the operator lets go of its finalizer, once counted, so
+    gone means deleted by force); a pass looks it up live before it counts it as vanished."""
+    st: Obj = taskrun.get("status") or {}
+    uid = taskrun["metadata"]["uid"]
+    seen = {
+        _attempt_of(p) for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
+    }
+    return [n for n in range(int(st.get("accountedAttempt", 0)) + 1, int(st.get("attempt", 0)) + 1) if n not in seen]
+
+
 def decide(
     taskrun: Obj,
     pods: list[Obj],

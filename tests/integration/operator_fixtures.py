@@ -47,10 +47,13 @@ def kubectl(
 class Operator:
     """The operator process: started with the ServiceAccount's token, restartable, killable."""
 
-    def __init__(self, cluster: Cluster, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, cluster: Cluster, kubeconfig: Path, log: Path, **env: str) -> None:
         self.cluster = cluster
         self.kubeconfig = kubeconfig
         self.log = log
+        # One replica: no leader election (a SIGKILLed leader's Lease would hold up each restart
+        # for its duration); tests of the election pass SPOTRUN_LEADER_ELECTION="true".
+        self.env = {"SPOTRUN_LEADER_ELECTION": "false", **env}
         self.proc: subprocess.Popen[bytes] | None = None
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -64,6 +67,7 @@ class Operator:
             "SPOTRUN_CHECKPOINT_PREFIX": f"s3://{self.cluster.config['bucket']}/taskruns/",
             "SPOTRUN_CHECKPOINT_SECRET": SECRET,
             "SPOTRUN_METRICS_PORT": str(self.metrics_port),
+            **self.env,
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

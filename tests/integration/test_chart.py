@@ -71,7 +71,13 @@ def test_helm_install_runs_the_operator_in_cluster(cluster: Cluster, kube: Clien
             f"watchNamespaces={{{namespace}}}",
         )
         deployment = f"/apis/apps/v1/namespaces/{release_ns}/deployments/spotrun-operator"
-        wait_for(lambda: kube.get(deployment).get("status", {}).get("availableReplicas") == 1, 120, "the operator")
+        # Two replicas by default: one leads (its pod's name holds the Lease), one stands by.
+        wait_for(lambda: kube.get(deployment).get("status", {}).get("availableReplicas") == 2, 120, "the operator")
+        lease = f"/apis/coordination.k8s.io/v1/namespaces/{release_ns}/leases/spotrun-operator"
+        leader = wait_for(lambda: kube.get(lease)["spec"].get("holderIdentity"), 60, "a leader")
+        replicas = [p["metadata"]["name"] for p in kube.get(f"/api/v1/namespaces/{release_ns}/pods")["items"]]
+        assert any(leader.startswith(f"{name}_") for name in replicas), (leader, replicas)
+        assert kube.get(f"/apis/policy/v1/namespaces/{release_ns}/poddisruptionbudgets/spotrun-operator")
         create_taskrun(kube, namespace, steps_taskrun("by-helm", steps=3, step_seconds=0.1))
         final = wait_phase(kube, namespace, "by-helm", "Succeeded", "Failed")
         assert final["phase"] == "Succeeded"

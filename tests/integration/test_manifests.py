@@ -49,9 +49,9 @@ def test_apply_k_runs_the_operator_in_cluster(cluster: Cluster, kube: Client, na
         deployment = "/apis/apps/v1/namespaces/spotrun-system/deployments/spotrun-operator"
         wait_for(
             lambda: (
-                (d := kube.get(deployment)).get("status", {}).get("updatedReplicas") == 1
-                and d["status"].get("availableReplicas") == 1
-                and d["status"].get("replicas") == 1
+                (d := kube.get(deployment)).get("status", {}).get("updatedReplicas") == 2
+                and d["status"].get("availableReplicas") == 2
+                and d["status"].get("replicas") == 2
             ),
             120,
             "the operator Deployment to be available",
@@ -60,7 +60,10 @@ def test_apply_k_runs_the_operator_in_cluster(cluster: Cluster, kube: Client, na
         final = wait_phase(kube, namespace, "in-cluster", "Succeeded", "Failed")
         assert final["phase"] == "Succeeded"
         assert final["checkpoint"]["uri"] == f"s3://{env['LOCALCLUSTER_BUCKET']}/in-cluster/{namespace}/in-cluster/"
-        logs = kubectl(cluster, "-n", "spotrun-system", "logs", "deployment/spotrun-operator").stdout
+        # The leader did it: the Lease names its pod (the standby's log only says it stands by).
+        lease = kube.get("/apis/coordination.k8s.io/v1/namespaces/spotrun-system/leases/spotrun-operator")
+        leader = lease["spec"]["holderIdentity"].rsplit("_", 1)[0]
+        logs = kubectl(cluster, "-n", "spotrun-system", "logs", leader).stdout
         lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
         assert any("in-cluster" in line["message"] for line in lines)  # JSON logs, naming the TaskRun
         pod = kube.get(

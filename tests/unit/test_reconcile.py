@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spotrun_operator.config import Config
-from spotrun_operator.reconcile import Decision, decide, refused
+from spotrun_operator.reconcile import Decision, decide, refused, unseen_attempts
 from spotrun_operator.status import changed
 
 Obj = dict[str, Any]
@@ -464,3 +464,15 @@ def test_unset_budgets_take_the_operators_defaults() -> None:
     assert d.status["phase"] == "Failed"
     assert "used up retries (1)" in d.status["message"]
     assert decide(tr, [pod_of(2, "exit-3")], NODES, NOW, Config(default_retries=5)).status["phase"] == "Backoff"
+
+
+def test_an_attempt_not_yet_counted_without_its_pod_in_the_cache_is_looked_up_live() -> None:
+    assert unseen_attempts(taskrun(), []) == []  # nothing created yet
+    created = taskrun({"attempt": 1, "accountedAttempt": 0})
+    assert unseen_attempts(created, []) == [1]  # created, not seen yet (or gone)
+    assert unseen_attempts(created, [running(1)]) == []
+    counted = taskrun({"attempt": 2, "accountedAttempt": 1})
+    assert unseen_attempts(counted, [running(2)]) == []  # attempt 1 is counted: its pod may be gone
+    foreign = running(2)
+    foreign["metadata"]["ownerReferences"][0]["uid"] = "an-earlier-taskrun-of-this-name"
+    assert unseen_attempts(counted, [foreign]) == [2]

@@ -1,0 +1,303 @@
+"""Watch caches: what the operator knows of TaskRuns, their pods and the Nodes, kept by list+watch.
+
+An `Informer` per kind lists once, then watches from the list's resourceVersion (bookmarks on,
+the server ends each watch after WATCH_SECONDS and it goes on from the last version seen), lists
+again when its version is too old (410), and backs off on errors. Each change goes into a `Store`
+and to a callback that wakes the TaskRuns concerned. Passes read the stores and make no request.
+
+Objects are trimmed to what the operator reads (`trim_pod`, `node_ready`): a Node's Ready
+condition, not its images; a pod's status and identity, not its spec. The operator's own writes
+go in at once (`Store.put`), so that the next pass never starts from an older copy than the one it
+wrote; a watch event older than what is stored is ignored (resourceVersions of one kind compare as
+integers; KEP-5504).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from spotrun_operator import names
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+log = logging.getLogger("spotrun.cache")
+
+WATCH_SECONDS = 300  # the server ends a watch after this long (it picks 5-10 min itself without it)
+
+
+def key_of(obj: Obj) -> Key:
+    meta = obj["metadata"]
+    return str(meta.get("namespace", "")), str(meta["name"])
+
+
+def _version(obj: Obj | None) -> int | None:
+    try:
+        return int((obj or {})["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def newer(candidate: Obj, stored: Obj | None) -> bool:
+    """Whether `candidate` replaces `stored`: newer by resourceVersion, or not comparable."""
+    mine, theirs = _version(candidate), _version(stored)
+    return mine is None or theirs is None or mine > theirs
+
+
+_POD_META = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+
+
+def trim_pod(pod: Obj) -> Obj:
+    """What reconcile, classify and the metrics read of a pod; the rest (its spec, managedFields) is
+    dropped, so that thousands of pods cost little memory."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    sidecars = [
+        {"name": c.get("name"), "restartPolicy": c["restartPolicy"]}
+        for c in spec.get("initContainers") or []
+        if c.get("restartPolicy")
+    ]
+    trimmed_spec: Obj = {"nodeName": spec["nodeName"]} if spec.get("nodeName") else {}
+    if sidecars:
+        trimmed_spec["initContainers"] = sidecars
+    return {
+        "metadata": {k: meta[k] for k in _POD_META if k in meta},
+        "spec": trimmed_spec,
+        "status": pod.get("status") or {},
+    }
+
+
+def trim_taskrun(taskrun: Obj) -> Obj:
+    meta = {k: v for k, v in (taskrun.get("metadata") or {}).items() if k != "managedFields"}
+    return {**taskrun, "metadata": meta}
+
+
+def node_ready(node: Obj) -> bool:
+    """Whether a Node's Ready condition is True (False, Unknown: its kubelet is not heard)."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class Store:
+    """Objects by (namespace, name), safe to read and write from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[Key, Obj] = {}
+
+    def get(self, key: Key) -> Obj | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, obj: Obj) -> tuple[Obj | None, bool]:
+        """Stores `obj` unless what is stored is newer; returns (the previous object, whether stored)."""
+        key = key_of(obj)
+        with self._lock:
+            old = self._items.get(key)
+            if not newer(obj, old):
+                return old, False
+            self._items[key] = obj
+            return old, True
+
+    def remove(self, key: Key) -> Obj | None:
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def replace(self, objects: Iterable[Obj]) -> tuple[list[Obj], list[Obj]]:
+        """After a (re)list: the store holds `objects`. Returns (stored before, stored now)."""
+        fresh = {key_of(o): o for o in objects}
+        with self._lock:
+            before = list(self._items.values())
+            for key, obj in fresh.items():
+                old = self._items.get(key)
+                if old is not None and not newer(obj, old):  # the same version: keep it, unchanged
+                    fresh[key] = old
+            self._items = fresh
+            return before, list(fresh.values())
+
+    def all_keys(self) -> list[Key]:
+        with self._lock:
+            return list(self._items)
+
+    def values(self) -> list[Obj]:
+        with self._lock:
+            return list(self._items.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class PodStore(Store):
+    """Pods, with an index by TaskRun (namespace, TaskRun name) and by node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_taskrun: dict[Key, set[Key]] = {}
+        self._by_node: dict[str, set[Key]] = {}
+
+    @staticmethod
+    def _owner(pod: Obj) -> Key | None:
+        taskrun = names.taskrun_of(pod["metadata"])
+        return None if taskrun is None else (str(pod["metadata"].get("namespace", "")), taskrun)
+
+    def _index(self, pod: Obj, add: bool) -> None:
+        key, owner, node = key_of(pod), self._owner(pod), pod.get("spec", {}).get("nodeName")
+        for table, index in ((self._by_taskrun, owner), (self._by_node, node)):
+            if index is None:
+                continue
+            members = table.setdefault(index, set())  # type: ignore[arg-type]
+            if add:
+                members.add(key)
+            else:
+                members.discard(key)
+                if not members:
+                    del table[index]  # type: ignore[arg-type]
+
+    def put(self, obj: Obj) -> tuple[Obj | None, bool]:
+        with self._lock:
+            key = key_of(obj)
+            old = self._items.get(key)
+            if not newer(obj, old):
+                return old, False
+            if old is not None:
+                self._index(old, add=False)
+            self._items[key] = obj
+            self._index(obj, add=True)
+            return old, True
+
+    def remove(self, key: Key) -> Obj | None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._index(old, add=False)
+            return old
+
+    def replace(self, objects: Iterable[Obj]) -> tuple[list[Obj], list[Obj]]:
+        before, now = super().replace(objects)
+        with self._lock:
+            self._by_taskrun, self._by_node = {}, {}
+            for pod in self._items.values():
+                self._index(pod, add=True)
+        return before, now
+
+    def of_taskrun(self, namespace: str, name: str) -> list[Obj]:
+        with self._lock:
+            return [self._items[k] for k in sorted(self._by_taskrun.get((namespace, name), ()))]
+
+    def taskruns_on_node(self, node: str) -> set[Key]:
+        with self._lock:
+            owners = (self._owner(self._items[k]) for k in self._by_node.get(node, ()))
+            return {o for o in owners if o is not None}
+
+
+Callback = Callable[[str, Obj | None, Obj | None], None]  # (event type, old, new)
+
+
+class Informer:
+    """list+watch of one kind into a Store, in a thread of its own.
+
+    `source` is the API module's (list_objects, watch_objects); `trim` keeps what is needed of each
+    object; `on_change(type, old, new)` is called after every change the store took (also for each
+    object a relist added, changed or dropped). `synced` is set once the first list is stored.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        store: Store,
+        lister: Callable[..., tuple[list[Obj], str]],
+        watcher: Callable[..., Iterable[tuple[str, Obj]]],
+        *,
+        namespace: str | None = None,
+        selector: str = "",
+        trim: Callable[[Obj], Obj] = lambda o: o,
+        on_change: Callback | None = None,
+        gone: type[Exception] = Exception,
+    ) -> None:
+        self.kind, self.store, self.namespace, self.selector = kind, store, namespace, selector
+        self._list, self._watch, self._trim = lister, watcher, trim
+        self._on_change = on_change or (lambda *_: None)
+        self._gone = gone
+        self.synced = threading.Event()
+        self.stopping = threading.Event()
+        self.version = ""
+        self.thread = threading.Thread(target=self._run, name=f"informer-{kind}-{namespace or 'all'}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _relist(self) -> None:
+        items, self.version = self._list(self.kind, self.namespace, self.selector)
+        before, now = self.store.replace(self._trim(o) for o in items)
+        old = {key_of(o): o for o in before}
+        for obj in now:
+            previous = old.pop(key_of(obj), None)
+            if previous is not obj:
+                self._on_change("ADDED" if previous is None else "MODIFIED", previous, obj)
+        for previous in old.values():
+            self._on_change("DELETED", previous, None)
+        self.synced.set()
+
+    def _apply(self, kind: str, raw: Obj) -> None:
+        version = str(raw.get("metadata", {}).get("resourceVersion", ""))
+        if version:
+            self.version = version
+        if kind == "BOOKMARK":
+            return
+        obj = self._trim(raw)
+        if kind == "DELETED":
+            old = self.store.remove(key_of(obj))
+            self._on_change("DELETED", old, None)
+            return
+        old, stored = self.store.put(obj)
+        if stored:
+            self._on_change(kind, old, obj)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                if not self.version:
+                    self._relist()
+                for kind, raw in self._watch(self.kind, self.namespace, self.selector, self.version, WATCH_SECONDS):
+                    self._apply(kind, raw)
+                    failures = 0
+                    if self.stopping.is_set():
+                        return
+            except self._gone:
+                log.info("The %s watch is too old; listing again", self.kind)
+                self.version = ""
+            except Exception as err:  # the API server restarts, a connection drops: go on after a pause
+                failures += 1
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+                log.warning("Watching %s failed (%s); again in %.1fs", self.kind, err, delay)
+                self.stopping.wait(delay)
+
+
+def wait_synced(informers: Iterable[Informer], timeout: float | None = None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for informer in informers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not informer.synced.wait(left):
+            return False
+    return True

@@ -1,0 +1,305 @@
+"""The controller: watch caches in, one pass per TaskRun out, applied through the API module.
+
+Informers keep TaskRuns, their pods (the apiserver applies the label selector) and the Nodes'
+readiness in memory; every change wakes the TaskRuns it concerns through the work queue, and a
+pass's `requeue_after` wakes its TaskRun when something is due. A pass reads only the caches, so
+a TaskRun that nothing happens to costs no request. Writes are guarded: the status by its
+resourceVersion, pod names are fixed per attempt (a second create of one is a 409 that adopts
+the first), and a pod that the cache lacks for an attempt not yet counted is looked up live
+before anything is decided (the cache may be behind; the pod may truly be gone).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import datetime
+import logging
+import queue
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from spotrun import Checkpoint, open_storage
+
+from spotrun_operator import metrics, names
+from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, transient
+from spotrun_operator.cache import Informer, Key, PodStore, Store, node_ready, trim_pod, trim_taskrun, wait_synced
+from spotrun_operator.config import Config
+from spotrun_operator.podbuild import checkpoint_uri
+from spotrun_operator.reconcile import decide, refused, unseen_attempts
+from spotrun_operator.status import changed
+from spotrun_operator.workqueue import WorkQueue
+
+Obj = dict[str, Any]
+log = logging.getLogger("spotrun.controller")
+
+RESYNC_SECONDS = 600.0  # every TaskRun is passed again this often, from the caches (no request)
+RETRY_DELAYS = (0.5, 300.0)  # a pass that raised is retried after 0.5 s, doubling to 5 min
+
+
+def _trim_node(node: Obj) -> Obj:
+    meta = node["metadata"]
+    kept = {"name": meta["name"], "resourceVersion": meta.get("resourceVersion")}
+    return {"metadata": kept, "ready": node_ready(node)}
+
+
+class Nodes(collections.abc.Mapping[str, bool]):
+    """The node cache as reconcile.decide reads it: name -> Ready."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getitem__(self, name: str) -> bool:
+        node = self._store.get(("", name))
+        if node is None:
+            raise KeyError(name)
+        return bool(node["ready"])
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for _, name in self._store.all_keys())
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+class Events:
+    """Events are for people: posted from a thread of their own, so that a pass never waits on one.
+    At most `size` wait; beyond that the newest are dropped and counted (a burst of thousands of
+    TaskRuns must not hold memory or requests for its Events)."""
+
+    def __init__(self, api: Api, size: int = 2000) -> None:
+        self.api = api
+        self._queue: queue.Queue[tuple[Obj, str, str, str] | None] = queue.Queue(maxsize=size)
+        self.thread = threading.Thread(target=self._run, name="events", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def post(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        meta = taskrun["metadata"]
+        slim = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")}}
+        try:
+            self._queue.put_nowait((slim, kind, reason, message))
+        except queue.Full:
+            metrics.EVENTS_DROPPED.inc()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self.api.event(*item)
+
+    def stop(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+
+
+class Controller:
+    def __init__(self, api: Api, config: Config, *, workers: int = 8) -> None:
+        self.api, self.config, self.workers = api, config, workers
+        self.taskruns, self.pods, self.node_store = Store(), PodStore(), Store()
+        self.nodes = Nodes(self.node_store)
+        self.queue = WorkQueue()
+        self.events = Events(api)
+        self._failures: dict[Key, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self.informers: list[Informer] = []
+        for ns in config.namespaces or (None,):
+            self.informers.append(self._informer("taskruns", self.taskruns, ns, "", trim_taskrun, self._taskrun))
+            self.informers.append(self._informer("pods", self.pods, ns, names.LABEL_TASKRUN, trim_pod, self._pod))
+        self.informers.append(self._informer("nodes", self.node_store, None, "", _trim_node, self._node))
+        metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
+        metrics.SCHEDULED.set_function(self.queue.scheduled)
+
+    def _informer(
+        self, kind: str, store: Store, namespace: str | None, selector: str, trim: Any, hook: Any
+    ) -> Informer:
+        return Informer(
+            kind,
+            store,
+            self.api.list_objects,
+            self.api.watch_objects,
+            namespace=namespace,
+            selector=selector,
+            trim=trim,
+            on_change=hook,
+            gone=Gone,
+        )
+
+    # ----- what wakes a TaskRun --------------------------------------------------------------------
+
+    def _taskrun(self, _: str, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        if obj is not None:
+            self.queue.add((obj["metadata"].get("namespace", ""), obj["metadata"]["name"]))
+
+    def _pod(self, _: str, old: Obj | None, new: Obj | None) -> None:
+        pod = new or old
+        owner = names.taskrun_of(pod["metadata"]) if pod else None
+        if pod is not None and owner is not None:
+            self.queue.add((pod["metadata"].get("namespace", ""), owner))
+
+    def _node(self, _: str, old: Obj | None, new: Obj | None) -> None:
+        """A node that comes, goes or changes readiness wakes the TaskRuns with a pod on it."""
+        if old is not None and new is not None and old["ready"] == new["ready"]:
+            return
+        for key in self.pods.taskruns_on_node((new or old or {})["metadata"]["name"]):
+            self.queue.add(key)
+
+    # ----- running -----------------------------------------------------------------------------------
+
+    def start_informers(self) -> None:
+        for informer in self.informers:
+            informer.start()
+
+    def synced(self, timeout: float | None = None) -> bool:
+        return wait_synced(self.informers, timeout)
+
+    def start_workers(self) -> None:
+        """Begins reconciling: every TaskRun once, then whatever wakes. Only the leader calls this."""
+        self.events.start()
+        for key in self.taskruns.all_keys():
+            self.queue.add(key)
+        for n in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        resync = threading.Thread(target=self._resync, name="resync", daemon=True)
+        resync.start()
+        self._threads.append(resync)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops handing out passes and waits for those under way."""
+        self._stopping.set()
+        self.queue.close()
+        for thread in self._threads:
+            thread.join(timeout)
+        for informer in self.informers:
+            informer.stop()
+        self.events.stop()
+
+    def alive(self) -> bool:
+        return all(i.thread.is_alive() for i in self.informers) and all(t.is_alive() for t in self._threads)
+
+    def _resync(self) -> None:
+        while not self._stopping.wait(RESYNC_SECONDS):
+            for key in self.taskruns.all_keys():
+                self.queue.add(key)
+
+    def _work(self) -> None:
+        while (key := self.queue.get()) is not None:
+            self._process(key)  # type: ignore[arg-type]
+
+    def _process(self, key: Key) -> None:
+        try:
+            after = self.sync(key)
+            self._failures.pop(key, None)
+            if after is not None:
+                self.queue.add_after(key, after)
+        except NamespaceTerminating:
+            log.info("Skipped TaskRun %s/%s: its namespace is being deleted", *key)
+        except Exception as err:
+            count = self._failures.get(key, 0) + 1
+            self._failures[key] = count
+            first, cap = RETRY_DELAYS
+            delay = min(cap, first * 2 ** (count - 1)) * random.uniform(0.9, 1.1)
+            if isinstance(err, Conflict):
+                log.info("TaskRun %s/%s changed under its pass (%s); again in %.1fs", *key, err, delay)
+            elif transient(err):
+                log.warning("TaskRun %s/%s: %s; again in %.1fs", *key, err, delay)
+            else:
+                log.exception("Reconciling TaskRun %s/%s failed; again in %.1fs", *key, delay)
+            self.queue.add_after(key, delay)
+        finally:
+            self.queue.done(key)
+
+    # ----- one pass -----------------------------------------------------------------------------------
+
+    def release_pods(self, namespace: str, name: str) -> None:
+        """The owner is gone: nothing will count these pods any more."""
+        for pod in self.pods.of_taskrun(namespace, name):
+            if names.POD_FINALIZER in (pod["metadata"].get("finalizers") or []):
+                self._keep(self.api.release_pod(pod))
+
+    def _keep(self, pod: Obj | None) -> None:
+        if pod and pod.get("kind", "Pod") == "Pod" and "metadata" in pod:
+            self.pods.put(trim_pod(pod))
+
+    def _resume_from(self, taskrun: Obj) -> str | None:
+        """The resumeFrom source's URI: "" when there is none, None when its TaskRun does not exist."""
+        source = (taskrun["spec"].get("checkpoint") or {}).get("resumeFrom") or {}
+        if source.get("uri"):
+            return str(source["uri"])
+        if source.get("taskRun"):
+            other = self.taskruns.get((taskrun["metadata"]["namespace"], source["taskRun"]))
+            return None if other is None else checkpoint_uri(other, self.config)
+        return ""
+
+    def sync(self, key: Key) -> float | None:
+        """One pass for one TaskRun; returns when it is due again (None: when something changes)."""
+        namespace, name = key
+        taskrun = self.taskruns.get(key)
+        if taskrun is None or taskrun["metadata"].get("deletionTimestamp"):
+            self.release_pods(namespace, name)
+            metrics.forget(namespace, name)
+            return None
+        pods = self.pods.of_taskrun(namespace, name)
+        if unseen_attempts(taskrun, pods):
+            # The cache lacks the pod of an attempt not yet counted: behind, or the pod is gone.
+            metrics.POD_REREADS.inc()
+            pods = [trim_pod(p) for p in self.api.list_pods(namespace, name)]
+            for pod in pods:
+                self.pods.put(pod)
+        now = datetime.datetime.now(datetime.UTC)
+        decision = decide(taskrun, pods, self.nodes, now, self.config, resume_from=self._resume_from(taskrun))
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        if decision.create is not None:
+            try:
+                self._keep(self.api.create_pod(decision.create))
+            except Refused as err:
+                log.warning("The API server refused pod %s: %s", decision.create["metadata"]["name"], err.message)
+                decision = refused(taskrun, decision, err.status, err.message, now)
+        if decision.create is not None:
+            metrics.observe_creation(taskrun, pods, now)
+            log.info(
+                "Created pod %s for TaskRun %s/%s (attempt %s, %s)",
+                decision.create["metadata"]["name"],
+                namespace,
+                name,
+                decision.status.get("attempt"),
+                decision.status.get("capacity"),
+            )
+        if decision.refresh_checkpoint:
+            uri = decision.status.get("checkpoint", {}).get("uri", "")
+            if uri:
+                kept = {k: v for k, v in decision.status["checkpoint"].items() if k == "resumeFrom"}
+                decision.status["checkpoint"] = {"uri": uri, **kept, **_latest_checkpoint(uri)}
+        if changed(taskrun.get("status") or {}, decision.status):
+            self.taskruns.put(trim_taskrun(self.api.write_status(taskrun, decision.status)))
+            for kind, reason, message in decision.events:
+                self.events.post(taskrun, kind, reason, message)
+            metrics.observe_status(taskrun, decision.status)
+        for pod_name in decision.force_delete:
+            log.info("Force-deleted pod %s/%s: its node is gone", namespace, pod_name)
+            self.api.force_delete_pod(by_name[pod_name])
+        for pod_name, reason in decision.stop:
+            self._keep(self.api.stop_pod(namespace, pod_name, reason))
+        for pod_name in decision.release:
+            if pod_name not in decision.force_delete:
+                self._keep(self.api.release_pod(by_name[pod_name]))
+        if decision.delete_taskrun:
+            log.info("Deleted TaskRun %s/%s: ttlSecondsAfterFinished passed", namespace, name)
+            self.api.delete_taskrun(namespace, name)
+        return decision.requeue_after
+
+
+def _latest_checkpoint(uri: str) -> Obj:
+    try:
+        info = Checkpoint(open_storage(uri, read_only=True)).latest()
+    except Exception as err:  # the status is informative; a storage hiccup must not stop a pass
+        log.warning("Reading the newest checkpoint of %s failed: %s", uri, err)
+        return {}
+    if info is None:
+        return {}
+    return {"id": info.id, "step": info.step, "attempt": info.attempt, "time": info.time.isoformat(), "size": info.size}
