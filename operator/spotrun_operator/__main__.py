@@ -92,17 +92,18 @@ def run(config: Config, liveness: str) -> int:
     terminating = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: terminating.set())
-    api = Api(qps=config.api_qps, burst=config.api_burst, pool=config.workers + 8)
+    identity = f"{config.identity}_{uuid.uuid4().hex[:6]}"
+    agent = f"spotrun-operator ({identity})"
+    api = Api(qps=config.api_qps, burst=config.api_burst, pool=config.workers + 8, user_agent=agent)
     controller = Controller(api, config, workers=config.workers)
     handlers.use(controller, config)
     metrics.start(config.metrics_port)
     controller.start_informers()
     elector = None
     if config.leader_election:
-        identity = f"{config.identity}_{uuid.uuid4().hex[:6]}"
         # Its own client and rate limiter: a renewal never waits behind the workers' requests.
         elector = Elector(
-            Api(qps=5, burst=10, pool=2),
+            Api(qps=5, burst=10, pool=2, user_agent=agent),
             config.lease_namespace,
             config.lease_name,
             identity,
@@ -117,7 +118,8 @@ def run(config: Config, liveness: str) -> int:
         ),
     )
     log.info(
-        "Started with capacity profile %s, checkpoint prefix %r; %s",
+        "Started as %s with capacity profile %s, checkpoint prefix %r; %s",
+        identity,
         config.profile_name,
         config.checkpoint_prefix,
         f"standing by for the Lease {config.lease_namespace}/{config.lease_name}" if elector else "no leader election",

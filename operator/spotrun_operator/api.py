@@ -137,9 +137,13 @@ PATHS = {
 
 
 class Api:
-    def __init__(self, client: Any = None, *, qps: float = 50.0, burst: int = 100, pool: int = 32) -> None:
+    def __init__(
+        self, client: Any = None, *, qps: float = 50.0, burst: int = 100, pool: int = 32, user_agent: str = ""
+    ) -> None:
         if client is None:
             client = _ThrottledClient(RateLimiter(qps, burst), _configuration(pool))
+            # The replica's name in the apiserver's audit log and metrics, beside the ServiceAccount's.
+            client.user_agent = user_agent or names.MANAGED_BY
         self.client = client
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
