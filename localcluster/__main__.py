@@ -1,13 +1,15 @@
-"""`python -m localcluster`: build, up, down, status and node disruptions of the local cluster."""
+"""`python -m localcluster`: build, up, down, status, node disruptions, kwok nodes and the audit log."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
 from pathlib import Path
 
+from localcluster import audit as audit_log
 from localcluster import toolchain
 from localcluster.cluster import DEFAULT_STATE_DIR, REPO_ROOT, Cluster
 
@@ -42,6 +44,28 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="spot-1, spot-2 and ondemand-1 run the real kubelet with containerd and runc (default: process nodes)",
     )
+    up.add_argument(
+        "--kwok-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N simulated nodes (kwok-spot-1..., kwok-ondemand-1..., two thirds spot): Node objects kept Ready"
+        " by the kwok controller, whose pods run nothing and get the statuses a kubelet writes"
+        " (annotations kwok.localcluster.io/run-seconds and exit-code end them); on a running cluster, adds nodes"
+        " up to N",
+    )
+    up.add_argument(
+        "--no-default-nodes",
+        dest="default_nodes",
+        action="store_false",
+        help="without spot-1, spot-2 and ondemand-1 (with --kwok-nodes: a cluster of simulated nodes only, for scale)",
+    )
+    up.add_argument(
+        "--audit",
+        action="store_true",
+        help="the apiserver writes its audit log to STATE_DIR/logs/audit.log (level Metadata, no heartbeats);"
+        " count a user's requests with `audit USER`",
+    )
     image = sub.add_parser(
         "image", help="build the Dockerfile's image and the examples' image, and import them into every real node"
     )
@@ -55,6 +79,28 @@ def main(argv: list[str] | None = None) -> int:
         help="kind with spot pools on Docker (a stand-in engine where none runs): kind up|down|env|exec",
         add_help=False,
     )
+    kwok_cmd = sub.add_parser("kwok", help="simulated nodes: kwok start|stop|add|delete").add_subparsers(
+        dest="kwok_command", required=True
+    )
+    kwok_cmd.add_parser("start", help="start the kwok controller on the running cluster (add starts it too)")
+    kwok_cmd.add_parser("stop", help="stop it: its nodes go NotReady and the cloud stand-in deletes them")
+    kwok_add = kwok_cmd.add_parser("add", help="add COUNT kwok nodes, Ready before this returns")
+    kwok_add.add_argument("count", type=int)
+    kwok_add.add_argument(
+        "--capacity",
+        choices=["spot", "on-demand", "mixed"],
+        default="mixed",
+        help="labels and taints of the cluster's spot or on-demand nodes; mixed (default): two thirds spot",
+    )
+    kwok_delete = kwok_cmd.add_parser(
+        "delete", help="delete kwok Node objects as a cloud reclaims VMs (their pods are left to PodGC)"
+    )
+    kwok_delete.add_argument("names", nargs="*", metavar="NAME")
+    kwok_delete.add_argument("--all", action="store_true", help="every kwok node, in one request")
+    audit = sub.add_parser("audit", help="count one user's requests in the audit log of a cluster started with --audit")
+    audit.add_argument("user", help="the username, e.g. system:serviceaccount:spotrun-system:spotrun-operator")
+    audit.add_argument("--since", type=_when, help="only requests received from then on: ISO 8601 or epoch seconds")
+    audit.add_argument("--until", type=_when, help="only requests received before then")
     node = sub.add_parser("node", help="node disruptions and additions").add_subparsers(
         dest="node_command", required=True
     )
@@ -103,7 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cluster = Cluster(args.state_dir)
     if args.command == "up":
-        cluster.up(real_nodes=args.real_nodes)
+        cluster.up(
+            real_nodes=args.real_nodes, kwok_nodes=args.kwok_nodes, default_nodes=args.default_nodes, audit=args.audit
+        )
+    elif args.command == "kwok":
+        return _kwok(cluster, args)
+    elif args.command == "audit":
+        counts = audit_log.requests(cluster.logs / "audit.log", args.user, since=args.since, until=args.until)
+        for (verb, resource), count in sorted(counts.items()):
+            print(f"{count:8} {verb:16} {resource}")
+        print(f"{counts.total():8} in all")
     elif args.command == "image":
         from localcluster import images  # noqa: PLC0415 - buildah and debootstrap only when asked
 
@@ -128,6 +183,32 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cluster.add_node(args.name, args.capacity, real=args.real)
     return 0
+
+
+def _kwok(cluster: Cluster, args: argparse.Namespace) -> int:
+    if args.kwok_command == "start":
+        cluster.start_kwok()
+    elif args.kwok_command == "stop":
+        cluster.stop_kwok()
+    elif args.kwok_command == "add":
+        if args.capacity == "mixed":
+            cluster._add_kwok_mix(args.count)
+        else:
+            cluster.add_kwok_nodes(args.count, args.capacity)
+    else:
+        if bool(args.names) == args.all:
+            raise SystemExit("localcluster: kwok delete takes node names or --all")
+        cluster.delete_kwok_nodes(None if args.all else args.names)
+    return 0
+
+
+def _when(text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC when it names no zone)."""
+    try:
+        return float(text)
+    except ValueError:
+        when = datetime.datetime.fromisoformat(text)
+        return (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp()
 
 
 if __name__ == "__main__":

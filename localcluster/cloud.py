@@ -1,7 +1,8 @@
 """A stand-in for the cloud provider's node lifecycle controller: deletes Nodes whose VM is gone.
 
 On a cloud, cloud-controller-manager deletes a NotReady Node once the provider says its instance
-no longer exists. Here an instance is a kubelet process; one that died (`node kill`) is gone.
+no longer exists. Here an instance is a kubelet process; one that died (`node kill`) is gone. A
+kwok node's instance is the kwok process: when kwok is stopped, its nodes are gone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from localcluster import kwok
 from localcluster.cluster import Cluster
 from localcluster.kube import ApiError
 
@@ -33,12 +35,15 @@ def main() -> None:
     gone_since: dict[str, float] = {}
     while True:
         with contextlib.suppress(Exception):
-            for node in client.get("/api/v1/nodes")["items"]:
+            # While kwok runs, its nodes' "VM" exists: leave them out of the list (there may be thousands).
+            params = {"labelSelector": f"!{kwok.NODE_LABEL}"} if cluster._pid("kwok") is not None else {}
+            for node in client.get("/api/v1/nodes", **params)["items"]:
                 name = node["metadata"]["name"]
                 ready = any(
                     c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", [])
                 )
-                if ready or cluster._pid(f"kubelet-{name}") is not None:
+                simulated = node["metadata"].get("labels", {}).get(kwok.NODE_LABEL) == "true"
+                if ready or (not simulated and cluster._pid(f"kubelet-{name}") is not None):
                     gone_since.pop(name, None)
                     continue
                 first = gone_since.setdefault(name, time.monotonic())

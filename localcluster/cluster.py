@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -21,7 +22,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from localcluster import host, images, pki, podspec, realnode, toolchain
+from localcluster import audit as audit_log
+from localcluster import host, images, kwok, pki, podspec, realnode, toolchain
 from localcluster.kube import ApiError, Client
 
 Obj = dict[str, Any]
@@ -51,6 +53,8 @@ REAL_NODES_CLAIM = "/run/localcluster-real-nodes"
 RECLAIM_TAINT = "karpenter.sh/disrupted"
 SPOT_TAINT = {"key": "spotrun.dev/capacity", "value": "spot", "effect": "NoSchedule"}
 DEFAULT_NODES = (("spot-1", "spot"), ("spot-2", "spot"), ("ondemand-1", "on-demand"))
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+KWOK_USER = "localcluster:kwok"  # kwok's username (in system:masters): its requests apart from the admin's
 
 # Images the process kubelet can run without a `command`: their ENTRYPOINT, as the Dockerfile sets it.
 DEFAULT_IMAGES: dict[str, Obj] = {
@@ -154,19 +158,31 @@ class Cluster:
         """Whether the cluster was started with `--real-nodes` (its default for `node add`)."""
         return bool(self.config.get("real_nodes"))
 
-    def up(self, real_nodes: bool = False) -> None:
+    def up(
+        self, real_nodes: bool = False, kwok_nodes: int = 0, default_nodes: bool = True, audit: bool = False
+    ) -> None:
+        """Starts a fresh cluster, or reuses the running one.
+
+        REAL_NODES: spot-1, spot-2 and ondemand-1 are real nodes (else process nodes); DEFAULT_NODES
+        False: none of them. KWOK_NODES: that many kwok nodes besides (two thirds spot), the kwok
+        controller started for them. AUDIT: the apiserver writes logs/audit.log (`audit.py`); it can
+        only be turned on here, on a fresh cluster."""
         if self.running():
             if real_nodes and not self.real_nodes:
                 raise SystemExit(
                     f"localcluster: the cluster in {self.dir} runs process nodes; `down` it first to start real nodes"
                 )
+            if audit and not self.config.get("audit"):
+                raise SystemExit(f"localcluster: the cluster in {self.dir} runs without audit; `down` it first")
             say(f"cluster already running (state in {self.dir}); reusing it")
             self._wait_nodes_ready()
+            if (missing := kwok_nodes - len(self.kwok_nodes())) > 0:
+                self._add_kwok_mix(missing)
             return
         toolchain.build(real_nodes=real_nodes)
         started = time.monotonic()
         self.down(quiet=True)
-        for stale in ("etcd", "nodes", "logs", "pids", "s3", "s3-meta"):
+        for stale in ("etcd", "nodes", "logs", "pids", "s3", "s3-meta", "kwok"):
             shutil.rmtree(self.dir / stale, ignore_errors=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / ".gitignore").write_text("*\n")
@@ -196,6 +212,7 @@ class Cluster:
             "region": REGION,
             "ports": ports,
             "kubernetes_version": toolchain.KUBERNETES_VERSION,
+            "audit": audit,
         }
         (self.dir / "cluster.json").write_text(json.dumps(config, indent=2))
         (self.dir / "images.json").write_text(json.dumps(DEFAULT_IMAGES, indent=2))
@@ -222,11 +239,14 @@ class Cluster:
         )
         if real_nodes:
             self.add_real_images([images.pause_archive()])
-        for name, capacity in DEFAULT_NODES:
+        for name, capacity in DEFAULT_NODES if default_nodes else ():
             self.add_node(name, capacity, wait=False, real=real_nodes)
+        kwok_names = self._add_kwok_mix(kwok_nodes, wait=False) if kwok_nodes else []
         self._wait("versitygw", lambda: _http_ok(f"{config['s3_endpoint']}/health"), "versitygw")
         self._create_bucket()
         self._wait_nodes_ready()
+        if kwok_names:
+            self._wait_nodes_ready(kwok_names, process="kwok", schedulable=True)
         self._wait(
             "the default ServiceAccount",
             lambda: self.admin().get("/api/v1/namespaces/default/serviceaccounts/default"),
@@ -282,6 +302,12 @@ class Cluster:
         # cluster. Without, its Endpoints would point at 127.0.0.1, which Endpoints validation refuses;
         # pods of process nodes reach the apiserver through KUBERNETES_SERVICE_HOST instead.
         endpoints = ["--endpoint-reconciler-type=" + ("lease" if self.real_nodes else "none")]
+        audit: list[str] = []
+        if self.config.get("audit"):
+            policy = self.dir / "audit-policy.yaml"
+            policy.write_text(audit_log.policy_text())
+            self.logs.mkdir(parents=True, exist_ok=True)
+            audit = audit_log.apiserver_flags(policy, self.logs / "audit.log")
         self._spawn(
             "kube-apiserver",
             [
@@ -307,6 +333,7 @@ class Cluster:
                 "--default-not-ready-toleration-seconds=5",
                 "--default-unreachable-toleration-seconds=5",
                 *endpoints,
+                *audit,
                 "--profiling=false",
                 "--v=1",
             ],
@@ -587,8 +614,14 @@ class Cluster:
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda node: _import_all(node, archives), nodes))
 
-    def _wait_nodes_ready(self, names: list[str] | None = None) -> None:
-        wanted = set(names or [p.name for p in (self.dir / "nodes").iterdir() if self._pid(f"kubelet-{p.name}")])
+    def _wait_nodes_ready(
+        self, names: list[str] | None = None, process: str = "kube-apiserver", schedulable: bool = False
+    ) -> None:
+        """Waits until the named nodes (default: every node whose kubelet runs) are Ready, while PROCESS lives;
+        SCHEDULABLE: and without the not-ready taint, which the node lifecycle controller takes off a second later."""
+        nodes_dir = self.dir / "nodes"
+        running = [p.name for p in nodes_dir.iterdir() if self._pid(f"kubelet-{p.name}")] if nodes_dir.exists() else []
+        wanted = set(running if names is None else names)
 
         def ready() -> bool:
             nodes = self.admin().get("/api/v1/nodes")["items"]
@@ -596,10 +629,12 @@ class Cluster:
                 n["metadata"]["name"]
                 for n in nodes
                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
+                and not (schedulable and any(t["key"] == NOT_READY_TAINT for t in n["spec"].get("taints", [])))
             }
             return wanted <= ok
 
-        self._wait(f"nodes {sorted(wanted)}", ready, "kube-apiserver")
+        what = f"nodes {sorted(wanted)}" if len(wanted) <= 10 else f"{len(wanted)} nodes"
+        self._wait(what, ready, process)
 
     def _running_node(self, name: str) -> Obj:
         config = self.node_config(name)
@@ -713,6 +748,104 @@ class Cluster:
             with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
+    # ----- kwok nodes (kwok.py) ---------------------------------------------------------------
+
+    def start_kwok(self) -> None:
+        """Starts the kwok controller on the running cluster, unless it runs: it manages only kwok nodes."""
+        if self._pid("kwok") is not None:
+            return
+        if not self.running():
+            raise SystemExit(f"localcluster: no cluster is running in {self.dir}; `up` first")
+        if not toolchain.path_of("kwok").is_file():
+            toolchain.build()
+        state = self.dir / "kwok"
+        state.mkdir(exist_ok=True)
+        cert, key = pki.issue(self.pki, "kwok", KWOK_USER, "system:masters")
+        kubeconfig = state / "kubeconfig"
+        kubeconfig.write_text(self._kubeconfig("kwok", cert, key))
+        kubeconfig.chmod(0o600)
+        port = free_port()
+        config = state / "kwok.yaml"
+        config.write_text(kwok.config_text(f"127.0.0.1:{port}"))
+        # HOME: kwok also reads ~/.kwok/kwok.yaml when there is one; this cluster's kwok reads only its own.
+        self._spawn("kwok", kwok.argv(self._bin("kwok"), str(config), str(kubeconfig)), env={"HOME": str(state)})
+        self._wait("kwok", lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), "kwok", timeout=60)
+        say(f"kwok {toolchain.KWOK_VERSION} started; it manages the nodes labelled {kwok.NODE_LABEL}=true")
+
+    def stop_kwok(self) -> None:
+        """Stops the kwok controller: its nodes go NotReady, and the cloud stand-in deletes them, as lost VMs."""
+        pid = self._pid("kwok")
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        (self.pids / "kwok.pid").unlink(missing_ok=True)
+
+    def add_kwok_nodes(
+        self, count: int, capacity: str = "spot", resources: dict[str, str] | None = None, wait: bool = True
+    ) -> list[str]:
+        """Adds COUNT kwok nodes of CAPACITY (spot or on-demand), labelled and tainted as the cluster's
+        own nodes of that capacity, with RESOURCES (default kwok.NODE_CAPACITY); starts kwok first if
+        needed. Returns their names; with WAIT, once they are Ready."""
+        if capacity not in ("spot", "on-demand"):
+            raise SystemExit(f"localcluster: capacity must be spot or on-demand, not {capacity!r}")
+        self.start_kwok()
+        counters_path = self.dir / "kwok" / "counters.json"
+        counters = json.loads(counters_path.read_text()) if counters_path.exists() else {}
+        client = self.admin()
+        names = []
+        for _ in range(count):
+            counters["serial"] = counters.get("serial", 0) + 1
+            counters[capacity] = counters.get(capacity, 0) + 1
+            counters_path.write_text(json.dumps(counters))  # before the create: a name is never used twice
+            name = kwok.node_name(capacity, counters[capacity])
+            spot = capacity == "spot"
+            labels, taints = (SPOT_LABELS, [SPOT_TAINT]) if spot else (ON_DEMAND_LABELS, [])
+            client.create("/api/v1/nodes", kwok.node_object(name, labels, taints, counters["serial"], resources))
+            names.append(name)
+        if wait and names:
+            self._wait_nodes_ready(names, process="kwok", schedulable=True)
+            say(f"{len(names)} kwok nodes ({capacity}) are Ready: {_name_range(names)}")
+        return names
+
+    def _add_kwok_mix(self, count: int, wait: bool = True) -> list[str]:
+        """COUNT kwok nodes, about two thirds spot and one third on-demand."""
+        on_demand = count // 3
+        return self.add_kwok_nodes(count - on_demand, "spot", wait=wait) + self.add_kwok_nodes(
+            on_demand, "on-demand", wait=wait
+        )
+
+    def kwok_nodes(self, capacity: str | None = None) -> list[str]:
+        """The names of the cluster's kwok nodes (of CAPACITY, when given)."""
+        selector = f"{kwok.NODE_LABEL}=true" + (f",spotrun.dev/capacity={capacity}" if capacity else "")
+        return [n["metadata"]["name"] for n in self.admin().get("/api/v1/nodes", labelSelector=selector)["items"]]
+
+    def delete_kwok_nodes(self, names: list[str] | None = None) -> list[str]:
+        """Deletes kwok Node objects, as a cloud reclaims VMs: NAMES, or every kwok node at once (one request).
+
+        Their pods are left as they are: PodGC and the operators deal with them. Returns the names deleted."""
+        client = self.admin()
+        if names is None:
+            done = client.request("DELETE", "/api/v1/nodes", params={"labelSelector": f"{kwok.NODE_LABEL}=true"})
+            deleted = [n["metadata"]["name"] for n in done.get("items", [])]
+        else:
+            deleted = []
+            for name in names:
+                try:
+                    node = client.get(f"/api/v1/nodes/{name}")
+                    if node["metadata"].get("labels", {}).get(kwok.NODE_LABEL) != "true":
+                        raise SystemExit(f"localcluster: node {name} is not a kwok node")
+                    client.delete(f"/api/v1/nodes/{name}")
+                    deleted.append(name)
+                except ApiError as err:
+                    if err.status != 404:  # already gone: nothing to reclaim
+                        raise
+        say(f"deleted {len(deleted)} kwok nodes" + (f": {_name_range(deleted)}" if deleted else ""))
+        return deleted
+
     # ----- down / status ---------------------------------------------------------------------
 
     def down(self, quiet: bool = False) -> None:
@@ -779,11 +912,21 @@ class Cluster:
             return 1
         print(f"apiserver: {self.config['apiserver']} ({self.config['kubernetes_version']})")
         print(f"s3:        {self.config['s3_endpoint']} bucket {self.config['bucket']}")
+        simulated: collections.Counter[str] = collections.Counter()
         for node in self.admin().get("/api/v1/nodes")["items"]:
             name = node["metadata"]["name"]
             ready = next((c["status"] for c in node["status"].get("conditions", []) if c["type"] == "Ready"), "?")
-            capacity = node["metadata"].get("labels", {}).get("spotrun.dev/capacity", "?")
+            labels = node["metadata"].get("labels", {})
+            capacity = labels.get("spotrun.dev/capacity", "?")
+            if labels.get(kwok.NODE_LABEL) == "true":  # counted, not listed: there may be thousands
+                simulated[f"{capacity} Ready={ready}"] += 1
+                continue
             print(f"node {name:20} Ready={ready:8} capacity={capacity:10} {self._node_memory(name)}")
+        if simulated:
+            kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(simulated.items()))
+            print(f"kwok nodes: {simulated.total()} ({kinds}); kwok {'running' if self._pid('kwok') else 'stopped'}")
+        if self.config.get("audit"):
+            print(f"audit:     {self.logs / 'audit.log'}")
         pids = list(marked_processes(self.dir))
         rss = sum(_rss_bytes(pid) for pid in pids)
         print(f"memory:    {rss / 2**20:.0f} MiB resident in {len(pids)} processes")
@@ -805,6 +948,10 @@ class Cluster:
         node = realnode.layout(self.dir, name, config["index"])
         pods = host.cgroup_memory(f"{node.cgroup_root}/kubepods") / 2**20
         return f"real    kubelet {mib('kubelet')} containerd {mib('containerd')} pods {pods:.0f} MiB"
+
+
+def _name_range(names: list[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, ... {names[-1]}"
 
 
 def _import_all(node: realnode.Layout, archives: list[Path]) -> None:

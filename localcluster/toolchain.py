@@ -22,6 +22,7 @@ CNI_PLUGINS_VERSION = "v1.9.1"
 KIND_VERSION = "v0.33.0"
 CRICTL_VERSION = "v1.37.0"
 COREDNS_VERSION = "v1.14.2"
+KWOK_VERSION = "v0.8.0"
 
 # Which runs need a binary: every cluster (the control plane), real nodes, or kind (`make kind-demo`,
 # whose node image also carries the real nodes' kubelet, containerd, runc shim and CNI plugins).
@@ -130,6 +131,15 @@ BINARIES: tuple[Binary, ...] = (
         f"-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version={CRICTL_VERSION}",
         cgo=False,
         group=KIND,
+    ),
+    # Simulated nodes for scale (`up --kwok-nodes N`): cheap enough to build with the control plane.
+    Binary(
+        "kwok",
+        "kwok",
+        "sigs.k8s.io/kwok/cmd/kwok",
+        KWOK_VERSION,
+        f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION.lstrip('v')}",
+        cgo=False,
     ),
     # The cluster DNS kubeadm deploys; static, to run in an image with nothing else in it.
     Binary("coredns", "coredns", "github.com/coredns/coredns", COREDNS_VERSION, "-s -w", cgo=False, group=KIND),
