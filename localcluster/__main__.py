@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "kwok":
         return _kwok(cluster, args)
     elif args.command == "audit":
-        counts = audit_log.requests(cluster.logs / "audit.log", args.user, since=args.since, until=args.until)
+        path = cluster.logs / "audit.log"
+        if not path.exists():
+            raise SystemExit(f"localcluster: there is no {path}; start the cluster with `up --audit`")
+        counts = audit_log.requests(path, args.user, since=args.since, until=args.until)
         for (verb, resource), count in sorted(counts.items()):
             print(f"{count:8} {verb:16} {resource}")
         print(f"{counts.total():8} in all")
@@ -191,10 +194,7 @@ def _kwok(cluster: Cluster, args: argparse.Namespace) -> int:
     elif args.kwok_command == "stop":
         cluster.stop_kwok()
     elif args.kwok_command == "add":
-        if args.capacity == "mixed":
-            cluster._add_kwok_mix(args.count)
-        else:
-            cluster.add_kwok_nodes(args.count, args.capacity)
+        cluster.add_kwok_nodes(args.count, args.capacity)
     else:
         if bool(args.names) == args.all:
             raise SystemExit("localcluster: kwok delete takes node names or --all")

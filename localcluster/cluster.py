@@ -177,7 +177,7 @@ class Cluster:
             say(f"cluster already running (state in {self.dir}); reusing it")
             self._wait_nodes_ready()
             if (missing := kwok_nodes - len(self.kwok_nodes())) > 0:
-                self._add_kwok_mix(missing)
+                self.add_kwok_nodes(missing, "mixed")
             return
         toolchain.build(real_nodes=real_nodes)
         started = time.monotonic()
@@ -241,7 +241,7 @@ class Cluster:
             self.add_real_images([images.pause_archive()])
         for name, capacity in DEFAULT_NODES if default_nodes else ():
             self.add_node(name, capacity, wait=False, real=real_nodes)
-        kwok_names = self._add_kwok_mix(kwok_nodes, wait=False) if kwok_nodes else []
+        kwok_names = self.add_kwok_nodes(kwok_nodes, "mixed", wait=False) if kwok_nodes else []
         self._wait("versitygw", lambda: _http_ok(f"{config['s3_endpoint']}/health"), "versitygw")
         self._create_bucket()
         self._wait_nodes_ready()
@@ -787,36 +787,34 @@ class Cluster:
     def add_kwok_nodes(
         self, count: int, capacity: str = "spot", resources: dict[str, str] | None = None, wait: bool = True
     ) -> list[str]:
-        """Adds COUNT kwok nodes of CAPACITY (spot or on-demand), labelled and tainted as the cluster's
-        own nodes of that capacity, with RESOURCES (default kwok.NODE_CAPACITY); starts kwok first if
-        needed. Returns their names; with WAIT, once they are Ready."""
-        if capacity not in ("spot", "on-demand"):
-            raise SystemExit(f"localcluster: capacity must be spot or on-demand, not {capacity!r}")
+        """Adds COUNT kwok nodes of CAPACITY: spot or on-demand, labelled and tainted as the cluster's own
+        nodes of that capacity, or mixed: two thirds spot (COUNT - COUNT // 3), the rest on-demand.
+        RESOURCES: their capacity (default kwok.NODE_CAPACITY). Starts kwok first if needed. Returns
+        their names; with WAIT, once they are Ready and untainted."""
+        if capacity not in ("spot", "on-demand", "mixed"):
+            raise SystemExit(f"localcluster: capacity must be spot, on-demand or mixed, not {capacity!r}")
+        kinds = (
+            [capacity] * count
+            if capacity != "mixed"
+            else ["spot"] * (count - count // 3) + ["on-demand"] * (count // 3)
+        )
         self.start_kwok()
         counters_path = self.dir / "kwok" / "counters.json"
         counters = json.loads(counters_path.read_text()) if counters_path.exists() else {}
         client = self.admin()
         names = []
-        for _ in range(count):
+        for kind in kinds:
             counters["serial"] = counters.get("serial", 0) + 1
-            counters[capacity] = counters.get(capacity, 0) + 1
+            counters[kind] = counters.get(kind, 0) + 1
             counters_path.write_text(json.dumps(counters))  # before the create: a name is never used twice
-            name = kwok.node_name(capacity, counters[capacity])
-            spot = capacity == "spot"
-            labels, taints = (SPOT_LABELS, [SPOT_TAINT]) if spot else (ON_DEMAND_LABELS, [])
+            name = kwok.node_name(kind, counters[kind])
+            labels, taints = (SPOT_LABELS, [SPOT_TAINT]) if kind == "spot" else (ON_DEMAND_LABELS, [])
             client.create("/api/v1/nodes", kwok.node_object(name, labels, taints, counters["serial"], resources))
             names.append(name)
         if wait and names:
             self._wait_nodes_ready(names, process="kwok", schedulable=True)
             say(f"{len(names)} kwok nodes ({capacity}) are Ready: {_name_range(names)}")
         return names
-
-    def _add_kwok_mix(self, count: int, wait: bool = True) -> list[str]:
-        """COUNT kwok nodes, about two thirds spot and one third on-demand."""
-        on_demand = count // 3
-        return self.add_kwok_nodes(count - on_demand, "spot", wait=wait) + self.add_kwok_nodes(
-            on_demand, "on-demand", wait=wait
-        )
 
     def kwok_nodes(self, capacity: str | None = None) -> list[str]:
         """The names of the cluster's kwok nodes (of CAPACITY, when given)."""
