@@ -31,7 +31,7 @@ from spotrun_operator.controller import Controller
 from spotrun_operator.leader import Elector
 
 log = logging.getLogger("spotrun.operator")
-SYNC_TIMEOUT = 300.0  # a leader whose caches do not fill within this long exits and is restarted
+EVENTS_QPS = 20
 
 
 class _JsonFormatter(logging.Formatter):
@@ -95,7 +95,10 @@ def run(config: Config, liveness: str) -> int:
     identity = f"{config.identity}_{uuid.uuid4().hex[:6]}"
     agent = f"spotrun-operator ({identity})"
     api = Api(qps=config.api_qps, burst=config.api_burst, pool=config.workers + 8, user_agent=agent)
-    controller = Controller(api, config, workers=config.workers)
+    # Events have a budget of their own (as client-go's event broadcaster has its own spam filter),
+    # so that a burst of them never slows the creation of pods.
+    events = Api(qps=EVENTS_QPS, burst=2 * EVENTS_QPS, pool=2, user_agent=agent)
+    controller = Controller(api, config, workers=config.workers, events_api=events)
     handlers.use(controller, config)
     metrics.start(config.metrics_port)
     controller.start_informers()
@@ -131,19 +134,36 @@ def run(config: Config, liveness: str) -> int:
     while not controller.synced(timeout=0.5):
         if terminating.is_set():
             return _stop(controller, elector)
+    if terminating.is_set():  # told to stop just as the Lease came: lead no further
+        return _stop(controller, elector)
     controller.start_workers()
     log.info("Reconciling %d TaskRuns with %d workers", len(controller.taskruns), config.workers)
+    # kopf in a thread of its own (kopf's "embedding"): it then leaves the signals to this one, and
+    # stopping never waits on kopf's own shutdown.
+    kopf_thread = threading.Thread(target=_run_kopf, args=(config, terminating), name="kopf", daemon=True)
+    kopf_thread.start()
+    while not terminating.wait(1.0):
+        if not kopf_thread.is_alive():
+            log.error("kopf stopped; exiting")
+            _stop(controller, elector)
+            return 1
+    status = _stop(controller, elector)
+    kopf_thread.join(5.0)
+    return status
+
+
+def _run_kopf(config: Config, stop: threading.Event) -> None:
     kopf.run(
         standalone=True,  # no kopf peering: the Lease says who leads
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=None,
-        stop_flag=terminating,
+        stop_flag=stop,
     )
-    return _stop(controller, elector)
 
 
 def _stop(controller: Controller, elector: Elector | None) -> int:
+    """The passes under way finish, then the Lease is given up: a standby takes over at its next try."""
     controller.stop()
     if elector is not None:
         elector.release()

@@ -95,12 +95,12 @@ class Events:
 
 
 class Controller:
-    def __init__(self, api: Api, config: Config, *, workers: int = 8) -> None:
+    def __init__(self, api: Api, config: Config, *, workers: int = 8, events_api: Api | None = None) -> None:
         self.api, self.config, self.workers = api, config, workers
         self.taskruns, self.pods, self.node_store = Store(), PodStore(), Store()
         self.nodes = Nodes(self.node_store)
         self.queue = WorkQueue()
-        self.events = Events(api)
+        self.events = Events(events_api or api)
         self._failures: dict[Key, int] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()

@@ -139,11 +139,18 @@ def test_watching_namespaces_grants_pod_rights_only_in_them(cluster: Cluster) ->
 
 def test_watching_every_namespace_keeps_one_cluster_role(cluster: Cluster) -> None:
     objects = rendered_objects(cluster)
-    assert not [
+    roles = [
         o
         for o in objects
         if o["kind"] in ("Role", "RoleBinding") and "helm.sh/hook" not in o["metadata"].get("annotations", {})
     ]
+    # Only the leader Lease's, in the release namespace, and only for Leases.
+    assert {(o["kind"], o["metadata"]["name"], o["metadata"]["namespace"]) for o in roles} == {
+        ("Role", "spotrun-operator-leader", "spotrun-system"),
+        ("RoleBinding", "spotrun-operator-leader", "spotrun-system"),
+    }
+    leader = next(o for o in roles if o["kind"] == "Role")
+    assert {resource for rule in leader["rules"] for resource in rule["resources"]} == {"leases"}
     operator_role = next(
         o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].startswith("spotrun-operator")
     )

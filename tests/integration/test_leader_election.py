@@ -34,11 +34,15 @@ def holder(kube: Client) -> str:
 
 
 def leading(replica: Operator) -> float | None:
-    """spotrun_leader of this replica, from its own metrics endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=5) as answer:
-        for line in answer.read().decode().splitlines():
-            if line.startswith("spotrun_leader{"):
-                return float(line.rsplit(" ", 1)[1])
+    """spotrun_leader of this replica, from its own metrics endpoint (None: not serving yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("spotrun_leader{"):
+            return float(line.rsplit(" ", 1)[1])
     return None
 
 

@@ -73,6 +73,16 @@ def test_apply_k_runs_the_operator_in_cluster(cluster: Cluster, kube: Client, na
     finally:
         # Leave the CRD and RBAC; stop the in-cluster operator so that it does not race other tests'.
         kubectl(cluster, "-n", "spotrun-system", "delete", "deployment", "spotrun-operator", "--wait=true")
+        # Its pods outlive the Deployment by their shutdown: the next test's operator must not meet them.
+        wait_for(
+            lambda: (
+                not kube.get(
+                    "/api/v1/namespaces/spotrun-system/pods", labelSelector="app.kubernetes.io/name=spotrun-operator"
+                )["items"]
+            ),
+            90,
+            "the in-cluster operator's pods to be gone",
+        )
 
 
 def kustomized(cluster: Cluster, directory: str) -> list[Obj]:

@@ -83,8 +83,11 @@ def test_helm_uninstall_leaves_no_taskrun_pod_or_namespace_stuck(
             f"watchNamespaces={{{namespace}}}",
         )
         deployment = f"/apis/apps/v1/namespaces/{release_ns}/deployments/spotrun-operator"
-        wait_for(lambda: kube.get(deployment).get("status", {}).get("availableReplicas") == 1, 120, "the operator")
-        create_taskrun(kube, namespace, steps_taskrun("long", steps=2000, step_seconds=0.2))
+        wait_for(lambda: kube.get(deployment).get("status", {}).get("availableReplicas") == 2, 120, "the operator")
+        # Annotated to delete its checkpoints, it carries kopf's finalizer too (the others carry none).
+        body = steps_taskrun("long", steps=2000, step_seconds=0.2)
+        body["metadata"]["annotations"] = {"spotrun.dev/delete-checkpoints": "true"}
+        create_taskrun(kube, namespace, body)
         wait_phase(kube, namespace, "long", "Running")
         pod_name = status(kube, namespace, "long")["podName"]
         wait_for(lambda: running_container(kube, namespace, pod_name), 60, f"pod {pod_name} to run")
