@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from spotrun import Checkpoint, open_storage
+from spotrun import Checkpoint, S3Storage, open_storage
 
 from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, transient
@@ -73,6 +73,7 @@ class Events:
         self.api = api
         self._queue: queue.Queue[tuple[Obj, str, str, str] | None] = queue.Queue(maxsize=size)
         self.thread = threading.Thread(target=self._run, name="events", daemon=True)
+        metrics.EVENTS_WAITING.set_function(self._queue.qsize)
 
     def start(self) -> None:
         self.thread.start()
@@ -294,9 +295,26 @@ class Controller:
         return decision.requeue_after
 
 
+class _S3:
+    """One S3 client for every TaskRun's status read (making a boto3 client costs tens of ms of CPU),
+    with two tries: the newest checkpoint in status is informative, and a slow S3 must not hold a
+    worker for long."""
+
+    _lock = threading.Lock()
+    _client: Any = None
+
+    @classmethod
+    def client(cls) -> Any:
+        with cls._lock:
+            if cls._client is None:
+                cls._client = S3Storage("any-bucket", "", read_only=True, max_attempts=2).client
+            return cls._client
+
+
 def _latest_checkpoint(uri: str) -> Obj:
     try:
-        info = Checkpoint(open_storage(uri, read_only=True)).latest()
+        shared = {"client": _S3.client()} if uri.startswith("s3://") else {}
+        info = Checkpoint(open_storage(uri, read_only=True, **shared)).latest()
     except Exception as err:  # the status is informative; a storage hiccup must not stop a pass
         log.warning("Reading the newest checkpoint of %s failed: %s", uri, err)
         return {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,6 +64,14 @@ def kwok_taskrun(name: str, run_seconds: float | None) -> Obj:
     }
 
 
+def metric(operator: Operator, name: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return None
+
+
 def create_all(kube: Client, bodies: list[Obj]) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda body: kube.create("/apis/spotrun.dev/v1alpha1/namespaces/scale/taskruns", body), bodies))
@@ -85,7 +94,7 @@ def pods_by_taskrun(kube: Client, prefix: str) -> dict[str, list[Obj]]:
 def test_hundreds_of_taskruns_all_succeed_with_one_pod_each_and_bounded_requests(
     scale: tuple[Cluster, Client, Operator],
 ) -> None:
-    cluster, kube, _ = scale
+    cluster, kube, operator = scale
     log = cluster.dir / "logs" / "audit.log"
     started = time.time()
     create_all(kube, [kwok_taskrun(f"burst-{n}", 3) for n in range(TASKRUNS)])
@@ -116,7 +125,9 @@ def test_hundreds_of_taskruns_all_succeed_with_one_pod_each_and_bounded_requests
     assert burst[("list", "pods")] <= TASKRUNS // 3
 
     # Idle: nothing changes, so the operator makes no request at all (watches are long-lived and the
-    # leader election is off here).
+    # leader election is off here), once the Events of the burst, which have a budget of their own,
+    # are all posted.
+    wait_for(lambda: metric(operator, "spotrun_events_waiting") == 0, 120, "the burst's Events to be posted")
     quiet = time.time()
     time.sleep(30)
     idle = audit.requests(log, OPERATOR_USER, since=quiet, until=time.time())
