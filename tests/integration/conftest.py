@@ -12,7 +12,11 @@ import pytest
 from localcluster.cluster import Cluster, marked_processes
 from localcluster.kube import Client
 from tests.integration import helpers
-from tests.integration.operator_fixtures import operator, task_namespace  # noqa: F401 - fixtures for every module
+from tests.integration.operator_fixtures import (  # noqa: F401 - fixtures for every module
+    no_other_operator,
+    operator,
+    task_namespace,
+)
 
 
 @pytest.fixture(scope="session")

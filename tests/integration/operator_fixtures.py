@@ -131,6 +131,17 @@ def operator(cluster: Cluster, kube: Client, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture
+def no_other_operator(operator: Operator) -> Iterator[None]:
+    """The session's cluster-wide operator paused for a test that runs one of its own (in cluster, by
+    Helm or kustomize, or as replicas): two operators would both act on the test's TaskRuns."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
+
+
+@pytest.fixture
 def task_namespace(namespace: str, kube: Client, cluster: Cluster, operator: Operator) -> str:
     env = cluster.env_vars()
     data = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}

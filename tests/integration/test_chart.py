@@ -45,7 +45,9 @@ def test_helm_lint_and_template(cluster: Cluster) -> None:
     assert "capacityProfile must be one of generic, gke, eks, karpenter, aks" in refused.stderr
 
 
-def test_helm_install_runs_the_operator_in_cluster(cluster: Cluster, kube: Client, namespace: str) -> None:
+def test_helm_install_runs_the_operator_in_cluster(
+    cluster: Cluster, kube: Client, namespace: str, no_other_operator: None
+) -> None:
     env = cluster.env_vars()
     aws = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
     data = {k: base64.b64encode(v.encode()).decode() for k, v in aws.items()}

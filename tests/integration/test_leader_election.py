@@ -47,9 +47,8 @@ def leading(replica: Operator) -> float | None:
 
 
 @pytest.fixture
-def replicas(operator: Operator, task_namespace: str) -> Iterator[tuple[Operator, Operator]]:
+def replicas(operator: Operator, task_namespace: str, no_other_operator: None) -> Iterator[tuple[Operator, Operator]]:
     """Replicas a and b with leader election, while the session's single operator is stopped."""
-    operator.stop()
 
     def replica(n: str) -> Operator:
         log = operator.log.parent / f"replica-{n}.log"
@@ -62,7 +61,6 @@ def replicas(operator: Operator, task_namespace: str) -> Iterator[tuple[Operator
     finally:
         for replica in pair:
             replica.stop()
-        operator.start()
 
 
 def test_the_standby_takes_over_when_the_leader_is_killed_and_never_two_pods_run(

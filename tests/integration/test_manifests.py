@@ -26,7 +26,9 @@ def test_each_overlay_sets_its_capacity_profile(cluster: Cluster, profile: str) 
     assert "kind: CustomResourceDefinition" in rendered
 
 
-def test_apply_k_runs_the_operator_in_cluster(cluster: Cluster, kube: Client, namespace: str) -> None:
+def test_apply_k_runs_the_operator_in_cluster(
+    cluster: Cluster, kube: Client, namespace: str, no_other_operator: None
+) -> None:
     kubectl(cluster, "apply", "-k", str(REPO / "manifests" / "base"))
     env = cluster.env_vars()
     aws = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ from localcluster.kube import ApiError, Client
 from tests.integration.helpers import running_container, wait_for
 from tests.integration.operator_fixtures import (
     SECRET,
-    Operator,
     checkpoint_step,
     create_taskrun,
     get_taskrun,
@@ -40,16 +38,6 @@ def gone(kube: Client, path: str) -> bool:
             return True
         raise
     return False
-
-
-@pytest.fixture
-def no_other_operator(operator: Operator) -> Iterator[None]:
-    """The session's cluster-wide test operator would put its finalizers back: paused meanwhile."""
-    operator.stop()
-    try:
-        yield
-    finally:
-        operator.start()
 
 
 def test_helm_uninstall_leaves_no_taskrun_pod_or_namespace_stuck(
