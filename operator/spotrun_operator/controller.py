@@ -110,8 +110,6 @@ class Controller:
             self.informers.append(self._informer("taskruns", self.taskruns, ns, "", trim_taskrun, self._taskrun))
             self.informers.append(self._informer("pods", self.pods, ns, names.LABEL_TASKRUN, trim_pod, self._pod))
         self.informers.append(self._informer("nodes", self.node_store, None, "", _trim_node, self._node))
-        metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
-        metrics.SCHEDULED.set_function(self.queue.scheduled)
 
     def _informer(
         self, kind: str, store: Store, namespace: str | None, selector: str, trim: Any, hook: Any
@@ -158,7 +156,10 @@ class Controller:
         return wait_synced(self.informers, timeout)
 
     def start_workers(self) -> None:
-        """Begins reconciling: every TaskRun once, then whatever wakes. Only the leader calls this."""
+        """Begins reconciling: every TaskRun once, then whatever wakes. Only the leader calls this (a
+        standby's queue only collects keys: its depth is not reported)."""
+        metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
+        metrics.SCHEDULED.set_function(self.queue.scheduled)
         self.events.start()
         for key in self.taskruns.all_keys():
             self.queue.add(key)
@@ -258,6 +259,12 @@ class Controller:
         if decision.create is not None:
             try:
                 self._keep(self.api.create_pod(decision.create))
+            except NamespaceTerminating:
+                # Nothing can be created in a namespace being deleted, and nothing needs to be: its
+                # pods go first, and must not wait for an accounting that will never come.
+                log.info("TaskRun %s/%s: its namespace is being deleted; letting go of its pods", namespace, name)
+                self.release_pods(namespace, name)
+                return None
             except Refused as err:
                 log.warning("The API server refused pod %s: %s", decision.create["metadata"]["name"], err.message)
                 decision = refused(taskrun, decision, err.status, err.message, now)
