@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,41 @@ def wait_step(kube: Client, namespace: str, name: str, step: int, timeout: float
     wait_for(
         lambda: checkpoint_step(kube, namespace, name) >= step, timeout, f"TaskRun {name} to checkpoint step {step}"
     )
+
+
+class LivePods:
+    """`with LivePods(kube, ns, name) as live:` polls the TaskRun's pods every 50 ms while the block
+    runs; `max(live.counts)` is the most that were alive (not Succeeded or Failed) at once."""
+
+    def __init__(self, kube: Client, namespace: str, name: str) -> None:
+        self.kube, self.path, self.selector = (
+            kube,
+            f"/api/v1/namespaces/{namespace}/pods",
+            f"spotrun.dev/taskrun={name}",
+        )
+        self.counts: list[int] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            pods = self.kube.get(self.path, labelSelector=self.selector)["items"]
+            self.counts.append(sum(p["status"].get("phase") not in ("Succeeded", "Failed") for p in pods))
+            time.sleep(0.05)
+
+    def start(self) -> LivePods:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def __enter__(self) -> LivePods:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 def current_pod(kube: Client, namespace: str, name: str) -> Obj | None:

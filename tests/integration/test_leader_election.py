@@ -3,7 +3,6 @@ the leader is SIGKILLed, within the Lease's duration and two tries (14 s)."""
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from localcluster.cluster import Cluster
 from localcluster.kube import Client
 from tests.integration.helpers import wait_for
 from tests.integration.operator_fixtures import (
+    LivePods,
     Operator,
     create_taskrun,
     current_pod,
@@ -47,8 +47,11 @@ def leading(replica: Operator) -> float | None:
 
 
 @pytest.fixture
-def replicas(operator: Operator, task_namespace: str, no_other_operator: None) -> Iterator[tuple[Operator, Operator]]:
-    """Replicas a and b with leader election, while the session's single operator is stopped."""
+def replicas(
+    operator: Operator, kube: Client, task_namespace: str, no_other_operator: None
+) -> Iterator[tuple[Operator, Operator]]:
+    """Replicas a (leading) and b (standing by) with leader election, while the session's single
+    operator is stopped."""
 
     def replica(n: str) -> Operator:
         log = operator.log.parent / f"replica-{n}.log"
@@ -57,6 +60,10 @@ def replicas(operator: Operator, task_namespace: str, no_other_operator: None) -
 
     pair = (replica("a"), replica("b"))
     try:
+        pair[0].start()
+        wait_for(lambda: holder(kube).startswith("replica-a_"), 30, "replica a to take the Lease")
+        pair[1].start()
+        wait_for(lambda: leading(pair[1]) == 0.0, 30, "replica b to stand by")
         yield pair
     finally:
         for replica in pair:
@@ -67,10 +74,6 @@ def test_the_standby_takes_over_when_the_leader_is_killed_and_never_two_pods_run
     replicas: tuple[Operator, Operator], cluster: Cluster, kube: Client, task_namespace: str
 ) -> None:
     a, b = replicas
-    a.start()
-    wait_for(lambda: holder(kube).startswith("replica-a_"), 30, "replica a to take the Lease")
-    b.start()
-    wait_for(lambda: leading(b) == 0.0, 30, "replica b to stand by")
     name = "failover"
     create_taskrun(kube, task_namespace, steps_taskrun(name, steps=80, step_seconds=0.25, maxInterruptions=5))
     wait_step(kube, task_namespace, name, 2)
@@ -78,18 +81,7 @@ def test_the_standby_takes_over_when_the_leader_is_killed_and_never_two_pods_run
     assert leading(b) == 0.0
     assert "Created pod" not in b.log.read_text(), "the standby wrote"
 
-    live_counts: list[int] = []
-    watching = threading.Event()
-
-    def watch_pods() -> None:
-        while not watching.is_set():
-            pods = kube.get(f"/api/v1/namespaces/{task_namespace}/pods", labelSelector=f"spotrun.dev/taskrun={name}")
-            live_counts.append(sum(p["status"].get("phase") not in ("Succeeded", "Failed") for p in pods["items"]))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch_pods, daemon=True)
-    watcher.start()
-    try:
+    with LivePods(kube, task_namespace, name) as live:
         old = current_pod(kube, task_namespace, name)
         assert old is not None
         a.kill()  # SIGKILL: the Lease is not given up
@@ -113,9 +105,6 @@ def test_the_standby_takes_over_when_the_leader_is_killed_and_never_two_pods_run
         )
         took = time.monotonic() - killed
         final = wait_phase(kube, task_namespace, name, "Succeeded", "Failed", timeout=180)
-    finally:
-        watching.set()
-        watcher.join()
     print(f"standby took over and replaced the pod {took:.1f}s after the leader's SIGKILL")
     assert took <= TAKEOVER_LIMIT, f"the standby needed {took:.1f}s"
     assert holder(kube).startswith("replica-b_")
@@ -123,17 +112,13 @@ def test_the_standby_takes_over_when_the_leader_is_killed_and_never_two_pods_run
     assert replacement["metadata"]["name"] == f"{name}-a2"
     assert final["phase"] == "Succeeded", final.get("message")
     assert (final["attempt"], final["interruptions"], final["failures"]) == (2, 1, 0)
-    assert max(live_counts) == 1, "two pods of one TaskRun were alive at once"
+    assert max(live.counts) == 1, "two pods of one TaskRun were alive at once"
 
 
 def test_a_leader_stopped_with_sigterm_hands_over_at_once(
     replicas: tuple[Operator, Operator], kube: Client, task_namespace: str
 ) -> None:
-    a, b = replicas
-    a.start()
-    wait_for(lambda: holder(kube).startswith("replica-a_"), 30, "replica a to take the Lease")
-    b.start()
-    wait_for(lambda: leading(b) == 0.0, 30, "replica b to stand by")
+    a, _ = replicas
     stopped = time.monotonic()
     a.stop()  # SIGTERM: the passes under way finish, the Lease is given up
     after = holder(kube)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 import time
 import urllib.request
 import uuid
@@ -19,6 +18,7 @@ from localcluster.kube import ApiError, Client
 from tests.integration.helpers import container, pod, pod_gone, running_container, wait_for
 from tests.integration.operator_fixtures import (
     SEED,
+    LivePods,
     Operator,
     checkpoint_step,
     create_taskrun,
@@ -259,18 +259,8 @@ def test_operator_killed_at_random_moments_during_repeated_interruptions(
     create_taskrun(kube, task_namespace, steps_taskrun(name, steps=steps, step_seconds=0.25, maxInterruptions=100))
     wait_step(kube, task_namespace, name, 1)
     rng = random.Random(20261127)
-    live_counts: list[int] = []
-    watching = threading.Event()
-
-    def watch_pods() -> None:
-        while not watching.is_set():
-            pods = kube.get(f"/api/v1/namespaces/{task_namespace}/pods", labelSelector=f"spotrun.dev/taskrun={name}")
-            live_counts.append(sum(p["status"].get("phase") not in ("Succeeded", "Failed") for p in pods["items"]))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch_pods, daemon=True)
-    watcher.start()
     injected = 0
+    live = LivePods(kube, task_namespace, name).start()
     try:
         for kill in range(20):
             time.sleep(rng.uniform(0.2, 1.5))
@@ -288,12 +278,11 @@ def test_operator_killed_at_random_moments_during_repeated_interruptions(
             operator.start()
         final = wait_phase(kube, task_namespace, name, "Succeeded", "Failed", timeout=240)
     finally:
-        watching.set()
-        watcher.join()
+        live.stop()
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()
     assert final["phase"] == "Succeeded", final.get("message")
-    assert max(live_counts) == 1, "two pods of one TaskRun were alive at once"
+    assert max(live.counts) == 1, "two pods of one TaskRun were alive at once"
     assert (final["interruptions"], final["failures"]) == (injected, 0)
     assert final["attempt"] == injected + 1
     assert final["result"]["steps"] == steps
