@@ -313,6 +313,34 @@ def test_deleting_a_taskrun_removes_its_pods_and_keeps_its_checkpoints(
     assert latest.step >= 2
 
 
+def test_deleting_a_namespace_with_running_taskruns_lets_it_go_and_keeps_their_checkpoints(
+    kube: Client, task_namespace: str
+) -> None:
+    # Pods go first when a namespace is deleted: their accounting finalizers must not wait for a pass
+    # that can no longer create the next attempt (the namespace stayed Terminating for ever).
+    runs = [f"run-{n}" for n in range(3)]
+    for name in runs:
+        create_taskrun(kube, task_namespace, steps_taskrun(name, steps=400))
+    uris = {}
+    for name in runs:
+        wait_phase(kube, task_namespace, name, "Running")
+        wait_step(kube, task_namespace, name, 1)
+        uris[name] = status_of(kube, task_namespace, name)["checkpoint"]["uri"]
+    kube.delete(f"/api/v1/namespaces/{task_namespace}")
+
+    def gone() -> bool:
+        try:
+            kube.get(f"/api/v1/namespaces/{task_namespace}")
+        except ApiError as err:
+            return err.status == 404
+        return False
+
+    wait_for(gone, 90, f"namespace {task_namespace} to be deleted")
+    for name, uri in uris.items():
+        latest = Checkpoint(open_storage(uri, read_only=True)).latest()
+        assert latest is not None, f"{name}'s checkpoints were deleted with its namespace"
+
+
 def test_the_metrics_endpoint_counts_interruptions_and_latency(
     operator: Operator, cluster: Cluster, kube: Client, task_namespace: str
 ) -> None:
