@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-scale bench-real-nodes clean
+.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -102,6 +102,9 @@ bench-recovery: $(STAMP) up ## Recovery after preemption: a TaskRun against a ba
 
 bench-scale: $(STAMP) build ## TaskRuns against Jobs on kwok nodes, a cluster of its own: burst, storm, cost, failover (TASKRUNS=1000).
 	$(PY) bench/scale.py $(if $(TASKRUNS),--taskruns $(TASKRUNS))
+
+bench-memory: $(STAMP) ## The operator's watch caches at 5,000 TaskRuns: as decoded, trimmed, trimmed and shared.
+	$(PY) bench/cache_memory.py
 
 bench-real-nodes: $(STAMP) build-real ## Real nodes against process nodes: up, idle memory, node add, pod start; recovery on real nodes.
 	$(PY) bench/real_nodes.py

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from spotrun_operator import names
 from spotrun_operator.api import Gone, RateLimiter
-from spotrun_operator.cache import Informer, PodStore, Store, node_ready, trim_pod
+from spotrun_operator.cache import Informer, PodStore, Store, compact, node_ready, trim_pod
 
 Obj = dict[str, Any]
 
@@ -77,6 +78,19 @@ def test_a_trimmed_pod_keeps_what_the_operator_reads_and_drops_the_rest() -> Non
     assert trimmed["spec"] == {"nodeName": "n1", "initContainers": [{"name": "sync", "restartPolicy": "Always"}]}
     assert trimmed["status"] == full["status"]
     assert trimmed["metadata"]["labels"] == full["metadata"]["labels"]
+
+
+def test_cached_objects_decoded_apart_share_their_keys_and_short_strings_and_keep_their_values() -> None:
+    # As two watch events decode them: equal strings, different objects.
+    first, second = (json.loads(json.dumps(pod(f"t-a{n}", n, "t", node="n1"))) for n in (1, 2))
+    a, b = trim_pod(first), trim_pod(second)
+    assert a == trim_pod(json.loads(json.dumps(first)))
+    key_a, key_b = (next(k for k in x["status"] if k == "phase") for x in (a, b))
+    assert key_a is key_b
+    assert a["metadata"]["namespace"] is b["metadata"]["namespace"]
+    assert a["spec"]["nodeName"] is b["spec"]["nodeName"]
+    long = "x" * 1000
+    assert compact({"m": long, "n": [1, None, True, 2.5]}) == {"m": long, "n": [1, None, True, 2.5]}
 
 
 def test_node_readiness_is_the_ready_condition() -> None:
