@@ -448,6 +448,20 @@ def process_cost(pid: int) -> tuple[float, float]:
     return rss_kib / 1024, ticks / os.sysconf("SC_CLK_TCK")
 
 
+CLUSTER_PROCESSES = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def cpu_by_process(cluster: Cluster, replicas: list[Operator]) -> dict[str, float]:
+    """CPU seconds so far of the cluster's busy processes and of each live replica, by name."""
+    pids = {name: int((cluster.pids / f"{name}.pid").read_text()) for name in CLUSTER_PROCESSES}
+    pids.update({r.env["SPOTRUN_POD_NAME"]: r.proc.pid for r in replicas if r.proc and r.proc.poll() is None})
+    seconds = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError):
+            seconds[name] = process_cost(pid)[1]
+    return seconds
+
+
 def metric(replica: Operator, name: str) -> float | None:
     """The sum of metric NAME's samples on the replica's metrics endpoint (None: unreachable)."""
     try:
@@ -607,6 +621,7 @@ class Storm:
     first_create_seconds: float = math.nan
     first_create_local_seconds: float = math.nan
     window: tuple[float, float] = (0.0, 0.0)  # epoch seconds: the deletion -> the last replacement seen
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds in the window, by process
     requests: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)  # in the window
 
 
@@ -644,16 +659,19 @@ def storm(
     timeout: float,
     rng: random.Random,
     at_deletion: Callable[[], None] | None = None,
+    cpu: Callable[[], dict[str, float]] | None = None,
 ) -> Storm:
     """Deletes STORM_FRACTION of the spot kwok nodes at once (AT_DELETION first: the leader's SIGKILL);
-    until every pod that was on them has its successor; then the capacity comes back. A replacement
-    may land on a node deleted a moment later, and be replaced in its turn: each loss counts."""
+        until every pod that was on them has its successor; then the capacity comes back. A replacement
+        may land on a node deleted a moment later, and be replaced in its turn: each loss counts. CPU: the
+    CPU seconds by process (`cpu()` before and after), where the window's time went."""
     result = Storm()
     spot = sorted(cluster.kwok_nodes("spot"))
     gone = set(rng.sample(spot, round(len(spot) * STORM_FRACTION)))
     result.spot_nodes, result.nodes_deleted = len(spot), len(gone)
     with pods.lock:
         owners = {o for o, live in pods.live.items() if o and live}
+    cpu_before = cpu() if cpu else {}
     wall, started = time.time(), time.monotonic()
     if at_deletion is not None:
         at_deletion()
@@ -681,6 +699,8 @@ def storm(
         timeout,
         f"replacements of the pods of {result.hit} {kind.name}s",
     )
+    cpu_after = cpu() if cpu else {}
+    result.cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after if k in cpu_before}
     lost = losses()
     with pods.lock, nodes.lock:
         for pairs in lost.values():
@@ -981,6 +1001,16 @@ def report(r: Results) -> None:
     if r.metrics:
         print("leader's metrics at the end: " + ", ".join(f"{k} {v}" for k, v in r.metrics.items()))
     print("phases took: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.durations.items()))
+    for key, s in r.storms.items():
+        if s.cpu:
+            # Where the window's time went: a sum near the cores' capacity means the machine, not a
+            # request budget, bounded the replacements.
+            capacity = (s.window[1] - s.window[0]) * (os.cpu_count() or 1)
+            busy = ", ".join(f"{k} {v:.1f}" for k, v in sorted(s.cpu.items(), key=lambda kv: -kv[1]))
+            print(
+                f"{key}: CPU seconds from the deletion to the last replacement, by process: {busy}; "
+                f"{sum(s.cpu.values()):.1f} of the {capacity:.0f} the {os.cpu_count()} cores had"
+            )
     print()
     print("issue 10's targets:")
     for what, met in verdicts:
@@ -1054,10 +1084,11 @@ class Bench:
         config = Config.from_env({**os.environ, **self.replicas[0].env})
         self.results.config = config
         knobs = (config.api_qps, config.api_burst, config.workers)
+        defaults = (Config.api_qps, Config.api_burst, Config.workers)
         self.results.settings = [
             f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}",
             f"operator: 2 replicas with leader election; SPOTRUN_API_QPS={knobs[0]} SPOTRUN_API_BURST={knobs[1]} "
-            f"SPOTRUN_WORKERS={knobs[2]}" + (" (the defaults)" if knobs == (50, 100, 8) else ""),
+            f"SPOTRUN_WORKERS={knobs[2]}" + (" (the defaults)" if knobs == defaults else ""),
             f"operator code: {operator_version()}",
             f"controller-manager: {controller_manager_settings(self.cluster)}",
             f"kwok nodes: {len(self.cluster.kwok_nodes('spot'))} spot, "
@@ -1094,6 +1125,9 @@ class Bench:
                 role = "leader" if holder.startswith(name + "_") else "standby"
                 rss, cpu = process_cost(replica.proc.pid)
                 self.results.samples.append(Sample(when, f"{name} ({role})", rss, cpu))
+
+    def cpu_now(self) -> dict[str, float]:
+        return cpu_by_process(self.cluster, self.replicas)
 
     def namespace(self, prefix: str, kind: Kind) -> str:
         name = make_namespace(self.kube, prefix)
@@ -1143,7 +1177,9 @@ class Bench:
             try:
                 if kind is TASKRUNS:
                     self.idle(pods, objects)
-                result = storm(self.cluster, kind, namespace, pods, self.nodes, self.timeout, self.rng)
+                result = storm(
+                    self.cluster, kind, namespace, pods, self.nodes, self.timeout, self.rng, cpu=self.cpu_now
+                )
                 if kind is TASKRUNS:
                     result.requests = audit.requests(self.log, OPERATOR_USER, *result.window)
                 self.results.storms[f"storm-{kind.name}"] = result
@@ -1173,7 +1209,9 @@ class Bench:
                 dying.kill()
 
             note(f"SIGKILL to the leader {dying.env['SPOTRUN_POD_NAME']} as the nodes are deleted")
-            result = storm(self.cluster, TASKRUNS, namespace, pods, self.nodes, self.timeout, self.rng, kill)
+            result = storm(
+                self.cluster, TASKRUNS, namespace, pods, self.nodes, self.timeout, self.rng, kill, self.cpu_now
+            )
             wall, mono = killed
             with self.lease.lock:
                 took = [t for h, by in self.lease.reached.items() if h.startswith(name + "_") for t in by.values()]

@@ -138,7 +138,7 @@ PATHS = {
 
 class Api:
     def __init__(
-        self, client: Any = None, *, qps: float = 50.0, burst: int = 100, pool: int = 32, user_agent: str = ""
+        self, client: Any = None, *, qps: float = 200.0, burst: int = 300, pool: int = 32, user_agent: str = ""
     ) -> None:
         if client is None:
             client = _ThrottledClient(RateLimiter(qps, burst), _configuration(pool))

@@ -107,8 +107,8 @@ class Config:
     default_max_interruptions: int = 20
     log_format: str = "text"
     metrics_port: int = 8080
-    api_qps: int = 50
-    api_burst: int = 100
+    api_qps: int = 200
+    api_burst: int = 300
     workers: int = 8
     leader_election: bool = True
     lease_namespace: str = "spotrun-system"
