@@ -1243,7 +1243,8 @@ class Bench:
             pods.stop()
             objects.stop()
         self.results.durations["failover"] = time.monotonic() - started
-        self.done_with(namespace)
+        if self.reused:  # a cluster of our own goes with all it holds (at 5,000 a namespace takes 7 min)
+            self.done_with(namespace)
 
     def teardown(self) -> None:
         for watch in self.watches:

@@ -152,7 +152,16 @@ def run(config: Config, liveness: str) -> int:
     return status
 
 
+class _SignalsAreOurs(logging.Filter):
+    """kopf warns, run in any thread but the main one, that it ignores OS signals: by design here
+    (SIGTERM is this process's: it hands the Lease over), so the warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("OS signals are ignored: running not in the main thread")
+
+
 def _run_kopf(config: Config, stop: threading.Event) -> None:
+    logging.getLogger("kopf._core.reactor.running").addFilter(_SignalsAreOurs())
     kopf.run(
         standalone=True,  # no kopf peering: the Lease says who leads
         clusterwide=not config.namespaces,
