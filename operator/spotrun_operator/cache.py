@@ -237,8 +237,9 @@ class Informer:
     """list+watch of one kind into a Store, in a thread of its own.
 
     `source` is the API module's (list_objects, watch_objects); `trim` keeps what is needed of each
-    object; `on_change(type, old, new)` is called after every change the store took (also for each
-    object a relist added, changed or dropped). `synced` is set once the first list is stored.
+    object (the lister applies it page by page); `on_change(type, old, new)` is called after every
+    change the store took (also for each object a relist added, changed or dropped). `synced` is
+    set once the first list is stored.
     """
 
     def __init__(
@@ -270,8 +271,8 @@ class Informer:
         self.stopping.set()
 
     def _relist(self) -> None:
-        items, self.version = self._list(self.kind, self.namespace, self.selector)
-        before, now = self.store.replace(self._trim(o) for o in items)
+        items, self.version = self._list(self.kind, self.namespace, self.selector, trim=self._trim)
+        before, now = self.store.replace(items)
         old = {key_of(o): o for o in before}
         for obj in now:
             previous = old.pop(key_of(obj), None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from spotrun_operator import names
@@ -108,10 +108,12 @@ class Source:
         self.watched_from: list[str] = []
         self.done = threading.Event()
 
-    def list(self, kind: str, namespace: str | None, selector: str) -> tuple[list[Obj], str]:
+    def list(
+        self, kind: str, namespace: str | None, selector: str, trim: Callable[[Obj], Obj] = lambda o: o
+    ) -> tuple[list[Obj], str]:
         items, version = self.lists.pop(0)
         self.listed.append(version)
-        return items, version
+        return [trim(o) for o in items], version
 
     def watch(self, kind: str, namespace: str | None, selector: str, version: str, timeout: int) -> Iterator[Any]:
         self.watched_from.append(version)
@@ -159,6 +161,24 @@ def test_an_informer_lists_watches_from_the_last_version_and_lists_again_when_to
     ]
     assert sorted(store.all_keys()) == [("ns", "b"), ("ns", "c")]
     assert informer.synced.is_set()
+
+
+def test_an_informer_has_its_list_trimmed_page_by_page_and_stores_each_object_trimmed_once() -> None:
+    # A relist of thousands must never be held as the server sent it: the lister trims as pages come.
+    source = Source(lists=[([obj("a", 1), obj("b", 2)], "10")], watches=[])
+    trimmed: list[str] = []
+
+    def trim(o: Obj) -> Obj:
+        trimmed.append(o["metadata"]["name"])
+        return {"metadata": o["metadata"], "trimmed": True}
+
+    store = Store()
+    informer = Informer("things", store, source.list, source.watch, trim=trim, gone=Gone)
+    informer.start()
+    assert source.done.wait(10)
+    informer.stop()
+    assert trimmed == ["a", "b"]
+    assert all(store.get(key) == {"metadata": store.get(key)["metadata"], "trimmed": True} for key in store.all_keys())
 
 
 def test_the_rate_limiter_allows_a_burst_then_spaces_requests_at_qps() -> None:
