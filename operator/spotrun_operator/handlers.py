@@ -69,6 +69,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     # The deletion handler runs in this pool: a few at a time is plenty.
     settings.execution.max_workers = 4
+    # kopf starts a worker per object it sees; a leader that starts on thousands of TaskRuns would
+    # hold them all at once. Its only handler is the deletion of annotated ones: 100 workers, each
+    # gone 1 s after its object's last event, keep up (100 objects a second) in bounded memory.
+    settings.queueing.worker_limit = 100
+    settings.queueing.idle_timeout = 1.0
     log.info("kopf started: deleting checkpoints of TaskRuns annotated %s=true", names.ANNOTATION_DELETE_CHECKPOINTS)
 
 
