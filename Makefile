@@ -103,8 +103,9 @@ bench-recovery: $(STAMP) up ## Recovery after preemption: a TaskRun against a ba
 bench-scale: $(STAMP) build ## TaskRuns against Jobs on kwok nodes, a cluster of its own: burst, storm, cost, failover (TASKRUNS=1000).
 	$(PY) bench/scale.py $(if $(TASKRUNS),--taskruns $(TASKRUNS))
 
-bench-memory: $(STAMP) ## The operator's watch caches at 5,000 TaskRuns: as decoded, trimmed, trimmed and shared.
+bench-memory: $(STAMP) build ## Operator memory at 5,000 TaskRuns: the caches (decoded, trimmed, shared); a restart on them.
 	$(PY) bench/cache_memory.py
+	$(PY) bench/restart_memory.py
 
 bench-real-nodes: $(STAMP) build-real ## Real nodes against process nodes: up, idle memory, node add, pod start; recovery on real nodes.
 	$(PY) bench/real_nodes.py

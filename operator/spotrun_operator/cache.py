@@ -7,10 +7,9 @@ and to a callback that wakes the TaskRuns concerned. Passes read the stores and 
 
 Objects are trimmed to what the operator reads (`trim_pod`, `node_ready`): a Node's Ready
 condition, not its images; a pod's status and identity, not its spec; and their repeated strings
-are shared (`compact`). The operator's own writes
-go in at once (`Store.put`), so that the next pass never starts from an older copy than the one it
-wrote; a watch event older than what is stored is ignored (resourceVersions of one kind compare as
-integers; KEP-5504).
+are shared (`compact`). The operator's own writes go in at once (`Store.put`), so that the next
+pass never starts from an older copy than the one it wrote; a watch event older than what is
+stored is ignored (resourceVersions of one kind compare as integers; KEP-5504).
 """
 
 from __future__ import annotations
