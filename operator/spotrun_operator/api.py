@@ -148,6 +148,7 @@ class Api:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.coordination = kubernetes.client.CoordinationV1Api(client)
+        self.policy = kubernetes.client.PolicyV1Api(client)
 
     def _raw(self, path: str, query: list[tuple[str, Any]], timeout: Any = None) -> Any:
         return self.client.call_api(
@@ -365,6 +366,40 @@ class Api:
             if err.status != 404:
                 raise
         return None
+
+    def notify_pod(self, namespace: str, name: str, notice: str) -> Obj | None:
+        """Sets the pod's notice annotation (the SDK sees it through a downward-API volume); returns
+        the pod as patched, None when it is gone."""
+        try:
+            return self._json(
+                self.core.patch_namespaced_pod(
+                    name,
+                    namespace,
+                    {"metadata": {"annotations": {names.ANNOTATION_NOTICE: notice}}},
+                    _preload_content=False,
+                )
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+        return None
+
+    def create_budget(self, body: Obj) -> None:
+        """Creates the TaskRun's PodDisruptionBudget; one that exists already is kept."""
+        try:
+            self.policy.create_namespaced_pod_disruption_budget(body["metadata"]["namespace"], body)
+        except ApiException as err:
+            if err.status == 403 and "NamespaceTerminating" in str(err.body):
+                raise NamespaceTerminating(body["metadata"]["namespace"]) from err
+            if err.status != 409:
+                raise
+
+    def delete_budget(self, namespace: str, name: str) -> None:
+        try:
+            self.policy.delete_namespaced_pod_disruption_budget(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
 
     def release_pod(self, pod: Obj) -> Obj | None:
         """Removes Spotrun's accounting finalizer (with the pod's resourceVersion); returns the pod

@@ -66,6 +66,85 @@ PROFILES: dict[str, dict[str, Obj]] = {
 }
 
 
+# Node taints that mean "this node will be reclaimed", with the warning each gives (seconds). The
+# pod is told at once; the reclaim itself proceeds as it would. Taints that never appear cost
+# nothing, so every profile knows them all; a profile file may give its own ("noticeTaints").
+NOTICE_TAINTS: dict[str, int] = {
+    "aws-node-termination-handler/spot-itn": 120,  # EC2 spot interruption notice (NTH, taintNode)
+    "aws-node-termination-handler/asg-lifecycle-termination": 120,
+    "aws-node-termination-handler/scheduled-maintenance": 120,
+    "cloud.google.com/impending-node-termination": 30,  # GKE spot/preemptible: 30 s
+}
+# Node taints that mean a voluntary disruption has begun (besides a cordon, spec.unschedulable):
+# the node is being drained, respecting PodDisruptionBudgets. A profile file: "drainTaints".
+DRAIN_TAINTS: tuple[str, ...] = (
+    "node.kubernetes.io/unschedulable",  # kubectl cordon / drain (the node lifecycle controller's)
+    "karpenter.sh/disrupted",  # Karpenter: consolidation, drift, expiry, and its spot interruptions
+    "ToBeDeletedByClusterAutoscaler",  # cluster-autoscaler's scale-down
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prices:
+    """Hourly prices by capacity type, optionally by node.kubernetes.io/instance-type: what
+    status.cost is computed from (SPOTRUN_PRICES, JSON: {"spot": 0.3, "on-demand": 1.0,
+    "currency": "USD", "instanceTypes": {"m5.large": {"spot": 0.04, "on-demand": 0.096}}})."""
+
+    spot: float = 0.0
+    on_demand: float = 0.0
+    currency: str = ""
+    instance_types: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        return self.on_demand > 0 or any(p.get("on-demand", 0) > 0 for p in self.instance_types.values())
+
+    def hourly(self, capacity: str, instance_type: str = "") -> float | None:
+        """The price of an hour of `capacity` ("spot" or "on-demand") on that instance type, or None."""
+        by_type = self.instance_types.get(instance_type) or {}
+        if capacity in by_type:
+            return float(by_type[capacity])
+        price = self.spot if capacity == "spot" else self.on_demand
+        return price if price > 0 else None
+
+    @classmethod
+    def parse(cls, text: str) -> Prices:
+        """SPOTRUN_PRICES; an error names the variable and what is wrong."""
+        if not text.strip():
+            return cls()
+        try:
+            raw = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"SPOTRUN_PRICES is not JSON: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError('SPOTRUN_PRICES must be a JSON object such as {"spot": 0.3, "on-demand": 1.0}')
+
+        def price(value: Any, where: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"SPOTRUN_PRICES: {where} must be a price per hour (a number >= 0), not {value!r}")
+            return float(value)
+
+        unknown = set(raw) - {"spot", "on-demand", "currency", "instanceTypes"}
+        if unknown:
+            raise ConfigError(
+                f"SPOTRUN_PRICES: unknown keys {sorted(unknown)}; use spot, on-demand, currency, instanceTypes"
+            )
+        types = raw.get("instanceTypes") or {}
+        if not isinstance(types, dict):
+            raise ConfigError("SPOTRUN_PRICES: instanceTypes must map an instance type to {spot, on-demand}")
+        parsed: dict[str, dict[str, float]] = {}
+        for name, entry in types.items():
+            if not isinstance(entry, dict) or set(entry) - {"spot", "on-demand"}:
+                raise ConfigError(f"SPOTRUN_PRICES: instanceTypes.{name} must be {{spot: N, on-demand: N}}")
+            parsed[name] = {k: price(v, f"instanceTypes.{name}.{k}") for k, v in entry.items()}
+        return cls(
+            spot=price(raw.get("spot", 0), "spot"),
+            on_demand=price(raw.get("on-demand", 0), "on-demand"),
+            currency=str(raw.get("currency", "")),
+            instance_types=parsed,
+        )
+
+
 class ConfigError(ValueError):
     """The operator's environment is wrong; the message names the variable."""
 
@@ -95,6 +174,7 @@ class Config:
             SPOTRUN_LEASE_NAME, the coordination.k8s.io Lease the replicas elect a leader on.
         identity: SPOTRUN_POD_NAME (the downward API's metadata.name), else the host name; a replica's
             name in the Lease.
+        prices: SPOTRUN_PRICES (see Prices): without them status.cost is not written.
     """
 
     namespaces: tuple[str, ...] = ()
@@ -114,6 +194,20 @@ class Config:
     lease_namespace: str = "spotrun-system"
     lease_name: str = "spotrun-operator"
     identity: str = ""
+    prices: Prices = dataclasses.field(default_factory=Prices)
+
+    @property
+    def notice_taints(self) -> Mapping[str, int]:
+        return self.profile.get("noticeTaints") or NOTICE_TAINTS
+
+    @property
+    def drain_taints(self) -> tuple[str, ...]:
+        return tuple(self.profile.get("drainTaints") or DRAIN_TAINTS)
+
+    @property
+    def spot_labels(self) -> Mapping[str, str]:
+        """The labels that make a node spot in this profile (its spot nodeSelector)."""
+        return (self.profile.get("spot") or {}).get("nodeSelector") or {}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -157,6 +251,7 @@ class Config:
             lease_namespace=env.get("SPOTRUN_LEASE_NAMESPACE") or _own_namespace() or cls.lease_namespace,
             lease_name=env.get("SPOTRUN_LEASE_NAME") or cls.lease_name,
             identity=env.get("SPOTRUN_POD_NAME") or socket.gethostname(),
+            prices=Prices.parse(env.get("SPOTRUN_PRICES", "")),
         )
 
 

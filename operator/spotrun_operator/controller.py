@@ -25,7 +25,17 @@ from spotrun import Checkpoint, S3Storage, open_storage
 
 from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, transient
-from spotrun_operator.cache import Informer, Key, PodStore, Store, node_ready, trim_pod, trim_taskrun, wait_synced
+from spotrun_operator.cache import (
+    Informer,
+    Key,
+    PodStore,
+    Store,
+    compact,
+    node_ready,
+    trim_pod,
+    trim_taskrun,
+    wait_synced,
+)
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import checkpoint_uri
 from spotrun_operator.reconcile import decide, refused, unseen_attempts
@@ -39,10 +49,33 @@ RESYNC_SECONDS = 600.0  # every TaskRun is passed again this often, from the cac
 RETRY_DELAYS = (0.5, 300.0)  # a pass that raised is retried after 0.5 s, doubling to 5 min
 
 
-def _trim_node(node: Obj) -> Obj:
-    meta = node["metadata"]
-    kept = {"name": meta["name"], "resourceVersion": meta.get("resourceVersion")}
-    return {"metadata": kept, "ready": node_ready(node)}
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+
+
+def trim_node(node: Obj, spot_labels: collections.abc.Mapping[str, str]) -> Obj:
+    """What a pass reads of a Node: Ready, its taints' keys and cordon (notices, drains), its
+    instance type and whether it is spot (cost); not its images or conditions."""
+    meta, spec = node["metadata"], node.get("spec") or {}
+    labels = meta.get("labels") or {}
+    kept: Obj = {
+        "metadata": {"name": meta["name"], "resourceVersion": meta.get("resourceVersion")},
+        "ready": node_ready(node),
+    }
+    taints = sorted({t["key"] for t in spec.get("taints") or [] if t.get("key")})
+    if taints:
+        kept["taints"] = taints
+    if spec.get("unschedulable"):
+        kept["unschedulable"] = True
+    if labels.get(INSTANCE_TYPE):
+        kept["instanceType"] = labels[INSTANCE_TYPE]
+    if spot_labels:
+        kept["spot"] = all(labels.get(k) == v for k, v in spot_labels.items())
+    trimmed: Obj = compact(kept)
+    return trimmed
+
+
+def _facts(node: Obj | None) -> Obj:
+    return {k: v for k, v in (node or {}).items() if k != "metadata"}
 
 
 class Nodes(collections.abc.Mapping[str, bool]):
@@ -109,7 +142,10 @@ class Controller:
         for ns in config.namespaces or (None,):
             self.informers.append(self._informer("taskruns", self.taskruns, ns, "", trim_taskrun, self._taskrun))
             self.informers.append(self._informer("pods", self.pods, ns, names.LABEL_TASKRUN, trim_pod, self._pod))
-        self.informers.append(self._informer("nodes", self.node_store, None, "", _trim_node, self._node))
+        spot = dict(config.spot_labels)
+        self.informers.append(
+            self._informer("nodes", self.node_store, None, "", lambda n: trim_node(n, spot), self._node)
+        )
 
     def _informer(
         self, kind: str, store: Store, namespace: str | None, selector: str, trim: Any, hook: Any
@@ -140,8 +176,9 @@ class Controller:
             self.queue.add((pod["metadata"].get("namespace", ""), owner))
 
     def _node(self, _: str, old: Obj | None, new: Obj | None) -> None:
-        """A node that comes, goes or changes readiness wakes the TaskRuns with a pod on it."""
-        if old is not None and new is not None and old["ready"] == new["ready"]:
+        """A node that comes, goes or changes (readiness, taints, cordon) wakes the TaskRuns with a
+        pod on it."""
+        if old is not None and new is not None and _facts(old) == _facts(new):
             return
         for key in self.pods.taskruns_on_node((new or old or {})["metadata"]["name"]):
             self.queue.add(key)
@@ -254,10 +291,21 @@ class Controller:
             for pod in pods:
                 self.pods.put(pod)
         now = datetime.datetime.now(datetime.UTC)
-        decision = decide(taskrun, pods, self.nodes, now, self.config, resume_from=self._resume_from(taskrun))
+        decision = decide(
+            taskrun,
+            pods,
+            self.nodes,
+            now,
+            self.config,
+            resume_from=self._resume_from(taskrun),
+            node_info=lambda name: self.node_store.get(("", name)),
+            checkpoints=StoredCheckpoints(checkpoint_uri(taskrun, self.config)),
+        )
         by_name = {p["metadata"]["name"]: p for p in pods}
         if decision.create is not None:
             try:
+                if decision.budget is not None:
+                    self.api.create_budget(decision.budget)
                 self._keep(self.api.create_pod(decision.create))
             except NamespaceTerminating:
                 # Nothing can be created in a namespace being deleted, and nothing needs to be: its
@@ -278,16 +326,14 @@ class Controller:
                 decision.status.get("attempt"),
                 decision.status.get("capacity"),
             )
-        if decision.refresh_checkpoint:
-            uri = decision.status.get("checkpoint", {}).get("uri", "")
-            if uri:
-                kept = {k: v for k, v in decision.status["checkpoint"].items() if k == "resumeFrom"}
-                decision.status["checkpoint"] = {"uri": uri, **kept, **_latest_checkpoint(uri)}
         if changed(taskrun.get("status") or {}, decision.status):
             self.taskruns.put(trim_taskrun(self.api.write_status(taskrun, decision.status)))
             for kind, reason, message in decision.events:
                 self.events.post(taskrun, kind, reason, message)
             metrics.observe_status(taskrun, decision.status)
+        for pod_name, notice in decision.notify:
+            log.info("Told pod %s/%s of %s", namespace, pod_name, notice)
+            self._keep(self.api.notify_pod(namespace, pod_name, notice))
         for pod_name in decision.force_delete:
             log.info("Force-deleted pod %s/%s: its node is gone", namespace, pod_name)
             self.api.force_delete_pod(by_name[pod_name])
@@ -296,6 +342,8 @@ class Controller:
         for pod_name in decision.release:
             if pod_name not in decision.force_delete:
                 self._keep(self.api.release_pod(by_name[pod_name]))
+        if decision.delete_budget:
+            self.api.delete_budget(namespace, decision.delete_budget)
         if decision.delete_taskrun:
             log.info("Deleted TaskRun %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             self.api.delete_taskrun(namespace, name)
@@ -318,13 +366,38 @@ class _S3:
             return cls._client
 
 
-def _latest_checkpoint(uri: str) -> Obj:
-    try:
-        shared = {"client": _S3.client()} if uri.startswith("s3://") else {}
-        info = Checkpoint(open_storage(uri, read_only=True, **shared)).latest()
-    except Exception as err:  # the status is informative; a storage hiccup must not stop a pass
-        log.warning("Reading the newest checkpoint of %s failed: %s", uri, err)
-        return {}
-    if info is None:
-        return {}
+def _info(info: Any) -> Obj:
     return {"id": info.id, "step": info.step, "attempt": info.attempt, "time": info.time.isoformat(), "size": info.size}
+
+
+class StoredCheckpoints:
+    """reconcile.Checkpoints on the TaskRun's storage: read only when a pass asks (an attempt was
+    counted, a drain waits), through one shared client."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._checkpoint: Checkpoint | None = None
+
+    def _open(self) -> Checkpoint:
+        if self._checkpoint is None:
+            shared = {"client": _S3.client()} if self.uri.startswith("s3://") else {}
+            self._checkpoint = Checkpoint(open_storage(self.uri, read_only=True, **shared))
+        return self._checkpoint
+
+    def latest(self) -> Obj | None:
+        if not self.uri:
+            return None
+        try:
+            info = self._open().latest()
+        except Exception as err:
+            log.warning("Reading the newest checkpoint of %s failed: %s", self.uri, err)
+            raise
+        return None if info is None else _info(info)
+
+    def newest_of(self, attempt: int) -> Obj | None:
+        if not self.uri:
+            return None
+        for info in self._open().list():
+            if info.attempt <= attempt:
+                return _info(info)
+        return None

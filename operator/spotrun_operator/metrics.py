@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from spotrun_operator import names
+from spotrun_operator.accounting import ended_at
 
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.metrics")
@@ -17,6 +18,12 @@ log = logging.getLogger("spotrun.metrics")
 TASKRUNS = Gauge("spotrun_taskruns", "TaskRuns known to this operator, by phase.", ["phase"])
 INTERRUPTIONS = Counter("spotrun_interruptions_total", "Attempts that ended interrupted, by reason.", ["reason"])
 FAILURES = Counter("spotrun_failures_total", "Attempts that ended failed, by reason.", ["reason"])
+LOST_WORK = Histogram(
+    "spotrun_lost_work_seconds",
+    "Work lost by an interrupted or failed attempt: from the last committed checkpoint to the end of its pod.",
+    ["reason"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
 REPLACEMENT = Histogram(
     "spotrun_replacement_latency_seconds",
     "From the end of an attempt (its pod terminal or deleted) to the creation of the next attempt's pod.",
@@ -64,29 +71,6 @@ def start(port: int) -> None:
         log.info("Serving metrics on :%d/metrics", port)
 
 
-def _parse(text: str | None) -> datetime.datetime | None:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
-def ended_at(pod: Obj) -> datetime.datetime | None:
-    """When a pod's attempt ended: its last container finish, else its deletion, else its disruption."""
-    status = pod.get("status", {})
-    finishes = [
-        _parse(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
-        for s in status.get("containerStatuses") or []
-    ]
-    known = [f for f in finishes if f is not None]
-    if known:
-        return max(known)
-    deleted = _parse(pod["metadata"].get("deletionTimestamp"))
-    if deleted is not None:
-        return deleted
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "DisruptionTarget":
-            return _parse(condition.get("lastTransitionTime"))
-    return None
-
-
 def observe_creation(taskrun: Obj, pods: list[Obj], now: datetime.datetime) -> None:
     previous = max(pods, key=lambda p: int(p["metadata"]["labels"].get(names.LABEL_ATTEMPT, 0)), default=None)
     if previous is None:
@@ -102,6 +86,8 @@ def observe_status(taskrun: Obj, status: Obj) -> None:
     for entry in status.get("attempts") or []:
         if int(entry.get("attempt", 0)) <= seen:
             continue
+        if "lostSeconds" in entry:
+            LOST_WORK.labels(entry.get("reason") or "Unknown").observe(float(entry["lostSeconds"]))
         if entry.get("outcome") == names.OUTCOME_INTERRUPTED:
             INTERRUPTIONS.labels(entry.get("reason") or "Unknown").inc()
         elif entry.get("outcome") == names.OUTCOME_FAILED:

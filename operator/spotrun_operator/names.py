@@ -23,6 +23,11 @@ MANAGED_BY = "spotrun-operator"
 ANNOTATION_STOPPED_BY = f"{GROUP}/stopped-by"  # on a pod the operator itself deletes, with the reason
 # On a TaskRun, "true": deleting the TaskRun also deletes its checkpoints (kept by default).
 ANNOTATION_DELETE_CHECKPOINTS = f"{GROUP}/delete-checkpoints"
+# On a pod whose node is about to be reclaimed or drained: JSON {time, reason, kind, seconds}. Every
+# container sees it in a file (a downward-API volume) that the SDK watches.
+ANNOTATION_NOTICE = f"{GROUP}/notice"
+# Karpenter leaves a node alone for voluntary disruption while one of its pods has this.
+ANNOTATION_KARPENTER_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 
 # kopf's own bookkeeping, under Spotrun's prefix.
 FINALIZER = f"{GROUP}/finalizer"
@@ -61,6 +66,12 @@ REASON_SUSPENDED = "Suspended"
 # Why a pod was interrupted, when the pod itself does not say.
 INTERRUPTION_NODE_GONE = "NodeGone"
 INTERRUPTION_POD_DELETED = "PodDeleted"
+INTERRUPTION_DRAINED = "Drained"  # the operator stopped it on a drained node, after a fresh checkpoint
+INTERRUPTION_NOTICE = "InterruptionNotice"  # it stopped by itself after a reclaim notice
+
+# Notices (ANNOTATION_NOTICE's kind) and spec.disruption.voluntary.
+NOTICE_RECLAIM, NOTICE_DRAIN = "Reclaim", "Drain"
+VOLUNTARY_CHECKPOINT, VOLUNTARY_ALLOW = "Checkpoint", "Allow"
 
 CAPACITY_SPOT, CAPACITY_ON_DEMAND, CAPACITY_ANY = "spot", "on-demand", "any"
 
@@ -99,6 +110,11 @@ def pod_name(taskrun: str, attempt: int) -> str:
     """The one name of attempt N's pod: deterministic, so a retried create finds it (409)."""
     suffix = f"-a{attempt}"
     return _shortened(taskrun, MAX_NAME - len(suffix)) + suffix
+
+
+def budget_name(taskrun: str) -> str:
+    """The name of the PodDisruptionBudget that keeps a drain from evicting a TaskRun's pod."""
+    return _shortened(taskrun, 253)
 
 
 def event_name(taskrun: str, unique: str) -> str:

@@ -11,6 +11,9 @@ from spotrun_operator.config import Config
 Obj = dict[str, Any]
 
 CHECKPOINT_VOLUME = "spotrun-checkpoint"
+NOTICE_VOLUME = "spotrun-notice"
+NOTICE_DIR = "/var/run/spotrun"  # every container sees the pod's notice annotation in NOTICE_DIR/notice
+NOTICE_FILE = f"{NOTICE_DIR}/notice"
 OWNED_PREFIX = f"{names.GROUP}/"
 
 
@@ -48,6 +51,7 @@ def _env(taskrun: Obj, attempt: int, capacity: str, uri: str, resume_from: str, 
         {"name": "SPOTRUN_CAPACITY", "value": capacity},
         {"name": "SPOTRUN_GRACE_SECONDS", "value": str(grace)},
         {"name": "SPOTRUN_CHECKPOINT_KEEP", "value": str((taskrun["spec"].get("checkpoint") or {}).get("keep", 3))},
+        {"name": "SPOTRUN_NOTICE_FILE", "value": NOTICE_FILE},
     ]
     if resume_from:
         env.append({"name": "SPOTRUN_RESUME_FROM", "value": resume_from})
@@ -58,6 +62,8 @@ def _with_contract(container: Obj, env: list[Obj], secret: str) -> Obj:
     container = copy.deepcopy(container)
     ours = {e["name"] for e in env}
     container["env"] = [e for e in container.get("env") or [] if e["name"] not in ours] + env
+    notice = {"name": NOTICE_VOLUME, "mountPath": NOTICE_DIR, "readOnly": True}
+    container["volumeMounts"] = [*(container.get("volumeMounts") or []), notice]
     if secret:
         container["envFrom"] = [*(container.get("envFrom") or []), {"secretRef": {"name": secret}}]
     container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
@@ -86,6 +92,13 @@ def build_pod(
 
     pod_spec["restartPolicy"] = "Never"
     pod_spec["containers"] = [_with_contract(c, env, secret) for c in pod_spec["containers"]]
+    # The notice annotation as a file, updated in place by the kubelet (a volume, not an env var:
+    # those never change) for the SDK to watch.
+    notice_item = {"path": "notice", "fieldRef": {"fieldPath": f"metadata.annotations['{names.ANNOTATION_NOTICE}']"}}
+    pod_spec["volumes"] = [
+        *(pod_spec.get("volumes") or []),
+        {"name": NOTICE_VOLUME, "downwardAPI": {"items": [notice_item]}},
+    ]
     placement = config.profile.get(capacity, {})
     pod_spec["nodeSelector"] = {**placement.get("nodeSelector", {}), **(pod_spec.get("nodeSelector") or {})}
     if not pod_spec["nodeSelector"]:
@@ -99,7 +112,7 @@ def build_pod(
     mount_path = checkpoint.get("mountPath")
     if mount_path:
         volume = {"name": CHECKPOINT_VOLUME, "emptyDir": {}}
-        pod_spec["volumes"] = [*(pod_spec.get("volumes") or []), volume]
+        pod_spec["volumes"] = [*pod_spec["volumes"], volume]
         mount = {"name": CHECKPOINT_VOLUME, "mountPath": mount_path}
         for container in pod_spec["containers"]:
             container["volumeMounts"] = [*(container.get("volumeMounts") or []), mount]
@@ -119,6 +132,10 @@ def build_pod(
             pod_spec.get("initContainers") or []
         )
 
+    annotations = _not_ours(pod_meta.get("annotations"))
+    checkpoint_first = (spec.get("disruption") or {}).get("voluntary", names.VOLUNTARY_CHECKPOINT)
+    if config.profile_name == "karpenter" and checkpoint_first == names.VOLUNTARY_CHECKPOINT:
+        annotations[names.ANNOTATION_KARPENTER_DO_NOT_DISRUPT] = "true"
     labels = {
         **_not_ours(pod_meta.get("labels")),
         names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
@@ -133,7 +150,7 @@ def build_pod(
             "name": names.pod_name(meta["name"], attempt),
             "namespace": meta["namespace"],
             "labels": labels,
-            "annotations": _not_ours(pod_meta.get("annotations")),
+            "annotations": annotations,
             "finalizers": [names.POD_FINALIZER],
             "ownerReferences": [
                 {
@@ -147,4 +164,38 @@ def build_pod(
             ],
         },
         "spec": pod_spec,
+    }
+
+
+def build_budget(taskrun: Obj) -> Obj:
+    """The PodDisruptionBudget that keeps a drain's evictions from killing the TaskRun's pod mid-step
+    (voluntary Checkpoint): the operator stops the pod itself once a fresh checkpoint is committed.
+    A pod that is not Ready (starting, failing) may still be evicted: it has nothing to save."""
+    meta = taskrun["metadata"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": names.budget_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {
+                names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
+                names.LABEL_MANAGED_BY: names.MANAGED_BY,
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": names.API_VERSION,
+                    "kind": names.KIND,
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "minAvailable": 1,
+            "selector": {"matchLabels": {names.LABEL_TASKRUN: names.taskrun_label(meta["name"])}},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }

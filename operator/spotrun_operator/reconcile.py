@@ -11,13 +11,13 @@ import copy
 import dataclasses
 import datetime
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from spotrun_operator import names, policy
+from spotrun_operator import accounting, disruption, names, policy
 from spotrun_operator.classify import Outcome, classify
 from spotrun_operator.config import Config
-from spotrun_operator.podbuild import build_pod, checkpoint_uri
+from spotrun_operator.podbuild import build_budget, build_pod, checkpoint_uri
 from spotrun_operator.status import set_condition
 
 Obj = dict[str, Any]
@@ -27,6 +27,28 @@ REASON_RESUME_SOURCE_MISSING = "ResumeSourceMissing"
 REASON_POD_REFUSED = "PodRefused"
 REASON_INVALID_TEMPLATE = "InvalidPodTemplate"
 REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
+# Exits of a task that stopped by itself after a notice (RecoverableError, or its own SIGTERM path):
+# the notice's interruption, not a failure of the task.
+NOTICE_EXITS = (75, 143)
+
+
+class Checkpoints(Protocol):
+    """The TaskRun's committed checkpoints, as a pass may need them (read from storage on demand).
+    Both raise when storage cannot be read."""
+
+    def latest(self) -> Obj | None:
+        """The newest: {id, attempt, step, time, size}, or None when there is none."""
+
+    def newest_of(self, attempt: int) -> Obj | None:
+        """The newest committed by an attempt up to `attempt`."""
+
+
+class NoCheckpoints:
+    def latest(self) -> Obj | None:
+        return None
+
+    def newest_of(self, attempt: int) -> Obj | None:
+        return None
 
 
 @dataclasses.dataclass
@@ -40,8 +62,10 @@ class Decision:
     release: list[str] = dataclasses.field(default_factory=list)  # pods whose outcome is counted
     events: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (type, reason, message)
     requeue_after: float | None = None
-    refresh_checkpoint: bool = False
     delete_taskrun: bool = False
+    notify: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (pod, notice annotation)
+    budget: Obj | None = None  # the PodDisruptionBudget to create (kept if it exists)
+    delete_budget: str | None = None
 
 
 def _iso(moment: datetime.datetime) -> str:
@@ -110,20 +134,40 @@ def _pending_cause(pod: Obj) -> tuple[str, str] | None:
 
 
 def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, now: datetime.datetime) -> Obj:
+    """An attempt's history entry. endTime is when its pod ended (its last container's finish, else
+    its deletion), at most now; startTime when the kubelet started it."""
     status = (pod or {}).get("status", {})
+    ended = accounting.ended_at(pod) if pod else None
     entry: Obj = {
         "attempt": attempt,
         "pod": (pod or {}).get("metadata", {}).get("name", ""),
         "node": (pod or {}).get("spec", {}).get("nodeName", ""),
         "capacity": (pod or {}).get("metadata", {}).get("labels", {}).get(names.LABEL_CAPACITY, ""),
-        "startTime": status.get("startTime") or (pod or {}).get("metadata", {}).get("creationTimestamp", ""),
-        "endTime": _iso(now),
+        "startTime": status.get("startTime") or "",
+        "endTime": _iso(min(ended, now) if ended else now),
         "outcome": kind,
         "reason": outcome.reason if outcome else "",
     }
     if outcome and outcome.exit_code is not None:
         entry["exitCode"] = outcome.exit_code
+    notice = disruption.Notice.of_pod(pod)
+    if notice is not None:
+        entry["notice"] = {"time": notice.time, "reason": notice.reason, "kind": notice.kind}
     return entry
+
+
+def _after_notice(pod: Obj | None, outcome: Outcome) -> Outcome:
+    """A task told of a reclaim or drain that then exits by itself (RecoverableError's 75, or 143 from
+    its SIGTERM path) stopped because of the notice: an interruption, not a failure."""
+    notice = disruption.Notice.of_pod(pod)
+    if notice is None or outcome.kind != names.OUTCOME_FAILED or outcome.fatal:
+        return outcome
+    if outcome.exit_code not in NOTICE_EXITS:
+        return outcome
+    reason = names.INTERRUPTION_DRAINED if notice.kind == names.NOTICE_DRAIN else names.INTERRUPTION_NOTICE
+    return Outcome(
+        names.OUTCOME_INTERRUPTED, reason, exit_code=outcome.exit_code, message=f"after a notice: {notice.reason}"
+    )
 
 
 def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[int]:
@@ -146,20 +190,26 @@ def decide(
     config: Config,
     *,
     resume_from: str | None = "",
+    node_info: Callable[[str], Obj | None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> Decision:
     """One pass. `nodes`: every Node's name, and whether it is Ready. `resume_from`: the resolved
     resumeFrom source ("" when there is none), or None when spec.checkpoint.resumeFrom.taskRun names a
-    TaskRun that cannot be found (deleted by its TTL).
+    TaskRun that cannot be found (deleted by its TTL). `node_info(name)`: a Node as the cache keeps it
+    (taints, unschedulable, instanceType, spot). `checkpoints`: storage, read only when needed (an
+    attempt was counted, or a drain waits for a fresh checkpoint).
 
-    The steps, in order: count what ended, let go of counted pods, then the first of these that
-    applies ends the pass: a finished run (TTL), success, a fatal rule, a spent budget, suspend, the
-    deadline, a force-deleted pod not gone yet, a live pod, backoff, an earlier namesake's pods, a
-    missing resumeFrom source, a refused create not due again; else the next attempt is created.
+    The steps, in order: count what ended (with its lost work and cost), let go of counted pods,
+    then the first of these that applies ends the pass: a finished run (TTL), success, a fatal rule,
+    a spent budget, suspend, the deadline, a force-deleted pod not gone yet, a live pod (told of a
+    notice or drain first), backoff, an earlier namesake's pods, a missing resumeFrom source, a
+    refused create not due again; else the next attempt is created.
     """
-    step = _Pass(taskrun, pods, nodes, now, config)
+    step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
     step.count_ended_attempts()
     step.release_counted_pods()
     step.force_delete_pods_of_gone_nodes()
+    step.notify_live_pod()
     for ends_the_pass in (
         step.keep_finished,
         step.finish_on_outcome,
@@ -183,9 +233,18 @@ class _Pass:
     """One pass's view: the TaskRun, its pods, the status being built and the decision."""
 
     def __init__(
-        self, taskrun: Obj, pods: list[Obj], nodes: Mapping[str, bool], now: datetime.datetime, config: Config
+        self,
+        taskrun: Obj,
+        pods: list[Obj],
+        nodes: Mapping[str, bool],
+        now: datetime.datetime,
+        config: Config,
+        node_info: Callable[[str], Obj | None],
+        checkpoints: Checkpoints,
     ) -> None:
         self.taskrun, self.nodes, self.now, self.config = taskrun, nodes, now, config
+        self.node_info, self.checkpoints = node_info, checkpoints
+        self._latest: tuple[bool, Obj | None] | None = None  # (read, newest) once storage was asked
         self.meta, self.spec = taskrun["metadata"], taskrun["spec"]
         self.old: Obj = taskrun.get("status") or {}
         self.st: Obj = copy.deepcopy(self.old)
@@ -215,6 +274,41 @@ class _Pass:
         node = (pod or {}).get("spec", {}).get("nodeName")
         return (not node or node in self.nodes), (not node or self.nodes.get(node, False))
 
+    def latest(self) -> tuple[bool, Obj | None]:
+        """(whether storage could be read, the newest checkpoint), read once per pass; a read also
+        refreshes status.checkpoint (informative: a storage error keeps what it said)."""
+        if self._latest is None:
+            try:
+                newest = self.checkpoints.latest()
+            except Exception:
+                self._latest = (False, None)
+            else:
+                self._latest = (True, newest)
+                kept = {k: v for k, v in self.st["checkpoint"].items() if k in ("uri", "resumeFrom")}
+                self.st["checkpoint"] = {**kept, **(newest or {})}
+        return self._latest
+
+    def _last_commit(self, attempt: int) -> tuple[str | None, bool]:
+        """(the time of the newest checkpoint committed by attempts up to `attempt`, whether that is
+        known for sure). Without storage, what status last said stands in (the work lost can then only
+        be overestimated)."""
+        read, newest = self.latest()
+        if read and (newest is None or int(newest.get("attempt", 0)) <= attempt):
+            return (newest or {}).get("time"), True
+        if read:
+            try:
+                older = self.checkpoints.newest_of(attempt)
+            except Exception:
+                older = None
+            else:
+                return (older or {}).get("time"), True
+        cached = self.old.get("checkpoint") or {}
+        usable = cached.get("time") and int(cached.get("attempt", 0)) <= attempt
+        return (cached["time"] if usable else None), False
+
+    def _node_facts(self, pod: Obj | None) -> Obj:
+        return self.node_info((pod or {}).get("spec", {}).get("nodeName") or "") or {}
+
     def _wait(self, message: str, reason: str, requeue: float) -> bool:
         self.st["phase"] = names.PENDING
         self.st["message"] = message
@@ -234,20 +328,31 @@ class _Pass:
             outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
             if outcome is None:
                 break  # this attempt still runs
+            outcome = _after_notice(pod, outcome)
             annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
-            stopped = annotations.get(names.ANNOTATION_STOPPED_BY) and outcome.kind != names.OUTCOME_SUCCEEDED
+            stopped = annotations.get(names.ANNOTATION_STOPPED_BY) if outcome.kind != names.OUTCOME_SUCCEEDED else None
             kind = OUTCOME_STOPPED if stopped else outcome.kind
+            if stopped == names.INTERRUPTION_DRAINED:
+                kind, outcome = (
+                    names.OUTCOME_INTERRUPTED,
+                    Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_DRAINED),
+                )
             if kind == names.OUTCOME_FAILED:
                 st["failures"] += 1
             elif kind == names.OUTCOME_INTERRUPTED:
                 st["interruptions"] += 1
-            history.append(_record(pod, n, outcome, kind, self.now))
+            entry = _record(pod, n, outcome, kind, self.now)
+            self._place(entry, pod)
+            last_commit, certain = self._last_commit(n)
+            accounting.account(st, entry, last_commit, self.config.prices)
+            if not certain and "lostSeconds" in entry:
+                entry["lostSecondsEstimated"] = True  # storage was not readable: at most this much
+            history.append(entry)
             st["accountedAttempt"] = n
             st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
             st["lastEndTime"] = _iso(self.now)
             if kind == names.OUTCOME_SUCCEEDED:
                 st["result"] = _result(pod)
-            self.decision.refresh_checkpoint = True
             detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
             self.decision.events.append(
                 (
@@ -258,6 +363,20 @@ class _Pass:
                 )
             )
         st["attempts"] = history[-HISTORY:]
+
+    def _place(self, entry: Obj, pod: Obj | None) -> None:
+        """The capacity an attempt ran on (for `any`, what its node was) and the node's instance type:
+        from the node, or from what the pass saw while the pod ran (the node may be gone by now)."""
+        node = self._node_facts(pod)
+        seen = self.old.get("placement") or {}
+        if seen.get("pod") != entry["pod"]:
+            seen = {}
+        spot = node.get("spot", seen.get("spot"))
+        if entry["capacity"] == names.CAPACITY_ANY and spot is not None:
+            entry["capacity"] = names.CAPACITY_SPOT if spot else names.CAPACITY_ON_DEMAND
+        instance = node.get("instanceType") or seen.get("instanceType")
+        if instance:
+            entry["instanceType"] = instance
 
     def release_counted_pods(self) -> None:
         """A counted pod lets go of its accounting finalizer once it is terminal, so that its final
@@ -282,6 +401,52 @@ class _Pass:
         self.unfinished = [p for p in unfinished if p["metadata"]["name"] not in self.decision.force_delete]
         self.live = [p for p in self.unfinished if _attempt_of(p) > counted or self._node(p)[1]]
 
+    def notify_live_pod(self) -> None:
+        """The current attempt's pod on a node with a reclaim notice or a drain: the pod is told (its
+        notice annotation, once). On a drain with voluntary Checkpoint the pass then waits for a
+        checkpoint committed after the notice (or the timeout) and stops the pod itself: the drain
+        completes and the attempt counts as an interruption, reason Drained."""
+        st = self.st
+        pod = next((p for p in self.live if _attempt_of(p) == self.attempt), None)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            st.pop("drain", None)
+            return
+        node = self._node_facts(pod)
+        if pod.get("status", {}).get("phase") == "Running" and node:
+            st["placement"] = {"pod": pod["metadata"]["name"]} | {
+                k: node[k] for k in ("spot", "instanceType") if k in node
+            }
+        notice = disruption.node_notice(node, self.spec, self.config.notice_taints, self.config.drain_taints)
+        given = disruption.Notice.of_pod(pod)
+        if notice is not None and given is None:
+            notice = given = dataclasses.replace(notice, time=_iso(self.now))
+            self.decision.notify.append((pod["metadata"]["name"], notice.annotation()))
+            self.decision.events.append(
+                (
+                    "Normal",
+                    "NoticeGiven",
+                    f"Told pod {pod['metadata']['name']} of a {notice.kind.lower()} ({notice.reason} on node "
+                    f"{pod['spec'].get('nodeName')}): {notice.seconds}s",
+                )
+            )
+        if given is not None:
+            st["notice"] = {"attempt": self.attempt, "time": given.time, "reason": given.reason, "kind": given.kind}
+        if notice is None or notice.kind != names.NOTICE_DRAIN:
+            st.pop("drain", None)
+            return
+        since = _parse(given.time if given else "") or self.now
+        timeout = disruption.checkpoint_timeout(self.spec)
+        st["drain"], why = disruption.drain_step(
+            st.get("drain"), pod, self.attempt, self.latest(), since, self.now, timeout
+        )
+        if why is None:
+            self.decision.requeue_after = min(disruption.DRAIN_POLL_SECONDS, self.decision.requeue_after or 60.0)
+            return
+        self.decision.stop.append((pod["metadata"]["name"], names.INTERRUPTION_DRAINED))
+        self.decision.events.append(
+            ("Normal", names.INTERRUPTION_DRAINED, f"Stopping pod {pod['metadata']['name']} for the drain: {why}")
+        )
+
     # --- the steps that can end a pass ---------------------------------------------------------
 
     def _finish(self, new_phase: str, reason: str, message: str) -> bool:
@@ -290,6 +455,7 @@ class _Pass:
         st["message"] = message
         st.setdefault("completionTime", _iso(self.now))
         self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
+        self._drop_budget()
         kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
         set_condition(st, kind, True, reason, message, self.now)
         set_condition(st, names.COND_READY, False, reason, message, self.now)
@@ -304,6 +470,7 @@ class _Pass:
             return False
         reason = str(self.old.get("message", self.phase))
         self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
+        self._drop_budget()
         ttl = self.spec.get("ttlSecondsAfterFinished")
         done_at = _parse(self.old.get("completionTime"))
         if ttl is not None and done_at is not None:
@@ -463,12 +630,23 @@ class _Pass:
         self.decision.requeue_after = min(wait, self.decision.requeue_after or wait)
         return True
 
+    def _drop_budget(self) -> None:
+        if self.st.get("disruptionBudget"):
+            self.decision.delete_budget = self.st.pop("disruptionBudget")
+
     def create_next_attempt(self, source: str) -> None:
         st = self.st
         next_attempt = self.attempt + 1
         capacity = policy.capacity_for_next_attempt(self.spec, st["interruptions"])
         pod = build_pod(self.taskrun, next_attempt, capacity, self.config, resume_from=source)
         self.decision.create = pod
+        if disruption.voluntary(self.spec) == names.VOLUNTARY_CHECKPOINT:
+            self.decision.budget = build_budget(self.taskrun)
+            st["disruptionBudget"] = self.decision.budget["metadata"]["name"]
+        else:
+            self._drop_budget()
+        st.pop("drain", None)
+        st.pop("notice", None)
         st["attempt"] = next_attempt
         st["capacity"] = capacity
         st["podName"] = pod["metadata"]["name"]
@@ -502,7 +680,18 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
         else:
             st.pop(key, None)
     st.setdefault("attempt", 0)
-    result = Decision(status=st, release=decision.release, stop=decision.stop, force_delete=decision.force_delete)
+    result = Decision(
+        status=st,
+        release=decision.release,
+        stop=decision.stop,
+        force_delete=decision.force_delete,
+        notify=decision.notify,
+        delete_budget=decision.delete_budget,
+    )
+    if "disruptionBudget" in old:
+        st["disruptionBudget"] = old["disruptionBudget"]
+    else:
+        st.pop("disruptionBudget", None)
     result.events = [e for e in decision.events if e[1] != "AttemptCreated"]
     if code == 422:
         text = f"the API server refused pod {pod_name} as invalid: {message}"

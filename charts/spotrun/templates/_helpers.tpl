@@ -19,10 +19,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [spotrun.dev]
   resources: [taskruns/status]
   verbs: [get, patch, update]
-# One pod per attempt: create, watch, annotate and delete, release the accounting finalizer.
+# One pod per attempt: create, watch, annotate (notices) and delete, release the accounting finalizer.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
+# voluntary Checkpoint: a PodDisruptionBudget per TaskRun keeps a drain from evicting its pod.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [create, delete]
 # An Event on every TaskRun transition.
 - apiGroups: [""]
   resources: [events]

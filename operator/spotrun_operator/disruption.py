@@ -1,0 +1,118 @@
+"""Notices and drains: what a node's taints and cordon mean for the pod on it. Pure.
+
+A reclaim notice (a taint such as aws-node-termination-handler/spot-itn) means the cloud takes
+the node soon: the pod is told at once, and the reclaim proceeds as it would. A drain (a cordon,
+or a taint such as karpenter.sh/disrupted) is voluntary and respects PodDisruptionBudgets: with
+`spec.disruption.voluntary: Checkpoint` the pod is told, the operator waits for a checkpoint
+committed after the notice (at most `checkpointTimeoutSeconds`), then stops the pod itself, so
+the drain completes and the next attempt resumes from that fresh checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from spotrun_operator import names
+
+Obj = dict[str, Any]
+DEFAULT_CHECKPOINT_TIMEOUT = 120  # seconds a drain waits for a fresh checkpoint
+DRAIN_POLL_SECONDS = 2.0  # how often a draining TaskRun's newest checkpoint is read
+CORDONED = "Cordoned"
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """What the pod is told (ANNOTATION_NOTICE, as JSON)."""
+
+    kind: str  # NOTICE_RECLAIM or NOTICE_DRAIN
+    reason: str  # the taint key, or CORDONED
+    seconds: int  # the warning expected from `time`
+    time: str = ""  # when it was given (RFC 3339)
+
+    def annotation(self) -> str:
+        return json.dumps({"time": self.time, "reason": self.reason, "kind": self.kind, "seconds": self.seconds})
+
+    @classmethod
+    def of_pod(cls, pod: Obj | None) -> Notice | None:
+        raw = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(names.ANNOTATION_NOTICE)
+        if not raw:
+            return None
+        try:
+            body = json.loads(raw)
+            return cls(str(body["kind"]), str(body["reason"]), int(body["seconds"]), str(body.get("time", "")))
+        except (ValueError, KeyError, TypeError):
+            return cls(names.NOTICE_RECLAIM, "Unknown", 0)
+
+
+def voluntary(spec: Obj) -> str:
+    return str((spec.get("disruption") or {}).get("voluntary", names.VOLUNTARY_CHECKPOINT))
+
+
+def checkpoint_timeout(spec: Obj) -> int:
+    return int((spec.get("disruption") or {}).get("checkpointTimeoutSeconds", DEFAULT_CHECKPOINT_TIMEOUT))
+
+
+def node_notice(
+    node: Obj | None, spec: Obj, notice_taints: Mapping[str, int], drain_taints: Sequence[str]
+) -> Notice | None:
+    """The notice a pod on `node` (a trimmed Node: taints, unschedulable) should have, or None.
+
+    A drain wins over a reclaim notice when both are there (the AWS Node Termination Handler
+    taints, cordons and drains): stopping after a fresh checkpoint beats waiting for the reclaim.
+    With voluntary Allow, a drain is left to evict the pod as it would without Spotrun.
+    """
+    if node is None:
+        return None
+    taints = set(node.get("taints") or ())
+    reclaim = [(notice_taints[k], k) for k in sorted(taints) if k in notice_taints]
+    draining = CORDONED if node.get("unschedulable") else next((k for k in drain_taints if k in taints), None)
+    if draining and voluntary(spec) == names.VOLUNTARY_CHECKPOINT:
+        seconds = min([checkpoint_timeout(spec), *(s for s, _ in reclaim)])
+        return Notice(names.NOTICE_DRAIN, draining, seconds)
+    if reclaim:
+        seconds, key = min(reclaim)
+        return Notice(names.NOTICE_RECLAIM, key, seconds)
+    return None
+
+
+def fresh_checkpoint(latest: Obj | None, attempt: int, at_notice: str) -> bool:
+    """Whether `latest` (the newest checkpoint: id, attempt) was committed by `attempt` after the
+    notice, when the newest was `at_notice` (ids grow with each commit; clocks are not compared)."""
+    return bool(latest) and int((latest or {}).get("attempt", 0)) == attempt and (latest or {}).get("id") != at_notice
+
+
+def drain_step(
+    drain: Obj | None,
+    pod: Obj,
+    attempt: int,
+    latest: tuple[bool, Obj | None],
+    since: datetime.datetime,
+    now: datetime.datetime,
+    timeout: int,
+) -> tuple[Obj, str | None]:
+    """One pass of a drain with voluntary Checkpoint: (the status.drain to keep, why the pod is to
+    be stopped now, or None to wait). `drain` is status.drain from earlier passes ({pod,
+    checkpointAtNotice}); `latest` is (storage read, its newest checkpoint); `since` the notice's
+    time. The newest checkpoint at the notice is the one the first successful read found: a
+    checkpoint newer than it is fresh. While storage cannot be read, only the timeout ends the wait."""
+    name = pod["metadata"]["name"]
+    read, newest = latest
+    if not drain or drain.get("pod") != name:
+        drain = {"pod": name}
+    if read and "checkpointAtNotice" not in drain:
+        drain = {**drain, "checkpointAtNotice": (newest or {}).get("id", "")}
+    if (pod.get("status") or {}).get("phase") != "Running":
+        return drain, "the pod was not running: nothing to checkpoint"
+    if read and fresh_checkpoint(newest, attempt, drain["checkpointAtNotice"]):
+        return drain, f"checkpoint {(newest or {}).get('id')} was committed after the notice"
+    if (now - since).total_seconds() >= timeout:
+        return drain, f"no checkpoint within checkpointTimeoutSeconds ({timeout}s)"
+    return drain, None
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,224 @@
+"""The reconcile pass with notices, drains and accounting: table tests without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+import pytest
+from spotrun_operator.config import Prices
+from spotrun_operator.reconcile import decide
+
+from tests.unit.test_reconcile import CONFIG, NODES, NOW, apply, pod_of, running, taskrun
+
+Obj = dict[str, Any]
+LATER = NOW + datetime.timedelta(seconds=5)
+
+
+class Stored:
+    """Checkpoints as storage holds them, newest last; `broken`: storage cannot be read."""
+
+    def __init__(self, *infos: Obj, broken: bool = False) -> None:
+        self.infos, self.broken, self.reads = list(infos), broken, 0
+
+    def latest(self) -> Obj | None:
+        self.reads += 1
+        if self.broken:
+            raise OSError("S3 is down")
+        return self.infos[-1] if self.infos else None
+
+    def newest_of(self, attempt: int) -> Obj | None:
+        return next((i for i in reversed(self.infos) if i["attempt"] <= attempt), None)
+
+
+def checkpoint(attempt: int, sequence: int, time: str) -> Obj:
+    return {"id": f"{attempt:05d}-{sequence:05d}", "attempt": attempt, "step": sequence, "time": time, "size": 1}
+
+
+def nodes(**facts: Obj) -> Any:
+    return lambda name: facts.get(name.replace("-", "_"))
+
+
+def noticed(pod: Obj, kind: str = "Reclaim", reason: str = "aws-node-termination-handler/spot-itn") -> Obj:
+    pod = copy.deepcopy(pod)
+    notice = {"time": "2026-11-27T12:00:00Z", "reason": reason, "kind": kind, "seconds": 120}
+    pod["metadata"].setdefault("annotations", {})["spotrun.dev/notice"] = json.dumps(notice)
+    return pod
+
+
+def test_a_pod_on_a_node_with_a_reclaim_notice_is_told_once_and_keeps_running() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    facts = nodes(spot_1={"ready": True, "taints": ["aws-node-termination-handler/spot-itn"]})
+    d = decide(tr, [running(1)], NODES, NOW, CONFIG, node_info=facts, checkpoints=Stored())
+    (pod, annotation), *_ = d.notify
+    assert pod == "train-a1"
+    assert json.loads(annotation) == {
+        "time": "2026-11-27T12:00:00Z",
+        "reason": "aws-node-termination-handler/spot-itn",
+        "kind": "Reclaim",
+        "seconds": 120,
+    }
+    assert d.stop == []
+    assert d.create is None
+    assert d.status["notice"]["reason"] == "aws-node-termination-handler/spot-itn"
+    again = decide(apply(tr, d), [noticed(running(1))], NODES, LATER, CONFIG, node_info=facts, checkpoints=Stored())
+    assert again.notify == []
+    assert again.stop == []
+
+
+def test_no_notice_without_a_signal_and_none_for_a_drain_under_allow() -> None:
+    quiet = decide(taskrun({"attempt": 1}), [running(1)], NODES, NOW, CONFIG, node_info=nodes(spot_1={"ready": True}))
+    assert quiet.notify == []
+    allow = taskrun({"attempt": 1}, disruption={"voluntary": "Allow"})
+    cordoned = nodes(spot_1={"ready": True, "unschedulable": True})
+    d = decide(allow, [running(1)], NODES, NOW, CONFIG, node_info=cordoned, checkpoints=Stored())
+    assert d.notify == []
+    assert d.stop == []
+
+
+def test_a_drain_waits_for_a_checkpoint_committed_after_the_notice_then_stops_the_pod() -> None:
+    tr = taskrun({"attempt": 2, "accountedAttempt": 1, "phase": "Running"})
+    cordoned = nodes(spot_1={"ready": True, "unschedulable": True})
+    storage = Stored(checkpoint(2, 1, "2026-11-27T11:59:00+00:00"))
+    first = decide(tr, [running(2)], NODES, NOW, CONFIG, node_info=cordoned, checkpoints=storage)
+    assert [p for p, _ in first.notify] == ["train-a2"]
+    assert json.loads(first.notify[0][1])["kind"] == "Drain"
+    assert first.stop == []
+    assert first.requeue_after == 2.0
+    assert first.status["drain"] == {"pod": "train-a2", "checkpointAtNotice": "00002-00001"}
+    pod = noticed(running(2), "Drain", "Cordoned")
+    waiting = decide(apply(tr, first), [pod], NODES, LATER, CONFIG, node_info=cordoned, checkpoints=storage)
+    assert waiting.stop == []
+    assert waiting.notify == []
+    storage.infos.append(checkpoint(2, 2, "2026-11-27T12:00:04+00:00"))
+    done = decide(apply(tr, waiting), [pod], NODES, LATER, CONFIG, node_info=cordoned, checkpoints=storage)
+    assert done.stop == [("train-a2", "Drained")]
+    assert any("committed after the notice" in message for _, _, message in done.events)
+
+
+def test_a_drain_gives_up_waiting_after_its_timeout() -> None:
+    tr = taskrun({"attempt": 1}, disruption={"voluntary": "Checkpoint", "checkpointTimeoutSeconds": 30})
+    cordoned = nodes(spot_1={"ready": True, "taints": ["karpenter.sh/disrupted"]})
+    pod = noticed(running(1), "Drain", "karpenter.sh/disrupted")  # noticed at NOW
+    status = {"attempt": 1, "drain": {"pod": "train-a1", "checkpointAtNotice": ""}}
+    before = decide(
+        taskrun(status, **{"disruption": tr["spec"]["disruption"]}),
+        [pod],
+        NODES,
+        NOW + datetime.timedelta(seconds=29),
+        CONFIG,
+        node_info=cordoned,
+        checkpoints=Stored(broken=True),
+    )
+    assert before.stop == []
+    after = decide(
+        taskrun(status, **{"disruption": tr["spec"]["disruption"]}),
+        [pod],
+        NODES,
+        NOW + datetime.timedelta(seconds=30),
+        CONFIG,
+        node_info=cordoned,
+        checkpoints=Stored(broken=True),
+    )
+    assert after.stop == [("train-a1", "Drained")]
+
+
+def drained(attempt: int) -> Obj:
+    """A pod the operator stopped for a drain, terminal after its grace period."""
+    pod = noticed(pod_of(attempt, "deleted"), "Drain", "Cordoned")
+    pod["metadata"]["annotations"]["spotrun.dev/stopped-by"] = "Drained"
+    return pod
+
+
+def test_a_pod_stopped_for_a_drain_is_an_interruption_with_its_lost_work_and_the_next_attempt_starts() -> None:
+    pod = drained(1)
+    end = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+    end_at = datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+    pod["status"]["startTime"] = (end_at - datetime.timedelta(seconds=100)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    commit = (end_at - datetime.timedelta(seconds=3)).isoformat()
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"})
+    d = decide(tr, [pod], NODES, NOW, CONFIG, checkpoints=Stored(checkpoint(1, 4, commit)))
+    (entry,) = d.status["attempts"]
+    assert (entry["outcome"], entry["reason"]) == ("Interrupted", "Drained")
+    assert entry["notice"]["kind"] == "Drain"
+    assert entry["lostSeconds"] == 3.0
+    assert (d.status["interruptions"], d.status["failures"], d.status["lostSeconds"]) == (1, 0, 3.0)
+    assert d.status["usage"]["spotSeconds"] == 100.0
+    assert d.status["checkpoint"]["id"] == "00001-00004"
+    assert d.create is not None
+    assert d.create["metadata"]["name"] == "train-a2"
+    assert "notice" not in d.status
+    assert "drain" not in d.status
+
+
+@pytest.mark.parametrize(("kind", "reason"), [("Reclaim", "InterruptionNotice"), ("Drain", "Drained")])
+def test_a_task_that_exits_75_after_a_notice_was_interrupted_not_failed(kind: str, reason: str) -> None:
+    pod = noticed(pod_of(1, "exit-75-recoverable"), kind)
+    d = decide(taskrun({"attempt": 1, "phase": "Running"}), [pod], NODES, NOW, CONFIG, checkpoints=Stored())
+    assert (d.status["attempts"][0]["outcome"], d.status["attempts"][0]["reason"]) == ("Interrupted", reason)
+    assert d.status["failures"] == 0
+    assert d.create is not None
+    plain = decide(taskrun({"attempt": 1, "phase": "Running"}), [pod_of(1, "exit-3")], NODES, NOW, CONFIG)
+    assert plain.status["attempts"][0]["outcome"] == "Failed"  # without a notice a failure stays one
+
+
+def test_without_storage_lost_work_is_estimated_from_what_status_last_said() -> None:
+    pod = pod_of(1, "preempted")
+    tr = taskrun(
+        {
+            "attempt": 1,
+            "phase": "Running",
+            "checkpoint": {"id": "00001-00001", "attempt": 1, "time": "2026-11-27T10:37:50+00:00"},
+        }
+    )
+    d = decide(tr, [pod], NODES, NOW, CONFIG, checkpoints=Stored(broken=True))
+    (entry,) = d.status["attempts"]
+    assert entry["lostSecondsEstimated"] is True
+    assert d.status["checkpoint"]["id"] == "00001-00001"  # kept, not wiped
+    assert d.create is not None  # storage trouble never holds up the next attempt
+
+
+def test_an_any_capacity_attempt_is_costed_as_the_node_it_ran_on() -> None:
+    config = dataclasses.replace(CONFIG, prices=Prices(spot=0.25, on_demand=1.0))
+    pod = pod_of(1, "preempted")
+    pod["metadata"]["labels"]["spotrun.dev/capacity"] = "any"
+    pod["status"]["startTime"] = "2026-11-27T10:36:54Z"  # 60 s before it ended
+    tr = taskrun({"attempt": 1, "placement": {"pod": "train-a1", "spot": False, "instanceType": "m5.large"}})
+    d = decide(tr, [pod], NODES, NOW, config, checkpoints=Stored())
+    (entry,) = d.status["attempts"]
+    assert (entry["capacity"], entry["instanceType"]) == ("on-demand", "m5.large")
+    assert d.status["usage"] == {"spotSeconds": 0.0, "onDemandSeconds": 60.0}
+    assert d.status["cost"]["savedPercent"] == 0.0
+
+
+def test_checkpoint_first_runs_get_a_disruption_budget_that_goes_when_they_finish() -> None:
+    first = decide(taskrun(), [], NODES, NOW, CONFIG)
+    assert first.budget is not None
+    assert first.budget["spec"]["minAvailable"] == 1
+    assert first.budget["spec"]["selector"] == {"matchLabels": {"spotrun.dev/taskrun": "train"}}
+    assert first.status["disruptionBudget"] == "train"
+    done = decide(apply(taskrun(), first), [pod_of(1, "succeeded")], NODES, NOW, CONFIG)
+    assert done.status["phase"] == "Succeeded"
+    assert done.delete_budget == "train"
+    assert "disruptionBudget" not in done.status
+    allow = decide(taskrun(disruption={"voluntary": "Allow"}), [], NODES, NOW, CONFIG)
+    assert allow.budget is None
+    assert "disruptionBudget" not in allow.status
+
+
+def test_every_container_sees_the_notice_file() -> None:
+    d = decide(taskrun(checkpoint={"keep": 3, "mountPath": "/data"}), [], NODES, NOW, CONFIG)
+    assert d.create is not None
+    spec = d.create["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "spotrun-notice"]
+    assert volume["downwardAPI"]["items"] == [
+        {"path": "notice", "fieldRef": {"fieldPath": "metadata.annotations['spotrun.dev/notice']"}}
+    ]
+    for container in [*spec["containers"], *spec["initContainers"]]:
+        assert {"name": "spotrun-notice", "mountPath": "/var/run/spotrun", "readOnly": True} in container[
+            "volumeMounts"
+        ]
+        assert {"name": "SPOTRUN_NOTICE_FILE", "value": "/var/run/spotrun/notice"} in container["env"]
