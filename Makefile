@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -99,6 +99,9 @@ bench-io: $(STAMP) up ## Checkpoint I/O: the SDK against raw boto3 on the local 
 
 bench-recovery: $(STAMP) up ## Recovery after preemption: a TaskRun against a batch/v1 Job, five rounds.
 	$(PY) bench/recovery_latency.py
+
+bench-lost-work: $(STAMP) up ## Lost work per interruption: no notice, a 20 s notice, kubectl drain with Checkpoint and Allow (~10 min).
+	$(PY) bench/lost_work.py
 
 bench-scale: $(STAMP) build ## TaskRuns against Jobs on kwok nodes, a cluster of its own: burst, storm, cost, failover (TASKRUNS=1000).
 	$(PY) bench/scale.py $(if $(TASKRUNS),--taskruns $(TASKRUNS))

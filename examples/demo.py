@@ -128,7 +128,9 @@ def main() -> None:
     lab = kind_lab() if "--kind" in args else local_lab(real="--real" in args)
 
     say("Installing Spotrun with its Helm chart")
-    settings = ["--set", "logFormat=text", *lab.helm_settings]
+    # Example hourly prices (an m5.large's on-demand and a typical spot price): status.cost and SAVED.
+    prices = '{"spot": 0.0301, "on-demand": 0.096, "currency": "USD"}'
+    settings = ["--set", "logFormat=text", "--set-json", f"prices={prices}", *lab.helm_settings]
     prefix = f"s3://{lab.bucket}/demo/"
     print(
         install(
@@ -159,7 +161,7 @@ def main() -> None:
     recovery: float | None = None
     disruption: threading.Thread | None = None
     while True:
-        table = lab.kubectl("get", "taskruns", "-n", NAMESPACE)
+        table = lab.kubectl("get", "taskruns", "-n", NAMESPACE, "-o", "wide")
         # Print the table when something but its AGE column changed.
         if table.rsplit(" ", 1)[0] != last_table.rsplit(" ", 1)[0]:
             print(f"[{time.monotonic() - started:5.1f}s]\n{table.rstrip()}", flush=True)
@@ -195,6 +197,15 @@ def main() -> None:
     print(f"resumed from:     step {resumed[-1] if len(resumed) > 1 else 0} (steps each attempt started at: {resumed})")
     if recovery is not None:
         print(f"recovery:         {recovery:.1f}s from the node's reclaim to the next attempt running")
+    usage: dict[str, float] = status.get("usage") or {}  # type: ignore[assignment]
+    cost: dict[str, object] = status.get("cost") or {}  # type: ignore[assignment]
+    print(f"lost work:        {status.get('lostSeconds', 0)}s (from the last checkpoint to the reclaimed pod's end)")
+    print(f"ran:              {usage.get('spotSeconds', 0)}s on spot, {usage.get('onDemandSeconds', 0)}s on demand")
+    if cost:
+        print(
+            f"cost:             {cost.get('spent')} {cost.get('currency', '')} against {cost.get('onDemand')} on demand"
+        )
+        print(f"saved:            {cost.get('savedPercent')}%")
     print(f"final loss:       {result.get('loss')}")
     if status.get("phase") != "Succeeded" or len(resumed) < 2 or resumed[-1] <= 0:
         raise SystemExit("demo: the TaskRun did not succeed after resuming from a checkpoint")
