@@ -135,3 +135,34 @@ def test_a_drain_stops_a_pod_that_is_not_running_at_once() -> None:
     _, why = step(None, (True, None), 0, running(phase="Pending"))
     assert why is not None
     assert "not running" in why
+
+
+def test_the_node_cache_keeps_what_notices_drains_and_cost_need() -> None:
+    from spotrun_operator.controller import trim_node  # noqa: PLC0415 - the controller imports the API client
+
+    node = {
+        "metadata": {
+            "name": "spot-1",
+            "resourceVersion": "7",
+            "labels": {"spotrun.dev/capacity": "spot", "node.kubernetes.io/instance-type": "m5.large"},
+            "managedFields": [{"manager": "kubelet"}],
+        },
+        "spec": {
+            "unschedulable": True,
+            "taints": [
+                {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+                {"key": "aws-node-termination-handler/spot-itn", "value": "evt-1", "effect": "NoSchedule"},
+            ],
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "images": [{"names": ["x"]}]},
+    }
+    assert trim_node(node, {"spotrun.dev/capacity": "spot"}) == {
+        "metadata": {"name": "spot-1", "resourceVersion": "7"},
+        "ready": True,
+        "taints": ["aws-node-termination-handler/spot-itn", "node.kubernetes.io/unschedulable"],
+        "unschedulable": True,
+        "instanceType": "m5.large",
+        "spot": True,
+    }
+    plain = trim_node({"metadata": {"name": "od-1"}, "status": {}}, {"spotrun.dev/capacity": "spot"})
+    assert plain == {"metadata": {"name": "od-1", "resourceVersion": None}, "ready": False, "spot": False}
