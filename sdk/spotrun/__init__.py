@@ -8,7 +8,7 @@
         state = cp.read()                       # newest intact checkpoint of any earlier attempt
         ...
         cp.write(new_state, step=epoch)         # atomic: a reader sees all of it or none
-        if spotrun.preempted():                 # SIGTERM: spot reclaim, eviction, node drain
+        if spotrun.preempted():                 # a notice or SIGTERM: reclaim, eviction, drain
             ...
 
 The exception tree is drawn in `spotrun._errors`; every error derives from `SpotrunError`.
@@ -28,7 +28,7 @@ from spotrun._errors import (
     TransientStorageError,
 )
 from spotrun._manifest import CheckpointInfo
-from spotrun._preemption import on_preemption, preempted, seconds_left
+from spotrun._preemption import Notice, notice, on_preemption, preempted, seconds_left
 from spotrun._storage import LocalStorage, S3Storage, Storage, open_storage
 from spotrun._task import task, workflow
 
@@ -43,6 +43,7 @@ __all__ = [
     "Context",
     "CorruptCheckpointError",
     "LocalStorage",
+    "Notice",
     "PermanentStorageError",
     "RecoverableError",
     "S3Storage",
@@ -53,6 +54,7 @@ __all__ = [
     "TransientStorageError",
     "__version__",
     "current_context",
+    "notice",
     "on_preemption",
     "open_storage",
     "preempted",

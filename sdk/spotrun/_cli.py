@@ -11,16 +11,19 @@ import logging
 import signal
 import sys
 import threading
+import time
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
+from spotrun import _preemption
 from spotrun._checkpoint import MARKER, Checkpoint
 from spotrun._context import Settings
 from spotrun._errors import ConfigError, SpotrunError, StorageError
 from spotrun._manifest import CheckpointInfo, manifest_key
+from spotrun._preemption import Notice
 from spotrun._storage import open_storage
 
 log = logging.getLogger("spotrun.cli")
@@ -67,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="directory mode: restore the newest checkpoint into DIR")
     restore.add_argument("dir", type=Path)
     restore.set_defaults(handler=_restore)
-    sync = sub.add_parser("sync", help="directory mode: commit DIR every S seconds and on SIGTERM")
+    sync = sub.add_parser(
+        "sync", help="directory mode: commit DIR every S seconds, at once on an interruption notice, and on SIGTERM"
+    )
     sync.add_argument("dir", type=Path)
     sync.add_argument("--interval", type=float, default=60.0, help="seconds between commits (default 60)")
     sync.set_defaults(handler=_sync)
@@ -208,7 +213,8 @@ def _restore(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _sync(args: argparse.Namespace, extra: list[str]) -> int:
-    """Commits DIR every --interval seconds when it changed, and once more on SIGTERM."""
+    """Commits DIR every --interval seconds when it changed, at once on an interruption notice
+    (SPOTRUN_NOTICE_FILE), and once more on SIGTERM."""
     checkpoint = Settings.from_env().checkpoint()
     stop = threading.Event()
 
@@ -218,10 +224,14 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
     args.dir.mkdir(parents=True, exist_ok=True)
+    watching = _preemption.notice_file()  # None once a notice came: one is enough
     # What `spotrun restore` left is committed already; anything else is committed on the first tick.
     last = _snapshot(args.dir) if _holds_latest(checkpoint, args.dir) else None
     while True:
-        stopping = stop.wait(args.interval)
+        notice = _wait_for_tick(stop, args.interval, watching)
+        stopping = stop.is_set()
+        if notice is not None:
+            watching = None
         current = _snapshot(args.dir)
         if current != last:
             try:
@@ -231,11 +241,45 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
                     raise
                 log.warning("Committing %s failed, retrying in %.0fs: %s", args.dir, args.interval, err)
                 continue
-            log.info("Committed %s: checkpoint %s, %d files, %d bytes", args.dir, info.id, info.files, info.size)
+            if notice is not None:
+                log.info(
+                    "Committed %s on interruption notice (%s): checkpoint %s, %d files, %d bytes",
+                    args.dir,
+                    notice.reason,
+                    info.id,
+                    info.files,
+                    info.size,
+                )
+            else:
+                log.info("Committed %s: checkpoint %s, %d files, %d bytes", args.dir, info.id, info.files, info.size)
             last = current
+        elif notice is not None:
+            latest = checkpoint.latest()
+            log.info(
+                "Left %s uncommitted on interruption notice (%s): unchanged, checkpoint %s holds it",
+                args.dir,
+                notice.reason,
+                latest.id if latest else "-",
+            )
         if stopping:
             log.info("Stopped on SIGTERM after the final commit")
             return 0
+
+
+def _wait_for_tick(stop: threading.Event, interval: float, notice_path: str | None) -> Notice | None:
+    """Waits `interval` seconds or until SIGTERM sets `stop`; with `notice_path`, reads it every
+    poll interval (0.5 s) and returns early with a notice as soon as one is there."""
+    deadline = time.monotonic() + interval
+    while True:
+        if notice_path is not None:
+            notice = _preemption.read_notice(notice_path)
+            if notice is not None:
+                return notice
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if stop.wait(left if notice_path is None else min(left, _preemption.poll_seconds())):
+            return None
 
 
 def _holds_latest(checkpoint: Checkpoint, root: Path) -> bool:

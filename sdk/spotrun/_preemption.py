@@ -1,13 +1,17 @@
-"""SIGTERM handling: marks the task preempted, counts down its grace period, runs callbacks."""
+"""Preemption: interruption notices and SIGTERM mark the task preempted, count down, run callbacks."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TypeVar
 
@@ -15,10 +19,39 @@ log = logging.getLogger("spotrun.preemption")
 
 Callback = TypeVar("Callback", bound=Callable[[], object])
 
+# The signal the notice watcher sends the main thread so that on_preemption callbacks run there at a
+# notice, as they do at SIGTERM. A task must not use it for anything else. Pods run Linux; the
+# fallback only keeps the SDK importable where real-time signals do not exist (macOS).
+NOTICE_SIGNAL: int = signal.SIGRTMIN + 2 if sys.platform == "linux" else signal.SIGUSR2
+
+KIND_RECLAIM, KIND_DRAIN = "Reclaim", "Drain"
+REASON_UNKNOWN = "Unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """An interruption notice: the pod's node is about to be reclaimed or drained.
+
+    time: when the operator gave it (UTC). reason: the node taint that announced it, or `Drained`.
+    kind: `Reclaim` (the cloud takes the node; the task runs on until SIGTERM) or `Drain` (the
+    operator stops the pod itself once a checkpoint committed after the notice exists, or after
+    `seconds`). seconds: how long the warning lasts from `time`.
+    """
+
+    time: datetime
+    reason: str
+    kind: str
+    seconds: float
+
+
 _lock = threading.Lock()
+_state = threading.RLock()  # RLock: the SIGTERM handler may interrupt the main thread holding it
 _installed = False
 _preempted = threading.Event()
 _deadline: float | None = None
+_notice: Notice | None = None
+_terminated = False  # SIGTERM arrived: its grace period is the truth from then on
+_notice_delivered = False  # the callbacks ran (or run now) for the notice
 _callbacks: list[Callable[[], object]] = []
 _polled = False  # the task asked preempted(): it stops by itself, so SIGTERM does not end it
 
@@ -31,19 +64,76 @@ def grace_seconds() -> float:
         return 30.0
 
 
+def notice_file() -> str | None:
+    """SPOTRUN_NOTICE_FILE: where the downward API shows the pod's notice annotation, if anywhere."""
+    return os.environ.get("SPOTRUN_NOTICE_FILE") or None
+
+
+def poll_seconds() -> float:
+    """SPOTRUN_NOTICE_POLL_SECONDS: how often the notice file is read (default 0.5)."""
+    try:
+        return max(0.01, float(os.environ.get("SPOTRUN_NOTICE_POLL_SECONDS", "0.5")))
+    except ValueError:
+        return 0.5
+
+
+def read_notice(path: str | os.PathLike[str]) -> Notice | None:
+    """The notice in `path`, or None while the file is empty or missing.
+
+    The path is opened afresh on every call: the kubelet replaces the file (through a symlink into
+    its `..data` directory), so a kept descriptor would see the old one forever. Unknown fields are
+    ignored. A value that is not JSON with a valid `time` is logged and read as a notice with reason
+    `Unknown` and the grace period's seconds: being warned wrongly is cheaper than missing a warning.
+    """
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError:
+        return None
+    if not raw.strip():
+        return None
+    try:
+        return _parse(raw)
+    except (ValueError, TypeError, KeyError) as err:
+        log.warning("Read a malformed interruption notice in %s (%s): %r", path, err, raw[:200])
+        return Notice(datetime.now(UTC), REASON_UNKNOWN, KIND_RECLAIM, grace_seconds())
+
+
+def _parse(raw: bytes) -> Notice:
+    body = json.loads(raw.decode())
+    if not isinstance(body, dict):
+        raise TypeError("not a JSON object")
+    given = datetime.fromisoformat(body["time"])
+    reason, kind, seconds = body.get("reason", REASON_UNKNOWN), body.get("kind", KIND_RECLAIM), body.get("seconds")
+    if not isinstance(reason, str) or not isinstance(kind, str):
+        raise TypeError("reason and kind must be strings")
+    if seconds is None:
+        seconds = grace_seconds()
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError("seconds must be a number")
+    return Notice(given if given.tzinfo else given.replace(tzinfo=UTC), reason, kind, float(seconds))
+
+
 def install() -> None:
-    """Installs the SIGTERM handler once; only the main thread can, elsewhere this does nothing."""
+    """Installs the SIGTERM handler once, and with SPOTRUN_NOTICE_FILE the notice watcher (the
+    `spotrun-notice` thread) and NOTICE_SIGNAL's handler; only the main thread can, elsewhere this
+    does nothing."""
     global _installed
     with _lock:
         if _installed or threading.current_thread() is not threading.main_thread():
             return
         signal.signal(signal.SIGTERM, _on_sigterm)
+        path = notice_file()
+        if path is not None:
+            signal.signal(NOTICE_SIGNAL, _on_notice_signal)
+            threading.Thread(target=_watch, args=(path, poll_seconds()), name="spotrun-notice", daemon=True).start()
         _installed = True
 
 
 def preempted() -> bool:
-    """True once the pod got SIGTERM (preemption, eviction, deletion). Asking marks the task as
-    one that stops by itself: SIGTERM then no longer ends the process, the task does."""
+    """True once an interruption notice came or the pod got SIGTERM (preemption, eviction,
+    deletion). Asking marks the task as one that stops by itself: SIGTERM then no longer ends the
+    process, the task does."""
     global _polled
     install()
     _polled = True
@@ -51,33 +141,83 @@ def preempted() -> bool:
 
 
 def seconds_left() -> float:
-    """Seconds of the grace period left since SIGTERM (the whole period before it)."""
+    """Seconds left to stop in: after SIGTERM, of the grace period; after a notice only, of the
+    notice's warning (its `seconds` less its age); before either, the whole grace period."""
     install()
     if _deadline is None:
         return grace_seconds()
     return max(0.0, _deadline - time.monotonic())
 
 
+def notice() -> Notice | None:
+    """The interruption notice the pod got (the first one), or None."""
+    install()
+    return _notice
+
+
 def on_preemption(callback: Callback) -> Callback:
-    """Registers `callback()` to run on SIGTERM, in the main thread, in registration order, for
-    example to commit a final checkpoint; after the callbacks the process exits with code 143.
-    Usable as a decorator."""
+    """Registers `callback()` to run, in the main thread and in registration order, for example
+    to commit a checkpoint: at an interruption notice, after which the task runs on, and at
+    SIGTERM, after which the process exits with code 143. So a callback may run twice, and the
+    second commit holds the newer state. While the main thread is blocked in a C call, the
+    callbacks run when it returns, for a notice as for SIGTERM. Usable as a decorator."""
     install()
     _callbacks.append(callback)
     return callback
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    global _deadline
-    if _preempted.is_set():
-        return  # a second SIGTERM changes nothing: the grace period already runs
-    _deadline = time.monotonic() + grace_seconds()
-    _preempted.set()
-    log.warning("Received SIGTERM: preempted, %.0fs of grace left", grace_seconds())
+def _watch(path: str, every: float) -> None:
+    """The `spotrun-notice` thread: reads `path` until a notice appears, then tells the main thread."""
+    while not _terminated:
+        found = read_notice(path)
+        if found is not None:
+            _on_notice(found)
+            return
+        time.sleep(every)
+
+
+def _on_notice(found: Notice) -> None:
+    global _deadline, _notice
+    with _state:
+        if _terminated or _notice is not None:
+            return  # after SIGTERM a notice is old news; a second notice changes nothing
+        age = min(max(0.0, (datetime.now(UTC) - found.time).total_seconds()), found.seconds)
+        _deadline = time.monotonic() + found.seconds - age
+        _notice = found
+        _preempted.set()
+    log.warning(
+        "Received an interruption notice (%s, %s): preempted, %.0fs left", found.reason, found.kind, seconds_left()
+    )
+    main = threading.main_thread().ident
+    if main is not None:
+        signal.pthread_kill(main, NOTICE_SIGNAL)
+
+
+def _run_callbacks() -> None:
     for callback in list(_callbacks):
         try:
             callback()
         except Exception:
             log.exception("Preemption callback %r failed", callback)
+
+
+def _on_notice_signal(signum: int, frame: FrameType | None) -> None:
+    global _notice_delivered
+    if _notice is None or _notice_delivered or _terminated:
+        return  # not the watcher's, a repeat, or SIGTERM's callbacks ran (or run now) instead
+    _notice_delivered = True
+    _run_callbacks()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _deadline, _terminated
+    with _state:
+        if _terminated:
+            return  # a second SIGTERM changes nothing: the grace period already runs
+        _deadline = time.monotonic() + grace_seconds()
+        _terminated = True
+        _preempted.set()
+    log.warning("Received SIGTERM: preempted, %.0fs of grace left", grace_seconds())
+    _run_callbacks()
     if _callbacks or not _polled:
         raise SystemExit(128 + signum)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import spotrun
@@ -86,3 +87,53 @@ def test_directory_mode_restores_syncs_changes_and_commits_on_sigterm(tmp_path: 
     restored = tmp_path / "next-attempt"
     assert spotrun_cli("restore", str(restored), env={**env, "SPOTRUN_ATTEMPT": "2"}).returncode == 0
     assert tree(restored) == tree(work)
+
+
+def handles_sigterm(pid: int) -> bool:
+    """Whether the process caught SIGTERM (Linux: /proc's SigCgt mask), as `sync` does before its loop."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def test_directory_mode_sync_commits_at_once_on_an_interruption_notice(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    env = {
+        "SPOTRUN_CHECKPOINT_URI": str(store),
+        "SPOTRUN_ATTEMPT": "2",
+        "SPOTRUN_NOTICE_FILE": str(tmp_path / "notice"),
+    }
+    reader = spotrun.Checkpoint(spotrun.open_storage(str(store)), attempt=9)
+    spotrun.Checkpoint(spotrun.open_storage(str(store)), attempt=1).save(
+        write_tree(tmp_path / "first", {"state": b"step 1"}), step=1
+    )
+    work = tmp_path / "work"
+    assert spotrun_cli("restore", str(work), env=env).returncode == 0  # what sync starts from is committed
+
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "spotrun", "sync", str(work), "--interval", "60"],
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: handles_sigterm(sync.pid), 30, "sync to start")
+        # Another size than step 1's: were sync still looking at what restore left, it must not
+        # take this for the restored checkpoint (it compares sizes).
+        (work / "state").write_bytes(b"step two")
+        temp = tmp_path / ".notice.tmp"  # replaced atomically, as the kubelet does
+        temp.write_text('{"time": "2026-12-02T11:40:00Z", "reason": "example.com/reclaim", "kind": "Reclaim"}')
+        os.replace(temp, tmp_path / "notice")
+        noticed = time.monotonic()
+        wait_for(lambda: len(reader.list()) >= 2, 10, "a commit on the notice")
+        assert time.monotonic() - noticed < 5  # long before the 60 s interval
+        sync.send_signal(signal.SIGTERM)
+        _, err = sync.communicate(timeout=30)
+    finally:
+        sync.kill()
+    assert sync.returncode == 0, err
+    assert f"Committed {work} on interruption notice (example.com/reclaim)" in err
+    assert len(reader.list()) == 2  # nothing changed after the notice: SIGTERM committed nothing more
+    restored = tmp_path / "next-attempt"
+    assert spotrun_cli("restore", str(restored), env={**env, "SPOTRUN_ATTEMPT": "3"}).returncode == 0
+    assert tree(restored) == {"state": b"step two"}
