@@ -1,4 +1,4 @@
-"""`python -m localcluster`: build, up, down, status, node disruptions, kwok nodes and the audit log."""
+"""`python -m localcluster`: build, up, down, status, node notices and disruptions, kwok nodes and the audit log."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from localcluster import audit as audit_log
 from localcluster import toolchain
-from localcluster.cluster import DEFAULT_STATE_DIR, REPO_ROOT, Cluster
+from localcluster.cluster import DEFAULT_STATE_DIR, NOTICE_TAINT, REPO_ROOT, Cluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +123,26 @@ def main(argv: list[str] | None = None) -> int:
         help="the NoSchedule taint put on first (default karpenter.sh/disrupted)",
     )
     reclaim.add_argument("--timeout", type=float, default=120, help="seconds to wait for the pods to end (default 120)")
+    notice = node.add_parser(
+        "notice",
+        help="the cloud's reclaim warning: a NoSchedule taint on the node, which keeps running",
+        description="Puts the NoSchedule taint KEY=VALUE on the running node NAME, as a cloud's interruption"
+        " handler does before it reclaims a spot VM, and nothing else: the node and its pods keep running"
+        " (reclaim it later with `node preempt`). Other taints are kept; one with the same key is replaced."
+        " Keys: aws-node-termination-handler/spot-itn (AWS Node Termination Handler; value the event id),"
+        " karpenter.sh/disrupted (Karpenter; give --value ''), cloud.google.com/impending-node-termination (GKE).",
+    )
+    notice.add_argument("name")
+    notice.add_argument(
+        "--taint",
+        default=NOTICE_TAINT,
+        metavar="KEY",
+        help=f"the taint's key (default {NOTICE_TAINT})",
+    )
+    notice.add_argument(
+        "--value",
+        help="the taint's value (default notice-<unix time>, an event id as NTH sets it); '' for none",
+    )
     kill = node.add_parser("kill", help="abrupt node loss: kubelet and pods get SIGKILL")
     kill.add_argument("name")
     add = node.add_parser("add", help="add a node, as an autoscaler would")
@@ -181,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.preempt_node(args.name, args.grace)
         elif args.node_command == "reclaim":
             cluster.reclaim_node(args.name, args.taint, args.timeout)
+        elif args.node_command == "notice":
+            cluster.notice_node(args.name, args.taint, args.value)
         elif args.node_command == "kill":
             cluster.kill_node(args.name)
         else:

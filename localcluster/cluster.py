@@ -51,6 +51,8 @@ ON_DEMAND_LABELS = {
 REAL_NODES_CLAIM = "/run/localcluster-real-nodes"
 # What `node reclaim` taints a node with before draining it: Karpenter's disruption taint.
 RECLAIM_TAINT = "karpenter.sh/disrupted"
+# What `node notice` taints a node with: the AWS Node Termination Handler's spot interruption taint.
+NOTICE_TAINT = "aws-node-termination-handler/spot-itn"
 SPOT_TAINT = {"key": "spotrun.dev/capacity", "value": "spot", "effect": "NoSchedule"}
 DEFAULT_NODES = (("spot-1", "spot"), ("spot-2", "spot"), ("ondemand-1", "on-demand"))
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
@@ -705,6 +707,33 @@ class Cluster:
         with contextlib.suppress(ApiError):
             client.delete(f"/api/v1/nodes/{name}")
         say(f"node {name} was reclaimed and its Node object deleted")
+
+    def notice_node(self, name: str, taint: str = NOTICE_TAINT, value: str | None = None) -> str:
+        """The cloud's warning that a spot node will be reclaimed, as a NoSchedule taint on its Node,
+        as the AWS Node Termination Handler puts it (value: the event id), Karpenter
+        (`karpenter.sh/disrupted`) or GKE (`cloud.google.com/impending-node-termination`) do.
+
+        Nothing else happens: the node keeps running (`preempt_node` reclaims it). Other taints are
+        kept and one with the same key is replaced. Returns the taint's value; an empty VALUE puts
+        the taint on without one, as Karpenter's is."""
+        self._running_node(name)
+        value = f"notice-{int(time.time())}" if value is None else value
+        wanted: Obj = {"key": taint, "effect": "NoSchedule", **({"value": value} if value else {})}
+        client = self.admin()
+        for attempt in range(5):
+            node = client.get(f"/api/v1/nodes/{name}")
+            taints = [t for t in node["spec"].get("taints") or [] if t["key"] != taint] + [wanted]
+            # With the resourceVersion the patch fails (409) rather than drop a taint written meanwhile.
+            patch = {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}, "spec": {"taints": taints}}
+            try:
+                client.merge_patch(f"/api/v1/nodes/{name}", patch)
+                break
+            except ApiError as err:
+                if err.status != 409 or attempt == 4:
+                    raise
+        shown = f"{taint}={value}:NoSchedule" if value else f"{taint}:NoSchedule"
+        say(f"node {name} tainted {shown}: the reclaim notice is given; the node keeps running")
+        return value
 
     def _pods_on(self, name: str) -> list[Obj]:
         """Pods bound to node NAME that a drain waits for: all but mirror pods and a DaemonSet's, until deleted."""

@@ -21,6 +21,7 @@ import socketserver
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -41,6 +42,9 @@ STATUS_REPORT_SECONDS = 20
 CRASH_BACKOFF_START, CRASH_BACKOFF_MAX = 10.0, 300.0
 MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES = 80
+DATA_DIR = "..data"  # the kubelet's AtomicWriter: the symlink to a volume's current payload
+
+Files = dict[str, tuple[bytes, int]]  # a volume's payload: relative path -> (contents, mode)
 
 
 def now() -> str:
@@ -49,6 +53,79 @@ def now() -> str:
 
 def micro_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_volume(target: Path, files: Files) -> bool:
+    """Writes a volume's payload into TARGET as the kubelet's AtomicWriter does; False when unchanged.
+
+    The files go into a new timestamped directory `..YYYY_MM_DD_HH_MM_SS.N`, then the symlink
+    `..data` is pointed at it with one rename, and each top-level name is a symlink `NAME ->
+    ..data/NAME`. TARGET itself is never replaced: a container has it bind-mounted (mounter.py),
+    and a bind mount holds on to the directory's inode, so only changes inside it are seen there.
+    A file is read whole, old or new, never half-written; and a reader that resolves `..data`
+    once reads one payload, never a mix of two."""
+    target.mkdir(parents=True, exist_ok=True)
+    data_link = target / DATA_DIR
+    old = os.readlink(data_link) if data_link.is_symlink() else ""
+    if old and _payload_of(target / old) == files:
+        return False
+    stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
+    new = Path(tempfile.mkdtemp(prefix=stamp, dir=target))
+    new.chmod(0o755)
+    for rel, (data, mode) in files.items():
+        path = new / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(mode)
+    tmp_link = target / (DATA_DIR + "_tmp")
+    tmp_link.unlink(missing_ok=True)
+    os.symlink(new.name, tmp_link)
+    os.replace(tmp_link, data_link)
+    visible = {Path(rel).parts[0] for rel in files}
+    for name in visible:
+        link, wanted = target / name, f"{DATA_DIR}/{name}"
+        if link.is_symlink() and os.readlink(link) == wanted:
+            continue
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)  # left by an older layout
+        tmp = target / f"..{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(wanted, tmp)
+        os.replace(tmp, link)
+    # The kubelet removes the previous payload at once; it is kept here until the next write, so
+    # that a reader which resolved `..data` just before the swap still finds its file.
+    keep = {DATA_DIR, new.name, old}
+    for entry in target.iterdir():
+        if entry.name.startswith(".."):
+            if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)  # older payloads (and any a crash left behind)
+        elif entry.name not in visible and entry.is_symlink() and os.readlink(entry).startswith(DATA_DIR + "/"):
+            entry.unlink()  # a file the new payload no longer has
+    return True
+
+
+def _payload_of(directory: Path) -> Files | None:
+    """The payload a timestamped directory holds, as `write_volume` takes it; None when it is gone."""
+    if not directory.is_dir():
+        return None
+    files: Files = {}
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            files[str(path.relative_to(directory))] = (path.read_bytes(), path.stat().st_mode & 0o7777)
+    return files
+
+
+def _differs(target: Path, files: Files) -> bool:
+    """Whether any of FILES differs from what the volume at TARGET holds now."""
+    data_link = target / DATA_DIR
+    current = _payload_of(target / os.readlink(data_link)) if data_link.is_symlink() else None
+    return current is None or any(current.get(rel) != wanted for rel, wanted in files.items())
+
+
+def _metadata_key(pod: Obj) -> str:
+    """What a downward-API volume can show of the pod that can change while it runs."""
+    meta = pod["metadata"]
+    return json.dumps([meta.get("labels") or {}, meta.get("annotations") or {}], sort_keys=True)
 
 
 class Container:
@@ -121,6 +198,8 @@ class PodWorker:
         self.main = [Container(c, "main") for c in spec.get("containers") or []]
         self.prepared = False
         self.prepare_error = ""
+        self.volumes_metadata = ""  # the labels and annotations the downward-API volumes were written from
+        self.refresh_error = ""
         self.start_time = ""
         self.phase = "Pending"
         self.reason = ""
@@ -205,6 +284,7 @@ class PodWorker:
                     c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(err)}}
                 time.sleep(1)
                 return
+        self._refresh_downward_volumes()
         policy = self.pod["spec"].get("restartPolicy", "Always")
         for c in self.init + self.main:
             self._reap(c)
@@ -389,6 +469,7 @@ class PodWorker:
             self._signal(c, signal.SIGTERM)
         deadline = time.monotonic() + max(grace, 0)
         while time.monotonic() < deadline and any(c.proc and c.proc.poll() is None for c in live):
+            self._refresh_downward_volumes()  # a stopping container may still read a notice
             time.sleep(0.05)
         for c in live:
             if c.proc and c.proc.poll() is None:
@@ -464,19 +545,7 @@ class PodWorker:
                 return None
             raise
 
-    def _write_files(self, target: Path, files: dict[str, tuple[bytes, int]]) -> None:
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for rel, (data, mode) in files.items():
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            path.chmod(mode)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-
-    def _keyed_files(self, kind: str, source: Obj, default_mode: int) -> dict[str, tuple[bytes, int]]:
+    def _keyed_files(self, kind: str, source: Obj, default_mode: int) -> Files:
         name = source.get("secretName") or source.get("name") or ""
         obj = self._lookup(kind, name)
         if obj is None:
@@ -500,14 +569,14 @@ class PodWorker:
             files[item["path"]] = (data[item["key"]], item.get("mode", default_mode))
         return files
 
-    def _downward_files(self, source: Obj, default_mode: int) -> dict[str, tuple[bytes, int]]:
+    def _downward_files(self, pod: Obj, source: Obj, default_mode: int) -> Files:
         files = {}
         for item in source.get("items") or []:
-            value = podspec.field_value(self.pod, item["fieldRef"]["fieldPath"]) if "fieldRef" in item else "0"
+            value = podspec.field_value(pod, item["fieldRef"]["fieldPath"]) if "fieldRef" in item else "0"
             files[item["path"]] = (value.encode(), item.get("mode", default_mode))
         return files
 
-    def _token_files(self, source: Obj) -> dict[str, tuple[bytes, int]]:
+    def _token_files(self, source: Obj) -> Files:
         sa = self.pod["spec"].get("serviceAccountName") or "default"
         request = {
             "apiVersion": "authentication.k8s.io/v1",
@@ -523,44 +592,91 @@ class PodWorker:
 
     def _prepare(self) -> None:
         """Materialises every volume of the pod under its directory (volumes/NAME)."""
+        pod = self.pod
         volumes_dir = self.dir / "volumes"
         volumes_dir.mkdir(parents=True, exist_ok=True)
-        for volume in self.pod["spec"].get("volumes") or []:
+        for volume in pod["spec"].get("volumes") or []:
             target = volumes_dir / volume["name"]
             if "emptyDir" in volume:
                 target.mkdir(exist_ok=True)
                 target.chmod(0o777)
-            elif "hostPath" in volume:
-                continue
-            elif "secret" in volume:
-                src = volume["secret"]
-                self._write_files(target, self._keyed_files("secret", src, src.get("defaultMode", 0o644)))
-            elif "configMap" in volume:
-                src = volume["configMap"]
-                self._write_files(target, self._keyed_files("configmap", src, src.get("defaultMode", 0o644)))
-            elif "downwardAPI" in volume:
-                src = volume["downwardAPI"]
-                self._write_files(target, self._downward_files(src, src.get("defaultMode", 0o644)))
-            elif "projected" in volume:
-                mode = volume["projected"].get("defaultMode", 0o644)
-                files: dict[str, tuple[bytes, int]] = {}
-                for source in volume["projected"].get("sources") or []:
-                    if "serviceAccountToken" in source:
-                        files.update(self._token_files(source["serviceAccountToken"]))
-                    elif "secret" in source:
-                        files.update(
-                            self._keyed_files(
-                                "secret", {**source["secret"], "secretName": source["secret"].get("name")}, mode
-                            )
+            elif "hostPath" not in volume:
+                write_volume(target, self._volume_files(pod, volume))
+        self.volumes_metadata = _metadata_key(pod)
+
+    def _refresh_downward_volumes(self) -> None:
+        """Rewrites the downward-API volumes once the pod's labels or annotations changed, as the
+        kubelet does: a container that has one mounted sees the new files without a restart.
+
+        It runs on the pod's own thread, never the watch's: a projected volume whose downward-API
+        files change is rewritten whole, and its other sources (secrets, config maps, a token) are
+        API requests."""
+        pod = self.pod
+        key = _metadata_key(pod)
+        if not self.prepared or key == self.volumes_metadata:
+            return
+        try:
+            for volume in pod["spec"].get("volumes") or []:
+                target = self.dir / "volumes" / volume["name"]
+                # Only a volume whose downward-API files change: the service-account volume
+                # (namespace, token) is not rewritten, nor its token requested, for an annotation.
+                downward = self._downward_part(pod, volume)
+                if not downward or not _differs(target, downward):
+                    continue
+                if write_volume(target, self._volume_files(pod, volume)):
+                    name = volume["name"]
+                    log.info("Updated volume %s of pod %s/%s to its new metadata", name, self.namespace, self.pod_name)
+        except (podspec.MissingReference, ApiError, ValueError, OSError) as err:
+            if str(err) != self.refresh_error:
+                log.warning(
+                    "Updating the volumes of pod %s/%s failed, retrying: %s", self.namespace, self.pod_name, err
+                )
+            self.refresh_error = str(err)
+            return
+        self.volumes_metadata, self.refresh_error = key, ""
+
+    def _downward_part(self, pod: Obj, volume: Obj) -> Files:
+        """The downward-API files of a downwardAPI or projected volume; none for other volumes."""
+        if "downwardAPI" in volume:
+            src = volume["downwardAPI"]
+            return self._downward_files(pod, src, src.get("defaultMode", 0o644))
+        projected = volume.get("projected") or {}
+        files: Files = {}
+        for source in projected.get("sources") or []:
+            if "downwardAPI" in source:
+                files.update(self._downward_files(pod, source["downwardAPI"], projected.get("defaultMode", 0o644)))
+        return files
+
+    def _volume_files(self, pod: Obj, volume: Obj) -> Files:
+        """The payload of a secret, configMap, downwardAPI or projected volume, from POD's version."""
+        if "secret" in volume:
+            src = volume["secret"]
+            return self._keyed_files("secret", src, src.get("defaultMode", 0o644))
+        if "configMap" in volume:
+            src = volume["configMap"]
+            return self._keyed_files("configmap", src, src.get("defaultMode", 0o644))
+        if "downwardAPI" in volume:
+            src = volume["downwardAPI"]
+            return self._downward_files(pod, src, src.get("defaultMode", 0o644))
+        if "projected" in volume:
+            mode = volume["projected"].get("defaultMode", 0o644)
+            files: Files = {}
+            for source in volume["projected"].get("sources") or []:
+                if "serviceAccountToken" in source:
+                    files.update(self._token_files(source["serviceAccountToken"]))
+                elif "secret" in source:
+                    files.update(
+                        self._keyed_files(
+                            "secret", {**source["secret"], "secretName": source["secret"].get("name")}, mode
                         )
-                    elif "configMap" in source:
-                        files.update(self._keyed_files("configmap", source["configMap"], mode))
-                    elif "downwardAPI" in source:
-                        files.update(self._downward_files(source["downwardAPI"], mode))
-                self._write_files(target, files)
-            else:
-                kinds = sorted(k for k in volume if k != "name")
-                raise ValueError(f"volume {volume['name']!r} of type {kinds} is not supported by the process kubelet")
+                    )
+                elif "configMap" in source:
+                    files.update(self._keyed_files("configmap", source["configMap"], mode))
+                elif "downwardAPI" in source:
+                    files.update(self._downward_files(pod, source["downwardAPI"], mode))
+            return files
+        kinds = sorted(k for k in volume if k != "name")
+        raise ValueError(f"volume {volume['name']!r} of type {kinds} is not supported by the process kubelet")
 
     def _mounts(self, c: Container, term_path: Path) -> list[Obj]:
         by_name = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}

@@ -68,11 +68,39 @@ def field_value(pod: Obj, path: str) -> str:
         return str(simple[path])
     match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
     if match:
-        return str(meta.get(match.group(1), {}).get(match.group(2), ""))
+        # The raw value; an absent key is the empty string, as the kubelet gives it.
+        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
     if path in ("metadata.labels", "metadata.annotations"):
-        items = meta.get(path.split(".")[1], {})
-        return "\n".join(f'{k}="{v}"' for k, v in sorted(items.items()))
+        # The kubelet's fieldpath.FormatMap: `key=%q` a line, sorted by key, no final newline.
+        items = meta.get(path.split(".")[1]) or {}
+        return "\n".join(f"{k}={go_quote(str(v))}" for k, v in sorted(items.items()))
     raise ValueError(f"unsupported fieldRef {path!r}")
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote (`%q`): a double-quoted string with Go escapes; printable Unicode stays as is."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char.isprintable():  # Go's IsPrint: letters, marks, numbers, punctuation, symbols, ASCII space
+            out.append(char)
+        elif char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:  # not a rune: Go has U+FFFD there
+            out.append("\ufffd")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 class MissingReference(Exception):

@@ -1,12 +1,18 @@
-"""Pod spec to host process: $(VAR) expansion, env sources, image entrypoints."""
+"""Pod spec to host process: $(VAR) expansion, env sources, image entrypoints, downward-API values and
+the process kubelet's volume writer."""
 
 from __future__ import annotations
 
 import base64
+import os
+import re
+import threading
+from pathlib import Path
 
 import pytest
 
 from localcluster import podspec
+from localcluster.kubelet import DATA_DIR, write_volume
 
 POD = {
     "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "x"}, "annotations": {}},
@@ -101,3 +107,106 @@ def test_container_env_missing_required_key_names_it() -> None:
 def test_field_value_rejects_unknown_paths() -> None:
     with pytest.raises(ValueError, match="unsupported fieldRef"):
         podspec.field_value(POD, "spec.bogus")
+
+
+def _pod_with_annotations(annotations: dict[str, str]) -> podspec.Obj:
+    return {"metadata": {"name": "p", "labels": {"app": "x"}, "annotations": annotations}, "spec": {}}
+
+
+def test_field_value_of_one_annotation_is_raw_and_absent_is_empty() -> None:
+    pod = _pod_with_annotations({"spotrun.dev/notice": 'at "12:00"\nnow'})
+    assert podspec.field_value(pod, "metadata.annotations['spotrun.dev/notice']") == 'at "12:00"\nnow'
+    assert podspec.field_value(pod, "metadata.annotations['missing']") == ""
+    assert podspec.field_value({**POD, "metadata": {"name": "p"}}, "metadata.labels['app']") == ""
+
+
+def test_field_value_of_all_annotations_is_the_kubelets_sorted_go_quoted_lines() -> None:
+    annotations = {"z": "plain", "a": 'say "hi"', "m": "two\nlines\tand \\ back", "u": "日本\u00a0\x01"}
+    pod = _pod_with_annotations(annotations)
+    # As Go's fmt.Sprintf("%v=%q\n") per key, joined, without the last newline (fieldpath.FormatMap).
+    assert podspec.field_value(pod, "metadata.annotations") == (
+        'a="say \\"hi\\""\nm="two\\nlines\\tand \\\\ back"\nu="日本\\u00a0\\x01"\nz="plain"'
+    )
+    assert podspec.field_value(POD, "metadata.labels") == 'app="x"'
+    assert podspec.field_value(POD, "metadata.annotations") == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [  # checked against Go 1.26's strconv.Quote
+        ("", '""'),
+        ("\x07\x08\x0c\r\x0b", '"\\a\\b\\f\\r\\v"'),
+        ("\x00\x1f\x7f\x80", '"\\x00\\x1f\\x7f\\u0080"'),
+        ("\u200b\u2028\ufeff", '"\\u200b\\u2028\\ufeff"'),
+        ("\U000e0001 é 😀", '"\\U000e0001 é 😀"'),
+        ("it's", '"it\'s"'),
+    ],
+)
+def test_go_quote_escapes_as_strconv_quote(text: str, quoted: str) -> None:
+    assert podspec.go_quote(text) == quoted
+
+
+def _payloads(target: Path) -> list[str]:
+    return sorted(p.name for p in target.iterdir() if p.name.startswith("..") and p.name != DATA_DIR)
+
+
+def test_write_volume_uses_the_kubelets_data_symlink_layout(tmp_path: Path) -> None:
+    target = tmp_path / "podinfo"
+    assert write_volume(target, {"notice": (b"", 0o644), "dir/key": (b"v", 0o600)})
+    payload = os.readlink(target / DATA_DIR)
+    assert re.fullmatch(r"\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\w+", payload)
+    assert (target / payload).is_dir()
+    assert os.readlink(target / "notice") == f"{DATA_DIR}/notice"
+    assert os.readlink(target / "dir") == f"{DATA_DIR}/dir"
+    assert (target / "notice").read_bytes() == b""
+    assert (target / "dir" / "key").read_bytes() == b"v"
+    assert (target / payload / "dir" / "key").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith("..")) == ["dir", "notice"]
+
+
+def test_write_volume_replaces_files_atomically_in_the_same_directory(tmp_path: Path) -> None:
+    target = tmp_path / "podinfo"
+    write_volume(target, {"notice": (b"old", 0o644), "gone": (b"x", 0o644)})
+    inode = target.stat().st_ino
+    with open(target / "notice", "rb") as before:  # what a reader has open keeps its contents
+        assert write_volume(target, {"notice": (b"new", 0o644)})
+        assert before.read() == b"old"
+    assert target.stat().st_ino == inode  # a bind mount of the directory sees the change
+    assert (target / "notice").read_bytes() == b"new"
+    assert not os.path.lexists(target / "gone")
+    assert not write_volume(target, {"notice": (b"new", 0o644)})  # unchanged: nothing written
+    write_volume(target, {"notice": (b"newer", 0o644)})
+    write_volume(target, {"notice": (b"newest", 0o644)})
+    assert len(_payloads(target)) == 2  # the current payload and the one before it, no more
+    assert (target / "notice").read_bytes() == b"newest"
+
+
+def test_write_volume_never_shows_a_half_written_file(tmp_path: Path) -> None:
+    target = tmp_path / "podinfo"
+    size = 1 << 18
+    write_volume(target, {"notice": (b"a" * size, 0o644)})
+    seen: set[bytes] = set()
+    errors: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                data = (target / "notice").read_bytes()
+            except OSError as err:
+                errors.append(repr(err))
+                continue
+            if len(data) != size or len(set(data)) != 1:
+                errors.append(f"{len(data)} bytes of {sorted(set(data))}")
+            seen.add(data[:1])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(40):
+            write_volume(target, {"notice": ((b"b" if i % 2 else b"c") * size, 0o644)})
+    finally:
+        done.set()
+        reader.join()
+    assert not errors
+    assert len(seen) > 1
