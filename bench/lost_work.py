@@ -1,9 +1,13 @@
 """Lost work per interruption: no notice, a 20 s notice, and `kubectl drain` with Checkpoint or Allow.
 
-The training example (examples/train.py: a checkpoint every CHECKPOINT_EVERY steps, and one more
-from its on_preemption callback) runs as a TaskRun on the local cluster's spot nodes; each round
-interrupts it at a random point of its checkpoint interval and reads the attempt's lostSeconds,
-which the operator measures from the last committed checkpoint to the end of the pod. Scenarios:
+The training example (examples/train.py: a checkpoint every CHECKPOINT_EVERY steps, one more from
+its on_preemption callback, and on a notice a last one as late as still fits) runs as a TaskRun on
+the local cluster's spot nodes. Each commit takes --save-seconds (a large model's upload), longer
+than the 3 s grace period SIGTERM leaves, so the commit on SIGTERM never completes. Each round
+interrupts the task at a random point of its checkpoint interval and reads the attempt's
+lostSeconds, which the operator measures from the last committed checkpoint to the end of the pod.
+The notice is the AWS Node Termination Handler's taint, configured (a capacity profile file) to
+mean 20 s of warning, as the bench gives it. Scenarios:
 
   none     `node preempt` (graceful shutdown, 3 s grace) with no warning
   notice   `node notice` (the AWS Node Termination Handler's taint), then `node preempt` 20 s later
@@ -13,12 +17,13 @@ which the operator measures from the last committed checkpoint to the end of the
 Ratios are against `none`, measured in the same run. The target: with a notice or a
 checkpoint-first drain, lost work is below one checkpoint interval in every round.
 
-    python -m localcluster up && python bench/lost_work.py [--rounds 3] [--interval 6]
+    python -m localcluster up && python bench/lost_work.py [--rounds 3] [--interval 6] [--save-seconds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -30,6 +35,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from spotrun_operator.config import PROFILES  # noqa: E402
 
 from localcluster.cluster import Cluster  # noqa: E402
 from localcluster.kube import ApiError, Client  # noqa: E402
@@ -59,13 +66,16 @@ def restore_node(cluster: Cluster, kube: Client, node: str) -> None:
     kube.merge_patch(f"/api/v1/nodes/{node}", {"spec": {"unschedulable": None, "taints": taints}})
 
 
-def one_round(cluster: Cluster, kube: Client, namespace: str, scenario: str, n: int, interval: float) -> float:
+def one_round(
+    cluster: Cluster, kube: Client, namespace: str, scenario: str, n: int, interval: float, save: float
+) -> float:
     name = f"{scenario}-{n}"
     every = max(1, round(interval / STEP_SECONDS))
+    env = {"STEPS": "100000", "STEP_SECONDS": str(STEP_SECONDS), "CHECKPOINT_EVERY": str(every)}
     body = taskrun(
         name,
         ["python", str(TRAIN)],
-        {"STEPS": "100000", "STEP_SECONDS": str(STEP_SECONDS), "CHECKPOINT_EVERY": str(every)},
+        {**env, "SAVE_SECONDS": str(save)},
         maxInterruptions=5,
         pod={"terminationGracePeriodSeconds": 3},
         **({"disruption": {"voluntary": "Allow"}} if scenario == "allow" else {}),
@@ -75,7 +85,7 @@ def one_round(cluster: Cluster, kube: Client, namespace: str, scenario: str, n: 
         lambda: (s := status(kube, namespace, name)).get("phase") == "Running" and s, 90, f"{name} running"
     )
     # Past its first checkpoint, then a random point of its interval.
-    time.sleep(interval + 2 + random.uniform(0, interval))
+    time.sleep(interval + save + 2 + random.uniform(0, interval))
     node = running["nodeName"]
     try:
         if scenario == "none":
@@ -97,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interval", type=float, default=6.0, help="seconds between the task's checkpoints")
+    parser.add_argument("--save-seconds", type=float, default=4.0, help="how long a commit takes (default 4)")
     parser.add_argument("--state-dir", type=Path, help="the cluster's state directory (default .localcluster)")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
@@ -114,20 +125,27 @@ def main() -> None:
         f"/api/v1/namespaces/{namespace}/secrets",
         {"metadata": {"name": SECRET}, "stringData": {k: env[k] for k in keys}},
     )
-    operator = install(cluster, kube, Path(tempfile.mkdtemp(prefix="spotrun-bench-")))
+    workdir = Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
+    profile = workdir / "profile.json"
+    profile.write_text(json.dumps({**PROFILES["generic"], "noticeTaints": {NOTICE_TAINT: 20}}))
+    operator = install(cluster, kube, workdir)
+    operator.env["SPOTRUN_CAPACITY_PROFILE_FILE"] = str(profile)
     operator.start()
     lost: dict[str, list[float]] = {s: [] for s in SCENARIOS}
     try:
         for n in range(args.rounds):
             for scenario in SCENARIOS:
-                lost[scenario].append(one_round(cluster, kube, namespace, scenario, n, args.interval))
+                lost[scenario].append(
+                    one_round(cluster, kube, namespace, scenario, n, args.interval, args.save_seconds)
+                )
                 print(f"round {n + 1} {scenario:>6}: lost {lost[scenario][-1]:.1f}s", flush=True)
     finally:
         operator.stop()
         kube.delete(f"/api/v1/namespaces/{namespace}")
 
     print(
-        f"\nlost seconds per interruption, checkpoint every {args.interval:g}s, {args.rounds} rounds (process nodes)\n"
+        f"\nlost seconds per interruption: a checkpoint every {args.interval:g}s, each taking {args.save_seconds:g}s; "
+        f"3s of grace; {args.rounds} rounds (process nodes)\n"
     )
     print(f"{'scenario':>8} {'mean':>7} {'max':>7} {'vs none':>8}  rounds")
     base = max(statistics.mean(lost["none"]), 1e-3)

@@ -2,6 +2,11 @@
 
 It restores the newest checkpoint (weights, optimizer state, step), checkpoints every
 CHECKPOINT_EVERY steps, and on preemption commits one final checkpoint inside its grace period.
+Given an interruption notice it commits at once; for a drain it then stops (the operator moves it),
+for a reclaim it trains on while the notice leaves time and makes its last commit as late as still
+fits (the time its last commit took, plus a margin), then stops: nothing is lost even when a
+commit takes longer than the grace period SIGTERM leaves.
+SAVE_SECONDS stands in for the upload of a large model (every commit takes that much longer).
 The TaskRun's result says which step each attempt resumed from.
 """
 
@@ -17,6 +22,8 @@ import spotrun
 STEPS = int(os.environ.get("STEPS", "400"))
 STEP_SECONDS = float(os.environ.get("STEP_SECONDS", "0.05"))
 CHECKPOINT_EVERY = int(os.environ.get("CHECKPOINT_EVERY", "20"))
+SAVE_SECONDS = float(os.environ.get("SAVE_SECONDS", "0"))
+MARGIN_SECONDS = 2.0  # the last commit after a notice starts this much before it would not fit
 
 
 def data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -53,10 +60,21 @@ def train() -> dict[str, object]:
         flush=True,
     )
 
+    took = [SAVE_SECONDS]  # how long the last commit took
+
+    def commit(**metadata: object) -> None:
+        started = time.monotonic()
+        time.sleep(SAVE_SECONDS)
+        cp.write(pack(state), step=int(state["step"]), metadata=metadata or None)
+        took[0] = time.monotonic() - started
+
     @spotrun.on_preemption
     def final_checkpoint() -> None:
-        cp.write(pack(state), step=int(state["step"]))
-        print(f"preempted: committed step {state['step']} with {spotrun.seconds_left():.0f}s of grace left", flush=True)
+        commit()
+        committed_on_notice[0] = True
+        print(f"preempted: committed step {state['step']} with {spotrun.seconds_left():.0f}s left", flush=True)
+
+    committed_on_notice = [False]
 
     x, y = data(np.random.default_rng(0))
     w, velocity = np.array(state["w"]), np.array(state["velocity"])
@@ -67,8 +85,22 @@ def train() -> dict[str, object]:
         w = w + velocity
         loss = float(np.mean((x @ w - y) ** 2))
         state.update(w=w, velocity=velocity, step=int(state["step"]) + 1)
-        if state["step"] % CHECKPOINT_EVERY == 0:
-            cp.write(pack(state), step=int(state["step"]), metadata={"loss": loss})
+        periodic = state["step"] % CHECKPOINT_EVERY == 0
+        # After a notice, the last commit that still fits, counting a periodic one due now: then
+        # nothing is lost even when a commit on SIGTERM could not fit its grace period.
+        needed = took[0] * (2 if periodic else 1) + STEP_SECONDS + MARGIN_SECONDS
+        notice = spotrun.notice()
+        if notice is not None and notice.kind == "Drain" and committed_on_notice[0]:
+            # A drain: the operator stops the pod once this commit is seen; training on would be lost.
+            raise spotrun.RecoverableError("stopped for a drain after the checkpoint taken on its notice")
+        if notice is not None and spotrun.seconds_left() <= needed:
+            commit(loss=loss)
+            print(
+                f"notice: committed step {state['step']}, stopping with {spotrun.seconds_left():.0f}s left", flush=True
+            )
+            raise spotrun.RecoverableError("stopped on an interruption notice after its last checkpoint")
+        if periodic:
+            commit(loss=loss)
             print(f"step {state['step']} loss {loss:.4f} checkpointed", flush=True)
         time.sleep(STEP_SECONDS)
     return {"loss": round(loss, 6), "steps": state["step"], "resumed": state["resumed"], "attempt": ctx.attempt}

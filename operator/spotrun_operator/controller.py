@@ -265,6 +265,25 @@ class Controller:
         if pod and pod.get("kind", "Pod") == "Pod" and "metadata" in pod:
             self.pods.put(trim_pod(pod))
 
+    def _ensure_budget(self, budget: Obj) -> bool:
+        """Creates the TaskRun's PodDisruptionBudget. Without it (no right to create one, no policy/v1)
+        the attempt still starts: a drain then evicts its pod, as with voluntary Allow."""
+        try:
+            self.api.create_budget(budget)
+        except NamespaceTerminating:
+            raise
+        except Exception as err:
+            meta = budget["metadata"]
+            log.warning(
+                "Creating PodDisruptionBudget %s/%s failed (%s): a drain will evict the pod without waiting for "
+                "a checkpoint; grant poddisruptionbudgets create/delete (manifests/operator/rbac.yaml)",
+                meta["namespace"],
+                meta["name"],
+                err,
+            )
+            return False
+        return True
+
     def _resume_from(self, taskrun: Obj) -> str | None:
         """The resumeFrom source's URI: "" when there is none, None when its TaskRun does not exist."""
         source = (taskrun["spec"].get("checkpoint") or {}).get("resumeFrom") or {}
@@ -304,8 +323,8 @@ class Controller:
         by_name = {p["metadata"]["name"]: p for p in pods}
         if decision.create is not None:
             try:
-                if decision.budget is not None:
-                    self.api.create_budget(decision.budget)
+                if decision.budget is not None and not self._ensure_budget(decision.budget):
+                    decision.status.pop("disruptionBudget", None)
                 self._keep(self.api.create_pod(decision.create))
             except NamespaceTerminating:
                 # Nothing can be created in a namespace being deleted, and nothing needs to be: its
@@ -343,7 +362,10 @@ class Controller:
             if pod_name not in decision.force_delete:
                 self._keep(self.api.release_pod(by_name[pod_name]))
         if decision.delete_budget:
-            self.api.delete_budget(namespace, decision.delete_budget)
+            try:
+                self.api.delete_budget(namespace, decision.delete_budget)
+            except Exception as err:  # the TaskRun owns it: the garbage collector deletes it with the TaskRun
+                log.warning("Deleting PodDisruptionBudget %s/%s failed: %s", namespace, decision.delete_budget, err)
         if decision.delete_taskrun:
             log.info("Deleted TaskRun %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             self.api.delete_taskrun(namespace, name)

@@ -57,13 +57,19 @@ def checkpoint_timeout(spec: Obj) -> int:
 
 
 def node_notice(
-    node: Obj | None, spec: Obj, notice_taints: Mapping[str, int], drain_taints: Sequence[str]
+    node: Obj | None,
+    spec: Obj,
+    notice_taints: Mapping[str, int],
+    drain_taints: Sequence[str],
+    grace: int = 30,
 ) -> Notice | None:
     """The notice a pod on `node` (a trimmed Node: taints, unschedulable) should have, or None.
 
     A drain wins over a reclaim notice when both are there (the AWS Node Termination Handler
     taints, cordons and drains): stopping after a fresh checkpoint beats waiting for the reclaim.
-    With voluntary Allow, a drain is left to evict the pod as it would without Spotrun.
+    Its wait then ends `grace` (the pod's termination grace period) before the reclaim, so that the
+    pod still gets its SIGTERM and grace period before the VM goes. With voluntary Allow, a drain is
+    left to evict the pod as it would without Spotrun.
     """
     if node is None:
         return None
@@ -71,7 +77,7 @@ def node_notice(
     reclaim = [(notice_taints[k], k) for k in sorted(taints) if k in notice_taints]
     draining = CORDONED if node.get("unschedulable") else next((k for k in drain_taints if k in taints), None)
     if draining and voluntary(spec) == names.VOLUNTARY_CHECKPOINT:
-        seconds = min([checkpoint_timeout(spec), *(s for s, _ in reclaim)])
+        seconds = min([checkpoint_timeout(spec), *(max(0, s - grace) for s, _ in reclaim)])
         return Notice(names.NOTICE_DRAIN, draining, seconds)
     if reclaim:
         seconds, key = min(reclaim)
@@ -90,28 +96,37 @@ def drain_step(
     pod: Obj,
     attempt: int,
     latest: tuple[bool, Obj | None],
-    since: datetime.datetime,
     now: datetime.datetime,
     timeout: int,
 ) -> tuple[Obj, str | None]:
     """One pass of a drain with voluntary Checkpoint: (the status.drain to keep, why the pod is to
-    be stopped now, or None to wait). `drain` is status.drain from earlier passes ({pod,
-    checkpointAtNotice}); `latest` is (storage read, its newest checkpoint); `since` the notice's
-    time. The newest checkpoint at the notice is the one the first successful read found: a
-    checkpoint newer than it is fresh. While storage cannot be read, only the timeout ends the wait."""
+    be stopped now, or None to wait). `drain` is status.drain from earlier passes ({pod, since,
+    checkpointAtNotice}): `since` is when this drain was first seen (its own clock, so that a drain
+    after an uncordon, or a garbled notice, waits its full timeout); `latest` is (storage read, its
+    newest checkpoint). The newest checkpoint at the notice is the one the first successful read
+    found: a newer one is fresh. While storage cannot be read, only the timeout ends the wait."""
     name = pod["metadata"]["name"]
     read, newest = latest
-    if not drain or drain.get("pod") != name:
-        drain = {"pod": name}
+    if not drain or drain.get("pod") != name or not _parse(drain.get("since")):
+        drain = {"pod": name, "since": _iso(now)}
     if read and "checkpointAtNotice" not in drain:
         drain = {**drain, "checkpointAtNotice": (newest or {}).get("id", "")}
     if (pod.get("status") or {}).get("phase") != "Running":
         return drain, "the pod was not running: nothing to checkpoint"
     if read and fresh_checkpoint(newest, attempt, drain["checkpointAtNotice"]):
         return drain, f"checkpoint {(newest or {}).get('id')} was committed after the notice"
+    since = _parse(drain["since"]) or now
     if (now - since).total_seconds() >= timeout:
-        return drain, f"no checkpoint within checkpointTimeoutSeconds ({timeout}s)"
+        return drain, f"no checkpoint within {timeout}s of the notice"
     return drain, None
+
+
+def _parse(text: Any) -> datetime.datetime | None:
+    try:
+        moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _iso(moment: datetime.datetime) -> str:

@@ -416,7 +416,10 @@ class _Pass:
             st["placement"] = {"pod": pod["metadata"]["name"]} | {
                 k: node[k] for k in ("spot", "instanceType") if k in node
             }
-        notice = disruption.node_notice(node, self.spec, self.config.notice_taints, self.config.drain_taints)
+        if disruption.voluntary(self.spec) != names.VOLUNTARY_CHECKPOINT:
+            self._drop_budget()  # switched to Allow while the attempt runs: drains evict it from now on
+        grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        notice = disruption.node_notice(node, self.spec, self.config.notice_taints, self.config.drain_taints, grace)
         given = disruption.Notice.of_pod(pod)
         if notice is not None and given is None:
             notice = given = dataclasses.replace(notice, time=_iso(self.now))
@@ -434,11 +437,8 @@ class _Pass:
         if notice is None or notice.kind != names.NOTICE_DRAIN:
             st.pop("drain", None)
             return
-        since = _parse(given.time if given else "") or self.now
-        timeout = disruption.checkpoint_timeout(self.spec)
-        st["drain"], why = disruption.drain_step(
-            st.get("drain"), pod, self.attempt, self.latest(), since, self.now, timeout
-        )
+        timeout = notice.seconds
+        st["drain"], why = disruption.drain_step(st.get("drain"), pod, self.attempt, self.latest(), self.now, timeout)
         if why is None:
             self.decision.requeue_after = min(disruption.DRAIN_POLL_SECONDS, self.decision.requeue_after or 60.0)
             return
@@ -688,10 +688,8 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
         notify=decision.notify,
         delete_budget=decision.delete_budget,
     )
-    if "disruptionBudget" in old:
-        st["disruptionBudget"] = old["disruptionBudget"]
-    else:
-        st.pop("disruptionBudget", None)
+    if decision.budget is None and "disruptionBudget" not in old:
+        st.pop("disruptionBudget", None)  # the budget is created before the pod: it exists if it was asked for
     result.events = [e for e in decision.events if e[1] != "AttemptCreated"]
     if code == 422:
         text = f"the API server refused pod {pod_name} as invalid: {message}"

@@ -81,6 +81,7 @@ class Checkpoint:
         self.concurrency = concurrency
         # Reentrant: an on_preemption callback may commit while the main thread is inside a commit.
         self._lock = threading.RLock()
+        self._in_flight = 0  # commits under way in this process (one may run inside another)
         self._sequence: Iterator[int] | None = None
         self._manifests: dict[tuple[str, str], Manifest] = {}  # manifests are immutable: cached by (uri, id)
         self._restored_from: str | None = None
@@ -206,6 +207,23 @@ class Checkpoint:
         metadata: dict[str, Any] | None,
         directories: tuple[str, ...] = (),
     ) -> CheckpointInfo:
+        # A commit may run inside another one: an on_preemption callback, run by a signal handler
+        # in the main thread at a notice, while the task's own commit uploads. The inner one must
+        # not sweep the outer one's data, which no manifest references yet.
+        self._in_flight += 1
+        try:
+            return self._commit_once(kind, upload, step, metadata, directories)
+        finally:
+            self._in_flight -= 1
+
+    def _commit_once(
+        self,
+        kind: str,
+        upload: Any,
+        step: int | None,
+        metadata: dict[str, Any] | None,
+        directories: tuple[str, ...],
+    ) -> CheckpointInfo:
         sequence = self._next_sequence()
         prefix = f"{DATA}{checkpoint_id(self.attempt, sequence)}.{new_nonce()}/"
         files: builtins.list[FileEntry] = upload(prefix)
@@ -290,7 +308,7 @@ class Checkpoint:
         ids = sorted(self._ids(self.storage), reverse=True)
         kept, surplus = ids[: self.keep], ids[self.keep :]
         doomed = [i for i in surplus if (parse_id(i) or (0, 0))[0] <= self.attempt]
-        sweep = self._commits == 1 or self._commits % SWEEP_EVERY == 0
+        sweep = (self._commits == 1 or self._commits % SWEEP_EVERY == 0) and self._in_flight == 1
         if not doomed and not sweep:
             return
         referenced: set[str] = set()

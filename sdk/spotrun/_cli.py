@@ -227,20 +227,28 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
     watching = _preemption.notice_file()  # None once a notice came: one is enough
     # What `spotrun restore` left is committed already; anything else is committed on the first tick.
     last = _snapshot(args.dir) if _holds_latest(checkpoint, args.dir) else None
+    pending: Notice | None = None  # a notice whose commit failed: retried at the next poll, not interval
     while True:
-        notice = _wait_for_tick(stop, args.interval, watching)
+        notice = pending or _wait_for_tick(stop, args.interval, watching)
+        if pending is not None:
+            stop.wait(_preemption.poll_seconds())
         stopping = stop.is_set()
         if notice is not None:
             watching = None
         current = _snapshot(args.dir)
-        if current != last:
+        # On a notice, commit even an unchanged directory: a drain waits for a checkpoint newer than
+        # the one at its notice (unchanged files are not uploaded again: the commit is its manifest).
+        if current != last or notice is not None:
             try:
                 info = checkpoint.sync_directory(args.dir)
             except StorageError as err:
                 if stopping:
                     raise
-                log.warning("Committing %s failed, retrying in %.0fs: %s", args.dir, args.interval, err)
+                pending = notice
+                retry = _preemption.poll_seconds() if notice is not None else args.interval
+                log.warning("Committing %s failed, retrying in %.1fs: %s", args.dir, retry, err)
                 continue
+            pending = None
             if notice is not None:
                 log.info(
                     "Committed %s on interruption notice (%s): checkpoint %s, %d files, %d bytes",
@@ -253,14 +261,6 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
             else:
                 log.info("Committed %s: checkpoint %s, %d files, %d bytes", args.dir, info.id, info.files, info.size)
             last = current
-        elif notice is not None:
-            latest = checkpoint.latest()
-            log.info(
-                "Left %s uncommitted on interruption notice (%s): unchanged, checkpoint %s holds it",
-                args.dir,
-                notice.reason,
-                latest.id if latest else "-",
-            )
         if stopping:
             log.info("Stopped on SIGTERM after the final commit")
             return 0

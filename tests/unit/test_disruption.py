@@ -40,7 +40,7 @@ ALLOW = {"disruption": {"voluntary": "Allow"}}
         (
             {"unschedulable": True, "taints": ["aws-node-termination-handler/spot-itn"]},
             {"disruption": {"checkpointTimeoutSeconds": 600}},
-            ("Drain", "Cordoned", 120),
+            ("Drain", "Cordoned", 90),  # the reclaim's 120 s less the pod's 30 s of grace
         ),
         (
             {"unschedulable": True, "taints": ["aws-node-termination-handler/spot-itn"]},
@@ -73,7 +73,10 @@ def running(name: str = "train-a2", phase: str = "Running") -> Obj:
 def step(
     drain: Obj | None, latest: tuple[bool, Obj | None], after: float, pod: Obj | None = None
 ) -> tuple[Obj, str | None]:
-    return disruption.drain_step(drain, pod or running(), 2, latest, NOW, NOW + datetime.timedelta(seconds=after), 60)
+    """A pass `after` seconds into a drain first seen at NOW (`drain` None: the first pass, then)."""
+    if drain is not None:
+        drain = {**drain, "since": "2026-12-02T12:00:00Z"}
+    return disruption.drain_step(drain, pod or running(), 2, latest, NOW + datetime.timedelta(seconds=after), 60)
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,11 @@ def test_a_drain_waits_for_a_checkpoint_committed_after_the_notice_then_stops_th
     assert json.loads(first.notify[0][1])["kind"] == "Drain"
     assert first.stop == []
     assert first.requeue_after == 2.0
-    assert first.status["drain"] == {"pod": "train-a2", "checkpointAtNotice": "00002-00001"}
+    assert first.status["drain"] == {
+        "pod": "train-a2",
+        "since": "2026-11-27T12:00:00Z",
+        "checkpointAtNotice": "00002-00001",
+    }
     pod = noticed(running(2), "Drain", "Cordoned")
     waiting = decide(apply(tr, first), [pod], NODES, LATER, CONFIG, node_info=cordoned, checkpoints=storage)
     assert waiting.stop == []
@@ -103,7 +107,7 @@ def test_a_drain_gives_up_waiting_after_its_timeout() -> None:
     tr = taskrun({"attempt": 1}, disruption={"voluntary": "Checkpoint", "checkpointTimeoutSeconds": 30})
     cordoned = nodes(spot_1={"ready": True, "taints": ["karpenter.sh/disrupted"]})
     pod = noticed(running(1), "Drain", "karpenter.sh/disrupted")  # noticed at NOW
-    status = {"attempt": 1, "drain": {"pod": "train-a1", "checkpointAtNotice": ""}}
+    status = {"attempt": 1, "drain": {"pod": "train-a1", "since": "2026-11-27T12:00:00Z", "checkpointAtNotice": ""}}
     before = decide(
         taskrun(status, **{"disruption": tr["spec"]["disruption"]}),
         [pod],
