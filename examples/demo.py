@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -163,7 +164,7 @@ def main() -> None:
     while True:
         table = lab.kubectl("get", "taskruns", "-n", NAMESPACE, "-o", "wide")
         # Print the table when something but its AGE column changed.
-        if table.rsplit(" ", 1)[0] != last_table.rsplit(" ", 1)[0]:
+        if without_age(table) != without_age(last_table):
             print(f"[{time.monotonic() - started:5.1f}s]\n{table.rstrip()}", flush=True)
             last_table = table
         status: dict[str, object] = lab.get("taskruns.spotrun.dev", "train", "-n", NAMESPACE).get("status") or {}  # type: ignore[assignment]
@@ -209,6 +210,19 @@ def main() -> None:
     print(f"final loss:       {result.get('loss')}")
     if status.get("phase") != "Succeeded" or len(resumed) < 2 or resumed[-1] <= 0:
         raise SystemExit("demo: the TaskRun did not succeed after resuming from a checkpoint")
+
+
+def without_age(table: str) -> list[list[str]]:
+    """The table's cells, cut where the header's columns start, without the AGE column."""
+    lines = table.rstrip().splitlines()
+    if not lines:
+        return []
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    rows = [[line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)] for line in lines]
+    if "AGE" not in rows[0]:
+        return rows
+    age = rows[0].index("AGE")
+    return [row[:age] + row[age + 1 :] for row in rows]
 
 
 def step(status: dict[str, object]) -> int:
