@@ -30,6 +30,7 @@ REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a 
 # Exits of a task that stopped by itself after a notice (RecoverableError, or its own SIGTERM path):
 # the notice's interruption, not a failure of the task.
 NOTICE_EXITS = (75, 143)
+PENDING_ACCOUNT = "accountPending"  # on an attempt counted before its pod ended
 
 
 class Checkpoints(Protocol):
@@ -207,6 +208,7 @@ def decide(
     """
     step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
     step.count_ended_attempts()
+    step.settle_accounts()
     step.release_counted_pods()
     step.force_delete_pods_of_gone_nodes()
     step.notify_live_pod()
@@ -343,10 +345,12 @@ class _Pass:
                 st["interruptions"] += 1
             entry = _record(pod, n, outcome, kind, self.now)
             self._place(entry, pod)
-            last_commit, certain = self._last_commit(n)
-            accounting.account(st, entry, last_commit, self.config.prices)
-            if not certain and "lostSeconds" in entry:
-                entry["lostSecondsEstimated"] = True  # storage was not readable: at most this much
+            if _finished(pod):
+                self._account(entry)
+            else:
+                # Counted before its pod ended (its node is gone or not Ready): it may still commit in
+                # its grace period, so its work and time are accounted once the pod has ended.
+                entry[PENDING_ACCOUNT] = True
             history.append(entry)
             st["accountedAttempt"] = n
             st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
@@ -363,6 +367,32 @@ class _Pass:
                 )
             )
         st["attempts"] = history[-HISTORY:]
+
+    def _account(self, entry: Obj) -> None:
+        last_commit, certain = self._last_commit(int(entry["attempt"]))
+        accounting.account(self.st, entry, last_commit, self.config.prices)
+        if not certain and "lostSeconds" in entry:
+            entry["lostSecondsEstimated"] = True  # storage was not readable: at most this much
+
+    def settle_accounts(self) -> None:
+        """Accounts the attempts counted before their pods ended, once they have (or are gone)."""
+        for entry in self.st.get("attempts") or []:
+            if not entry.get(PENDING_ACCOUNT):
+                continue
+            pod = self.by_attempt.get(int(entry["attempt"]))
+            if pod is not None and not _finished(pod):
+                continue
+            ended = accounting.ended_at(pod) if pod else None
+            entry["endTime"] = _iso(min(ended, self.now) if ended else self.now)
+            del entry[PENDING_ACCOUNT]
+            self._account(entry)
+            self.decision.events.append(
+                (
+                    "Normal",
+                    "AttemptAccounted",
+                    f"Attempt {entry['attempt']} lost {entry.get('lostSeconds', 0)}s of work",
+                )
+            )
 
     def _place(self, entry: Obj, pod: Obj | None) -> None:
         """The capacity an attempt ran on (for `any`, what its node was) and the node's instance type:

@@ -226,3 +226,33 @@ def test_every_container_sees_the_notice_file() -> None:
             "volumeMounts"
         ]
         assert {"name": "SPOTRUN_NOTICE_FILE", "value": "/var/run/spotrun/notice"} in container["env"]
+
+
+def test_an_attempt_counted_before_its_pod_ended_is_accounted_once_it_has() -> None:
+    # Graceful node shutdown: the node is not Ready and the pod disrupted, so the attempt counts at
+    # once (the next attempt need not wait), but the pod may still commit in its grace period.
+    ending = running(1)
+    ending["status"]["startTime"] = "2026-11-27T11:59:00Z"
+    ending["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:30+00:00"))
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    first = decide(tr, [ending], {**NODES, "spot-1": False}, NOW, CONFIG, checkpoints=storage)
+    (entry,) = first.status["attempts"]
+    assert entry["outcome"] == "Interrupted"
+    assert entry["accountPending"] is True
+    assert "lostSeconds" not in entry
+    assert "lostSeconds" not in first.status
+    assert first.create is not None  # the replacement does not wait for the accounting
+    # Its SIGTERM callback committed at 11:59:58; the pod ended at 12:00:00.
+    storage.infos.append(checkpoint(1, 2, "2026-11-27T11:59:58+00:00"))
+    ended = pod_of(1, "preempted")
+    ended["status"]["startTime"] = "2026-11-27T11:59:00Z"
+    ended["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-11-27T12:00:00Z"
+    later = decide(apply(tr, first), [ended, running(2, "spot-2")], NODES, LATER, CONFIG, checkpoints=storage)
+    (settled,) = later.status["attempts"]
+    assert "accountPending" not in settled
+    assert settled["lostSeconds"] == 2.0
+    assert later.status["lostSeconds"] == 2.0
+    assert later.status["usage"]["spotSeconds"] == 60.0
+    again = decide(apply(tr, later), [ended, running(2, "spot-2")], NODES, LATER, CONFIG, checkpoints=storage)
+    assert again.status["lostSeconds"] == 2.0  # once, not again
