@@ -159,9 +159,10 @@ def test_a_notice_reaches_the_task_which_commits_before_the_reclaim(
     assert first["lostSeconds"] <= 3.0  # without the notice and SIGTERM commits: all 23 s of attempt 1
     assert final["lostSeconds"] == first["lostSeconds"]
     # Usage: both attempts ran on spot, from the kubelet's start of each pod (before its container
-    # runs) to its end: at least as long as the test saw them Running, at most the TaskRun's life.
+    # runs) to its end: at least as long as the test saw them Running, at most the TaskRun's life,
+    # give or take the kubelet's whole-second times (a second at each end of each of the 2 pods).
     running = sum(seen.ran(p) for p in seen.running if p in seen.ended)
-    assert running - 2.0 <= final["usage"]["spotSeconds"] <= lifetime, (final["usage"], running, lifetime)
+    assert running - 2.0 <= final["usage"]["spotSeconds"] <= lifetime + 2.0, (final["usage"], running, lifetime)
     assert final["usage"]["onDemandSeconds"] == 0
     print(
         f"notice on the pod {told:.2f}s after the taint, committed {committed:.2f}s after; lost {first['lostSeconds']}s"
