@@ -152,18 +152,21 @@ def build_pod(
             "labels": labels,
             "annotations": annotations,
             "finalizers": [names.POD_FINALIZER],
-            "ownerReferences": [
-                {
-                    "apiVersion": names.API_VERSION,
-                    "kind": names.KIND,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [_owned_by(meta)],
         },
         "spec": pod_spec,
+    }
+
+
+def _owned_by(meta: Obj) -> Obj:
+    """The controller owner reference to the TaskRun: its children go with it."""
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 
@@ -182,16 +185,7 @@ def build_budget(taskrun: Obj) -> Obj:
                 names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
                 names.LABEL_MANAGED_BY: names.MANAGED_BY,
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": names.API_VERSION,
-                    "kind": names.KIND,
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [_owned_by(meta)],
         },
         "spec": {
             "minAvailable": 1,
