@@ -900,6 +900,11 @@ class Cluster:
         for pid in strays:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # A process SIGKILLed is gone only once the kernel has torn it down: wait (at most 5 s),
+        # so that whoever checks right after `down` finds none.
+        deadline = time.monotonic() + 5
+        while strays and time.monotonic() < deadline and set(strays) & set(marked_processes(self.dir)):
+            time.sleep(0.05)
         restored = self._restore_host() if self._owns_host() else []
         if not quiet:
             say(f"stopped {stopped + len(strays)} processes" if stopped or strays else "nothing was running")

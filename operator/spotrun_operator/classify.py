@@ -178,7 +178,16 @@ def classify(
         # moment, as the taint manager's 300 s default toleration assumes); one that is ending there
         # will not end, and one whose node is gone is gone with it.
         will_not_end = not node_exists or (ending and not node_ready)
-        if not pod.get("spec", {}).get("nodeName") or not will_not_end:
+        if not pod.get("spec", {}).get("nodeName"):
+            if pod.get("metadata", {}).get("deletionTimestamp"):
+                # The API server binds no pod that is being deleted: this one will never run.
+                return Outcome(
+                    names.OUTCOME_INTERRUPTED,
+                    names.INTERRUPTION_POD_DELETED,
+                    message="the pod was deleted before it was scheduled",
+                )
+            return None
+        if not will_not_end:
             return None
         if disrupted:
             reason = (disruption or {}).get("reason") or "DisruptionTarget"

@@ -47,6 +47,7 @@ TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
 # Attempt outcomes.
 OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_INTERRUPTED = "Succeeded", "Failed", "Interrupted"
+OUTCOME_RESCHEDULED = "Rescheduled"  # moved to other capacity before it ran: counted nowhere
 
 # Condition types and reasons.
 COND_READY = "Ready"  # a pod of the current attempt is running
@@ -62,6 +63,8 @@ REASON_INTERRUPTIONS_EXHAUSTED = "MaxInterruptionsExceeded"
 REASON_FAILURE_POLICY = "FailurePolicyRule"
 REASON_DEADLINE = "DeadlineExceeded"
 REASON_SUSPENDED = "Suspended"
+REASON_NO_SPOT_CAPACITY = "NoSpotCapacity"  # a spot pod unschedulable for capacity.fallback.afterPendingSeconds
+REASON_PROGRESS_DEADLINE = "ProgressDeadlineExceeded"  # no commit for progressDeadlineSeconds: a failure
 
 # Why a pod was interrupted, when the pod itself does not say.
 INTERRUPTION_NODE_GONE = "NodeGone"

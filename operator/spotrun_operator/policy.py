@@ -40,12 +40,19 @@ def exhausted_budget(
     return None
 
 
-def capacity_for_next_attempt(spec: Obj, interruptions: int) -> str:
-    """spot, on-demand or any: spot falls back to on-demand after `fallback.afterInterruptions`."""
+def capacity_for_next_attempt(spec: Obj, interruptions: int, *, no_spot_capacity: bool = False) -> str:
+    """spot, on-demand or any. spot and any fall back to on-demand for the rest of the run after
+    `fallback.afterInterruptions` interruptions; spot also once an attempt found no spot capacity
+    for `fallback.afterPendingSeconds` (`no_spot_capacity`). any needs no such wait: its pods
+    prefer spot nodes and the scheduler places them elsewhere when spot has no room."""
     capacity = spec.get("capacity") or {}
     kind = str(capacity.get("type", names.CAPACITY_SPOT))
+    if kind == names.CAPACITY_ON_DEMAND:
+        return kind
     fallback = capacity.get("fallback") or {}
     after = fallback.get("afterInterruptions")
-    if kind == names.CAPACITY_SPOT and after is not None and interruptions >= int(after):
+    if after is not None and interruptions >= int(after):
+        return names.CAPACITY_ON_DEMAND
+    if kind == names.CAPACITY_SPOT and no_spot_capacity:
         return names.CAPACITY_ON_DEMAND
     return kind

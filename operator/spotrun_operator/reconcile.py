@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from spotrun_operator import accounting, disruption, names, policy
+from spotrun_operator import accounting, disruption, healing, memory, names, policy
 from spotrun_operator.classify import Outcome, classify
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import build_budget, build_pod, checkpoint_uri
@@ -31,6 +31,8 @@ REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a 
 # the notice's interruption, not a failure of the task.
 NOTICE_EXITS = (75, 143)
 PENDING_ACCOUNT = "accountPending"  # on an attempt counted before its pod ended
+PROGRESS_UNREADABLE = "progressUnreadable"  # a due progress deadline could not be checked
+QUIET_OUTCOMES = (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED, names.OUTCOME_RESCHEDULED)  # Events of type Normal
 
 
 class Checkpoints(Protocol):
@@ -87,7 +89,10 @@ def _attempt_of(pod: Obj) -> int:
 
 
 def _finished(pod: Obj | None) -> bool:
-    return pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+    """Whether a pod has ended: terminal, gone, or deleted before it was scheduled (never to run)."""
+    if pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+        return True
+    return bool(pod["metadata"].get("deletionTimestamp")) and not pod.get("spec", {}).get("nodeName")
 
 
 def _result(pod: Obj | None) -> Any:
@@ -151,6 +156,9 @@ def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, n
     }
     if outcome and outcome.exit_code is not None:
         entry["exitCode"] = outcome.exit_code
+    ran_with = memory.of_pod(pod)
+    if ran_with:
+        entry["memory"] = ran_with
     notice = disruption.Notice.of_pod(pod)
     if notice is not None:
         entry["notice"] = {"time": notice.time, "reason": notice.reason, "kind": notice.kind}
@@ -169,6 +177,26 @@ def _after_notice(pod: Obj | None, outcome: Outcome) -> Outcome:
     return Outcome(
         names.OUTCOME_INTERRUPTED, reason, exit_code=outcome.exit_code, message=f"after a notice: {notice.reason}"
     )
+
+
+def _stopped(pod: Obj | None, outcome: Outcome) -> tuple[str, Outcome]:
+    """(kind, outcome) of an attempt, given the reason the operator stopped its pod for, if it did
+    (a success within the grace period stays a success): a drain's stop is an interruption, a stall's
+    a failure, a move off spot counted nowhere (Rescheduled), any other stop (suspend, a deadline)
+    Stopped."""
+    annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
+    stopped = annotations.get(names.ANNOTATION_STOPPED_BY)
+    if not stopped or outcome.kind == names.OUTCOME_SUCCEEDED:
+        return outcome.kind, outcome
+    if stopped == names.INTERRUPTION_DRAINED:
+        return names.OUTCOME_INTERRUPTED, Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_DRAINED)
+    if stopped == names.REASON_PROGRESS_DEADLINE:
+        return names.OUTCOME_FAILED, Outcome(
+            names.OUTCOME_FAILED, stopped, exit_code=outcome.exit_code, message="stopped: no checkpoint in time"
+        )
+    if stopped == names.REASON_NO_SPOT_CAPACITY:
+        return names.OUTCOME_RESCHEDULED, Outcome(names.OUTCOME_RESCHEDULED, stopped)
+    return OUTCOME_STOPPED, outcome
 
 
 def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[int]:
@@ -201,10 +229,11 @@ def decide(
     attempt was counted, or a drain waits for a fresh checkpoint).
 
     The steps, in order: count what ended (with its lost work and cost), let go of counted pods,
-    then the first of these that applies ends the pass: a finished run (TTL), success, a fatal rule,
-    a spent budget, suspend, the deadline, a force-deleted pod not gone yet, a live pod (told of a
-    notice or drain first), backoff, an earlier namesake's pods, a missing resumeFrom source, a
-    refused create not due again; else the next attempt is created.
+    tell a live pod of a notice or drain, move it off spot that has no room or stop it when it made
+    no progress in time; then the first of these that applies ends the pass: a finished run (TTL),
+    success, a fatal rule, a spent budget, suspend, the deadline, a force-deleted pod not gone yet, a
+    live pod, backoff, an earlier namesake's pods, a missing resumeFrom source, a refused create not
+    due again; else the next attempt is created.
     """
     step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
     step.count_ended_attempts()
@@ -212,6 +241,7 @@ def decide(
     step.release_counted_pods()
     step.force_delete_pods_of_gone_nodes()
     step.notify_live_pod()
+    step.heal_live_pod()
     for ends_the_pass in (
         step.keep_finished,
         step.finish_on_outcome,
@@ -330,17 +360,11 @@ class _Pass:
             outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
             if outcome is None:
                 break  # this attempt still runs
-            outcome = _after_notice(pod, outcome)
-            annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
-            stopped = annotations.get(names.ANNOTATION_STOPPED_BY) if outcome.kind != names.OUTCOME_SUCCEEDED else None
-            kind = OUTCOME_STOPPED if stopped else outcome.kind
-            if stopped == names.INTERRUPTION_DRAINED:
-                kind, outcome = (
-                    names.OUTCOME_INTERRUPTED,
-                    Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_DRAINED),
-                )
+            kind, outcome = _stopped(pod, _after_notice(pod, outcome))
             if kind == names.OUTCOME_FAILED:
                 st["failures"] += 1
+                if memory.oom_killed(pod):
+                    st["oomKills"] = int(st.get("oomKills", 0)) + 1
             elif kind == names.OUTCOME_INTERRUPTED:
                 st["interruptions"] += 1
             entry = _record(pod, n, outcome, kind, self.now)
@@ -360,7 +384,7 @@ class _Pass:
             detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
             self.decision.events.append(
                 (
-                    "Normal" if kind in (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED) else "Warning",
+                    "Normal" if kind in QUIET_OUTCOMES else "Warning",
                     f"Attempt{kind}",
                     f"Attempt {n} ({(pod or {}).get('metadata', {}).get('name', 'pod gone')}) {kind.lower()}: "
                     f"{outcome.reason}{detail}",
@@ -475,6 +499,69 @@ class _Pass:
         self.decision.stop.append((pod["metadata"]["name"], names.INTERRUPTION_DRAINED))
         self.decision.events.append(
             ("Normal", names.INTERRUPTION_DRAINED, f"Stopping pod {pod['metadata']['name']} for the drain: {why}")
+        )
+
+    def _requeue(self, seconds: float) -> None:
+        self.decision.requeue_after = min(seconds, self.decision.requeue_after or seconds)
+
+    def heal_live_pod(self) -> None:
+        """The current attempt's pod, unless it is already being stopped: a spot pod with no room
+        for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
+        deadline (checked against storage first) is stopped, a failure."""
+        pod = next((p for p in self.live if _attempt_of(p) == self.attempt), None)
+        if pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        name = pod["metadata"]["name"]
+        if any(stopping == name for stopping, _ in self.decision.stop):
+            return
+        give_way, wait = healing.spot_fallback(self.spec, pod, self.now)
+        if give_way:
+            after = self.spec["capacity"]["fallback"]["afterPendingSeconds"]
+            message = f"no spot capacity for pod {name} in {after}s: rescheduling attempt on on-demand capacity"
+            self.st["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": self.attempt}
+            self.decision.stop.append((name, names.REASON_NO_SPOT_CAPACITY))
+            self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
+            return
+        if wait is not None:
+            self._requeue(wait)
+        if not self.st.get("drain"):  # a drain waiting for its checkpoint ends the attempt itself
+            self._check_progress(pod)
+
+    def _check_progress(self, pod: Obj) -> None:
+        due = healing.progress_deadline(self.spec, pod, self.attempt, self.st.get("checkpoint"), self.now)
+        if due is None:
+            self.st.pop("progressDeadline", None)
+            return
+        if due > self.now:
+            self.st["progressDeadline"] = _iso(due)
+            self._requeue((due - self.now).total_seconds())
+            return
+        read, newest = self.latest()  # due: did the task commit since status last said?
+        if not read:
+            if not self.old.get(PROGRESS_UNREADABLE):
+                message = (
+                    f"progressDeadlineSeconds is not enforced while the operator cannot read "
+                    f"{self.st['checkpoint']['uri']}: the pod is left running"
+                )
+                self.decision.events.append(("Warning", "ProgressUnknown", message))
+            self.st[PROGRESS_UNREADABLE] = True
+            self._requeue(healing.STORAGE_RETRY_SECONDS)
+            return
+        self.st.pop(PROGRESS_UNREADABLE, None)
+        due = healing.progress_deadline(self.spec, pod, self.attempt, newest, self.now) or self.now
+        self.st["progressDeadline"] = _iso(due)
+        if due > self.now:
+            self._requeue((due - self.now).total_seconds())
+            return
+        name, seconds = pod["metadata"]["name"], self.spec["progressDeadlineSeconds"]
+        self.decision.stop.append((name, names.REASON_PROGRESS_DEADLINE))
+        self.decision.events.append(
+            (
+                "Warning",
+                names.REASON_PROGRESS_DEADLINE,
+                f"Stopping pod {name}: attempt {self.attempt} committed no checkpoint for "
+                f"progressDeadlineSeconds ({seconds})",
+            )
         )
 
     # --- the steps that can end a pass ---------------------------------------------------------
@@ -667,8 +754,14 @@ class _Pass:
     def create_next_attempt(self, source: str) -> None:
         st = self.st
         next_attempt = self.attempt + 1
-        capacity = policy.capacity_for_next_attempt(self.spec, st["interruptions"])
+        capacity = policy.capacity_for_next_attempt(
+            self.spec, st["interruptions"], no_spot_capacity=bool(st.get("capacityFallback"))
+        )
         pod = build_pod(self.taskrun, next_attempt, capacity, self.config, resume_from=source)
+        on_oom = (self.spec.get("resources") or {}).get("onOOMKilled")
+        pod["spec"] = memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom)
+        if on_oom is not None:
+            st["memory"] = memory.of_pod(pod)
         self.decision.create = pod
         if disruption.voluntary(self.spec) == names.VOLUNTARY_CHECKPOINT:
             self.decision.budget = build_budget(self.taskrun)
@@ -677,6 +770,7 @@ class _Pass:
             self._drop_budget()
         st.pop("drain", None)
         st.pop("notice", None)
+        st.pop("progressDeadline", None)
         st["attempt"] = next_attempt
         st["capacity"] = capacity
         st["podName"] = pod["metadata"]["name"]
@@ -704,7 +798,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
     old: Obj = taskrun.get("status") or {}
     st = decision.status
     pod_name = (decision.create or {}).get("metadata", {}).get("name", "the pod")
-    for key in ("attempt", "podName", "nodeName", "capacity", "startTime"):
+    for key in ("attempt", "podName", "nodeName", "capacity", "startTime", "memory"):
         if key in old:
             st[key] = old[key]
         else:

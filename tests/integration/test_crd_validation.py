@@ -56,7 +56,43 @@ BAD: list[tuple[str, Obj, list[str]]] = [
     (
         "fallback without spot",
         with_spec(capacity={"type": "on-demand", "fallback": {"afterInterruptions": 2}}),
-        ["capacity.fallback only applies to capacity.type spot"],
+        ["spec.capacity.fallback", "capacity.fallback applies to capacity.type spot"],
+    ),
+    (
+        "pending fallback with any",
+        with_spec(capacity={"type": "any", "fallback": {"afterPendingSeconds": 60}}),
+        ["spec.capacity.fallback", "go on-demand when spot has no room"],
+    ),
+    (
+        "empty fallback",
+        with_spec(capacity={"type": "spot", "fallback": {}}),
+        ["spec.capacity.fallback", "needs afterInterruptions or afterPendingSeconds"],
+    ),
+    (
+        "pending fallback zero",
+        with_spec(capacity={"fallback": {"afterPendingSeconds": 0}}),
+        ["spec.capacity.fallback.afterPendingSeconds", "greater than or equal to 1"],
+    ),
+    ("progress deadline zero", with_spec(progressDeadlineSeconds=0), ["spec.progressDeadlineSeconds"]),
+    (
+        "OOM factor 1",
+        with_spec(resources={"onOOMKilled": {"factor": 1}}),
+        ["spec.resources.onOOMKilled.factor", "greater than 1"],
+    ),
+    (
+        "OOM maxMemory not a quantity",
+        with_spec(resources={"onOOMKilled": {"maxMemory": "lots"}}),
+        ["spec.resources.onOOMKilled.maxMemory", "should match"],
+    ),
+    (
+        "OOM maxMemory negative",
+        with_spec(resources={"onOOMKilled": {"maxMemory": "-1Gi"}}),
+        ["spec.resources.onOOMKilled.maxMemory"],
+    ),
+    (
+        "OOM maxMemory zero",
+        with_spec(resources={"onOOMKilled": {"maxMemory": 0}}),
+        ["spec.resources.onOOMKilled.maxMemory", "greater than or equal to 1"],
     ),
     (
         "failurePolicy action",
@@ -114,6 +150,23 @@ def test_a_good_taskrun_is_accepted_with_defaults(crd: None, kube: Client, names
     assert spec["backoff"] == {"initialSeconds": 10, "factor": 2, "maxSeconds": 600}
     assert spec["capacity"] == {"type": "spot"}
     assert spec["checkpoint"]["keep"] == 3
+
+
+def test_the_self_healing_fields_are_accepted(crd: None, kube: Client, namespace: str) -> None:
+    body = with_spec(
+        capacity={"type": "any", "fallback": {"afterInterruptions": 3}},
+        progressDeadlineSeconds=600,
+        resources={"onOOMKilled": {"maxMemory": "64Gi"}},
+    )
+    body["metadata"]["name"] = "healing"
+    spec = kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)["spec"]
+    assert spec["resources"]["onOOMKilled"] == {"factor": 1.5, "maxMemory": "64Gi"}
+    spot = with_spec(
+        capacity={"fallback": {"afterPendingSeconds": 120}}, resources={"onOOMKilled": {"maxMemory": 2**30}}
+    )
+    spot["metadata"]["name"] = "healing-spot"
+    spec = kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", spot)["spec"]
+    assert spec["capacity"] == {"type": "spot", "fallback": {"afterPendingSeconds": 120}}
 
 
 def test_kubectl_explain_teaches_the_fields(crd: None, cluster: Cluster) -> None:

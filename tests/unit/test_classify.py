@@ -50,6 +50,20 @@ def test_a_running_pod_has_no_outcome_until_its_node_is_gone() -> None:
     assert (outcome.kind, outcome.reason) == ("Interrupted", "NodeGone")
 
 
+def test_a_pod_deleted_before_it_was_scheduled_has_ended_and_one_waiting_has_not() -> None:
+    """The API server binds no pod that is being deleted: such a pod never runs, and no kubelet
+    will ever finish it."""
+    pod = captured("exit-3")
+    pod["spec"].pop("nodeName", None)
+    pod["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}
+    assert classify(pod) is None
+    pod["metadata"]["deletionTimestamp"] = "2026-11-27T12:00:00Z"
+    outcome = classify(pod)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Interrupted", "PodDeleted")
+    assert "before it was scheduled" in outcome.message
+
+
 @pytest.mark.parametrize(
     ("name", "reason"),
     [

@@ -1,0 +1,105 @@
+"""Memory after an OOM kill: Kubernetes quantities, and the next attempt's memory (resources.onOOMKilled). Pure."""
+
+from __future__ import annotations
+
+import copy
+import decimal
+import math
+import re
+from typing import Any
+
+Obj = dict[str, Any]
+MIB = 2**20
+DEFAULT_FACTOR = 1.5
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
+_SUFFIXES: dict[str, int | decimal.Decimal] = {
+    "": 1,
+    "n": decimal.Decimal("1e-9"),
+    "u": decimal.Decimal("1e-6"),
+    "m": decimal.Decimal("1e-3"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+OOM_KILLED = "OOMKilled"
+
+
+def parse_quantity(value: str | int | float) -> int:
+    """Bytes in a Kubernetes quantity ("512Mi", "1.5G", "1e9", 1024), rounded up as the API server
+    rounds memory. ValueError names a value that is not a quantity."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not a quantity")
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a quantity (e.g. 512Mi, 2Gi, 1e9)")
+    number, suffix = decimal.Decimal(match.group(1)), match.group(2) or ""
+    scale = decimal.Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else decimal.Decimal(_SUFFIXES[suffix])
+    return math.ceil(number * scale)
+
+
+def format_bytes(count: int) -> str:
+    """A quantity for `count` bytes: in Mi when whole (what the scaling yields), else plain bytes."""
+    for suffix, size in (("Gi", 2**30), ("Mi", MIB)):
+        if count % size == 0 and count >= size:
+            return f"{count // size}{suffix}"
+    return str(count)
+
+
+def oom_killed(pod: Obj | None) -> bool:
+    """Whether a container of the pod was killed for exceeding its memory (the kubelet's OOMKilled)."""
+    status = (pod or {}).get("status") or {}
+    entries = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    return any(((e.get("state") or {}).get("terminated") or {}).get("reason") == OOM_KILLED for e in entries)
+
+
+def _scaled(value: Any, times: float, ceiling: int | None) -> str:
+    """`value` times `times`, rounded up to the MiB, at most `ceiling` (never below `value`)."""
+    base = parse_quantity(value)
+    grown = math.ceil(base * times / MIB) * MIB
+    if ceiling is not None:
+        grown = min(grown, max(ceiling, base))
+    return format_bytes(max(grown, base))
+
+
+def scale(pod_spec: Obj, oom_kills: int, policy: Obj | None) -> Obj:
+    """The pod spec with every container's memory request and limit multiplied by
+    factor ** oom_kills, capped at maxMemory: the next attempt's memory after `oom_kills` OOM kills
+    under `policy` (spec.resources.onOOMKilled). A container without a limit gets none; without a
+    request, none either. No policy, or no kill yet: the spec as it is."""
+    if policy is None or oom_kills <= 0:
+        return pod_spec
+    times = float(policy.get("factor", DEFAULT_FACTOR)) ** oom_kills
+    ceiling = parse_quantity(policy["maxMemory"]) if policy.get("maxMemory") is not None else None
+    spec = copy.deepcopy(pod_spec)
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        resources = container.get("resources") or {}
+        for kind in ("requests", "limits"):
+            amounts = resources.get(kind) or {}
+            if amounts.get("memory") is not None:
+                amounts["memory"] = _scaled(amounts["memory"], times, ceiling)
+    return spec
+
+
+def of_pod(pod: Obj | None) -> Obj:
+    """The memory each container of a pod ran with: {container: {requests, limits}}, only those set."""
+    found: Obj = {}
+    spec = (pod or {}).get("spec") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        resources = container.get("resources") or {}
+        amounts = {
+            kind: str(resources[kind]["memory"])
+            for kind in ("requests", "limits")
+            if (resources.get(kind) or {}).get("memory")
+        }
+        if amounts:
+            found[str(container.get("name", ""))] = amounts
+    return found
