@@ -345,11 +345,15 @@ class Controller:
                 decision.status.get("attempt"),
                 decision.status.get("capacity"),
             )
-        if changed(taskrun.get("status") or {}, decision.status):
+        status_changed = changed(taskrun.get("status") or {}, decision.status)
+        if status_changed:
             self.taskruns.put(trim_taskrun(self.api.write_status(taskrun, decision.status)))
+            metrics.observe_status(taskrun, decision.status)
+        # An Event goes with what it tells of: a status change, or an act on a pod (a pass that stops
+        # a pod may change no status: a progress deadline found due again, a drain's checkpoint seen).
+        if status_changed or decision.stop or decision.notify or decision.force_delete:
             for kind, reason, message in decision.events:
                 self.events.post(taskrun, kind, reason, message)
-            metrics.observe_status(taskrun, decision.status)
         for pod_name, notice in decision.notify:
             log.info("Told pod %s/%s of %s", namespace, pod_name, notice)
             self._keep(self.api.notify_pod(namespace, pod_name, notice))

@@ -7,6 +7,8 @@ On any cluster (kind, GKE, EKS) set:
                              --ignore-daemonsets --delete-emptydir-data" or a cloud CLI call
     SPOTRUN_E2E_EXAMPLES     where the pods find examples/ (default /opt/spotrun/examples: the image's)
     SPOTRUN_E2E_IMAGE        an image with the SDK, the examples and numpy (default ghcr.io/spotrun/spotrun:0.1.0)
+    SPOTRUN_E2E_MEMORY_LIMITS=1  the nodes enforce memory limits (any real node does; the local
+                             cluster's process nodes do not): runs the OOM test too
 Without SPOTRUN_E2E_KUBECONFIG the suite starts the local cluster (or reuses LOCALCLUSTER_STATE_DIR),
 installs the Helm chart there and preempts with `python -m localcluster node preempt`.
 """
@@ -57,6 +59,18 @@ class E2E:
         body["metadata"]["namespace"] = self.namespace  # the dry run filled in the kubeconfig's
         for key, value in changes.items():
             body["spec"][key] = value
+        self.kubectl("apply", "-n", self.namespace, "-f", "-", stdin=json.dumps(body))
+        return run_name
+
+    def apply_taskrun(self, prefix: str, spec: Obj) -> str:
+        """Applies a TaskRun named PREFIX-xxxxx with `spec`; returns its name."""
+        run_name = f"{prefix}-{uuid.uuid4().hex[:5]}"
+        body = {
+            "apiVersion": "spotrun.dev/v1alpha1",
+            "kind": "TaskRun",
+            "metadata": {"name": run_name, "namespace": self.namespace},
+            "spec": spec,
+        }
         self.kubectl("apply", "-n", self.namespace, "-f", "-", stdin=json.dumps(body))
         return run_name
 

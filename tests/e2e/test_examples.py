@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -66,3 +67,33 @@ def test_directory_mode_program_survives_a_preemption(e2e: E2E) -> None:
     assert starts[0] == 0
     assert starts[1] > 0, f"the second attempt did not resume from the synced directory: {starts}"
     assert json.dumps(final)  # the status is plain JSON
+
+
+@pytest.mark.skipif(
+    os.environ.get("SPOTRUN_E2E_MEMORY_LIMITS") != "1",
+    reason="needs nodes that enforce memory limits (SPOTRUN_E2E_MEMORY_LIMITS=1; tests/real_nodes.py sets it)",
+)
+def test_an_oom_killed_attempt_gets_more_memory(e2e: E2E) -> None:
+    """96 MiB written into a 64Mi limit: the runtime kills it; the next attempt gets 2x, capped at 128Mi."""
+    task = {
+        "name": "task",
+        "image": e2e.image,
+        "command": ["python", "-c", "data = b'x' * (96 * 2**20); print('wrote', len(data) >> 20, 'MiB')"],
+        "resources": {"requests": {"memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+    }
+    name = e2e.apply_taskrun(
+        "oom",
+        {
+            "template": {"spec": {"containers": [task]}},
+            "retries": 1,
+            "backoff": {"initialSeconds": 1},
+            "resources": {"onOOMKilled": {"factor": 3, "maxMemory": "128Mi"}},
+        },
+    )
+    final = e2e.finished(name, timeout=180)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["failures"], final["oomKills"], final["attempt"]) == (1, 1, 2)
+    first, second = final["attempts"]
+    assert (first["reason"], first["exitCode"]) == ("OOMKilled", 137)
+    assert first["memory"] == {"task": {"requests": "32Mi", "limits": "64Mi"}}
+    assert second["memory"] == {"task": {"requests": "96Mi", "limits": "128Mi"}}, "x3, the limit capped at 128Mi"

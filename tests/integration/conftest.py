@@ -15,6 +15,7 @@ from tests.integration import helpers
 from tests.integration.operator_fixtures import (  # noqa: F401 - fixtures for every module
     no_other_operator,
     operator,
+    spot_pool,
     task_namespace,
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -200,11 +201,19 @@ def status(kube: Client, namespace: str, name: str) -> Obj:
 
 
 def wait_phase(kube: Client, namespace: str, name: str, *phases: str, timeout: float = 120) -> Obj:
-    return wait_for(
-        lambda: (s := status(kube, namespace, name)) and s.get("phase") in phases and s,
-        timeout,
-        f"TaskRun {name} to reach {'/'.join(phases)}",
-    )
+    seen: Obj = {}
+
+    def reached() -> Obj | None:
+        current = status(kube, namespace, name)
+        seen.clear()
+        seen.update(current)
+        return seen if seen.get("phase") in phases else None
+
+    try:
+        return wait_for(reached, timeout, f"TaskRun {name} to reach {'/'.join(phases)}")
+    except AssertionError as err:
+        last = {k: seen.get(k) for k in ("phase", "attempt", "failures", "interruptions", "message")}
+        raise AssertionError(f"{err}; it was last {last}, attempts {seen.get('attempts')}") from None
 
 
 def checkpoint_step(kube: Client, namespace: str, name: str) -> int:
@@ -266,3 +275,31 @@ def current_pod(kube: Client, namespace: str, name: str) -> Obj | None:
         return kube.get(f"/api/v1/namespaces/{namespace}/pods/{pod_name}")
     except ApiError:
         return None
+
+
+SPOT_NODES = ("spot-1", "spot-2")
+NOTICE_TAINTS = ("aws-node-termination-handler/spot-itn",)  # what tests put on spot nodes
+
+
+def refill_spot_pool(cluster: Cluster, kube: Client) -> None:
+    """Two plain spot nodes: each one gone or off comes back (as an autoscaler would bring it), each
+    one cordoned or noticed is made schedulable again."""
+    present = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
+    for name in SPOT_NODES:
+        node = present.get(name)
+        if node is None or not cluster.node_running(name):
+            with contextlib.suppress(SystemExit):
+                cluster.kill_node(name)
+            cluster.add_node(name, "spot")
+            continue
+        taints = [t for t in node["spec"].get("taints", []) if t["key"] not in NOTICE_TAINTS]
+        if node["spec"].get("unschedulable") or taints != node["spec"].get("taints", []):
+            kube.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"unschedulable": None, "taints": taints}})
+
+
+@pytest.fixture
+def spot_pool(cluster: Cluster, kube: Client) -> Iterator[None]:
+    """Two plain spot nodes before and after a test that destroys, cordons, notices or drains one."""
+    refill_spot_pool(cluster, kube)
+    yield
+    refill_spot_pool(cluster, kube)

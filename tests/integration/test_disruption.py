@@ -7,7 +7,6 @@ import datetime
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,27 +28,6 @@ from tests.integration.operator_fixtures import (
 pytestmark = pytest.mark.integration
 Obj = dict[str, Any]
 NOTICE_TAINT = "aws-node-termination-handler/spot-itn"
-
-
-def _refill_spot_pool(cluster: Cluster, kube: Client) -> None:
-    present = {n["metadata"]["name"]: n for n in kube.get("/api/v1/nodes")["items"]}
-    for name in ("spot-1", "spot-2"):
-        node = present.get(name)
-        if node is None or cluster._pid(f"kubelet-{name}") is None:
-            with contextlib.suppress(SystemExit):
-                cluster.kill_node(name)
-            cluster.add_node(name, "spot")
-        elif node["spec"].get("unschedulable") or any(t["key"] == NOTICE_TAINT for t in node["spec"].get("taints", [])):
-            taints = [t for t in node["spec"].get("taints", []) if t["key"] != NOTICE_TAINT]
-            kube.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"unschedulable": None, "taints": taints}})
-
-
-@pytest.fixture
-def spot_pool(cluster: Cluster, kube: Client) -> Iterator[None]:
-    """Two plain spot nodes before and after a test that notices, drains or reclaims one."""
-    _refill_spot_pool(cluster, kube)
-    yield
-    _refill_spot_pool(cluster, kube)
 
 
 class Timeline:

@@ -46,7 +46,7 @@ def node(cluster: Cluster, kube: Client) -> Iterator[str]:
     name = f"node-{uuid.uuid4().hex[:6]}"
     cluster.add_node(name, "spot")
     yield name
-    if cluster._pid(f"kubelet-{name}") is not None:
+    if cluster.node_running(name):
         cluster.kill_node(name)
     try:
         kube.delete(f"/api/v1/nodes/{name}")

@@ -106,7 +106,7 @@ def spot_node(cluster: Cluster, kube: Client) -> Iterator[str]:
     name = f"notice-{uuid.uuid4().hex[:6]}"
     cluster.add_node(name, "spot", real=False)
     yield name
-    if cluster._pid(f"kubelet-{name}") is not None:
+    if cluster.node_running(name):
         cluster.kill_node(name)
     try:
         kube.delete(f"/api/v1/nodes/{name}")
@@ -132,7 +132,7 @@ def test_node_notice_taints_the_running_node_and_nothing_else(cluster: Cluster, 
     ]
     assert {"key": "karpenter.sh/disrupted", "effect": "NoSchedule"} in taints
     assert SPOT_TAINT in taints
-    assert cluster._pid(f"kubelet-{spot_node}") is not None
+    assert cluster.node_running(spot_node)
     ready = next(c for c in kube.get(f"/api/v1/nodes/{spot_node}")["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
 

@@ -7,7 +7,6 @@ import random
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,23 +33,6 @@ from tests.integration.operator_fixtures import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _refill_spot_pool(cluster: Cluster, kube: Client) -> None:
-    present = {n["metadata"]["name"] for n in kube.get("/api/v1/nodes")["items"]}
-    for name in ("spot-1", "spot-2"):
-        if name not in present or cluster._pid(f"kubelet-{name}") is None:
-            with contextlib.suppress(SystemExit):
-                cluster.kill_node(name)
-            cluster.add_node(name, "spot")
-
-
-@pytest.fixture
-def spot_pool(cluster: Cluster, kube: Client) -> Iterator[None]:
-    """Two spot nodes before a test that destroys one; back afterwards, as an autoscaler would."""
-    _refill_spot_pool(cluster, kube)
-    yield
-    _refill_spot_pool(cluster, kube)
 
 
 def stopped(kube: Client, namespace: str, pod_name: str) -> bool:

@@ -3,7 +3,8 @@
 It returns the step it resumed from on each attempt, so a test can tell that an attempt resumed
 from a checkpoint rather than from zero. Exit code EXIT_AT_STEP=N:CODE makes attempt 1 exit.
 CHECKPOINT_EVERY=K commits every K steps only; FINAL_SAVE=1 also commits from an on_preemption
-callback (at a notice and at SIGTERM), printing when.
+callback (at a notice and at SIGTERM), printing when. STALL_AT_STEP=N makes attempt 1 hang after
+its commit of step N, alive but making no progress.
 """
 
 import os
@@ -39,6 +40,9 @@ def count() -> dict[str, object]:
             cp.write(repr(state).encode(), step=state["step"])
         if exit_at and ctx.attempt == 1 and state["step"] == int(exit_at.split(":")[0]):
             raise SystemExit(int(exit_at.split(":")[1]))
+        if ctx.attempt == 1 and state["step"] == int(os.environ.get("STALL_AT_STEP", "0")):
+            print(f"stalling after step {state['step']} at {time.time():.3f}", flush=True)
+            time.sleep(3600)
     return {"steps": state["step"], "resumed": state["resumed"], "attempt": ctx.attempt}
 
 
