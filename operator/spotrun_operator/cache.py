@@ -86,14 +86,12 @@ def trim_pod(pod: Obj) -> Obj:
     dropped, so that thousands of pods cost little memory."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
-    sidecars = [
-        {"name": c.get("name"), "restartPolicy": c["restartPolicy"]}
-        for c in spec.get("initContainers") or []
-        if c.get("restartPolicy")
-    ]
     trimmed_spec: Obj = {"nodeName": spec["nodeName"]} if spec.get("nodeName") else {}
-    if sidecars:
-        trimmed_spec["initContainers"] = sidecars
+    # Of containers: native sidecars (classify), and memory (the attempt's history records it).
+    for kind in ("initContainers", "containers"):
+        kept = [c for c in (_trim_container(c) for c in spec.get(kind) or []) if len(c) > 1]
+        if kept:
+            trimmed_spec[kind] = kept
     trimmed: Obj = compact(
         {
             "metadata": {k: meta[k] for k in _POD_META if k in meta},
@@ -102,6 +100,19 @@ def trim_pod(pod: Obj) -> Obj:
         }
     )
     return trimmed
+
+
+def _trim_container(container: Obj) -> Obj:
+    kept: Obj = {"name": container.get("name")}
+    if container.get("restartPolicy"):
+        kept["restartPolicy"] = container["restartPolicy"]
+    resources = container.get("resources") or {}
+    memory = {
+        k: {"memory": resources[k]["memory"]} for k in ("requests", "limits") if (resources.get(k) or {}).get("memory")
+    }
+    if memory:
+        kept["resources"] = memory
+    return kept
 
 
 def trim_taskrun(taskrun: Obj) -> Obj:

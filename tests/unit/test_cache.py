@@ -80,6 +80,26 @@ def test_a_trimmed_pod_keeps_what_the_operator_reads_and_drops_the_rest() -> Non
     assert trimmed["metadata"]["labels"] == full["metadata"]["labels"]
 
 
+def test_a_trimmed_pod_keeps_its_containers_memory_and_nothing_else_of_them() -> None:
+    full = pod("t-a1", 1, "t", node="n1")
+    full["spec"]["containers"] = [
+        {
+            "name": "task",
+            "image": "i",
+            "env": [{"name": "A", "value": "1"}],
+            "resources": {
+                "requests": {"memory": "1Gi", "cpu": "2"},
+                "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"},
+            },
+        },
+        {"name": "plain", "image": "i", "resources": {"limits": {"cpu": "1"}}},
+    ]
+    trimmed = trim_pod(full)
+    assert trimmed["spec"]["containers"] == [
+        {"name": "task", "resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}}}
+    ]
+
+
 def test_cached_objects_decoded_apart_share_their_keys_and_short_strings_and_keep_their_values() -> None:
     # As two watch events decode them: equal strings, different objects.
     first, second = (json.loads(json.dumps(pod(f"t-a{n}", n, "t", node="n1"))) for n in (1, 2))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from spotrun_operator import healing, policy
+from spotrun_operator.cache import trim_pod
 from spotrun_operator.config import Config
 from spotrun_operator.reconcile import decide
 
@@ -337,6 +338,13 @@ def test_after_an_oom_kill_the_next_attempt_gets_more_memory_and_it_counts_as_a_
     assert third.create is not None
     assert third.create["spec"]["containers"][0]["resources"]["limits"] == {"memory": "200Mi"}
     assert tr["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "64Mi"}
+
+
+def test_the_memory_an_attempt_ran_with_is_recorded_from_the_operators_trimmed_cache() -> None:
+    tr = oom_taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [trim_pod(oom_pod(1))], NODES, NOW, CONFIG)
+    assert d.status["attempts"][0]["memory"] == {"main": {"requests": "64Mi", "limits": "64Mi"}}
+    assert d.status["oomKills"] == 1
 
 
 def test_an_oom_kill_without_the_policy_retries_with_the_same_memory() -> None:
