@@ -367,6 +367,31 @@ class Api:
                 raise
         return None
 
+    def remove_unscheduled_pod(self, namespace: str, name: str, reason: str) -> Obj | None:
+        """Deletes a pod the scheduler has not placed (annotated with `reason` first), only if it is
+        still not placed: the delete is conditional on the resourceVersion the annotation left, so a
+        binding in between refuses it. Returns the pod as the deletion left it; None when it was
+        bound (it keeps running, and its annotation is ignored: it ran), changed, or is gone."""
+        try:
+            patched = self._json(
+                self.core.patch_namespaced_pod(
+                    name,
+                    namespace,
+                    {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}},
+                    _preload_content=False,
+                )
+            )
+            if (patched.get("spec") or {}).get("nodeName"):
+                return None
+            options = kubernetes.client.V1DeleteOptions(
+                preconditions=kubernetes.client.V1Preconditions(resource_version=patched["metadata"]["resourceVersion"])
+            )
+            return self._json(self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False))
+        except ApiException as err:
+            if err.status not in (404, 409):  # 409: it changed after the annotation; the next pass looks again
+                raise
+        return None
+
     def notify_pod(self, namespace: str, name: str, notice: str) -> Obj | None:
         """Sets the pod's notice annotation (the SDK sees it through a downward-API volume); returns
         the pod as patched, None when it is gone."""

@@ -351,7 +351,7 @@ class Controller:
             metrics.observe_status(taskrun, decision.status)
         # An Event goes with what it tells of: a status change, or an act on a pod (a pass that stops
         # a pod may change no status: a progress deadline found due again, a drain's checkpoint seen).
-        if status_changed or decision.stop or decision.notify or decision.force_delete:
+        if status_changed or decision.stop or decision.notify or decision.force_delete or decision.reschedule:
             for kind, reason, message in decision.events:
                 self.events.post(taskrun, kind, reason, message)
         for pod_name, notice in decision.notify:
@@ -362,6 +362,9 @@ class Controller:
             self.api.force_delete_pod(by_name[pod_name])
         for pod_name, reason in decision.stop:
             self._keep(self.api.stop_pod(namespace, pod_name, reason))
+        for pod_name in decision.reschedule:
+            log.info("Removing pod %s/%s: no spot capacity for it; its attempt moves to on-demand", namespace, pod_name)
+            self._keep(self.api.remove_unscheduled_pod(namespace, pod_name, names.REASON_NO_SPOT_CAPACITY))
         for pod_name in decision.release:
             if pod_name not in decision.force_delete:
                 self._keep(self.api.release_pod(by_name[pod_name]))

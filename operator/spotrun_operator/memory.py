@@ -11,6 +11,9 @@ from typing import Any
 Obj = dict[str, Any]
 MIB = 2**20
 DEFAULT_FACTOR = 1.5
+MOST_FACTOR = 16  # the CRD's bound
+MOST_KILLS = 64  # factor ** kills grows no further: at factor 1.5 that is 1e11 times the template's
+MOST_BYTES = 2**62  # 4 EiB: more than any node has, and still an int64 for the API server
 _QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
 _SUFFIXES: dict[str, int | decimal.Decimal] = {
     "": 1,
@@ -42,8 +45,12 @@ def parse_quantity(value: str | int | float) -> int:
     if not match:
         raise ValueError(f"{value!r} is not a quantity (e.g. 512Mi, 2Gi, 1e9)")
     number, suffix = decimal.Decimal(match.group(1)), match.group(2) or ""
-    scale = decimal.Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else decimal.Decimal(_SUFFIXES[suffix])
-    return math.ceil(number * scale)
+    try:
+        exponent = decimal.Decimal(10) ** int(suffix[1:]) if suffix[:1] in ("e", "E") else None
+        scale = exponent if exponent is not None else decimal.Decimal(_SUFFIXES[suffix])
+        return math.ceil(number * scale)
+    except ArithmeticError as err:  # 1e99999999 and the like
+        raise ValueError(f"{value!r} is not a quantity this operator can hold: {err}") from None
 
 
 def format_bytes(count: int) -> str:
@@ -61,10 +68,14 @@ def oom_killed(pod: Obj | None) -> bool:
     return any(((e.get("state") or {}).get("terminated") or {}).get("reason") == OOM_KILLED for e in entries)
 
 
-def _scaled(value: Any, times: float, ceiling: int | None) -> str:
-    """`value` times `times`, rounded up to the MiB, at most `ceiling` (never below `value`)."""
-    base = parse_quantity(value)
-    grown = math.ceil(base * times / MIB) * MIB
+def _scaled(value: Any, times: float, ceiling: int | None) -> Any:
+    """`value` times `times`, rounded up to the MiB, at most `ceiling` (never below `value`). A value
+    that is no quantity is left for the API server to refuse (the run then fails as invalid)."""
+    try:
+        base = parse_quantity(value)
+    except ValueError:
+        return value
+    grown = min(math.ceil(base * times / MIB) * MIB, MOST_BYTES)
     if ceiling is not None:
         grown = min(grown, max(ceiling, base))
     return format_bytes(max(grown, base))
@@ -73,15 +84,26 @@ def _scaled(value: Any, times: float, ceiling: int | None) -> str:
 def scale(pod_spec: Obj, oom_kills: int, policy: Obj | None) -> Obj:
     """The pod spec with every container's memory request and limit multiplied by
     factor ** oom_kills, capped at maxMemory: the next attempt's memory after `oom_kills` OOM kills
-    under `policy` (spec.resources.onOOMKilled). A container without a limit gets none; without a
-    request, none either. No policy, or no kill yet: the spec as it is."""
+    under `policy` (spec.resources.onOOMKilled); pod-level resources (spec.resources) too, so that
+    the containers still fit in them. A container without a limit gets none; without a request,
+    none either. No policy, or no kill yet: the spec as it is. ValueError: maxMemory or factor
+    cannot be used (the CRD refuses what this refuses)."""
     if policy is None or oom_kills <= 0:
         return pod_spec
-    times = float(policy.get("factor", DEFAULT_FACTOR)) ** oom_kills
-    ceiling = parse_quantity(policy["maxMemory"]) if policy.get("maxMemory") is not None else None
+    try:
+        factor = float(policy.get("factor", DEFAULT_FACTOR))
+    except (TypeError, ValueError):
+        raise ValueError(f"factor {policy.get('factor')!r} is not a number") from None
+    if not 1 < factor <= MOST_FACTOR:
+        raise ValueError(f"factor {factor} is not in (1, {MOST_FACTOR}]")
+    times = factor ** min(oom_kills, MOST_KILLS)
+    try:
+        ceiling = parse_quantity(policy["maxMemory"]) if policy.get("maxMemory") is not None else None
+    except ValueError as err:
+        raise ValueError(f"maxMemory: {err}") from None
     spec = copy.deepcopy(pod_spec)
-    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        resources = container.get("resources") or {}
+    for holder in [spec, *(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        resources = holder.get("resources") or {}
         for kind in ("requests", "limits"):
             amounts = resources.get(kind) or {}
             if amounts.get("memory") is not None:

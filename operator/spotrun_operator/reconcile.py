@@ -26,6 +26,7 @@ OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline):
 REASON_RESUME_SOURCE_MISSING = "ResumeSourceMissing"
 REASON_POD_REFUSED = "PodRefused"
 REASON_INVALID_TEMPLATE = "InvalidPodTemplate"
+REASON_INVALID_MEMORY_POLICY = "InvalidMemoryPolicy"
 REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
 # Exits of a task that stopped by itself after a notice (RecoverableError, or its own SIGTERM path):
 # the notice's interruption, not a failure of the task.
@@ -69,6 +70,7 @@ class Decision:
     notify: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (pod, notice annotation)
     budget: Obj | None = None  # the PodDisruptionBudget to create (kept if it exists)
     delete_budget: str | None = None
+    reschedule: list[str] = dataclasses.field(default_factory=list)  # unscheduled pods to remove (no spot room)
 
 
 def _iso(moment: datetime.datetime) -> str:
@@ -191,10 +193,16 @@ def _stopped(pod: Obj | None, outcome: Outcome) -> tuple[str, Outcome]:
     if stopped == names.INTERRUPTION_DRAINED:
         return names.OUTCOME_INTERRUPTED, Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_DRAINED)
     if stopped == names.REASON_PROGRESS_DEADLINE:
+        if outcome.kind == names.OUTCOME_INTERRUPTED:
+            return outcome.kind, outcome  # its node went (or told of a reclaim) meanwhile: not the task's fault
         return names.OUTCOME_FAILED, Outcome(
             names.OUTCOME_FAILED, stopped, exit_code=outcome.exit_code, message="stopped: no checkpoint in time"
         )
     if stopped == names.REASON_NO_SPOT_CAPACITY:
+        if (pod or {}).get("spec", {}).get("nodeName"):
+            # Bound just as it was removed (the delete was refused, or the operator stopped between
+            # the two writes): it ran, so it ends as any pod does.
+            return outcome.kind, outcome
         return names.OUTCOME_RESCHEDULED, Outcome(names.OUTCOME_RESCHEDULED, stopped)
     return OUTCOME_STOPPED, outcome
 
@@ -229,11 +237,11 @@ def decide(
     attempt was counted, or a drain waits for a fresh checkpoint).
 
     The steps, in order: count what ended (with its lost work and cost), let go of counted pods,
-    tell a live pod of a notice or drain, move it off spot that has no room or stop it when it made
-    no progress in time; then the first of these that applies ends the pass: a finished run (TTL),
-    success, a fatal rule, a spent budget, suspend, the deadline, a force-deleted pod not gone yet, a
-    live pod, backoff, an earlier namesake's pods, a missing resumeFrom source, a refused create not
-    due again; else the next attempt is created.
+    tell a live pod of a notice or drain; then the first of these that applies ends the pass: a
+    finished run (TTL), success, a fatal rule, a spent budget, suspend, the deadline, (a live pod is
+    moved off spot that has no room, or stopped when it made no progress in time, without ending the
+    pass), a force-deleted pod not gone yet, a live pod, backoff, an earlier namesake's pods, a
+    missing resumeFrom source, a refused create not due again; else the next attempt is created.
     """
     step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
     step.count_ended_attempts()
@@ -241,12 +249,12 @@ def decide(
     step.release_counted_pods()
     step.force_delete_pods_of_gone_nodes()
     step.notify_live_pod()
-    step.heal_live_pod()
     for ends_the_pass in (
         step.keep_finished,
         step.finish_on_outcome,
         step.suspend,
         step.deadline,
+        step.heal_live_pod,
         step.wait_for_force_deleted_pod,
         step.show_live_pod,
         step.back_off,
@@ -367,6 +375,11 @@ class _Pass:
                     st["oomKills"] = int(st.get("oomKills", 0)) + 1
             elif kind == names.OUTCOME_INTERRUPTED:
                 st["interruptions"] += 1
+            elif kind == names.OUTCOME_RESCHEDULED:
+                st["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": n}
+                after = ((self.spec.get("capacity") or {}).get("fallback") or {}).get("afterPendingSeconds")
+                message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
+                self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
             entry = _record(pod, n, outcome, kind, self.now)
             self._place(entry, pod)
             if _finished(pod):
@@ -504,33 +517,34 @@ class _Pass:
     def _requeue(self, seconds: float) -> None:
         self.decision.requeue_after = min(seconds, self.decision.requeue_after or seconds)
 
-    def heal_live_pod(self) -> None:
+    def heal_live_pod(self) -> bool:
         """The current attempt's pod, unless it is already being stopped: a spot pod with no room
         for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
-        deadline (checked against storage first) is stopped, a failure."""
+        deadline (checked against storage first) is stopped, a failure. Never ends the pass."""
         pod = next((p for p in self.live if _attempt_of(p) == self.attempt), None)
         if pod is None or pod["metadata"].get("deletionTimestamp"):
-            return
+            self.st.pop("progressDeadline", None)
+            return False
         name = pod["metadata"]["name"]
         if any(stopping == name for stopping, _ in self.decision.stop):
-            return
+            return False
         give_way, wait = healing.spot_fallback(self.spec, pod, self.now)
         if give_way:
-            after = self.spec["capacity"]["fallback"]["afterPendingSeconds"]
-            message = f"no spot capacity for pod {name} in {after}s: rescheduling attempt on on-demand capacity"
-            self.st["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": self.attempt}
-            self.decision.stop.append((name, names.REASON_NO_SPOT_CAPACITY))
-            self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
-            return
+            self.decision.reschedule.append(name)
+            return False
         if wait is not None:
             self._requeue(wait)
-        if not self.st.get("drain"):  # a drain waiting for its checkpoint ends the attempt itself
+        # A drain waiting for its checkpoint ends the attempt itself; on a node that is not Ready
+        # the task cannot commit, and what ends it is an interruption, not a stall.
+        if not self.st.get("drain") and self._node(pod)[1]:
             self._check_progress(pod)
+        return False
 
     def _check_progress(self, pod: Obj) -> None:
         due = healing.progress_deadline(self.spec, pod, self.attempt, self.st.get("checkpoint"), self.now)
         if due is None:
             self.st.pop("progressDeadline", None)
+            self.st.pop(PROGRESS_UNREADABLE, None)
             return
         if due > self.now:
             self.st["progressDeadline"] = _iso(due)
@@ -568,6 +582,8 @@ class _Pass:
 
     def _finish(self, new_phase: str, reason: str, message: str) -> bool:
         st = self.st
+        st.pop("progressDeadline", None)
+        st.pop(PROGRESS_UNREADABLE, None)
         st["phase"] = new_phase
         st["message"] = message
         st.setdefault("completionTime", _iso(self.now))
@@ -595,7 +611,7 @@ class _Pass:
             if left <= 0:
                 self.decision.delete_taskrun = True
             else:
-                self.decision.requeue_after = left
+                self._requeue(left)
         return True
 
     def finish_on_outcome(self) -> bool:
@@ -627,6 +643,8 @@ class _Pass:
             return False
         self.decision.stop += [(p["metadata"]["name"], names.REASON_SUSPENDED) for p in self.unfinished]
         st.pop("startTime", None)
+        st.pop("progressDeadline", None)
+        st.pop(PROGRESS_UNREADABLE, None)
         st["phase"] = names.SUSPENDED
         st["message"] = "suspended: the pod is stopped, its checkpoints are kept"
         set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], self.now)
@@ -643,7 +661,7 @@ class _Pass:
         if left <= 0:
             message = f"the TaskRun ran longer than activeDeadlineSeconds ({deadline})"
             return self._finish(names.FAILED, names.REASON_DEADLINE, message)
-        self.decision.requeue_after = left
+        self._requeue(left)
         return False
 
     def wait_for_force_deleted_pod(self) -> bool:
@@ -759,9 +777,15 @@ class _Pass:
         )
         pod = build_pod(self.taskrun, next_attempt, capacity, self.config, resume_from=source)
         on_oom = (self.spec.get("resources") or {}).get("onOOMKilled")
-        pod["spec"] = memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom)
+        try:
+            pod["spec"] = memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom)
+        except ValueError as err:
+            self._finish(names.FAILED, REASON_INVALID_MEMORY_POLICY, f"spec.resources.onOOMKilled: {err}")
+            return
         if on_oom is not None:
             st["memory"] = memory.of_pod(pod)
+        else:
+            st.pop("memory", None)
         self.decision.create = pod
         if disruption.voluntary(self.spec) == names.VOLUNTARY_CHECKPOINT:
             self.decision.budget = build_budget(self.taskrun)
@@ -771,6 +795,7 @@ class _Pass:
         st.pop("drain", None)
         st.pop("notice", None)
         st.pop("progressDeadline", None)
+        st.pop(PROGRESS_UNREADABLE, None)
         st["attempt"] = next_attempt
         st["capacity"] = capacity
         st["podName"] = pod["metadata"]["name"]
@@ -811,6 +836,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
         force_delete=decision.force_delete,
         notify=decision.notify,
         delete_budget=decision.delete_budget,
+        reschedule=decision.reschedule,
     )
     if decision.budget is None and "disruptionBudget" not in old:
         st.pop("disruptionBudget", None)  # the budget is created before the pod: it exists if it was asked for

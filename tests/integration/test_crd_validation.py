@@ -90,6 +90,16 @@ BAD: list[tuple[str, Obj, list[str]]] = [
         ["spec.resources.onOOMKilled.maxMemory"],
     ),
     (
+        "OOM maxMemory zero as a quantity",
+        with_spec(resources={"onOOMKilled": {"maxMemory": "0Gi"}}),
+        ["spec.resources.onOOMKilled.maxMemory", "should match"],
+    ),
+    (
+        "OOM maxMemory beyond reason",
+        with_spec(resources={"onOOMKilled": {"maxMemory": "1e99999999"}}),
+        ["spec.resources.onOOMKilled.maxMemory", "should match"],
+    ),
+    (
         "OOM maxMemory zero",
         with_spec(resources={"onOOMKilled": {"maxMemory": 0}}),
         ["spec.resources.onOOMKilled.maxMemory", "greater than or equal to 1"],
@@ -164,6 +174,10 @@ def test_the_self_healing_fields_are_accepted(crd: None, kube: Client, namespace
     spot = with_spec(
         capacity={"fallback": {"afterPendingSeconds": 120}}, resources={"onOOMKilled": {"maxMemory": 2**30}}
     )
+    for accepted in ("0.5Gi", "1500M", "1e10", "100"):
+        fine = with_spec(resources={"onOOMKilled": {"maxMemory": accepted}})
+        fine["metadata"]["name"] = f"max-{accepted.lower().replace('.', '-')}"
+        kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", fine)
     spot["metadata"]["name"] = "healing-spot"
     spec = kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", spot)["spec"]
     assert spec["capacity"] == {"type": "spot", "fallback": {"afterPendingSeconds": 120}}

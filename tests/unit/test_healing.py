@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spotrun_operator import healing, policy
+from spotrun_operator import healing, memory, policy
 from spotrun_operator.cache import trim_pod
 from spotrun_operator.config import Config
 from spotrun_operator.reconcile import decide
@@ -145,13 +145,14 @@ def test_a_spot_pod_with_no_room_waits_then_gives_way_to_on_demand_counted_nowhe
     assert "Unschedulable" in early.status["message"]
 
     due = decide(tr, [pending(1)], NODES, at(30), CONFIG)
-    assert due.stop == [("train-a1", "NoSpotCapacity")]
+    assert (due.reschedule, due.stop) == (["train-a1"], [])  # removed only while still unscheduled
     assert due.create is None  # the pod goes first: never two of one TaskRun
-    assert due.status["capacityFallback"] == {"reason": "NoSpotCapacity", "attempt": 1}
-    assert any(e[1] == "NoSpotCapacity" and "on-demand" in e[2] for e in due.events)
+    assert "capacityFallback" not in due.status, "decided once the pod is gone, not before"
 
     gone = decide(apply(tr, due), [deleted(pending(1), "NoSpotCapacity")], NODES, at(31), CONFIG)
     st = gone.status
+    assert st["capacityFallback"] == {"reason": "NoSpotCapacity", "attempt": 1}
+    assert any(e[1] == "NoSpotCapacity" and "on-demand" in e[2] for e in gone.events)
     assert (st["failures"], st["interruptions"], st["accountedAttempt"]) == (0, 0, 1)
     (entry,) = st["attempts"]
     assert (entry["outcome"], entry["reason"], entry["capacity"]) == ("Rescheduled", "NoSpotCapacity", "spot")
@@ -161,6 +162,35 @@ def test_a_spot_pod_with_no_room_waits_then_gives_way_to_on_demand_counted_nowhe
     assert gone.create["spec"]["nodeSelector"] == {"spotrun.dev/capacity": "on-demand"}
     assert st["capacity"] == "on-demand"
     assert any(e[0] == "Normal" and e[1] == "AttemptRescheduled" for e in gone.events)
+
+
+def test_a_pod_bound_just_as_it_was_removed_ends_as_any_pod_does() -> None:
+    """The delete was refused (bound in between) or never sent: the pod ran, with the annotation."""
+    tr = taskrun({"attempt": 1, "phase": "Running"}, capacity=FALLBACK, retries=0)
+    ran = pod_of(1, "exit-3")
+    ran["metadata"].setdefault("annotations", {})["spotrun.dev/stopped-by"] = "NoSpotCapacity"
+    d = decide(tr, [ran], NODES, NOW, CONFIG)
+    assert (d.status["attempts"][0]["outcome"], d.status["failures"]) == ("Failed", 1)
+    assert "capacityFallback" not in d.status
+
+
+def test_a_suspended_or_finished_run_moves_nothing_off_spot() -> None:
+    suspended = taskrun({"attempt": 1, "phase": "Pending"}, capacity=FALLBACK, suspend=True)
+    d = decide(suspended, [pending(1)], NODES, at(3600), CONFIG)
+    assert (d.reschedule, d.stop) == ([], [("train-a1", "Suspended")])
+    over = taskrun({"attempt": 1, "phase": "Pending", "startTime": iso(0)}, capacity=FALLBACK, activeDeadlineSeconds=60)
+    d = decide(over, [pending(1)], NODES, at(3600), CONFIG)
+    assert (d.reschedule, d.status["phase"]) == ([], "Failed")
+
+
+def test_the_other_deadlines_do_not_push_the_fallback_or_the_progress_deadline_back() -> None:
+    tr = taskrun(
+        {"attempt": 1, "phase": "Pending", "startTime": iso(0)}, capacity=FALLBACK, activeDeadlineSeconds=86400
+    )
+    assert decide(tr, [pending(1)], NODES, at(10), CONFIG).requeue_after == 20.0
+    tr = taskrun({"attempt": 1, "phase": "Running", "startTime": iso(0)}, progressDeadlineSeconds=60)
+    tr["spec"]["activeDeadlineSeconds"] = 86400
+    assert decide(tr, [started(1)], NODES, at(20), CONFIG, checkpoints=Stored()).requeue_after == 40.0
 
 
 def test_after_no_spot_capacity_the_rest_of_the_run_stays_on_demand() -> None:
@@ -289,6 +319,31 @@ def test_storage_that_cannot_be_read_stops_nothing_and_is_asked_again_soon() -> 
     assert "progressUnreadable" not in back.status
 
 
+def test_on_a_node_that_is_not_ready_the_deadline_stops_nothing() -> None:
+    """Its kubelet is not heard (a reclaim without notice, a dead node): the task cannot commit, and
+    what ends the attempt is an interruption."""
+    stored = Stored()
+    d = decide(stalling(), [started(1)], {**NODES, "spot-1": False}, at(61), CONFIG, checkpoints=stored)
+    assert (d.stop, stored.reads) == ([], 0)
+
+
+def test_a_stalled_pod_whose_node_went_meanwhile_is_an_interruption() -> None:
+    ended = deleted(pod_of(1, "real/preempted"), "ProgressDeadlineExceeded")
+    d = decide(stalling(), [ended], NODES, at(70), CONFIG)
+    assert (d.status["failures"], d.status["interruptions"]) == (0, 1)
+
+
+def test_the_deadline_is_forgotten_once_the_attempt_is_over() -> None:
+    tr = stalling({"progressDeadline": iso(60), "progressUnreadable": True})
+    d = decide(tr, [pod_of(1, "succeeded")], NODES, at(30), CONFIG)
+    assert d.status["phase"] == "Succeeded"
+    assert "progressDeadline" not in d.status
+    assert "progressUnreadable" not in d.status
+    backoff = decide(tr, [pod_of(1, "exit-3")], NODES, at(30), CONFIG)
+    assert backoff.status["phase"] == "Backoff"
+    assert "progressDeadline" not in backoff.status
+
+
 def test_while_a_drain_waits_for_its_checkpoint_the_deadline_waits_too() -> None:
     """The drain stops the pod itself (a checkpoint, or its timeout): an interruption, not a stall."""
     facts = {"spot-1": {"ready": True, "unschedulable": True, "taints": []}}
@@ -345,6 +400,54 @@ def test_the_memory_an_attempt_ran_with_is_recorded_from_the_operators_trimmed_c
     d = decide(tr, [trim_pod(oom_pod(1))], NODES, NOW, CONFIG)
     assert d.status["attempts"][0]["memory"] == {"main": {"requests": "64Mi", "limits": "64Mi"}}
     assert d.status["oomKills"] == 1
+
+
+@pytest.mark.parametrize("kills", [1, 64, 260, 10_000])
+def test_any_number_of_oom_kills_gives_a_pod_the_api_server_can_hold(kills: int) -> None:
+    tr = oom_taskrun({"attempt": 1, "accountedAttempt": 1, "failures": 1, "oomKills": kills, "phase": "Backoff"})
+    tr["spec"]["resources"]["onOOMKilled"]["factor"] = 16
+    tr["spec"]["retries"] = 10_000
+    d = decide(tr, [oom_pod(1)], NODES, at(3600), CONFIG)
+    assert d.create is not None
+    limit = d.create["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert memory.parse_quantity(limit) <= memory.MOST_BYTES
+
+
+@pytest.mark.parametrize(
+    ("on_oom", "fragment"),
+    [({"factor": 2, "maxMemory": "1e99999999"}, "maxMemory"), ({"factor": 1}, "factor"), ({"factor": "x"}, "factor")],
+)
+def test_a_memory_policy_that_cannot_be_used_fails_the_run_saying_why(on_oom: Obj, fragment: str) -> None:
+    """Stored before the CRD refused it, or past what the CRD checks: a clear failure, not a pass that raises."""
+    tr = oom_taskrun({"attempt": 1, "accountedAttempt": 1, "failures": 1, "oomKills": 1, "phase": "Backoff"})
+    tr["spec"]["resources"]["onOOMKilled"] = on_oom
+    d = decide(tr, [oom_pod(1)], NODES, at(3600), CONFIG)
+    assert (d.create, d.status["phase"]) == (None, "Failed")
+    assert "spec.resources.onOOMKilled" in d.status["message"]
+    assert fragment in d.status["message"]
+
+
+def test_a_template_memory_that_is_no_quantity_is_left_for_the_api_server_to_refuse() -> None:
+    tr = oom_taskrun({"attempt": 1, "accountedAttempt": 1, "failures": 1, "oomKills": 1, "phase": "Backoff"})
+    tr["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "lots"
+    d = decide(tr, [oom_pod(1)], NODES, at(3600), CONFIG)
+    assert d.create is not None
+    assert d.create["spec"]["containers"][0]["resources"]["limits"]["memory"] == "lots"
+
+
+def test_pod_level_memory_grows_with_the_containers() -> None:
+    tr = oom_taskrun({"attempt": 1, "accountedAttempt": 1, "failures": 1, "oomKills": 1, "phase": "Backoff"})
+    tr["spec"]["template"]["spec"]["resources"] = {"limits": {"memory": "100Mi"}}
+    d = decide(tr, [oom_pod(1)], NODES, at(3600), CONFIG)
+    assert d.create is not None
+    assert d.create["spec"]["resources"] == {"limits": {"memory": "200Mi"}}
+
+
+def test_removing_the_memory_policy_forgets_the_memory_it_gave() -> None:
+    tr = taskrun({"attempt": 1, "accountedAttempt": 1, "failures": 1, "oomKills": 1, "phase": "Backoff", "memory": {}})
+    d = decide(tr, [oom_pod(1)], NODES, at(3600), CONFIG)
+    assert d.create is not None
+    assert "memory" not in d.status
 
 
 def test_an_oom_kill_without_the_policy_retries_with_the_same_memory() -> None:
