@@ -6,8 +6,9 @@ on on-demand capacity (outcome Rescheduled: neither a failure nor an interruptio
 
 Stalls: `progressDeadlineSeconds` bounds the time from the attempt's start, or from its newest
 commit, to the next commit. The operator learns of commits from the checkpoint manifests, read
-only when a deadline falls due (at most one read per TaskRun per deadline): a deadline that has
-passed is first checked against storage, and a newer commit moves it on. The SDK does not report
+only when a deadline falls due (one read per TaskRun per deadline while storage answers, every
+STORAGE_RETRY_SECONDS while it does not): a deadline that has passed is first checked against
+storage, and a newer commit moves it on. The SDK does not report
 progress to the API: a pod would need RBAC to write its own status, and a tenant's pod with
 write access to TaskRuns could lie about it.
 """

@@ -10,27 +10,33 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from spotrun_operator import accounting, disruption, healing, memory, names, policy
-from spotrun_operator.classify import Outcome, classify
+from spotrun_operator.attempts import (
+    OUTCOME_STOPPED,
+    after_notice,
+    attempt_of,
+    finished,
+    iso,
+    pending_cause,
+    record,
+    result,
+    stopped_outcome,
+)
+from spotrun_operator.classify import classify
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import build_budget, build_pod, checkpoint_uri
 from spotrun_operator.status import set_condition
 
 Obj = dict[str, Any]
 HISTORY = 20  # attempts kept in status.attempts
-OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline): counted nowhere
 REASON_RESUME_SOURCE_MISSING = "ResumeSourceMissing"
 REASON_POD_REFUSED = "PodRefused"
 REASON_INVALID_TEMPLATE = "InvalidPodTemplate"
 REASON_INVALID_MEMORY_POLICY = "InvalidMemoryPolicy"
 REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
-# Exits of a task that stopped by itself after a notice (RecoverableError, or its own SIGTERM path):
-# the notice's interruption, not a failure of the task.
-NOTICE_EXITS = (75, 143)
 PENDING_ACCOUNT = "accountPending"  # on an attempt counted before its pod ended
 PROGRESS_UNREADABLE = "progressUnreadable"  # a due progress deadline could not be checked
 QUIET_OUTCOMES = (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED, names.OUTCOME_RESCHEDULED)  # Events of type Normal
@@ -73,138 +79,10 @@ class Decision:
     reschedule: list[str] = dataclasses.field(default_factory=list)  # unscheduled pods to remove (no spot room)
 
 
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse(text: str | None) -> datetime.datetime | None:
     if not text:
         return None
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _attempt_of(pod: Obj) -> int:
-    try:
-        return int(pod["metadata"]["labels"][names.LABEL_ATTEMPT])
-    except (KeyError, ValueError):
-        return 0
-
-
-def _finished(pod: Obj | None) -> bool:
-    """Whether a pod has ended: terminal, gone, or deleted before it was scheduled (never to run)."""
-    if pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-        return True
-    return bool(pod["metadata"].get("deletionTimestamp")) and not pod.get("spec", {}).get("nodeName")
-
-
-def _result(pod: Obj | None) -> Any:
-    """What the task reported: `{"result": ...}` JSON on its termination message."""
-    for entry in (pod or {}).get("status", {}).get("containerStatuses") or []:
-        message = ((entry.get("state") or {}).get("terminated") or {}).get("message")
-        if not message:
-            continue
-        try:
-            body = json.loads(message)
-        except ValueError:
-            continue
-        if isinstance(body, dict) and "result" in body:
-            return body["result"]
-    return None
-
-
-# Why a pod does not start, as the kubelet reports it on a container: what a user must fix or wait out.
-_WAITING_REASONS = (
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "ErrImageNeverPull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-    "PreCreateHookError",
-    "PostStartHookError",
-)
-
-
-def _pending_cause(pod: Obj) -> tuple[str, str] | None:
-    """(reason, message) of a pod that does not start: the scheduler's Unschedulable, else a container's."""
-    status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return str(condition.get("reason") or "Unschedulable"), str(condition.get("message") or "")
-    for entry in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        waiting = (entry.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _WAITING_REASONS:
-            return str(
-                waiting["reason"]
-            ), f"container {entry.get('name')}: {waiting.get('message') or waiting['reason']}"
-    return None
-
-
-def _record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, now: datetime.datetime) -> Obj:
-    """An attempt's history entry. endTime is when its pod ended (its last container's finish, else
-    its deletion), at most now; startTime when the kubelet started it."""
-    status = (pod or {}).get("status", {})
-    ended = accounting.ended_at(pod) if pod else None
-    entry: Obj = {
-        "attempt": attempt,
-        "pod": (pod or {}).get("metadata", {}).get("name", ""),
-        "node": (pod or {}).get("spec", {}).get("nodeName", ""),
-        "capacity": (pod or {}).get("metadata", {}).get("labels", {}).get(names.LABEL_CAPACITY, ""),
-        "startTime": status.get("startTime") or "",
-        "endTime": _iso(min(ended, now) if ended else now),
-        "outcome": kind,
-        "reason": outcome.reason if outcome else "",
-    }
-    if outcome and outcome.exit_code is not None:
-        entry["exitCode"] = outcome.exit_code
-    ran_with = memory.of_pod(pod)
-    if ran_with:
-        entry["memory"] = ran_with
-    notice = disruption.Notice.of_pod(pod)
-    if notice is not None:
-        entry["notice"] = {"time": notice.time, "reason": notice.reason, "kind": notice.kind}
-    return entry
-
-
-def _after_notice(pod: Obj | None, outcome: Outcome) -> Outcome:
-    """A task told of a reclaim or drain that then exits by itself (RecoverableError's 75, or 143 from
-    its SIGTERM path) stopped because of the notice: an interruption, not a failure."""
-    notice = disruption.Notice.of_pod(pod)
-    if notice is None or outcome.kind != names.OUTCOME_FAILED or outcome.fatal:
-        return outcome
-    if outcome.exit_code not in NOTICE_EXITS:
-        return outcome
-    reason = names.INTERRUPTION_DRAINED if notice.kind == names.NOTICE_DRAIN else names.INTERRUPTION_NOTICE
-    return Outcome(
-        names.OUTCOME_INTERRUPTED, reason, exit_code=outcome.exit_code, message=f"after a notice: {notice.reason}"
-    )
-
-
-def _stopped(pod: Obj | None, outcome: Outcome) -> tuple[str, Outcome]:
-    """(kind, outcome) of an attempt, given the reason the operator stopped its pod for, if it did
-    (a success within the grace period stays a success): a drain's stop is an interruption, a stall's
-    a failure, a move off spot counted nowhere (Rescheduled), any other stop (suspend, a deadline)
-    Stopped."""
-    annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
-    stopped = annotations.get(names.ANNOTATION_STOPPED_BY)
-    if not stopped or outcome.kind == names.OUTCOME_SUCCEEDED:
-        return outcome.kind, outcome
-    if stopped == names.INTERRUPTION_DRAINED:
-        return names.OUTCOME_INTERRUPTED, Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_DRAINED)
-    if stopped == names.REASON_PROGRESS_DEADLINE:
-        if outcome.kind == names.OUTCOME_INTERRUPTED:
-            return outcome.kind, outcome  # its node went (or told of a reclaim) meanwhile: not the task's fault
-        return names.OUTCOME_FAILED, Outcome(
-            names.OUTCOME_FAILED, stopped, exit_code=outcome.exit_code, message="stopped: no checkpoint in time"
-        )
-    if stopped == names.REASON_NO_SPOT_CAPACITY:
-        if (pod or {}).get("spec", {}).get("nodeName"):
-            # Bound just as it was removed (the delete was refused, or the operator stopped between
-            # the two writes): it ran, so it ends as any pod does.
-            return outcome.kind, outcome
-        return names.OUTCOME_RESCHEDULED, Outcome(names.OUTCOME_RESCHEDULED, stopped)
-    return OUTCOME_STOPPED, outcome
 
 
 def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[int]:
@@ -213,9 +91,7 @@ def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[int]:
     gone means deleted by force); a pass looks it up live before it counts it as vanished."""
     st: Obj = taskrun.get("status") or {}
     uid = taskrun["metadata"]["uid"]
-    seen = {
-        _attempt_of(p) for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
-    }
+    seen = {attempt_of(p) for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])}
     return [n for n in range(int(st.get("accountedAttempt", 0)) + 1, int(st.get("attempt", 0)) + 1) if n not in seen]
 
 
@@ -293,7 +169,7 @@ class _Pass:
         ours = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
         # Pods of an earlier TaskRun of this name (deleted, then created again): never adopted.
         self.namesakes = [p for p in pods if p not in ours and names.taskrun_of(p["metadata"]) == self.meta["name"]]
-        self.by_attempt = {_attempt_of(p): p for p in ours if _attempt_of(p) > 0}
+        self.by_attempt = {attempt_of(p): p for p in ours if attempt_of(p) > 0}
         self.phase = self.old.get("phase", names.PENDING)
         st = self.st
         st.setdefault("failures", 0)
@@ -368,7 +244,7 @@ class _Pass:
             outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
             if outcome is None:
                 break  # this attempt still runs
-            kind, outcome = _stopped(pod, _after_notice(pod, outcome))
+            kind, outcome = stopped_outcome(pod, after_notice(pod, outcome))
             if kind == names.OUTCOME_FAILED:
                 st["failures"] += 1
                 if memory.oom_killed(pod):
@@ -380,9 +256,9 @@ class _Pass:
                 after = ((self.spec.get("capacity") or {}).get("fallback") or {}).get("afterPendingSeconds")
                 message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
-            entry = _record(pod, n, outcome, kind, self.now)
+            entry = record(pod, n, outcome, kind, self.now)
             self._place(entry, pod)
-            if _finished(pod):
+            if finished(pod):
                 self._account(entry)
             else:
                 # Counted before its pod ended (its node is gone or not Ready): it may still commit in
@@ -391,9 +267,9 @@ class _Pass:
             history.append(entry)
             st["accountedAttempt"] = n
             st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
-            st["lastEndTime"] = _iso(self.now)
+            st["lastEndTime"] = iso(self.now)
             if kind == names.OUTCOME_SUCCEEDED:
-                st["result"] = _result(pod)
+                st["result"] = result(pod)
             detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
             self.decision.events.append(
                 (
@@ -417,10 +293,10 @@ class _Pass:
             if not entry.get(PENDING_ACCOUNT):
                 continue
             pod = self.by_attempt.get(int(entry["attempt"]))
-            if pod is not None and not _finished(pod):
+            if pod is not None and not finished(pod):
                 continue
             ended = accounting.ended_at(pod) if pod else None
-            entry["endTime"] = _iso(min(ended, self.now) if ended else self.now)
+            entry["endTime"] = iso(min(ended, self.now) if ended else self.now)
             del entry[PENDING_ACCOUNT]
             self._account(entry)
             self.decision.events.append(
@@ -452,7 +328,7 @@ class _Pass:
         self.decision.release = [
             p["metadata"]["name"]
             for n, p in sorted(self.by_attempt.items())
-            if n <= counted and _finished(p) and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
+            if n <= counted and finished(p) and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
         ]
 
     def force_delete_pods_of_gone_nodes(self) -> None:
@@ -461,12 +337,12 @@ class _Pass:
         it is still ending on a node that is not Ready does not: its kubelet is dead and will never
         finish it, and fencing keeps a survivor from writing over newer checkpoints."""
         counted = int(self.st.get("accountedAttempt", 0))
-        unfinished = [p for n, p in self.by_attempt.items() if n <= self.attempt and not _finished(p)]
+        unfinished = [p for n, p in self.by_attempt.items() if n <= self.attempt and not finished(p)]
         for pod in unfinished:
             if not self._node(pod)[0]:
                 self.decision.force_delete.append(pod["metadata"]["name"])
         self.unfinished = [p for p in unfinished if p["metadata"]["name"] not in self.decision.force_delete]
-        self.live = [p for p in self.unfinished if _attempt_of(p) > counted or self._node(p)[1]]
+        self.live = [p for p in self.unfinished if attempt_of(p) > counted or self._node(p)[1]]
 
     def notify_live_pod(self) -> None:
         """The current attempt's pod on a node with a reclaim notice or a drain: the pod is told (its
@@ -474,7 +350,7 @@ class _Pass:
         checkpoint committed after the notice (or the timeout) and stops the pod itself: the drain
         completes and the attempt counts as an interruption, reason Drained."""
         st = self.st
-        pod = next((p for p in self.live if _attempt_of(p) == self.attempt), None)
+        pod = next((p for p in self.live if attempt_of(p) == self.attempt), None)
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             st.pop("drain", None)
             return
@@ -489,7 +365,7 @@ class _Pass:
         notice = disruption.node_notice(node, self.spec, self.config.notice_taints, self.config.drain_taints, grace)
         given = disruption.Notice.of_pod(pod)
         if notice is not None and given is None:
-            notice = given = dataclasses.replace(notice, time=_iso(self.now))
+            notice = given = dataclasses.replace(notice, time=iso(self.now))
             self.decision.notify.append((pod["metadata"]["name"], notice.annotation()))
             self.decision.events.append(
                 (
@@ -521,9 +397,10 @@ class _Pass:
         """The current attempt's pod, unless it is already being stopped: a spot pod with no room
         for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
         deadline (checked against storage first) is stopped, a failure. Never ends the pass."""
-        pod = next((p for p in self.live if _attempt_of(p) == self.attempt), None)
+        pod = next((p for p in self.live if attempt_of(p) == self.attempt), None)
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             self.st.pop("progressDeadline", None)
+            self.st.pop(PROGRESS_UNREADABLE, None)
             return False
         name = pod["metadata"]["name"]
         if any(stopping == name for stopping, _ in self.decision.stop):
@@ -547,7 +424,7 @@ class _Pass:
             self.st.pop(PROGRESS_UNREADABLE, None)
             return
         if due > self.now:
-            self.st["progressDeadline"] = _iso(due)
+            self.st["progressDeadline"] = iso(due)
             self._requeue((due - self.now).total_seconds())
             return
         read, newest = self.latest()  # due: did the task commit since status last said?
@@ -563,7 +440,7 @@ class _Pass:
             return
         self.st.pop(PROGRESS_UNREADABLE, None)
         due = healing.progress_deadline(self.spec, pod, self.attempt, newest, self.now) or self.now
-        self.st["progressDeadline"] = _iso(due)
+        self.st["progressDeadline"] = iso(due)
         if due > self.now:
             self._requeue((due - self.now).total_seconds())
             return
@@ -586,7 +463,7 @@ class _Pass:
         st.pop(PROGRESS_UNREADABLE, None)
         st["phase"] = new_phase
         st["message"] = message
-        st.setdefault("completionTime", _iso(self.now))
+        st.setdefault("completionTime", iso(self.now))
         self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
         self._drop_budget()
         kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
@@ -671,7 +548,7 @@ class _Pass:
             return False
         gone = max(
             (p for p in self.by_attempt.values() if p["metadata"]["name"] in self.decision.force_delete),
-            key=_attempt_of,
+            key=attempt_of,
         )
         self.st["podName"] = gone["metadata"]["name"]
         node = gone["spec"].get("nodeName")
@@ -692,7 +569,7 @@ class _Pass:
         st["podName"] = pod["metadata"]["name"]
         st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
         st["capacity"] = pod["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
-        cause = None if running or terminating else _pending_cause(pod)
+        cause = None if running or terminating else pending_cause(pod)
         reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
         if running:
             st["message"] = f"attempt {self.attempt} is running on {st['nodeName']}"
@@ -715,7 +592,7 @@ class _Pass:
         if wait <= 0:
             return False
         st["phase"] = names.BACKOFF
-        st["retryAfter"] = _iso(due)
+        st["retryAfter"] = iso(due)
         st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying at {st['retryAfter']}"
         set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], self.now)
         if self.phase != names.BACKOFF:
@@ -804,7 +681,7 @@ class _Pass:
         st.pop("retryAfter", None)
         st.pop("podRefusal", None)
         st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
-        st.setdefault("startTime", _iso(self.now))
+        st.setdefault("startTime", iso(self.now))
         set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], self.now)
         self.decision.events.append(
             ("Normal", "AttemptCreated", f"Created pod {pod['metadata']['name']} (attempt {next_attempt}, {capacity})")
@@ -845,7 +722,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
         text = f"the API server refused pod {pod_name} as invalid: {message}"
         st["phase"] = names.FAILED
         st["message"] = text
-        st.setdefault("completionTime", _iso(now))
+        st.setdefault("completionTime", iso(now))
         set_condition(st, names.COND_FAILED, True, REASON_INVALID_TEMPLATE, text, now)
         set_condition(st, names.COND_READY, False, REASON_INVALID_TEMPLATE, text, now)
         result.events.append(("Warning", REASON_INVALID_TEMPLATE, text))
@@ -854,7 +731,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
     count = int(previous.get("count", 0)) + 1
     first, cap = REFUSAL_BACKOFF
     wait = min(cap, first * 2 ** (count - 1))
-    retry_at = _iso(now + datetime.timedelta(seconds=wait))
+    retry_at = iso(now + datetime.timedelta(seconds=wait))
     st["podRefusal"] = {"count": count, "code": code, "message": message, "retryAfter": retry_at}
     st["phase"] = names.PENDING
     st["message"] = f"the API server refused pod {pod_name}: {message}; retrying at {retry_at}"

@@ -1,0 +1,146 @@
+"""One attempt's pod as the operator reads it: whether it ended, its outcome once the operator's own
+stops (drain, stall, no spot room, suspend) are taken into account, its history entry, what the
+task returned, why it does not start. Pure."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from spotrun_operator import accounting, disruption, memory, names
+from spotrun_operator.classify import Outcome
+
+Obj = dict[str, Any]
+OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline): counted nowhere
+# Exits of a task that stopped by itself after a notice (RecoverableError, or its own SIGTERM path):
+# the notice's interruption, not a failure of the task.
+NOTICE_EXITS = (75, 143)
+
+
+def iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def attempt_of(pod: Obj) -> int:
+    try:
+        return int(pod["metadata"]["labels"][names.LABEL_ATTEMPT])
+    except (KeyError, ValueError):
+        return 0
+
+
+def finished(pod: Obj | None) -> bool:
+    """Whether a pod has ended: terminal, gone, or deleted before it was scheduled (never to run)."""
+    if pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+        return True
+    return bool(pod["metadata"].get("deletionTimestamp")) and not pod.get("spec", {}).get("nodeName")
+
+
+def result(pod: Obj | None) -> Any:
+    """What the task reported: `{"result": ...}` JSON on its termination message."""
+    for entry in (pod or {}).get("status", {}).get("containerStatuses") or []:
+        message = ((entry.get("state") or {}).get("terminated") or {}).get("message")
+        if not message:
+            continue
+        try:
+            body = json.loads(message)
+        except ValueError:
+            continue
+        if isinstance(body, dict) and "result" in body:
+            return body["result"]
+    return None
+
+
+# Why a pod does not start, as the kubelet reports it on a container: what a user must fix or wait out.
+WAITING_REASONS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "PreCreateHookError",
+    "PostStartHookError",
+)
+
+
+def pending_cause(pod: Obj) -> tuple[str, str] | None:
+    """(reason, message) of a pod that does not start: the scheduler's Unschedulable, else a container's."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return str(condition.get("reason") or "Unschedulable"), str(condition.get("message") or "")
+    for entry in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (entry.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in WAITING_REASONS:
+            return str(
+                waiting["reason"]
+            ), f"container {entry.get('name')}: {waiting.get('message') or waiting['reason']}"
+    return None
+
+
+def record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, now: datetime.datetime) -> Obj:
+    """An attempt's history entry. endTime is when its pod ended (its last container's finish, else
+    its deletion), at most now; startTime when the kubelet started it."""
+    status = (pod or {}).get("status", {})
+    ended = accounting.ended_at(pod) if pod else None
+    entry: Obj = {
+        "attempt": attempt,
+        "pod": (pod or {}).get("metadata", {}).get("name", ""),
+        "node": (pod or {}).get("spec", {}).get("nodeName", ""),
+        "capacity": (pod or {}).get("metadata", {}).get("labels", {}).get(names.LABEL_CAPACITY, ""),
+        "startTime": status.get("startTime") or "",
+        "endTime": iso(min(ended, now) if ended else now),
+        "outcome": kind,
+        "reason": outcome.reason if outcome else "",
+    }
+    if outcome and outcome.exit_code is not None:
+        entry["exitCode"] = outcome.exit_code
+    ran_with = memory.of_pod(pod)
+    if ran_with:
+        entry["memory"] = ran_with
+    notice = disruption.Notice.of_pod(pod)
+    if notice is not None:
+        entry["notice"] = {"time": notice.time, "reason": notice.reason, "kind": notice.kind}
+    return entry
+
+
+def after_notice(pod: Obj | None, outcome: Outcome) -> Outcome:
+    """A task told of a reclaim or drain that then exits by itself (RecoverableError's 75, or 143 from
+    its SIGTERM path) stopped because of the notice: an interruption, not a failure."""
+    notice = disruption.Notice.of_pod(pod)
+    if notice is None or outcome.kind != names.OUTCOME_FAILED or outcome.fatal:
+        return outcome
+    if outcome.exit_code not in NOTICE_EXITS:
+        return outcome
+    reason = names.INTERRUPTION_DRAINED if notice.kind == names.NOTICE_DRAIN else names.INTERRUPTION_NOTICE
+    return Outcome(
+        names.OUTCOME_INTERRUPTED, reason, exit_code=outcome.exit_code, message=f"after a notice: {notice.reason}"
+    )
+
+
+def stopped_outcome(pod: Obj | None, outcome: Outcome) -> tuple[str, Outcome]:
+    """(kind, outcome) of an attempt, given the reason the operator stopped its pod for, if it did
+    (a success within the grace period stays a success): a drain's stop is an interruption, a stall's
+    a failure, a move off spot counted nowhere (Rescheduled), any other stop (suspend, a deadline)
+    Stopped."""
+    annotations = (pod or {}).get("metadata", {}).get("annotations") or {}
+    stopped = annotations.get(names.ANNOTATION_STOPPED_BY)
+    if not stopped or outcome.kind == names.OUTCOME_SUCCEEDED:
+        return outcome.kind, outcome
+    if stopped == names.INTERRUPTION_DRAINED:
+        return names.OUTCOME_INTERRUPTED, Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_DRAINED)
+    if stopped == names.REASON_PROGRESS_DEADLINE:
+        if outcome.kind == names.OUTCOME_INTERRUPTED:
+            return outcome.kind, outcome  # its node went (or told of a reclaim) meanwhile: not the task's fault
+        return names.OUTCOME_FAILED, Outcome(
+            names.OUTCOME_FAILED, stopped, exit_code=outcome.exit_code, message="stopped: no checkpoint in time"
+        )
+    if stopped == names.REASON_NO_SPOT_CAPACITY:
+        if (pod or {}).get("spec", {}).get("nodeName"):
+            # Bound just as it was removed (the delete was refused, or the operator stopped between
+            # the two writes): it ran, so it ends as any pod does.
+            return outcome.kind, outcome
+        return names.OUTCOME_RESCHEDULED, Outcome(names.OUTCOME_RESCHEDULED, stopped)
+    return OUTCOME_STOPPED, outcome
