@@ -95,6 +95,10 @@ class Cluster:
             self.config["apiserver"], str(self.pki / "ca.crt"), str(self.pki / "admin.crt"), str(self.pki / "admin.key")
         )
 
+    def node_running(self, name: str) -> bool:
+        """Whether node NAME's kubelet runs (its VM is on)."""
+        return self._pid(f"kubelet-{name}") is not None
+
     def _pid(self, name: str) -> int | None:
         path = self.pids / f"{name}.pid"
         if not path.exists():
