@@ -19,7 +19,8 @@ Obj = dict[str, Any]
 LOSING = (names.OUTCOME_INTERRUPTED, names.OUTCOME_FAILED)
 
 
-def _parse(text: str | None) -> datetime.datetime | None:
+def parse_time(text: str | None) -> datetime.datetime | None:
+    """A Kubernetes or manifest time (Z or an offset; naive taken as UTC), None when absent or unreadable."""
     if not text:
         return None
     try:
@@ -33,24 +34,24 @@ def ended_at(pod: Obj) -> datetime.datetime | None:
     """When a pod's attempt ended: its last container finish, else its deletion, else its disruption."""
     status = pod.get("status", {})
     finishes = [
-        _parse(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+        parse_time(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
         for s in status.get("containerStatuses") or []
     ]
     known = [f for f in finishes if f is not None]
     if known:
         return max(known)
-    deleted = _parse(pod["metadata"].get("deletionTimestamp"))
+    deleted = parse_time(pod["metadata"].get("deletionTimestamp"))
     if deleted is not None:
         return deleted
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget":
-            return _parse(condition.get("lastTransitionTime"))
+            return parse_time(condition.get("lastTransitionTime"))
     return None
 
 
 def run_seconds(entry: Obj) -> float:
     """How long an attempt's pod ran: from its start to its end (0 when it never started)."""
-    start, end = _parse(entry.get("startTime")), _parse(entry.get("endTime"))
+    start, end = parse_time(entry.get("startTime")), parse_time(entry.get("endTime"))
     if start is None or end is None:
         return 0.0
     return max(0.0, (end - start).total_seconds())
@@ -59,10 +60,10 @@ def run_seconds(entry: Obj) -> float:
 def lost_seconds(entry: Obj, last_commit: str | None) -> float:
     """Work an attempt lost: from the later of its start and `last_commit` (the time of the newest
     checkpoint committed before it ended, by any attempt) to its end."""
-    start, end = _parse(entry.get("startTime")), _parse(entry.get("endTime"))
+    start, end = parse_time(entry.get("startTime")), parse_time(entry.get("endTime"))
     if start is None or end is None:
         return 0.0
-    commit = _parse(last_commit)
+    commit = parse_time(last_commit)
     since = max(start, commit) if commit is not None else start
     return round(max(0.0, (end - since).total_seconds()), 1)
 

@@ -19,22 +19,13 @@ import datetime
 from typing import Any
 
 from spotrun_operator import names
+from spotrun_operator.accounting import parse_time
 
 Obj = dict[str, Any]
 UNSCHEDULABLE = "Unschedulable"
 # A deadline whose check found storage unreadable is checked again this soon. The pod is left
 # running meanwhile: storage that fails says nothing about the task.
 STORAGE_RETRY_SECONDS = 15.0
-
-
-def _parse(text: str | None) -> datetime.datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def unschedulable_since(pod: Obj) -> datetime.datetime | None:
@@ -45,7 +36,8 @@ def unschedulable_since(pod: Obj) -> datetime.datetime | None:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             if condition.get("reason") != UNSCHEDULABLE:
                 return None
-            return _parse(condition.get("lastTransitionTime")) or _parse(pod["metadata"].get("creationTimestamp"))
+            since = condition.get("lastTransitionTime") or pod["metadata"].get("creationTimestamp")
+            return parse_time(since)
     return None
 
 
@@ -69,8 +61,8 @@ def task_started(pod: Obj) -> datetime.datetime | None:
     containers, which are not the task's time), else the pod's start."""
     status = pod.get("status") or {}
     starts = [
-        _parse(((entry.get("state") or {}).get("running") or {}).get("startedAt"))
-        or _parse(((entry.get("state") or {}).get("terminated") or {}).get("startedAt"))
+        parse_time(((entry.get("state") or {}).get("running") or {}).get("startedAt"))
+        or parse_time(((entry.get("state") or {}).get("terminated") or {}).get("startedAt"))
         for entry in status.get("containerStatuses") or []
     ]
     known = [s for s in starts if s is not None]
@@ -91,7 +83,7 @@ def progress_deadline(
     if started is None:
         return None
     since = started
-    committed = _parse((newest or {}).get("time"))
+    committed = parse_time((newest or {}).get("time"))
     if committed is not None and int((newest or {}).get("attempt", 0)) == attempt:
         since = max(since, min(committed, now))
     return since + datetime.timedelta(seconds=int(seconds))
