@@ -8,29 +8,25 @@ process, is written down in localcluster/README.md.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import datetime
-import http.server
 import json
 import logging
 import os
-import shutil
 import signal
-import socketserver
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 from localcluster import podspec
 from localcluster.kube import ApiError, Client
+from localcluster.logserver import LogHandler, ThreadingHTTPSServer
+from localcluster.volumes import Sources, differs, metadata_key, write_volume
 
 Obj = dict[str, Any]
 log = logging.getLogger("kubelet")
@@ -42,9 +38,6 @@ STATUS_REPORT_SECONDS = 20
 CRASH_BACKOFF_START, CRASH_BACKOFF_MAX = 10.0, 300.0
 MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES = 80
-DATA_DIR = "..data"  # the kubelet's AtomicWriter: the symlink to a volume's current payload
-
-Files = dict[str, tuple[bytes, int]]  # a volume's payload: relative path -> (contents, mode)
 
 
 def now() -> str:
@@ -53,79 +46,6 @@ def now() -> str:
 
 def micro_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def write_volume(target: Path, files: Files) -> bool:
-    """Writes a volume's payload into TARGET as the kubelet's AtomicWriter does; False when unchanged.
-
-    The files go into a new timestamped directory `..YYYY_MM_DD_HH_MM_SS.N`, then the symlink
-    `..data` is pointed at it with one rename, and each top-level name is a symlink `NAME ->
-    ..data/NAME`. TARGET itself is never replaced: a container has it bind-mounted (mounter.py),
-    and a bind mount holds on to the directory's inode, so only changes inside it are seen there.
-    A file is read whole, old or new, never half-written; and a reader that resolves `..data`
-    once reads one payload, never a mix of two."""
-    target.mkdir(parents=True, exist_ok=True)
-    data_link = target / DATA_DIR
-    old = os.readlink(data_link) if data_link.is_symlink() else ""
-    if old and _payload_of(target / old) == files:
-        return False
-    stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
-    new = Path(tempfile.mkdtemp(prefix=stamp, dir=target))
-    new.chmod(0o755)
-    for rel, (data, mode) in files.items():
-        path = new / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(mode)
-    tmp_link = target / (DATA_DIR + "_tmp")
-    tmp_link.unlink(missing_ok=True)
-    os.symlink(new.name, tmp_link)
-    os.replace(tmp_link, data_link)
-    visible = {Path(rel).parts[0] for rel in files}
-    for name in visible:
-        link, wanted = target / name, f"{DATA_DIR}/{name}"
-        if link.is_symlink() and os.readlink(link) == wanted:
-            continue
-        if link.is_dir() and not link.is_symlink():
-            shutil.rmtree(link)  # left by an older layout
-        tmp = target / f"..{name}.tmp"
-        tmp.unlink(missing_ok=True)
-        os.symlink(wanted, tmp)
-        os.replace(tmp, link)
-    # The kubelet removes the previous payload at once; it is kept here until the next write, so
-    # that a reader which resolved `..data` just before the swap still finds its file.
-    keep = {DATA_DIR, new.name, old}
-    for entry in target.iterdir():
-        if entry.name.startswith(".."):
-            if entry.name not in keep and entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)  # older payloads (and any a crash left behind)
-        elif entry.name not in visible and entry.is_symlink() and os.readlink(entry).startswith(DATA_DIR + "/"):
-            entry.unlink()  # a file the new payload no longer has
-    return True
-
-
-def _payload_of(directory: Path) -> Files | None:
-    """The payload a timestamped directory holds, as `write_volume` takes it; None when it is gone."""
-    if not directory.is_dir():
-        return None
-    files: Files = {}
-    for path in directory.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            files[str(path.relative_to(directory))] = (path.read_bytes(), path.stat().st_mode & 0o7777)
-    return files
-
-
-def _differs(target: Path, files: Files) -> bool:
-    """Whether any of FILES differs from what the volume at TARGET holds now."""
-    data_link = target / DATA_DIR
-    current = _payload_of(target / os.readlink(data_link)) if data_link.is_symlink() else None
-    return current is None or any(current.get(rel) != wanted for rel, wanted in files.items())
-
-
-def _metadata_key(pod: Obj) -> str:
-    """What a downward-API volume can show of the pod that can change while it runs."""
-    meta = pod["metadata"]
-    return json.dumps([meta.get("labels") or {}, meta.get("annotations") or {}], sort_keys=True)
 
 
 class Container:
@@ -198,6 +118,7 @@ class PodWorker:
         self.main = [Container(c, "main") for c in spec.get("containers") or []]
         self.prepared = False
         self.prepare_error = ""
+        self.sources = Sources(kubelet.client)
         self.volumes_metadata = ""  # the labels and annotations the downward-API volumes were written from
         self.refresh_error = ""
         self.start_time = ""
@@ -537,58 +458,7 @@ class PodWorker:
     # ----- volumes ---------------------------------------------------------------------------
 
     def _lookup(self, kind: str, name: str) -> Obj | None:
-        resource = "secrets" if kind == "secret" else "configmaps"
-        try:
-            return self.kubelet.client.get(f"/api/v1/namespaces/{self.namespace}/{resource}/{name}")
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def _keyed_files(self, kind: str, source: Obj, default_mode: int) -> Files:
-        name = source.get("secretName") or source.get("name") or ""
-        obj = self._lookup(kind, name)
-        if obj is None:
-            if source.get("optional"):
-                return {}
-            raise podspec.MissingReference(f'{kind} "{name}" not found')
-        data: dict[str, bytes] = {}
-        for key, value in (obj.get("data") or {}).items():
-            data[key] = base64.b64decode(value) if kind == "secret" else value.encode()
-        for key, value in (obj.get("binaryData") or {}).items():
-            data[key] = base64.b64decode(value)
-        items = source.get("items")
-        if not items:
-            return {k: (v, default_mode) for k, v in data.items()}
-        files = {}
-        for item in items:
-            if item["key"] not in data:
-                if source.get("optional"):
-                    continue
-                raise podspec.MissingReference(f'key "{item["key"]}" not found in {kind} "{name}"')
-            files[item["path"]] = (data[item["key"]], item.get("mode", default_mode))
-        return files
-
-    def _downward_files(self, pod: Obj, source: Obj, default_mode: int) -> Files:
-        files = {}
-        for item in source.get("items") or []:
-            value = podspec.field_value(pod, item["fieldRef"]["fieldPath"]) if "fieldRef" in item else "0"
-            files[item["path"]] = (value.encode(), item.get("mode", default_mode))
-        return files
-
-    def _token_files(self, source: Obj) -> Files:
-        sa = self.pod["spec"].get("serviceAccountName") or "default"
-        request = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {
-                "audiences": [source["audience"]] if source.get("audience") else None,
-                "expirationSeconds": source.get("expirationSeconds", 3607),
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.pod_name, "uid": self.uid},
-            },
-        }
-        answer = self.kubelet.client.create(f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token", request)
-        return {source.get("path", "token"): (answer["status"]["token"].encode(), 0o644)}
+        return self.sources.lookup(self.namespace, kind, name)
 
     def _prepare(self) -> None:
         """Materialises every volume of the pod under its directory (volumes/NAME)."""
@@ -601,8 +471,8 @@ class PodWorker:
                 target.mkdir(exist_ok=True)
                 target.chmod(0o777)
             elif "hostPath" not in volume:
-                write_volume(target, self._volume_files(pod, volume))
-        self.volumes_metadata = _metadata_key(pod)
+                write_volume(target, self.sources.files(pod, volume))
+        self.volumes_metadata = metadata_key(pod)
 
     def _refresh_downward_volumes(self) -> None:
         """Rewrites the downward-API volumes once the pod's labels or annotations changed, as the
@@ -612,7 +482,7 @@ class PodWorker:
         files change is rewritten whole, and its other sources (secrets, config maps, a token) are
         API requests."""
         pod = self.pod
-        key = _metadata_key(pod)
+        key = metadata_key(pod)
         if not self.prepared or key == self.volumes_metadata:
             return
         try:
@@ -620,10 +490,10 @@ class PodWorker:
                 target = self.dir / "volumes" / volume["name"]
                 # Only a volume whose downward-API files change: the service-account volume
                 # (namespace, token) is not rewritten, nor its token requested, for an annotation.
-                downward = self._downward_part(pod, volume)
-                if not downward or not _differs(target, downward):
+                downward = self.sources.downward_part(pod, volume)
+                if not downward or not differs(target, downward):
                     continue
-                if write_volume(target, self._volume_files(pod, volume)):
+                if write_volume(target, self.sources.files(pod, volume)):
                     name = volume["name"]
                     log.info("Updated volume %s of pod %s/%s to its new metadata", name, self.namespace, self.pod_name)
         except (podspec.MissingReference, ApiError, ValueError, OSError) as err:
@@ -634,49 +504,6 @@ class PodWorker:
             self.refresh_error = str(err)
             return
         self.volumes_metadata, self.refresh_error = key, ""
-
-    def _downward_part(self, pod: Obj, volume: Obj) -> Files:
-        """The downward-API files of a downwardAPI or projected volume; none for other volumes."""
-        if "downwardAPI" in volume:
-            src = volume["downwardAPI"]
-            return self._downward_files(pod, src, src.get("defaultMode", 0o644))
-        projected = volume.get("projected") or {}
-        files: Files = {}
-        for source in projected.get("sources") or []:
-            if "downwardAPI" in source:
-                files.update(self._downward_files(pod, source["downwardAPI"], projected.get("defaultMode", 0o644)))
-        return files
-
-    def _volume_files(self, pod: Obj, volume: Obj) -> Files:
-        """The payload of a secret, configMap, downwardAPI or projected volume, from POD's version."""
-        if "secret" in volume:
-            src = volume["secret"]
-            return self._keyed_files("secret", src, src.get("defaultMode", 0o644))
-        if "configMap" in volume:
-            src = volume["configMap"]
-            return self._keyed_files("configmap", src, src.get("defaultMode", 0o644))
-        if "downwardAPI" in volume:
-            src = volume["downwardAPI"]
-            return self._downward_files(pod, src, src.get("defaultMode", 0o644))
-        if "projected" in volume:
-            mode = volume["projected"].get("defaultMode", 0o644)
-            files: Files = {}
-            for source in volume["projected"].get("sources") or []:
-                if "serviceAccountToken" in source:
-                    files.update(self._token_files(source["serviceAccountToken"]))
-                elif "secret" in source:
-                    files.update(
-                        self._keyed_files(
-                            "secret", {**source["secret"], "secretName": source["secret"].get("name")}, mode
-                        )
-                    )
-                elif "configMap" in source:
-                    files.update(self._keyed_files("configmap", source["configMap"], mode))
-                elif "downwardAPI" in source:
-                    files.update(self._downward_files(pod, source["downwardAPI"], mode))
-            return files
-        kinds = sorted(k for k in volume if k != "name")
-        raise ValueError(f"volume {volume['name']!r} of type {kinds} is not supported by the process kubelet")
 
     def _mounts(self, c: Container, term_path: Path) -> list[Obj]:
         by_name = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
@@ -811,85 +638,6 @@ class PodWorker:
                     return
                 log.warning("Writing status of pod %s/%s failed: %s", self.namespace, self.pod_name, err)
                 return
-
-
-class _LogHandler(http.server.BaseHTTPRequestHandler):
-    """The kubelet's /containerLogs endpoint, which the apiserver proxies `kubectl logs` to."""
-
-    kubelet: Kubelet
-    protocol_version = "HTTP/1.1"  # chunked responses, which `kubectl logs -f` streams
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("log server: " + format, *args)
-
-    def do_GET(self) -> None:
-        url = urlparse(self.path)
-        parts = url.path.strip("/").split("/")
-        if url.path in ("/healthz", "/readyz"):
-            self._reply(200, b"ok")
-            return
-        if len(parts) != 4 or parts[0] != "containerLogs":
-            self._reply(404, b"not found")
-            return
-        _, namespace, name, container = parts
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        worker = self.kubelet.worker_by_name(namespace, name)
-        if worker is None:
-            self._reply(404, f'pod "{name}" not found on node {self.kubelet.node}'.encode())
-            return
-        path = worker.log_file(container, previous=query.get("previous") == "true")
-        if path is None:
-            self._reply(400, f'container "{container}" in pod "{name}" has no logs yet'.encode())
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        data = path.read_bytes()
-        if "tailLines" in query:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-int(query["tailLines"]) :]) if int(query["tailLines"]) > 0 else b""
-        limit = int(query["limitBytes"]) if "limitBytes" in query else None
-        sent = 0
-
-        def send(chunk: bytes) -> bool:
-            nonlocal sent
-            if limit is not None:
-                chunk = chunk[: max(limit - sent, 0)]
-            if not chunk:
-                return limit is None or sent < limit
-            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            self.wfile.flush()
-            sent += len(chunk)
-            return limit is None or sent < limit
-
-        try:
-            more = send(data)
-            if query.get("follow") == "true" and more:
-                with open(path, "rb") as f:
-                    f.seek(len(path.read_bytes()) if "tailLines" in query else len(data))
-                    while more:
-                        chunk = f.read(65536)
-                        if chunk:
-                            more = send(chunk)
-                        elif not worker.is_running(container) or worker.log_file(container, False) != path:
-                            break
-                        else:
-                            time.sleep(0.2)
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def _reply(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _ThreadingHTTPSServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
 
 
 class Kubelet:
@@ -1102,8 +850,8 @@ class Kubelet:
         context.load_cert_chain(str(pki / "kubelet-serving.crt"), str(pki / "kubelet-serving.key"))
         context.load_verify_locations(str(pki / "ca.crt"))
         context.verify_mode = ssl.CERT_REQUIRED  # only the apiserver's kubelet-client certificate gets in
-        handler = type("Handler", (_LogHandler,), {"kubelet": self})
-        server = _ThreadingHTTPSServer(("127.0.0.1", self.config["port"]), handler)
+        handler = type("Handler", (LogHandler,), {"kubelet": self})
+        server = ThreadingHTTPSServer(("127.0.0.1", self.config["port"]), handler)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         server.serve_forever()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import podspec
-from localcluster.kubelet import DATA_DIR, write_volume
+from localcluster.volumes import DATA_DIR, write_volume
 
 POD = {
     "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "x"}, "annotations": {}},
