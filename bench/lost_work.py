@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from spotrun_operator.config import PROFILES  # noqa: E402
 from localcluster.cluster import Cluster  # noqa: E402
 from localcluster.kube import ApiError, Client  # noqa: E402
 from tests.integration.helpers import wait_for  # noqa: E402
-from tests.integration.operator_fixtures import SECRET, install, kubectl, taskrun  # noqa: E402
+from tests.integration.operator_fixtures import install, kubectl, new_task_namespace, taskrun  # noqa: E402
 
 Obj = dict[str, Any]
 TRAIN = REPO / "examples" / "train.py"
@@ -116,15 +115,7 @@ def main() -> None:
     if not cluster.running():
         raise SystemExit("the local cluster is not running: run `make up` first")
     kube = cluster.admin()
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
-    wait_for(lambda: kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"), 30, "the namespace")
-    env = cluster.env_vars()
-    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
-    kube.create(
-        f"/api/v1/namespaces/{namespace}/secrets",
-        {"metadata": {"name": SECRET}, "stringData": {k: env[k] for k in keys}},
-    )
+    namespace = new_task_namespace(cluster, kube, "bench")
     workdir = Path(tempfile.mkdtemp(prefix="spotrun-bench-"))
     profile = workdir / "profile.json"
     profile.write_text(json.dumps({**PROFILES["generic"], "noticeTaints": {NOTICE_TAINT: 20}}))

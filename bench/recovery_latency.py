@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from localcluster.cluster import Cluster  # noqa: E402
 from localcluster.images import PROJECT_IMAGE  # noqa: E402
 from localcluster.kube import Client  # noqa: E402
 from tests.integration.helpers import SPOT_TOLERATION, wait_for  # noqa: E402
-from tests.integration.operator_fixtures import SECRET, install, steps_taskrun  # noqa: E402
+from tests.integration.operator_fixtures import install, new_task_namespace, steps_taskrun  # noqa: E402
 
 Obj = dict[str, Any]
 SPOT = {"nodeSelector": {"spotrun.dev/capacity": "spot"}, "tolerations": [SPOT_TOLERATION]}
@@ -141,19 +140,7 @@ def main() -> None:
     if not cluster.running():
         raise SystemExit("the local cluster is not running: run `make up` first")
     kube = cluster.admin()
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
-    wait_for(lambda: kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"), 30, "the namespace")
-    env = cluster.env_vars()
-    kube.create(
-        f"/api/v1/namespaces/{namespace}/secrets",
-        {
-            "metadata": {"name": SECRET},
-            "stringData": {
-                k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
-            },
-        },
-    )
+    namespace = new_task_namespace(cluster, kube, "bench")
     operator = install(cluster, kube, Path(tempfile.mkdtemp(prefix="spotrun-bench-")))
     operator.start()
     watch = PodWatch(kube, namespace)

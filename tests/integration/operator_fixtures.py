@@ -144,14 +144,28 @@ def no_other_operator(operator: Operator) -> Iterator[None]:
         operator.start()
 
 
-@pytest.fixture
-def task_namespace(namespace: str, kube: Client, cluster: Cluster, operator: Operator) -> str:
+def add_s3_secret(cluster: Cluster, kube: Client, namespace: str) -> None:
+    """The Secret SECRET in NAMESPACE with the cluster's S3 endpoint and keys, for its pods' envFrom."""
     env = cluster.env_vars()
     data = {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")}
     kube.create(
         f"/api/v1/namespaces/{namespace}/secrets",
         {"metadata": {"name": SECRET}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}},
     )
+
+
+def new_task_namespace(cluster: Cluster, kube: Client, prefix: str) -> str:
+    """A namespace PREFIX-xxxxxx, its default ServiceAccount there, with the S3 Secret: for benchmarks."""
+    namespace = f"{prefix}-{os.urandom(3).hex()}"
+    kube.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+    wait_for(lambda: kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"), 30, "the namespace")
+    add_s3_secret(cluster, kube, namespace)
+    return namespace
+
+
+@pytest.fixture
+def task_namespace(namespace: str, kube: Client, cluster: Cluster, operator: Operator) -> str:
+    add_s3_secret(cluster, kube, namespace)
     return namespace
 
 
