@@ -257,6 +257,9 @@ class _Pass:
                 message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
             entry = record(pod, n, outcome, kind, self.now)
+            start = self.old.get("startCheckpoint") or {}
+            if int(start.get("attempt", 0)) == n and start.get("id"):
+                entry["resumedFrom"] = start["id"]
             self._place(entry, pod)
             if finished(pod):
                 self._account(entry)
@@ -671,6 +674,11 @@ class _Pass:
             self._drop_budget()
         st.pop("drain", None)
         st.pop("notice", None)
+        newest = st["checkpoint"].get("id")  # read when the attempt before was counted
+        if newest:
+            st["startCheckpoint"] = {"attempt": next_attempt, "id": newest}
+        else:
+            st.pop("startCheckpoint", None)
         st.pop("progressDeadline", None)
         st.pop(PROGRESS_UNREADABLE, None)
         st["attempt"] = next_attempt
@@ -700,7 +708,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
     old: Obj = taskrun.get("status") or {}
     st = decision.status
     pod_name = (decision.create or {}).get("metadata", {}).get("name", "the pod")
-    for key in ("attempt", "podName", "nodeName", "capacity", "startTime", "memory"):
+    for key in ("attempt", "podName", "nodeName", "capacity", "startTime", "memory", "startCheckpoint"):
         if key in old:
             st[key] = old[key]
         else:

@@ -1,4 +1,5 @@
-"""The `spotrun` command: run tasks locally, inspect checkpoints, and the directory mode."""
+"""The `spotrun` command: run tasks locally, inspect checkpoints, the directory mode, and TaskRuns on a
+cluster (`_cluster_cli`; also installed as `kubectl-spotrun`, so `kubectl spotrun ...` works)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from spotrun import _preemption
+from spotrun import _cluster_cli, _preemption
 from spotrun._checkpoint import MARKER, Checkpoint
 from spotrun._context import Settings
 from spotrun._errors import ConfigError, SpotrunError, StorageError
@@ -29,9 +30,14 @@ from spotrun._storage import open_storage
 log = logging.getLogger("spotrun.cli")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def kubectl_main() -> int:
+    """`kubectl spotrun ...`: kubectl runs the plugin `kubectl-spotrun` with the rest of the line."""
+    return main(prog="kubectl spotrun")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "spotrun") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = _parser()
+    parser = _parser(prog)
     args, extra = parser.parse_known_args(argv)
     if args.command != "run" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -42,9 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spotrun", description="Checkpointed tasks on preemptible capacity.")
+def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Checkpointed tasks on preemptible capacity.")
     sub = parser.add_subparsers(dest="command", required=True)
+    flags = _cluster_cli.cluster_flags()
+    _cluster_cli.add_commands(sub, flags)
 
     run = sub.add_parser("run", help="run a @spotrun.task (or workflow) locally, with its retries")
     run.add_argument("file", type=Path, help="the Python file that defines it")
@@ -54,16 +62,17 @@ def _parser() -> argparse.ArgumentParser:
 
     checkpoints = sub.add_parser("checkpoints", help="list, show or download a run's checkpoints")
     cp_sub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
-    listing = cp_sub.add_parser("list", help="committed checkpoints, newest first")
-    listing.add_argument("uri", help="s3://BUCKET/PREFIX or a directory")
+    where = "a TaskRun's name (its status.checkpoint.uri, read with kubectl), s3://BUCKET/PREFIX or a directory"
+    listing = cp_sub.add_parser("list", help="committed checkpoints, newest first", parents=[flags])
+    listing.add_argument("uri", metavar="NAME|URI", help=where)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_checkpoints_list)
-    show = cp_sub.add_parser("show", help="one checkpoint's manifest (the newest by default)")
-    show.add_argument("uri")
+    show = cp_sub.add_parser("show", help="one checkpoint's manifest (the newest by default)", parents=[flags])
+    show.add_argument("uri", metavar="NAME|URI", help=where)
     show.add_argument("id", nargs="?", help="checkpoint id, as `list` prints it")
     show.set_defaults(handler=_checkpoints_show)
-    download = cp_sub.add_parser("download", help="download and verify a checkpoint into a directory")
-    download.add_argument("uri")
+    download = cp_sub.add_parser("download", help="download and verify a checkpoint into a directory", parents=[flags])
+    download.add_argument("uri", metavar="NAME|URI", help=where)
     download.add_argument("dir", type=Path)
     download.set_defaults(handler=_checkpoints_download)
 
@@ -149,8 +158,22 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 # ----- checkpoints -----------------------------------------------------------------------------
 
 
-def _reader(uri: str) -> Checkpoint:
-    return Checkpoint(open_storage(uri, read_only=True))
+def _where(args: argparse.Namespace) -> str:
+    """The checkpoint URI `args.uri` names: itself (s3:// or an existing directory), else the
+    TaskRun of that name's status.checkpoint.uri. Sets args.uri to it, for messages."""
+    given = str(args.uri)
+    if given.startswith("s3://") or Path(given).is_dir() or "/" in given:
+        return given
+    taskrun = _cluster_cli.kubectl(args).taskrun(given)
+    uri = ((taskrun.get("status") or {}).get("checkpoint") or {}).get("uri")
+    if not uri:
+        raise ConfigError(f"TaskRun {given} has no checkpoint URI yet (no operator has seen it, or none is configured)")
+    args.uri = uri
+    return str(uri)
+
+
+def _reader(args: argparse.Namespace) -> Checkpoint:
+    return Checkpoint(open_storage(_where(args), read_only=True))
 
 
 def _info_json(info: CheckpointInfo) -> dict[str, Any]:
@@ -160,7 +183,7 @@ def _info_json(info: CheckpointInfo) -> dict[str, Any]:
 
 
 def _checkpoints_list(args: argparse.Namespace, extra: list[str]) -> int:
-    infos = _reader(args.uri).list()
+    infos = _reader(args).list()
     if args.json:
         print(json.dumps([_info_json(i) for i in infos], indent=2))
         return 0
@@ -175,7 +198,7 @@ def _checkpoints_list(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
-    checkpoint = _reader(args.uri)
+    checkpoint = _reader(args)
     cid = args.id
     if cid is None:
         latest = checkpoint.latest()
@@ -191,7 +214,7 @@ def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
-    restored = _reader(args.uri).restore(args.dir)
+    restored = _reader(args).restore(args.dir)
     if restored is None:
         print(f"no committed checkpoints in {args.uri}", file=sys.stderr)
         return 1

@@ -476,3 +476,24 @@ def test_an_attempt_not_yet_counted_without_its_pod_in_the_cache_is_looked_up_li
     foreign = running(2)
     foreign["metadata"]["ownerReferences"][0]["uid"] = "an-earlier-taskrun-of-this-name"
     assert unseen_attempts(counted, [foreign]) == [2]
+
+
+def test_each_attempt_records_the_checkpoint_it_started_from() -> None:
+    class Stored:  # storage holds one checkpoint of attempt 1
+        def latest(self) -> Obj:
+            return {"id": "00001-00004", "attempt": 1, "step": 4, "time": "2026-11-27T11:59:00+00:00", "size": 1}
+
+        def newest_of(self, attempt: int) -> Obj:
+            return self.latest()
+
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    d = decide(tr, [pod_of(1, "preempted")], NODES, NOW, CONFIG, checkpoints=Stored())
+    assert d.create is not None
+    assert d.status["startCheckpoint"] == {"attempt": 2, "id": "00001-00004"}
+    later = apply(tr, d)
+    later["status"]["phase"] = "Running"
+    pods = [pod_of(1, "preempted", finalizer=False), pod_of(2, "succeeded")]
+    ended = decide(later, pods, NODES, NOW, CONFIG, checkpoints=Stored())
+    first, second = ended.status["attempts"]
+    assert "resumedFrom" not in first
+    assert second["resumedFrom"] == "00001-00004"

@@ -1,0 +1,276 @@
+"""`spotrun` on a cluster's TaskRuns (also `kubectl spotrun`): get, describe, logs, suspend, resume, delete."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from spotrun._cluster import RESOURCE, ClusterError, Kubectl, NotFoundError
+
+Obj = dict[str, Any]
+TERMINAL = ("Succeeded", "Failed")
+POLL_SECONDS = 1.0
+DELETE_CHECKPOINTS = "spotrun.dev/delete-checkpoints"  # the operator's annotation (names.py)
+
+EXAMPLES = {
+    "get": "examples:\n  spotrun get\n  spotrun get train -n ml\n  spotrun get -o yaml train",
+    "describe": "examples:\n  spotrun describe train\n  kubectl spotrun describe train --context prod -n ml",
+    "logs": (
+        "examples:\n  spotrun logs train             # the current attempt\n"
+        "  spotrun logs train -f          # follow, through preemptions, until the run ends\n"
+        "  spotrun logs train --attempt 1\n  spotrun logs train --all -f     # every attempt, lines prefixed"
+    ),
+    "suspend": "examples:\n  spotrun suspend train          # the pod is stopped gracefully; checkpoints are kept",
+    "resume": "examples:\n  spotrun resume train           # a new attempt resumes from the newest checkpoint",
+    "delete": (
+        "examples:\n  spotrun delete train                 # checkpoints are kept\n"
+        "  spotrun delete train --checkpoints   # and the operator deletes them"
+    ),
+}
+
+
+def cluster_flags() -> argparse.ArgumentParser:
+    """-n/--namespace, --context, --kubeconfig, as kubectl takes them."""
+    flags = argparse.ArgumentParser(add_help=False)
+    group = flags.add_argument_group("cluster (as kubectl)")
+    group.add_argument("-n", "--namespace", help="the namespace (default: the context's)")
+    group.add_argument("--context", help="the kubeconfig context (default: the current one)")
+    group.add_argument("--kubeconfig", help="the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    return flags
+
+
+def kubectl(args: argparse.Namespace) -> Kubectl:
+    return Kubectl(namespace=args.namespace, context=args.context, kubeconfig=args.kubeconfig)
+
+
+def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
+    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace, list[str]], int]) -> Any:
+        parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[flags],
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.set_defaults(handler=handler)
+        return parser
+
+    get = command("get", "list TaskRuns, or show one (kubectl's columns)", _get)
+    get.add_argument("name", nargs="?", help="a TaskRun (default: all in the namespace)")
+    get.add_argument("-o", "--output", choices=["wide", "json", "yaml", "name"], help="as kubectl get -o")
+    describe = command("describe", "a TaskRun's attempts, conditions and Events", _describe)
+    describe.add_argument("name")
+    logs = command("logs", "the logs of a TaskRun's attempts, across pods", _logs)
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep following, into the next attempts")
+    which = logs.add_mutually_exclusive_group()
+    which.add_argument("--attempt", type=int, help="this attempt's logs (default: the current one)")
+    which.add_argument("--all", action="store_true", help="every attempt whose pod is kept, each line prefixed")
+    for name, help_text, handler in (
+        ("suspend", "stop the pod gracefully; keep the checkpoints", _suspend),
+        ("resume", "start a new attempt from the newest checkpoint", _resume),
+    ):
+        command(name, help_text, handler).add_argument("name")
+    delete = command("delete", "delete a TaskRun (its checkpoints are kept unless --checkpoints)", _delete)
+    delete.add_argument("name")
+    delete.add_argument("--checkpoints", action="store_true", help="also delete its checkpoints (by the operator)")
+    delete.add_argument("--wait", action="store_true", help="until it is gone")
+
+
+# ----- get, describe ---------------------------------------------------------------------------
+
+
+def _get(args: argparse.Namespace, extra: list[str]) -> int:
+    cluster = kubectl(args)
+    argv = ["get", RESOURCE, *([args.name] if args.name else [])]
+    if args.output:
+        argv += ["-o", args.output]
+    print(cluster.run(*argv, what=f"TaskRun {args.name}" if args.name else "TaskRuns"), end="")
+    return 0
+
+
+def _age(stamp: str | None, now: datetime.datetime) -> str:
+    if not stamp:
+        return "-"
+    seconds = int((now - datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def describe_text(taskrun: Obj, events: list[Obj], now: datetime.datetime) -> str:
+    """What `spotrun describe` prints, from the TaskRun and its Events."""
+    meta, st = taskrun["metadata"], taskrun.get("status") or {}
+    checkpoint = st.get("checkpoint") or {}
+    newest = checkpoint.get("id")
+    lines = [
+        f"Name:           {meta['name']}",
+        f"Namespace:      {meta['namespace']}",
+        f"Phase:          {st.get('phase', 'Pending')}: {st.get('message', '')}".rstrip(": "),
+        f"Attempt:        {st.get('attempt', 0)} (failures {st.get('failures', 0)}, "
+        f"interruptions {st.get('interruptions', 0)})",
+        f"Capacity:       {st.get('capacity', (taskrun['spec'].get('capacity') or {}).get('type', 'spot'))}",
+        f"Checkpoints:    {checkpoint.get('uri', '-')}"
+        + (f" (newest {newest}, step {checkpoint.get('step')}, attempt {checkpoint.get('attempt')})" if newest else ""),
+    ]
+    if "lostSeconds" in st:
+        lines.append(f"Lost work:      {st['lostSeconds']}s")
+    if (st.get("cost") or {}).get("savedPercent") is not None:
+        lines.append(f"Saved:          {st['cost']['savedPercent']}% against on-demand")
+    if "result" in st:
+        lines.append(f"Result:         {json.dumps(st['result'])}")
+    attempts = list(st.get("attempts") or [])
+    current = int(st.get("attempt", 0))
+    if current and all(int(a["attempt"]) != current for a in attempts) and st.get("phase") not in TERMINAL:
+        attempts.append(
+            {
+                "attempt": current,
+                "pod": st.get("podName", ""),
+                "node": st.get("nodeName", ""),
+                "capacity": st.get("capacity", ""),
+                "outcome": f"({st.get('phase', 'Pending')})",
+            }
+        )
+    lines += ["", "Attempts:"]
+    header = ["ATTEMPT", "POD", "NODE", "CAPACITY", "OUTCOME", "REASON", "EXIT", "LOST", "RESUMED FROM"]
+    rows = [header] + [
+        [
+            str(a.get("attempt", "")),
+            a.get("pod") or "-",
+            a.get("node") or "-",
+            a.get("capacity") or "-",
+            a.get("outcome") or "-",
+            a.get("reason") or "-",
+            str(a["exitCode"]) if "exitCode" in a else "-",
+            f"{a['lostSeconds']}s" if "lostSeconds" in a else "-",
+            a.get("resumedFrom") or "-",
+        ]
+        for a in attempts
+    ]
+    lines += _table(rows) if attempts else ["  none yet"]
+    conditions = st.get("conditions") or []
+    lines += ["", "Conditions:"]
+    rows = [["TYPE", "STATUS", "REASON", "MESSAGE"]] + [
+        [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", "")] for c in conditions
+    ]
+    lines += _table(rows) if conditions else ["  none"]
+    lines += ["", "Events:"]
+    rows = [["AGE", "TYPE", "REASON", "MESSAGE"]] + [
+        [
+            _age(e.get("lastTimestamp") or e.get("eventTime"), now),
+            e.get("type", ""),
+            e.get("reason", ""),
+            e.get("message", ""),
+        ]
+        for e in events
+    ]
+    lines += _table(rows) if events else ["  none (Events are kept for an hour)"]
+    return "\n".join(lines)
+
+
+def _describe(args: argparse.Namespace, extra: list[str]) -> int:
+    cluster = kubectl(args)
+    taskrun = cluster.taskrun(args.name)
+    print(describe_text(taskrun, cluster.events(args.name), datetime.datetime.now(datetime.UTC)))
+    return 0
+
+
+# ----- suspend, resume, delete -------------------------------------------------------------------
+
+
+def _suspend(args: argparse.Namespace, extra: list[str]) -> int:
+    kubectl(args).patch_spec(args.name, {"suspend": True})
+    print(f"taskrun/{args.name} suspended: its pod is stopped gracefully, its checkpoints are kept")
+    return 0
+
+
+def _resume(args: argparse.Namespace, extra: list[str]) -> int:
+    kubectl(args).patch_spec(args.name, {"suspend": False})
+    print(f"taskrun/{args.name} resumed: a new attempt starts from its newest checkpoint")
+    return 0
+
+
+def _delete(args: argparse.Namespace, extra: list[str]) -> int:
+    cluster = kubectl(args)
+    if args.checkpoints:
+        cluster.annotate(args.name, DELETE_CHECKPOINTS, "true")
+    else:
+        cluster.taskrun(args.name)  # a clear "not found" before anything else
+    cluster.delete(args.name, wait=args.wait)
+    kept = "its checkpoints are deleted by the operator" if args.checkpoints else "its checkpoints are kept"
+    print(f"taskrun/{args.name} deleted; {kept}")
+    return 0
+
+
+# ----- logs --------------------------------------------------------------------------------------
+
+
+def attempt_pods(taskrun: Obj) -> dict[int, str]:
+    """Attempt -> its pod's name, from the history and the current attempt."""
+    st = taskrun.get("status") or {}
+    pods = {int(a["attempt"]): str(a["pod"]) for a in st.get("attempts") or [] if a.get("pod")}
+    if st.get("attempt") and st.get("podName"):
+        pods[int(st["attempt"])] = str(st["podName"])
+    return pods
+
+
+def _print_logs(cluster: Kubectl, pod: str, prefix: str, *, follow: bool) -> bool:
+    """Prints a pod's logs (following while it runs); False when they cannot be read (yet)."""
+    process = cluster.logs(pod, follow=follow)
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(prefix + line)
+        sys.stdout.flush()
+    process.wait()
+    return process.returncode == 0
+
+
+def _logs(args: argparse.Namespace, extra: list[str]) -> int:
+    """One attempt's logs (--attempt, or the current one), or every attempt's in order (--all); with
+    -f, the live attempt's are followed and then the next attempts' as the operator creates them,
+    until the run ends."""
+    cluster = kubectl(args)
+    taskrun = cluster.taskrun(args.name)
+    pods = attempt_pods(taskrun)
+    if not pods:
+        raise ClusterError(f"TaskRun {args.name} has no attempt yet: `spotrun describe {args.name}` says why")
+    if args.attempt is not None and args.attempt not in pods:
+        raise NotFoundError(f"TaskRun {args.name} has no attempt {args.attempt}; its attempts: {sorted(pods)}")
+    shown = min(pods) if args.all else (args.attempt or max(pods))
+    across = args.all or (args.follow and args.attempt is None)  # go on to the attempts after it
+    while True:
+        live = shown == max(pods) and (taskrun.get("status") or {}).get("phase") not in TERMINAL
+        prefix = f"[attempt {shown}] " if args.all else ""
+        if not _print_logs(cluster, pods[shown], prefix, follow=args.follow and live):
+            if args.follow and live:  # its containers have not started yet
+                time.sleep(POLL_SECONDS)
+                taskrun = cluster.taskrun(args.name)
+                pods = attempt_pods(taskrun)
+                continue
+            print(f"spotrun: the logs of attempt {shown} ({pods[shown]}) are gone with its pod", file=sys.stderr)
+        if not across:
+            return 0
+        while True:  # the next attempt, once the operator has created it
+            taskrun = cluster.taskrun(args.name)
+            pods = attempt_pods(taskrun)
+            following = [n for n in sorted(pods) if n > shown]
+            if following:
+                shown = following[0]
+                if not args.all:
+                    print(f"--- attempt {shown} ({pods[shown]}) ---", flush=True)
+                break
+            if not args.follow or (taskrun.get("status") or {}).get("phase") in TERMINAL:
+                return 0
+            time.sleep(POLL_SECONDS)

@@ -1,0 +1,199 @@
+"""`spotrun` on a cluster's TaskRuns, without a cluster: kubectl's errors, describe's text, each attempt's pod."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spotrun import _cli
+from spotrun._cluster import ClusterError, Kubectl, NotFoundError
+from spotrun._cluster_cli import attempt_pods, describe_text
+
+Obj = dict[str, Any]
+NOW = datetime.datetime(2026, 12, 2, 12, 0, 0, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind", "fragments"),
+    [
+        (
+            'error: the server doesn\'t have a resource type "taskruns"',
+            ClusterError,
+            ["TaskRun CRD is not installed", "helm install"],
+        ),
+        (
+            'Error from server (NotFound): taskruns.spotrun.dev "train" not found',
+            NotFoundError,
+            ["TaskRun train", "not found in context prod, namespace ml", "spotrun get"],
+        ),
+        (
+            "The connection to the server localhost:8080 was refused - did you specify the right host or port?",
+            ClusterError,
+            ["no cluster reachable", "kubectl config current-context"],
+        ),
+        (
+            "Unable to connect to the server: dial tcp: lookup nowhere: no such host",
+            ClusterError,
+            ["no cluster reachable"],
+        ),
+        ('error: context "nope" does not exist', ClusterError, ["kubectl failed", 'context "nope" does not exist']),
+        (
+            'Error from server (Forbidden): taskruns.spotrun.dev is forbidden: User "u" cannot list resource',
+            ClusterError,
+            ["refused it to you", "cannot list"],
+        ),
+    ],
+)
+def test_kubectl_errors_become_what_to_do(stderr: str, kind: type[Exception], fragments: list[str]) -> None:
+    err = Kubectl(namespace="ml", context="prod").explain(stderr, "TaskRun train")
+    assert type(err) is kind
+    for fragment in fragments:
+        assert fragment in str(err), f"{fragment!r} not in {err}"
+
+
+def test_without_kubectl_the_error_says_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ClusterError, match="kubectl is not on PATH"):
+        Kubectl().run("get", "pods")
+
+
+def test_the_cluster_flags_go_to_kubectl_as_kubectl_takes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda _: "/usr/bin/kubectl")
+    argv = Kubectl(namespace="ml", context="prod", kubeconfig="/k").argv("get", "taskruns.spotrun.dev")
+    assert argv == [
+        "/usr/bin/kubectl",
+        "--kubeconfig",
+        "/k",
+        "--context",
+        "prod",
+        "--namespace",
+        "ml",
+        "get",
+        "taskruns.spotrun.dev",
+    ]
+    assert Kubectl().argv("get")[1:] == ["get"]
+
+
+def taskrun(**status: Any) -> Obj:
+    return {
+        "metadata": {"name": "train", "namespace": "ml"},
+        "spec": {"template": {}, "capacity": {"type": "spot"}},
+        "status": status,
+    }
+
+
+HISTORY = [
+    {
+        "attempt": 1,
+        "pod": "train-a1",
+        "node": "spot-1",
+        "capacity": "spot",
+        "outcome": "Interrupted",
+        "reason": "TerminationByKubelet",
+        "exitCode": 143,
+        "lostSeconds": 2.5,
+    },
+    {
+        "attempt": 2,
+        "pod": "train-a2",
+        "node": "spot-2",
+        "capacity": "spot",
+        "outcome": "Failed",
+        "reason": "Error",
+        "exitCode": 1,
+        "lostSeconds": 4.0,
+        "resumedFrom": "00001-00003",
+    },
+]
+
+
+def test_describe_shows_every_attempt_with_where_it_ran_how_it_ended_and_what_it_resumed_from() -> None:
+    tr = taskrun(
+        phase="Running",
+        message="attempt 3 is running on ondemand-1",
+        attempt=3,
+        failures=1,
+        interruptions=1,
+        capacity="on-demand",
+        podName="train-a3",
+        nodeName="ondemand-1",
+        checkpoint={"uri": "s3://b/ml/train/", "id": "00002-00001", "step": 9, "attempt": 2},
+        lostSeconds=6.5,
+        attempts=HISTORY,
+        conditions=[{"type": "Ready", "status": "True", "reason": "PodRunning", "message": "attempt 3 is running"}],
+    )
+    events = [
+        {
+            "type": "Warning",
+            "reason": "AttemptInterrupted",
+            "message": "Attempt 1 (train-a1) interrupted",
+            "lastTimestamp": "2026-12-02T11:58:00Z",
+        },
+    ]
+    text = describe_text(tr, events, NOW)
+    assert "Phase:          Running: attempt 3 is running on ondemand-1" in text
+    assert "Attempt:        3 (failures 1, interruptions 1)" in text
+    assert "s3://b/ml/train/ (newest 00002-00001, step 9, attempt 2)" in text
+    assert "Lost work:      6.5s" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
+    assert rows[0] == ["1", "train-a1", "spot-1", "spot", "Interrupted", "TerminationByKubelet", "143", "2.5s", "-"]
+    assert rows[1] == ["2", "train-a2", "spot-2", "spot", "Failed", "Error", "1", "4.0s", "00001-00003"]
+    assert rows[2][:5] == ["3", "train-a3", "ondemand-1", "on-demand", "(Running)"]
+    assert "PodRunning" in text
+    assert "2m" in text
+    assert "AttemptInterrupted" in text
+
+
+def test_describe_of_a_new_taskrun_says_there_is_nothing_yet() -> None:
+    text = describe_text(taskrun(), [], NOW)
+    assert "Attempts:\n  none yet" in text
+    assert "Events:\n  none" in text
+
+
+def test_the_pods_of_each_attempt_come_from_the_history_and_the_current_attempt() -> None:
+    assert attempt_pods(taskrun(attempt=3, podName="train-a3", attempts=HISTORY)) == {
+        1: "train-a1",
+        2: "train-a2",
+        3: "train-a3",
+    }
+    assert attempt_pods(taskrun()) == {}
+
+
+def test_checkpoints_take_a_uri_a_directory_or_a_taskrun_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+
+    def fake_taskrun(self: Kubectl, name: str) -> Obj:
+        asked.append(name)
+        return {"status": {"checkpoint": {"uri": str(tmp_path)}}}
+
+    monkeypatch.setattr(Kubectl, "taskrun", fake_taskrun)
+    assert _cli.main(["checkpoints", "list", "train", "-n", "ml"]) == 0
+    assert asked == ["train"]
+    assert _cli.main(["checkpoints", "list", str(tmp_path)]) == 0
+    assert asked == ["train"], "a directory is not looked up"
+
+
+def test_a_taskrun_without_a_checkpoint_uri_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(Kubectl, "taskrun", lambda self, name: {"status": {}})
+    assert _cli.main(["checkpoints", "list", "train"]) == 2
+    assert "TaskRun train has no checkpoint URI yet" in capsys.readouterr().err
+
+
+def test_every_cluster_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("get", "describe", "logs", "suspend", "resume", "delete"):
+        with pytest.raises(SystemExit) as done:
+            _cli.main([command, "--help"])
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        for part in ("examples:", "--context", "--namespace"):
+            assert part in out, command
+
+
+def test_kubectl_spotrun_names_itself_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _cli.main(["--help"], prog="kubectl spotrun")
+    assert capsys.readouterr().out.startswith("usage: kubectl spotrun")
