@@ -26,6 +26,7 @@ from spotrun._errors import ConfigError, SpotrunError, StorageError
 from spotrun._manifest import CheckpointInfo, manifest_key
 from spotrun._preemption import Notice
 from spotrun._storage import open_storage
+from spotrun._submit import convert
 
 log = logging.getLogger("spotrun.cli")
 
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "spotrun") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = _parser(prog)
     args, extra = parser.parse_known_args(argv)
-    if args.command != "run" and extra:
+    if args.command not in ("run", "submit") and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args, extra))
@@ -125,24 +126,11 @@ def _task_arguments(func: Callable[..., Any], extra: list[str]) -> dict[str, Any
             raw = items.pop(0)
         else:
             raise ConfigError(f"--{name} needs a value")
-        values[name] = _convert(raw, hints.get(name, str), name)
+        values[name] = convert(raw, hints.get(name, str), name)
     missing = [n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty and n not in values]
     if missing:
         raise ConfigError(f"{func.__name__}() needs {', '.join('--' + n for n in missing)}")
     return values
-
-
-def _convert(raw: str, kind: Any, name: str) -> Any:
-    try:
-        if kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if kind in (int, float, str):
-            return kind(raw)
-        return json.loads(raw)
-    except ValueError:
-        raise ConfigError(f"--{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:

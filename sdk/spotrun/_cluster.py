@@ -128,6 +128,12 @@ class Kubectl:
         applied: Obj = json.loads(self.run("apply", "-o", "json", "-f", "-", stdin=json.dumps(body), what=what))
         return applied
 
+    def create(self, body: Obj) -> Obj:
+        """kubectl create: refused when it exists (apply would change someone else's)."""
+        what = f"{body['kind']} {body['metadata']['name']}"
+        created: Obj = json.loads(self.run("create", "-o", "json", "-f", "-", stdin=json.dumps(body), what=what))
+        return created
+
     def logs(self, pod: str, *, follow: bool, container: str | None = None) -> subprocess.Popen[str]:
         """`kubectl logs` of a pod (every container unless `container`), as a process to read lines from."""
         args = ["logs", pod, f"--follow={str(follow).lower()}"]

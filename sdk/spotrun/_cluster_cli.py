@@ -1,16 +1,21 @@
-"""`spotrun` on a cluster's TaskRuns (also `kubectl spotrun`): get, describe, logs, suspend, resume, delete."""
+"""`spotrun` on a cluster's TaskRuns (also `kubectl spotrun`): submit, get, describe, logs, suspend, resume, delete."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import re
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from spotrun import _submit
 from spotrun._cluster import RESOURCE, ClusterError, Kubectl, NotFoundError
+from spotrun._errors import ConfigError
 
 Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed")
@@ -18,6 +23,13 @@ POLL_SECONDS = 1.0
 DELETE_CHECKPOINTS = "spotrun.dev/delete-checkpoints"  # the operator's annotation (names.py)
 
 EXAMPLES = {
+    "submit": (
+        "examples:\n  spotrun submit examples/checkpoint_seed.py use_checkpoint --n_iterations 10 \\\n"
+        "      --image ghcr.io/spotrun/spotrun:0.1.0 --retries 3 --wait\n"
+        "  spotrun submit train.py train --image my-task:1 --package . --epochs 10 --lr 0.01\n"
+        "  spotrun submit train.py train --image my-task:1 --dry-run    # print the YAML, create nothing\n"
+        "  spotrun submit t.py t --image i -- --name x   # a task parameter named like an option: after --"
+    ),
     "get": "examples:\n  spotrun get\n  spotrun get train -n ml\n  spotrun get -o yaml train",
     "describe": "examples:\n  spotrun describe train\n  kubectl spotrun describe train --context prod -n ml",
     "logs": (
@@ -61,6 +73,21 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
         parser.set_defaults(handler=handler)
         return parser
 
+    submit = command("submit", "run a task of a Python file as a TaskRun, its code shipped in a ConfigMap", _submit_run)
+    submit.add_argument("file", type=Path, help="the Python file that defines the task")
+    submit.add_argument("task", help="the function's name; its arguments follow as --name value")
+    submit.add_argument("--image", help="an image with the spotrun SDK and the task's dependencies (required)")
+    submit.add_argument("--capacity", choices=["spot", "on-demand", "any"], default="spot")
+    submit.add_argument("--retries", type=int, help="failures retried (default: the operator's)")
+    submit.add_argument("--max-interruptions", type=int, help="interruptions tolerated (default: the operator's)")
+    submit.add_argument("--name", dest="run_name", help="the TaskRun's name (default: FILE-TASK-xxxxx)")
+    submit.add_argument(
+        "--package", type=Path, help=f"ship this directory (FILE in it), at most {_submit.MOST_CODE_BYTES // 1024} KiB"
+    )
+    submit.add_argument("--wait", action="store_true", help="follow it to its end; exit 0 only when it Succeeded")
+    submit.add_argument(
+        "--dry-run", action="store_true", help="print the ConfigMap and TaskRun as YAML; create nothing"
+    )
     get = command("get", "list TaskRuns, or show one (kubectl's columns)", _get)
     get.add_argument("name", nargs="?", help="a TaskRun (default: all in the namespace)")
     get.add_argument("-o", "--output", choices=["wide", "json", "yaml", "name"], help="as kubectl get -o")
@@ -91,7 +118,8 @@ def _get(args: argparse.Namespace, extra: list[str]) -> int:
     argv = ["get", RESOURCE, *([args.name] if args.name else [])]
     if args.output:
         argv += ["-o", args.output]
-    print(cluster.run(*argv, what=f"TaskRun {args.name}" if args.name else "TaskRuns"), end="")
+    out = cluster.run(*argv, what=f"TaskRun {args.name}" if args.name else "TaskRuns")
+    print(out or f"No TaskRuns in {cluster.where()}", end="" if out else "\n")
     return 0
 
 
@@ -274,3 +302,96 @@ def _logs(args: argparse.Namespace, extra: list[str]) -> int:
             if not args.follow or (taskrun.get("status") or {}).get("phase") in TERMINAL:
                 return 0
             time.sleep(POLL_SECONDS)
+
+
+# ----- submit ------------------------------------------------------------------------------------
+
+IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+
+
+def _run_name(file: Path, task: str) -> str:
+    """FILE-TASK-xxxxx as a DNS name: lower case, '-' for anything else, at most 63 characters."""
+    base = re.sub(r"[^a-z0-9-]+", "-", f"{file.stem}-{task}".lower()).strip("-")[:50].strip("-") or "task"
+    return f"{base}-{uuid.uuid4().hex[:5]}"
+
+
+def _submit_run(args: argparse.Namespace, extra: list[str]) -> int:
+    if not args.image:
+        raise ConfigError(
+            "--image IMAGE is required: an image with the spotrun SDK and the task's dependencies, "
+            "e.g. ghcr.io/spotrun/spotrun:0.1.0 (the code itself travels in a ConfigMap)"
+        )
+    task_args = _submit.task_arguments(args.file, args.task, [a for a in extra if a != "--"])
+    files, entry = _submit.code_files(args.file, args.package)
+    name = args.run_name or _run_name(args.file, args.task)
+    submission = _submit.Submission(
+        name=name,
+        file=args.file,
+        task=args.task,
+        image=args.image,
+        arguments=task_args,
+        package=args.package,
+        capacity=args.capacity,
+        retries=args.retries,
+        max_interruptions=args.max_interruptions,
+        namespace=args.namespace,
+    )
+    code = _submit.configmap(_submit.code_name(name), args.namespace, files)
+    taskrun = _submit.taskrun(submission, files, entry)
+    if args.dry_run:
+        print(_submit.to_yaml(code) + "\n---\n" + _submit.to_yaml(taskrun))
+        return 0
+    cluster = kubectl(args)
+    try:
+        cluster.taskrun(name)
+    except NotFoundError:
+        pass
+    else:
+        raise ConfigError(f"TaskRun {name} exists already in {cluster.where()}: choose another --name")
+    cluster.apply(code)
+    try:
+        created = cluster.create(taskrun)
+    except ClusterError:
+        cluster.run("delete", "configmap", code["metadata"]["name"], "--ignore-not-found", what="the code ConfigMap")
+        raise
+    owner = {
+        "apiVersion": "spotrun.dev/v1alpha1",
+        "kind": "TaskRun",
+        "name": name,
+        "uid": created["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+    }
+    patch = json.dumps({"metadata": {"ownerReferences": [owner]}})
+    cluster.run(
+        "patch", "configmap", code["metadata"]["name"], "--type", "merge", "-p", patch, what="the code ConfigMap"
+    )
+    print(f"taskrun/{name} submitted ({len(files)} file(s) of code); follow it: spotrun logs {name} -f", flush=True)
+    if not args.wait:
+        return 0
+    return _wait(cluster, name)
+
+
+def _wait(cluster: Kubectl, name: str) -> int:
+    """Until the TaskRun ends: prints each new phase, then its result; 0 only when it Succeeded."""
+    said = ""
+    while True:
+        st = cluster.taskrun(name).get("status") or {}
+        phase, message = st.get("phase", "Pending"), st.get("message", "")
+        line = f"{phase}: {message}" if message else phase
+        if line != said:
+            print(f"taskrun/{name}: {line}", flush=True)
+            said = line
+        if phase in TERMINAL:
+            if phase == "Succeeded":
+                print(json.dumps(st.get("result")))
+                return 0
+            return 1
+        ready: Obj = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if ready.get("reason") in IMAGE_ERRORS:
+            print(
+                f"spotrun: the image of {name} cannot be pulled ({ready['reason']}): check --image; "
+                f"the TaskRun is left as it is (`spotrun delete {name}`)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(POLL_SECONDS)
