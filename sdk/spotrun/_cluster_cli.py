@@ -30,6 +30,10 @@ EXAMPLES = {
         "  spotrun submit train.py train --image my-task:1 --dry-run    # print the YAML, create nothing\n"
         "  spotrun submit t.py t --image i -- --name x   # a task parameter named like an option: after --"
     ),
+    "completion": (
+        "examples:\n  source <(spotrun completion bash)          # this shell\n"
+        "  spotrun completion bash > /etc/bash_completion.d/spotrun\n  source <(spotrun completion zsh)"
+    ),
     "get": "examples:\n  spotrun get\n  spotrun get train -n ml\n  spotrun get -o yaml train",
     "describe": "examples:\n  spotrun describe train\n  kubectl spotrun describe train --context prod -n ml",
     "logs": (
@@ -61,12 +65,14 @@ def kubectl(args: argparse.Namespace) -> Kubectl:
 
 
 def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
-    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace, list[str]], int]) -> Any:
+    def command(
+        name: str, help_text: str, handler: Callable[[argparse.Namespace, list[str]], int], *, cluster: bool = True
+    ) -> Any:
         parser = sub.add_parser(
             name,
             help=help_text,
             description=help_text,
-            parents=[flags],
+            parents=[flags] if cluster else [],
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -88,6 +94,8 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
     submit.add_argument(
         "--dry-run", action="store_true", help="print the ConfigMap and TaskRun as YAML; create nothing"
     )
+    completion = command("completion", "print a shell completion script", _completion, cluster=False)
+    completion.add_argument("shell", choices=["bash", "zsh"])
     get = command("get", "list TaskRuns, or show one (kubectl's columns)", _get)
     get.add_argument("name", nargs="?", help="a TaskRun (default: all in the namespace)")
     get.add_argument("-o", "--output", choices=["wide", "json", "yaml", "name"], help="as kubectl get -o")
@@ -108,6 +116,13 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
     delete.add_argument("name")
     delete.add_argument("--checkpoints", action="store_true", help="also delete its checkpoints (by the operator)")
     delete.add_argument("--wait", action="store_true", help="until it is gone")
+
+
+def _completion(args: argparse.Namespace, extra: list[str]) -> int:
+    from spotrun._cli import _parser  # noqa: PLC0415 - the whole command line, built there
+
+    print(completion_script(_parser(), args.shell), end="")
+    return 0
 
 
 # ----- get, describe ---------------------------------------------------------------------------
@@ -395,3 +410,45 @@ def _wait(cluster: Kubectl, name: str) -> int:
             )
             return 1
         time.sleep(POLL_SECONDS)
+
+
+# ----- completion --------------------------------------------------------------------------------
+
+NAMED = ("describe", "logs", "suspend", "resume", "delete", "get")  # commands whose argument is a TaskRun
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A bash (or zsh, through bashcompinit) completion of `spotrun` and `kubectl-spotrun`, from
+    PARSER: commands, each command's options, and TaskRun names from the cluster."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cases = []
+    for name, command in sub.choices.items():
+        options = sorted(o for a in command._actions for o in a.option_strings)
+        inner = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        words = " ".join([*options, *(inner.choices if inner else [])])
+        names = '$(spotrun get -o name "${ns[@]}" 2>/dev/null | sed "s|.*/||")' if name in NAMED else ""
+        cases.append(f'        {name}) words="{words} {names}" ;;')
+    body = "\n".join(cases)
+    script = f"""# spotrun completion ({shell}): source <(spotrun completion {shell})
+_spotrun() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" command="${{COMP_WORDS[1]}}" words ns=()
+    local i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in
+            -n|--namespace|--context|--kubeconfig) ns+=("${{COMP_WORDS[i]}}" "${{COMP_WORDS[i+1]}}") ;;
+        esac
+    done
+    if [[ $COMP_CWORD -eq 1 ]]; then
+        words="{" ".join(sub.choices)}"
+    else
+        case "$command" in
+{body}
+        esac
+    fi
+    COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+complete -o default -F _spotrun spotrun kubectl-spotrun
+"""
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,26 @@ def test_kubectl_spotrun_names_itself_so(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         _cli.main(["--help"], prog="kubectl spotrun")
     assert capsys.readouterr().out.startswith("usage: kubectl spotrun")
+
+
+def _complete(script: str, *words: str) -> list[str]:
+    line = " ".join(words)
+    program = f'{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _spotrun; echo "${{COMPREPLY[@]}}"'
+    done = subprocess.run(
+        ["bash", "-c", program], capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    return done.stdout.split()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_the_completion_script_completes_commands_and_their_options(shell: str, capsys: Any) -> None:
+    assert _cli.main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    if shell == "zsh":
+        assert script.startswith("autoload -U +X bashcompinit && bashcompinit")
+        script = script.split("\n", 1)[1]
+    assert _complete(script, "spotrun", "lo") == ["logs"]
+    assert _complete(script, "spotrun", "s") == ["submit", "suspend", "sync"]
+    assert _complete(script, "spotrun", "logs", "--fo") == ["--follow"]
+    assert _complete(script, "spotrun", "submit", "--im") == ["--image"]
+    assert _complete(script, "spotrun", "checkpoints", "d") == ["download"]
