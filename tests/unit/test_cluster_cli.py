@@ -221,3 +221,81 @@ def test_the_completion_script_completes_commands_and_their_options(shell: str, 
     assert _complete(script, "spotrun", "logs", "--fo") == ["--follow"]
     assert _complete(script, "spotrun", "submit", "--im") == ["--image"]
     assert _complete(script, "spotrun", "checkpoints", "d") == ["download"]
+
+
+class FakeCluster:
+    """kubectl as `logs` sees it: the TaskRun's status at each read, and each pod's log lines."""
+
+    def __init__(self, statuses: list[Obj], logs: dict[str, list[str]], not_started: int = 0) -> None:
+        self.statuses, self.logs_of, self.reads, self.not_started = statuses, logs, 0, not_started
+        self.followed: list[tuple[str, bool]] = []
+
+    def taskrun(self, name: str) -> Obj:
+        st = self.statuses[min(self.reads, len(self.statuses) - 1)]
+        self.reads += 1
+        return {"metadata": {"name": name}, "status": st}
+
+    def logs(self, pod: str, *, follow: bool, container: str | None = None) -> Any:
+        self.followed.append((pod, follow))
+        starting = self.not_started > 0
+        self.not_started -= 1
+        lines = [] if starting else [f"{line}\n" for line in self.logs_of.get(pod, [])]
+        code = 1 if starting or pod not in self.logs_of else 0
+        return type("P", (), {"stdout": iter(lines), "wait": lambda self: None, "returncode": code})()
+
+
+def _running(attempt: int, history: list[Obj], phase: str = "Running") -> Obj:
+    return {"phase": phase, "attempt": attempt, "podName": f"t-a{attempt}", "attempts": history}
+
+
+A1 = {"attempt": 1, "pod": "t-a1", "outcome": "Interrupted"}
+A2 = {"attempt": 2, "pod": "t-a2", "outcome": "Succeeded"}
+
+
+def _logs(monkeypatch: pytest.MonkeyPatch, fake: FakeCluster, *argv: str) -> int:
+    monkeypatch.setattr("spotrun._cluster_cli.kubectl", lambda args: fake)
+    monkeypatch.setattr("spotrun._cluster_cli.POLL_SECONDS", 0)
+    return _cli.main(["logs", "t", *argv])
+
+
+def test_logs_follow_goes_on_to_the_next_attempt_until_the_run_ends(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeCluster(
+        [_running(1, []), _running(1, [A1]), _running(2, [A1]), _running(2, [A1, A2], "Succeeded")],
+        {"t-a1": ["one"], "t-a2": ["two"]},
+    )
+    assert _logs(monkeypatch, fake, "-f") == 0
+    assert capsys.readouterr().out == "one\n--- attempt 2 (t-a2) ---\ntwo\n"
+    assert fake.followed == [("t-a1", True), ("t-a2", True)]
+
+
+def test_logs_follow_waits_for_a_pod_whose_containers_have_not_started(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statuses = [_running(1, []), _running(1, []), _running(1, []), _running(1, [], "Succeeded")]
+    fake = FakeCluster(statuses, {"t-a1": ["one"]}, not_started=2)
+    assert _logs(monkeypatch, fake, "-f") == 0
+    assert capsys.readouterr().out == "one\n"
+    assert fake.followed == [("t-a1", True), ("t-a1", True), ("t-a1", True)]
+
+
+def test_logs_all_prefixes_each_attempt_and_says_which_are_gone(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeCluster([_running(2, [A1, A2], "Succeeded")], {"t-a2": ["two"]})
+    assert _logs(monkeypatch, fake, "--all") == 0
+    out = capsys.readouterr()
+    assert out.out == "[attempt 2] two\n"
+    assert "the logs of attempt 1 (t-a1) are gone with its pod" in out.err
+    assert fake.followed == [("t-a1", False), ("t-a2", False)]
+
+
+def test_logs_of_one_attempt_and_of_an_attempt_there_is_not(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeCluster([_running(2, [A1])], {"t-a1": ["one"], "t-a2": ["two"]})
+    assert _logs(monkeypatch, fake, "--attempt", "1") == 0
+    assert capsys.readouterr().out == "one\n"
+    assert _logs(monkeypatch, fake, "--attempt", "7") == 2
+    assert "TaskRun t has no attempt 7; its attempts: [1, 2]" in capsys.readouterr().err
