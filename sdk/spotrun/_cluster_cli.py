@@ -184,6 +184,9 @@ def describe_text(taskrun: Obj, events: list[Obj], now: datetime.datetime) -> st
                 "node": st.get("nodeName", ""),
                 "capacity": st.get("capacity", ""),
                 "outcome": f"({st.get('phase', 'Pending')})",
+                "resumedFrom": (st.get("startCheckpoint") or {}).get("id")
+                if int((st.get("startCheckpoint") or {}).get("attempt", 0)) == current
+                else None,
             }
         )
     lines += ["", "Attempts:"]

@@ -122,6 +122,7 @@ def test_describe_shows_every_attempt_with_where_it_ran_how_it_ended_and_what_it
         nodeName="ondemand-1",
         checkpoint={"uri": "s3://b/ml/train/", "id": "00002-00001", "step": 9, "attempt": 2},
         lostSeconds=6.5,
+        startCheckpoint={"attempt": 3, "id": "00002-00001"},
         attempts=HISTORY,
         conditions=[{"type": "Ready", "status": "True", "reason": "PodRunning", "message": "attempt 3 is running"}],
     )
@@ -141,7 +142,7 @@ def test_describe_shows_every_attempt_with_where_it_ran_how_it_ended_and_what_it
     rows = [line.split() for line in text.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
     assert rows[0] == ["1", "train-a1", "spot-1", "spot", "Interrupted", "TerminationByKubelet", "143", "2.5s", "-"]
     assert rows[1] == ["2", "train-a2", "spot-2", "spot", "Failed", "Error", "1", "4.0s", "00001-00003"]
-    assert rows[2][:5] == ["3", "train-a3", "ondemand-1", "on-demand", "(Running)"]
+    assert rows[2] == ["3", "train-a3", "ondemand-1", "on-demand", "(Running)", "-", "-", "-", "00002-00001"]
     assert "PodRunning" in text
     assert "2m" in text
     assert "AttemptInterrupted" in text
