@@ -25,6 +25,7 @@ from spotrun import Checkpoint, S3Storage, open_storage
 
 from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, transient
+from spotrun_operator.attempts import finished
 from spotrun_operator.cache import (
     Informer,
     Key,
@@ -43,6 +44,7 @@ from spotrun_operator.status import changed
 from spotrun_operator.workqueue import WorkQueue
 
 Obj = dict[str, Any]
+REASON_TASKRUN_DELETED = "TaskRunDeleted"  # a pod stopped so that its checkpoints can be deleted after it
 log = logging.getLogger("spotrun.controller")
 
 RESYNC_SECONDS = 600.0  # every TaskRun is passed again this often, from the caches (no request)
@@ -260,6 +262,14 @@ class Controller:
         for pod in self.pods.of_taskrun(namespace, name):
             if names.POD_FINALIZER in (pod["metadata"].get("finalizers") or []):
                 self._keep(self.api.release_pod(pod))
+
+    def stop_pods(self, namespace: str, name: str) -> int:
+        """Stops (gracefully) the TaskRun's pods that still run; returns how many have not ended yet."""
+        running = [p for p in self.pods.of_taskrun(namespace, name) if not finished(p)]
+        for pod in running:
+            if not pod["metadata"].get("deletionTimestamp"):
+                self._keep(self.api.stop_pod(namespace, pod["metadata"]["name"], REASON_TASKRUN_DELETED))
+        return len(running)
 
     def _keep(self, pod: Obj | None) -> None:
         if pod and pod.get("kind", "Pod") == "Pod" and "metadata" in pod:

@@ -82,6 +82,11 @@ def taskrun_deleted(body: kopf.Body, runtime: datetime.timedelta, **_: Any) -> N
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     # The pods go with their owner (garbage collector); the accounting finalizer must not hold them.
     controller().release_pods(namespace, name)
+    # But the owner goes only after this handler: a pod still running would commit after the
+    # deletion (on SIGTERM, too). Its checkpoints are deleted once every pod has ended.
+    running = controller().stop_pods(namespace, name)
+    if running and runtime < DELETE_TIMEOUT:
+        raise kopf.TemporaryError(f"waiting for {running} pod(s) to end before deleting the checkpoints", delay=2)
     _delete_checkpoints({"metadata": dict(body["metadata"]), "spec": dict(body["spec"])}, runtime)
 
 

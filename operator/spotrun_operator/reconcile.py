@@ -674,7 +674,9 @@ class _Pass:
             self._drop_budget()
         st.pop("drain", None)
         st.pop("notice", None)
-        newest = st["checkpoint"].get("id")  # read when the attempt before was counted
+        # What it resumes from: storage is read once in this pass (already, when the attempt before
+        # was counted here); attempt 1 starts from nothing of this run's.
+        newest = (self.latest()[1] or {}).get("id") if next_attempt > 1 else None
         if newest:
             st["startCheckpoint"] = {"attempt": next_attempt, "id": newest}
         else:

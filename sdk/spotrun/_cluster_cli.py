@@ -21,6 +21,8 @@ Obj = dict[str, Any]
 TERMINAL = ("Succeeded", "Failed")
 POLL_SECONDS = 1.0
 DELETE_CHECKPOINTS = "spotrun.dev/delete-checkpoints"  # the operator's annotation (names.py)
+OPERATOR_FINALIZER = "spotrun.dev/finalizer"  # the operator's (kopf's) on annotated TaskRuns (names.py)
+TAKEN_IN_CHARGE_SECONDS = 30.0
 
 EXAMPLES = {
     "submit": (
@@ -251,7 +253,18 @@ def _resume(args: argparse.Namespace, extra: list[str]) -> int:
 def _delete(args: argparse.Namespace, extra: list[str]) -> int:
     cluster = kubectl(args)
     if args.checkpoints:
+        # The operator deletes them from its finalizer, which it adds once it sees the annotation:
+        # a TaskRun deleted before that would go without its checkpoints being deleted.
         cluster.annotate(args.name, DELETE_CHECKPOINTS, "true")
+        deadline = time.monotonic() + TAKEN_IN_CHARGE_SECONDS
+        while OPERATOR_FINALIZER not in (cluster.taskrun(args.name)["metadata"].get("finalizers") or []):
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"the operator did not take up the deletion of {args.name}'s checkpoints within "
+                    f"{TAKEN_IN_CHARGE_SECONDS:.0f}s (is it running?): the TaskRun is not deleted; it is "
+                    f"annotated {DELETE_CHECKPOINTS}=true, so deleting it later deletes them too"
+                )
+            time.sleep(POLL_SECONDS / 4)
     else:
         cluster.taskrun(args.name)  # a clear "not found" before anything else
     cluster.delete(args.name, wait=args.wait)

@@ -19,7 +19,9 @@ from typing import Any
 from spotrun._errors import ConfigError
 
 Obj = dict[str, Any]
-CODE_DIR = "/var/run/spotrun/code"
+# Beside the notice volume's /var/run/spotrun, not in it: that one is read-only, and a mount
+# inside it could not create its mount point.
+CODE_DIR = "/var/run/spotrun-code"
 CODE_VOLUME = "spotrun-code"
 MOST_CODE_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB, metadata included
 SKIPPED_DIRS = {"__pycache__", ".git", ".venv", "venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}

@@ -73,6 +73,14 @@ def test_submit_runs_the_seed_example_from_its_file_and_waits_for_its_result(
     (owner,) = code["metadata"]["ownerReferences"]
     taskrun = kube.get(f"/apis/spotrun.dev/v1alpha1/namespaces/{task_namespace}/taskruns/seed-submitted")
     assert (owner["kind"], owner["uid"]) == ("TaskRun", taskrun["metadata"]["uid"]), "it goes with the TaskRun"
+    every = spotrun(cluster, "logs", "seed-submitted", "--all", "-n", task_namespace)
+    assert every.returncode == 0, every.stderr
+    for attempt in (1, 2, 3):
+        assert f"[attempt {attempt}] spotrun: recoverable failure, exiting with code 75" in every.stdout
+    assert every.stdout.rstrip().endswith("[attempt 4] 9"), every.stdout
+    second = spotrun(cluster, "logs", "seed-submitted", "--attempt", "2", "-n", task_namespace)
+    assert "Failed at iteration" in second.stdout
+    assert "[attempt" not in second.stdout
     again = spotrun(
         cluster,
         "submit",
@@ -120,13 +128,11 @@ def test_logs_follow_a_taskrun_across_a_preemption_and_describe_tells_of_it(
     assert "--- attempt 2 (followed-a2) ---" in out
     assert out.index("attempt 1 resumed") < out.index("--- attempt 2") < out.index("attempt 2 resumed")
 
+    # The preempted node went, and its pod with it: so did attempt 1's logs.
     every = spotrun(cluster, "logs", "followed", "--all", "-n", task_namespace)
     assert every.returncode == 0, every.stderr
-    assert "[attempt 1] attempt 1 resumed from step 0" in every.stdout
+    assert "the logs of attempt 1 (followed-a1) are gone with its pod" in every.stderr
     assert f"[attempt 2] attempt 2 resumed from step {resumed[1]}" in every.stdout
-    first = spotrun(cluster, "logs", "followed", "--attempt", "1", "-n", task_namespace)
-    assert "attempt 1 resumed" in first.stdout
-    assert "attempt 2 resumed" not in first.stdout
 
     described = spotrun(cluster, "describe", "followed", "-n", task_namespace)
     assert described.returncode == 0, described.stderr

@@ -139,13 +139,13 @@ def test_the_taskrun_runs_the_task_from_the_shipped_code() -> None:
     assert container["command"] == [
         "spotrun",
         "run",
-        "/var/run/spotrun/code/checkpoint_seed.py",
+        "/var/run/spotrun-code/checkpoint_seed.py",
         "use_checkpoint",
         "--n_iterations",
         "10",
     ]
     assert container["volumeMounts"] == [
-        {"name": "spotrun-code", "mountPath": "/var/run/spotrun/code", "readOnly": True}
+        {"name": "spotrun-code", "mountPath": "/var/run/spotrun-code", "readOnly": True}
     ]
     assert body["spec"]["retries"] == 3
     assert "maxInterruptions" not in body["spec"]
