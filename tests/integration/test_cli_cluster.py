@@ -64,6 +64,7 @@ def test_submit_runs_the_seed_example_from_its_file_and_waits_for_its_result(
         task_namespace,
         timeout=300,
     )
+    print(done.stdout)  # shown with -rP: the README's example of `spotrun submit --wait`
     assert done.returncode == 0, done.stderr + done.stdout
     assert done.stdout.strip().splitlines()[-1] == "9", done.stdout
     assert "taskrun/seed-submitted: Succeeded" in done.stdout
@@ -135,6 +136,7 @@ def test_logs_follow_a_taskrun_across_a_preemption_and_describe_tells_of_it(
     assert f"[attempt 2] attempt 2 resumed from step {resumed[1]}" in every.stdout
 
     described = spotrun(cluster, "describe", "followed", "-n", task_namespace)
+    print(described.stdout)
     assert described.returncode == 0, described.stderr
     text = described.stdout
     assert "Phase:          Succeeded" in text
