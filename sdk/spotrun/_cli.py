@@ -55,13 +55,25 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
     flags = _cluster_cli.cluster_flags()
     _cluster_cli.add_commands(sub, flags)
 
-    run = sub.add_parser("run", help="run a @spotrun.task (or workflow) locally, with its retries")
+    raw = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser("run", help="run a @spotrun.task (or workflow) locally, with its retries", formatter_class=raw)
     run.add_argument("file", type=Path, help="the Python file that defines it")
     run.add_argument("task", help="the function's name")
-    run.epilog = "Arguments follow as --name value (or --name=value), converted by the function's annotations."
+    run.epilog = (
+        "Arguments follow as --name value (or --name=value), converted by the function's annotations.\n\n"
+        "examples:\n  spotrun run examples/checkpoint_seed.py checkpointing_example --n_iterations 10"
+    )
     run.set_defaults(handler=_run)
 
-    checkpoints = sub.add_parser("checkpoints", help="list, show or download a run's checkpoints")
+    checkpoints = sub.add_parser(
+        "checkpoints",
+        help="list, show or download a run's checkpoints",
+        formatter_class=raw,
+        epilog=(
+            "examples:\n  spotrun checkpoints list train -n ml\n  spotrun checkpoints show s3://bucket/runs/ml/train/\n"
+            "  spotrun checkpoints download train ./restored"
+        ),
+    )
     cp_sub = checkpoints.add_subparsers(dest="checkpoints_command", required=True)
     where = "a TaskRun's name (its status.checkpoint.uri, read with kubectl), s3://BUCKET/PREFIX or a directory"
     listing = cp_sub.add_parser("list", help="committed checkpoints, newest first", parents=[flags])
@@ -77,11 +89,19 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
     download.add_argument("dir", type=Path)
     download.set_defaults(handler=_checkpoints_download)
 
-    restore = sub.add_parser("restore", help="directory mode: restore the newest checkpoint into DIR")
+    restore = sub.add_parser(
+        "restore",
+        help="directory mode: restore the newest checkpoint into DIR",
+        formatter_class=raw,
+        epilog="examples (in a TaskRun's pod, as its init container does):\n  spotrun restore /data",
+    )
     restore.add_argument("dir", type=Path)
     restore.set_defaults(handler=_restore)
     sync = sub.add_parser(
-        "sync", help="directory mode: commit DIR every S seconds, at once on an interruption notice, and on SIGTERM"
+        "sync",
+        help="directory mode: commit DIR every S seconds, at once on an interruption notice, and on SIGTERM",
+        formatter_class=raw,
+        epilog="examples (in a TaskRun's pod, as its sidecar does):\n  spotrun sync /data --interval 60",
     )
     sync.add_argument("dir", type=Path)
     sync.add_argument("--interval", type=float, default=60.0, help="seconds between commits (default 60)")

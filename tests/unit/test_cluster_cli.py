@@ -186,13 +186,21 @@ def test_a_taskrun_without_a_checkpoint_uri_says_so(
 
 
 def test_every_cluster_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("get", "describe", "logs", "suspend", "resume", "delete"):
+    for command in ("submit", "get", "describe", "logs", "suspend", "resume", "delete"):
         with pytest.raises(SystemExit) as done:
             _cli.main([command, "--help"])
         assert done.value.code == 0
         out = capsys.readouterr().out
         for part in ("examples:", "--context", "--namespace"):
             assert part in out, command
+
+
+@pytest.mark.parametrize("command", ["run", "checkpoints", "restore", "sync", "completion"])
+def test_every_other_command_has_help_with_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        _cli.main([command, "--help"])
+    assert done.value.code == 0
+    assert "examples" in capsys.readouterr().out
 
 
 def test_kubectl_spotrun_names_itself_so(capsys: pytest.CaptureFixture[str]) -> None:
