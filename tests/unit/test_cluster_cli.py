@@ -308,3 +308,26 @@ def test_logs_of_one_attempt_and_of_an_attempt_there_is_not(
     assert capsys.readouterr().out == "one\n"
     assert _logs(monkeypatch, fake, "--attempt", "7") == 2
     assert "TaskRun t has no attempt 7; its attempts: [1, 2]" in capsys.readouterr().err
+
+
+def test_wait_reports_each_phase_then_the_result_and_exits_0_only_on_success(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("spotrun._cluster_cli.POLL_SECONDS", 0)
+    from spotrun._cluster_cli import _wait  # noqa: PLC0415
+
+    ok = FakeCluster(
+        [{"phase": "Pending"}, {"phase": "Running", "message": "m"}, {"phase": "Succeeded", "result": 9}], {}
+    )
+    assert _wait(ok, "t") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "taskrun/t: Pending",
+        "taskrun/t: Running: m",
+        "taskrun/t: Succeeded",
+        "9",
+    ]
+    failed = FakeCluster([{"phase": "Failed", "message": "4 failures used up retries (3)"}], {})
+    assert _wait(failed, "t") == 1
+    pull = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False", "reason": "ImagePullBackOff"}]}
+    assert _wait(FakeCluster([pull], {}), "t") == 1
+    assert "the image of t cannot be pulled (ImagePullBackOff): check --image" in capsys.readouterr().err
