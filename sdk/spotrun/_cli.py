@@ -56,7 +56,12 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
     _cluster_cli.add_commands(sub, flags)
 
     raw = argparse.RawDescriptionHelpFormatter
-    run = sub.add_parser("run", help="run a @spotrun.task (or workflow) locally, with its retries", formatter_class=raw)
+    run = sub.add_parser(
+        "run",
+        help="run a @spotrun.task (or workflow) locally, with its retries",
+        formatter_class=raw,
+        allow_abbrev=False,
+    )
     run.add_argument("file", type=Path, help="the Python file that defines it")
     run.add_argument("task", help="the function's name")
     run.epilog = (
@@ -134,13 +139,13 @@ def _task_arguments(func: Callable[..., Any], extra: list[str]) -> dict[str, Any
         flag = items.pop(0)
         if not flag.startswith("--"):
             raise ConfigError(f"expected --name value, got {flag!r}")
-        name, _, inline = flag[2:].partition("=")
+        name, has_inline, inline = flag[2:].partition("=")
         name = name.replace("-", "_")
         if name not in signature.parameters:
             raise ConfigError(
                 f"{func.__name__}() has no parameter {name!r}; it takes {', '.join(signature.parameters)}"
             )
-        if inline:
+        if has_inline:  # --name= is an empty value; --name=-1 a value that starts with '-'
             raw = inline
         elif items:
             raw = items.pop(0)
@@ -167,10 +172,11 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _where(args: argparse.Namespace) -> str:
-    """The checkpoint URI `args.uri` names: itself (s3:// or an existing directory), else the
-    TaskRun of that name's status.checkpoint.uri. Sets args.uri to it, for messages."""
+    """The checkpoint URI `args.uri` names: itself when it is a URI or a path (s3://, file://, or
+    holding a '/' or starting with '.'), else the TaskRun of that name's status.checkpoint.uri: a
+    directory named like a TaskRun is ./NAME. Sets args.uri to it, for messages."""
     given = str(args.uri)
-    if given.startswith("s3://") or Path(given).is_dir() or "/" in given:
+    if "/" in given or given.startswith("."):
         return given
     taskrun = _cluster_cli.kubectl(args).taskrun(given)
     uri = ((taskrun.get("status") or {}).get("checkpoint") or {}).get("uri")

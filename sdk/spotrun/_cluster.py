@@ -52,16 +52,15 @@ class Kubectl:
             flags += ["--namespace", self.namespace]
         return [binary, *flags, *args]
 
-    def run(self, *args: str, stdin: str | None = None, what: str = "") -> str:
+    def run(self, *args: str, stdin: str | None = None, what: str = "", timeout: float = TIMEOUT_SECONDS) -> str:
         """kubectl ARGS; its stdout. ClusterError (NotFoundError) with what to do when it fails."""
         try:
             done = subprocess.run(
-                self.argv(*args), input=stdin, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False
+                self.argv(*args), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            raise ClusterError(
-                f"kubectl {' '.join(args[:2])} took over {TIMEOUT_SECONDS:.0f}s: {self.where()}"
-            ) from None
+            took = f"kubectl {' '.join(args[:2])} took over {timeout:.0f}s"
+            raise ClusterError(f"{took}: is the cluster of {self.where()} answering?") from None
         if done.returncode != 0:
             raise self.explain(done.stderr, what or " ".join(args[:3]))
         return done.stdout
@@ -75,30 +74,47 @@ class Kubectl:
         return f"{context}, namespace {self.namespace or '(the context default)'}"
 
     def explain(self, stderr: str, what: str) -> ClusterError:
+        """kubectl's stderr as what to do. The kubeconfig's own problems come first: their messages
+        say "not found" too (a context, a credential plugin), and are not about the object."""
         text = stderr.strip()
-        if "the server doesn't have a resource type" in text or f'resource type "{RESOURCE}"' in text:
-            return ClusterError(f"the TaskRun CRD is not installed on {self.where()}: {INSTALL_HINT}")
-        if "(NotFound)" in text or "NotFound" in text.split(":")[0] or " not found" in text:
-            return NotFoundError(f"{what}: not found in {self.where()}; `spotrun get` lists the TaskRuns there")
+        last = text.splitlines()[-1] if text else "no message"
+        configuration = (
+            "Error in configuration",
+            "context was not found",
+            "does not exist",
+            "no configuration has been provided",
+            "exec: executable",
+            "getting credentials",
+            "invalid configuration",
+        )
+        if any(marker in text for marker in configuration):
+            return ClusterError(
+                f"the kubeconfig cannot be used with {self.where()}: {last}; check `kubectl config get-contexts` "
+                "and --context/--kubeconfig"
+            )
         unreachable = (
             "Unable to connect to the server",
             "connection refused",
             "no such host",
             "couldn't get current server API group list",
             "The connection to the server",
-            "no configuration has been provided",
-            "context was not found",
             "i/o timeout",
+            "TLS handshake timeout",
         )
         if any(marker in text for marker in unreachable):
-            last = text.splitlines()[-1] if text else ""
             return ClusterError(
                 f"no cluster reachable with {self.where()}: check `kubectl config current-context` and "
                 f"--context/--kubeconfig ({last})"
             )
+        if "the server doesn't have a resource type" in text:
+            return ClusterError(f"the TaskRun CRD is not installed on {self.where()}: {INSTALL_HINT}")
+        if "Error from server (NotFound)" in text:
+            if 'namespaces "' in text:
+                return ClusterError(f"{what}: no namespace {self.namespace or ''} there ({last})")
+            return NotFoundError(f"{what}: not found in {self.where()}; `spotrun get` lists the TaskRuns there")
         if "Forbidden" in text or "forbidden" in text:
-            return ClusterError(f"{what}: the cluster refused it to you ({text.splitlines()[-1]})")
-        return ClusterError(f"{what}: kubectl failed: {text.splitlines()[-1] if text else 'no message'}")
+            return ClusterError(f"{what}: the cluster refused it to you ({last})")
+        return ClusterError(f"{what}: kubectl failed: {last}")
 
     # ----- TaskRuns --------------------------------------------------------------------------
 
@@ -121,7 +137,9 @@ class Kubectl:
         self.run("annotate", RESOURCE, name, "--overwrite", f"{key}={value}", what=f"TaskRun {name}")
 
     def delete(self, name: str, *, wait: bool) -> None:
-        self.run("delete", RESOURCE, name, f"--wait={str(wait).lower()}", what=f"TaskRun {name}")
+        # The operator may wait minutes for the pods to end before it deletes the checkpoints.
+        timeout = 900.0 if wait else TIMEOUT_SECONDS
+        self.run("delete", RESOURCE, name, f"--wait={str(wait).lower()}", what=f"TaskRun {name}", timeout=timeout)
 
     def apply(self, body: Obj) -> Obj:
         what = f"{body['kind']} {body['metadata']['name']}"
@@ -133,6 +151,13 @@ class Kubectl:
         what = f"{body['kind']} {body['metadata']['name']}"
         created: Obj = json.loads(self.run("create", "-o", "json", "-f", "-", stdin=json.dumps(body), what=what))
         return created
+
+    def pod_phase(self, name: str) -> str | None:
+        """A pod's phase, None when it is gone."""
+        try:
+            return str(self.json("get", "pod", name, what=f"pod {name}").get("status", {}).get("phase", "Pending"))
+        except NotFoundError:
+            return None
 
     def logs(self, pod: str, *, follow: bool, container: str | None = None) -> subprocess.Popen[str]:
         """`kubectl logs` of a pod (every container unless `container`), as a process to read lines from."""

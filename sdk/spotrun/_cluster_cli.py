@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import re
@@ -75,6 +76,7 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
             help=help_text,
             description=help_text,
             parents=[flags] if cluster else [],
+            allow_abbrev=False,  # submit's task arguments are not its own options shortened
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -136,7 +138,9 @@ def _get(args: argparse.Namespace, extra: list[str]) -> int:
     if args.output:
         argv += ["-o", args.output]
     out = cluster.run(*argv, what=f"TaskRun {args.name}" if args.name else "TaskRuns")
-    print(out or f"No TaskRuns in {cluster.where()}", end="" if out else "\n")
+    print(out, end="")
+    if not out and args.output in (None, "wide"):
+        print(f"No TaskRuns in {cluster.where()}", file=sys.stderr)
     return 0
 
 
@@ -252,7 +256,9 @@ def _resume(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _delete(args: argparse.Namespace, extra: list[str]) -> int:
     cluster = kubectl(args)
-    if args.checkpoints:
+    taskrun = cluster.taskrun(args.name)  # a clear "not found" before anything else
+    annotated = (taskrun["metadata"].get("annotations") or {}).get(DELETE_CHECKPOINTS) == "true"
+    if args.checkpoints and not annotated:
         # The operator deletes them from its finalizer, which it adds once it sees the annotation:
         # a TaskRun deleted before that would go without its checkpoints being deleted.
         cluster.annotate(args.name, DELETE_CHECKPOINTS, "true")
@@ -265,11 +271,20 @@ def _delete(args: argparse.Namespace, extra: list[str]) -> int:
                     f"annotated {DELETE_CHECKPOINTS}=true, so deleting it later deletes them too"
                 )
             time.sleep(POLL_SECONDS / 4)
-    else:
-        cluster.taskrun(args.name)  # a clear "not found" before anything else
     cluster.delete(args.name, wait=args.wait)
-    kept = "its checkpoints are deleted by the operator" if args.checkpoints else "its checkpoints are kept"
-    print(f"taskrun/{args.name} deleted; {kept}")
+    if args.checkpoints or annotated:
+        custom = ((taskrun["spec"].get("checkpoint") or {}).get("uri")) is not None
+        what = (
+            "the operator deletes its checkpoints if they are under the prefix it assigned (spec.checkpoint.uri "
+            "is set: if it is another, delete them with your own credentials)"
+            if custom
+            else "the operator deletes its checkpoints"
+        )
+        if annotated and not args.checkpoints:
+            what += f", as its annotation {DELETE_CHECKPOINTS}=true asks"
+    else:
+        what = "its checkpoints are kept"
+    print(f"taskrun/{args.name} deleted; {what}")
     return 0
 
 
@@ -285,21 +300,28 @@ def attempt_pods(taskrun: Obj) -> dict[int, str]:
     return pods
 
 
-def _print_logs(cluster: Kubectl, pod: str, prefix: str, *, follow: bool) -> bool:
-    """Prints a pod's logs (following while it runs); False when they cannot be read (yet)."""
+def _print_logs(cluster: Kubectl, pod: str, prefix: str, *, follow: bool, skip: int) -> tuple[bool, int, str]:
+    """Prints a pod's logs past their first `skip` lines (those printed already), following while it
+    runs: (whether kubectl read them, how many lines it printed, kubectl's last error line)."""
     process = cluster.logs(pod, follow=follow)
     assert process.stdout is not None
-    for line in process.stdout:
+    printed = 0
+    for index, line in enumerate(process.stdout):
+        if index < skip:
+            continue
         sys.stdout.write(prefix + line)
         sys.stdout.flush()
+        printed += 1
     process.wait()
-    return process.returncode == 0
+    error = process.stderr.read().strip().splitlines()[-1:] if process.stderr is not None else []
+    return process.returncode == 0, printed, error[0] if error else ""
 
 
 def _logs(args: argparse.Namespace, extra: list[str]) -> int:
     """One attempt's logs (--attempt, or the current one), or every attempt's in order (--all); with
     -f, the live attempt's are followed and then the next attempts' as the operator creates them,
-    until the run ends."""
+    until the run ends. A stream that ends while its pod still runs (a broken connection) is taken
+    up again past the lines printed already."""
     cluster = kubectl(args)
     taskrun = cluster.taskrun(args.name)
     pods = attempt_pods(taskrun)
@@ -309,16 +331,23 @@ def _logs(args: argparse.Namespace, extra: list[str]) -> int:
         raise NotFoundError(f"TaskRun {args.name} has no attempt {args.attempt}; its attempts: {sorted(pods)}")
     shown = min(pods) if args.all else (args.attempt or max(pods))
     across = args.all or (args.follow and args.attempt is None)  # go on to the attempts after it
+    seen: dict[int, int] = {}  # attempt -> lines printed
     while True:
         live = shown == max(pods) and (taskrun.get("status") or {}).get("phase") not in TERMINAL
         prefix = f"[attempt {shown}] " if args.all else ""
-        if not _print_logs(cluster, pods[shown], prefix, follow=args.follow and live):
-            if args.follow and live:  # its containers have not started yet
-                time.sleep(POLL_SECONDS)
-                taskrun = cluster.taskrun(args.name)
-                pods = attempt_pods(taskrun)
-                continue
+        follow = args.follow and live
+        ok, printed, error = _print_logs(cluster, pods[shown], prefix, follow=follow, skip=seen.get(shown, 0))
+        seen[shown] = seen.get(shown, 0) + printed
+        phase = cluster.pod_phase(pods[shown]) if follow or not ok else "Done"
+        if follow and phase in ("Pending", "Running"):  # not started yet, or the stream broke
+            time.sleep(POLL_SECONDS)
+            taskrun = cluster.taskrun(args.name)
+            pods = attempt_pods(taskrun)
+            continue
+        if not ok and phase is None:
             print(f"spotrun: the logs of attempt {shown} ({pods[shown]}) are gone with its pod", file=sys.stderr)
+        elif not ok:
+            print(f"spotrun: the logs of attempt {shown} ({pods[shown]}) cannot be read: {error}", file=sys.stderr)
         if not across:
             return 0
         while True:  # the next attempt, once the operator has created it
@@ -337,7 +366,9 @@ def _logs(args: argparse.Namespace, extra: list[str]) -> int:
 
 # ----- submit ------------------------------------------------------------------------------------
 
-IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+# What says the image will not come: a single ErrImagePull may pass (the registry hiccups); these do not.
+IMAGE_ERRORS = ("ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+WAIT_ERRORS_SECONDS = 60.0  # how long --wait rides out a cluster it cannot read
 
 
 def _run_name(file: Path, task: str) -> str:
@@ -379,23 +410,17 @@ def _submit_run(args: argparse.Namespace, extra: list[str]) -> int:
         pass
     else:
         raise ConfigError(f"TaskRun {name} exists already in {cluster.where()}: choose another --name")
-    cluster.apply(code)
+    created = cluster.create(taskrun)
+    # The code goes second, owned by the TaskRun from the start: nothing is left without an owner,
+    # and the kubelet waits for a ConfigMap volume that is not there yet.
+    owner = {"apiVersion": "spotrun.dev/v1alpha1", "kind": "TaskRun", "name": name, "uid": created["metadata"]["uid"]}
+    code["metadata"]["ownerReferences"] = [owner]
     try:
-        created = cluster.create(taskrun)
-    except ClusterError:
-        cluster.run("delete", "configmap", code["metadata"]["name"], "--ignore-not-found", what="the code ConfigMap")
+        cluster.create(code)
+    except BaseException:
+        with contextlib.suppress(ClusterError):
+            cluster.delete(name, wait=False)
         raise
-    owner = {
-        "apiVersion": "spotrun.dev/v1alpha1",
-        "kind": "TaskRun",
-        "name": name,
-        "uid": created["metadata"]["uid"],
-        "blockOwnerDeletion": False,
-    }
-    patch = json.dumps({"metadata": {"ownerReferences": [owner]}})
-    cluster.run(
-        "patch", "configmap", code["metadata"]["name"], "--type", "merge", "-p", patch, what="the code ConfigMap"
-    )
     print(f"taskrun/{name} submitted ({len(files)} file(s) of code); follow it: spotrun logs {name} -f", flush=True)
     if not args.wait:
         return 0
@@ -404,9 +429,20 @@ def _submit_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _wait(cluster: Kubectl, name: str) -> int:
     """Until the TaskRun ends: prints each new phase, then its result; 0 only when it Succeeded."""
-    said = ""
+    said, failing_since = "", None
     while True:
-        st = cluster.taskrun(name).get("status") or {}
+        try:
+            st = cluster.taskrun(name).get("status") or {}
+        except NotFoundError:
+            raise
+        except ClusterError as err:  # an API server restarting, a network blip: the run goes on
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > WAIT_ERRORS_SECONDS:
+                raise
+            print(f"spotrun: reading {name} failed, trying again: {err}", file=sys.stderr)
+            time.sleep(POLL_SECONDS)
+            continue
+        failing_since = None
         phase, message = st.get("phase", "Pending"), st.get("message", "")
         line = f"{phase}: {message}" if message else phase
         if line != said:
@@ -442,7 +478,12 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
         options = sorted(o for a in command._actions for o in a.option_strings)
         inner = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
         words = " ".join([*options, *(inner.choices if inner else [])])
-        names = '$(spotrun get -o name "${ns[@]}" 2>/dev/null | sed "s|.*/||")' if name in NAMED else ""
+        names = (
+            '$([[ "$cur" != -* ]] && kubectl get taskruns.spotrun.dev -o name --request-timeout=2s "${ns[@]}" '
+            '2>/dev/null | sed "s|.*/||")'
+            if name in NAMED
+            else ""
+        )
         cases.append(f'        {name}) words="{words} {names}" ;;')
     body = "\n".join(cases)
     script = f"""# spotrun completion ({shell}): source <(spotrun completion {shell})

@@ -89,7 +89,8 @@ def task_arguments(file: Path, task: str, extra: list[str]) -> list[str]:
     missing = [n for n, p in params.items() if p.required and n not in given]
     if missing:
         raise ConfigError(f"{task}() needs {', '.join('--' + n for n in missing)}")
-    return [part for name, raw in given.items() for part in (f"--{name}", raw)]
+    # --name=value: a value that starts with '-' stays a value in the pod's `spotrun run`.
+    return [f"--{name}={raw}" for name, raw in given.items()]
 
 
 def _check(raw: str, param: Parameter) -> None:
@@ -124,16 +125,21 @@ def code_files(file: Path, package: Path | None) -> tuple[dict[str, bytes], str]
             raise ConfigError(f"--package {package} is not a directory")
         if root not in file.resolve().parents:
             raise ConfigError(f"{file} is not inside --package {package}")
-        files = {}
+        chosen: dict[str, Path] = {}
+        size = 0
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
             if any(part in SKIPPED_DIRS or part.startswith(".") for part in rel.parts) or not path.is_file():
                 continue
-            if path.suffix in (".pyc", ".pyo"):
-                continue
-            files[rel.as_posix()] = path.read_bytes()
+            if path.suffix in (".pyc", ".pyo") or root not in path.resolve().parents:
+                continue  # a symlink out of the package does not take what it points at along
+            size += path.stat().st_size
+            if size > MOST_CODE_BYTES:
+                break
+            chosen[rel.as_posix()] = path
+        files = {} if size > MOST_CODE_BYTES else {rel: path.read_bytes() for rel, path in chosen.items()}
         entry = file.resolve().relative_to(root).as_posix()
-    size = sum(len(v) for v in files.values())
+    size = max(size, sum(len(v) for v in files.values())) if package is not None else len(files[entry])
     if size > MOST_CODE_BYTES:
         raise ConfigError(
             f"the code is {size // 1024} KiB; at most {MOST_CODE_BYTES // 1024} KiB travels in a ConfigMap: "
@@ -248,6 +254,7 @@ def to_yaml(value: Any, indent: int = 0) -> str:
         if literal:
             body = "\n".join(f"{pad}{line}" if line else "" for line in content)
             return f"|\n{body}\n" if keep_final else f"|-\n{body}"
-        return json.dumps(value)
+        # As characters, not escapes: JSON's \ud83d\ude00 pairs are no YAML that kubectl reads.
+        return json.dumps(value, ensure_ascii=False)
     return json.dumps(value)
     return json.dumps(value)

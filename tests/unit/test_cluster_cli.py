@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,18 @@ NOW = datetime.datetime(2026, 12, 2, 12, 0, 0, tzinfo=datetime.UTC)
             ClusterError,
             ["no cluster reachable"],
         ),
-        ('error: context "nope" does not exist', ClusterError, ["kubectl failed", 'context "nope" does not exist']),
+        ('error: context "nope" does not exist', ClusterError, ["the kubeconfig cannot be used", "get-contexts"]),
+        (
+            "Error in configuration: context was not found for specified context: nope",
+            ClusterError,
+            ["the kubeconfig cannot be used", "context was not found"],
+        ),
+        (
+            "Unable to connect to the server: getting credentials: exec: executable gke-gcloud-auth-plugin not found",
+            ClusterError,
+            ["the kubeconfig cannot be used", "gke-gcloud-auth-plugin"],
+        ),
+        ('Error from server (NotFound): namespaces "ml" not found', ClusterError, ["no namespace ml there"]),
         (
             'Error from server (Forbidden): taskruns.spotrun.dev is forbidden: User "u" cannot list resource',
             ClusterError,
@@ -233,10 +245,14 @@ def test_the_completion_script_completes_commands_and_their_options(shell: str, 
 
 
 class FakeCluster:
-    """kubectl as `logs` sees it: the TaskRun's status at each read, and each pod's log lines."""
+    """kubectl as `logs` sees it: the TaskRun's status at each read, each pod's log lines, and each
+    pod's phase at each look (the last one repeats; a pod without phases is gone)."""
 
-    def __init__(self, statuses: list[Obj], logs: dict[str, list[str]], not_started: int = 0) -> None:
-        self.statuses, self.logs_of, self.reads, self.not_started = statuses, logs, 0, not_started
+    def __init__(
+        self, statuses: list[Obj], logs: dict[str, list[str]], phases: dict[str, list[str]] | None = None
+    ) -> None:
+        self.statuses, self.logs_of, self.reads = statuses, logs, 0
+        self.phases = phases or {}
         self.followed: list[tuple[str, bool]] = []
 
     def taskrun(self, name: str) -> Obj:
@@ -244,13 +260,23 @@ class FakeCluster:
         self.reads += 1
         return {"metadata": {"name": name}, "status": st}
 
+    def pod_phase(self, pod: str) -> str | None:
+        phases = self.phases.get(pod)
+        if not phases:
+            return None
+        return phases.pop(0) if len(phases) > 1 else phases[0]
+
     def logs(self, pod: str, *, follow: bool, container: str | None = None) -> Any:
         self.followed.append((pod, follow))
-        starting = self.not_started > 0
-        self.not_started -= 1
+        starting = self.phases.get(pod, [""])[0] == "Pending"
         lines = [] if starting else [f"{line}\n" for line in self.logs_of.get(pod, [])]
         code = 1 if starting or pod not in self.logs_of else 0
-        return type("P", (), {"stdout": iter(lines), "wait": lambda self: None, "returncode": code})()
+        error = "is waiting to start" if starting else "" if code == 0 else 'pods "x" not found'
+        return type(
+            "P",
+            (),
+            {"stdout": iter(lines), "stderr": io.StringIO(error), "wait": lambda self: None, "returncode": code},
+        )()
 
 
 def _running(attempt: int, history: list[Obj], phase: str = "Running") -> Obj:
@@ -273,6 +299,7 @@ def test_logs_follow_goes_on_to_the_next_attempt_until_the_run_ends(
     fake = FakeCluster(
         [_running(1, []), _running(1, [A1]), _running(2, [A1]), _running(2, [A1, A2], "Succeeded")],
         {"t-a1": ["one"], "t-a2": ["two"]},
+        {"t-a1": ["Failed"], "t-a2": ["Succeeded"]},
     )
     assert _logs(monkeypatch, fake, "-f") == 0
     assert capsys.readouterr().out == "one\n--- attempt 2 (t-a2) ---\ntwo\n"
@@ -283,10 +310,31 @@ def test_logs_follow_waits_for_a_pod_whose_containers_have_not_started(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     statuses = [_running(1, []), _running(1, []), _running(1, []), _running(1, [], "Succeeded")]
-    fake = FakeCluster(statuses, {"t-a1": ["one"]}, not_started=2)
+    fake = FakeCluster(statuses, {"t-a1": ["one"]}, {"t-a1": ["Pending", "Pending", "Running", "Succeeded"]})
     assert _logs(monkeypatch, fake, "-f") == 0
     assert capsys.readouterr().out == "one\n"
-    assert fake.followed == [("t-a1", True), ("t-a1", True), ("t-a1", True)]
+    assert fake.followed == [("t-a1", True), ("t-a1", True), ("t-a1", True), ("t-a1", False)]
+
+
+def test_logs_follow_takes_a_broken_stream_up_again_without_printing_lines_twice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kubectl's stream ended while the pod still runs (a connection broke): followed again, from where it was."""
+    fake = FakeCluster(
+        [_running(1, []), _running(1, []), _running(1, [], "Succeeded")],
+        {"t-a1": ["one", "two"]},
+        {"t-a1": ["Running", "Succeeded"]},
+    )
+    real_logs = fake.logs
+
+    def growing(pod: str, *, follow: bool, container: str | None = None) -> Any:
+        if len(fake.followed) == 1:
+            fake.logs_of["t-a1"].append("three")  # written while the stream was down
+        return real_logs(pod, follow=follow, container=container)
+
+    fake.logs = growing  # type: ignore[method-assign]
+    assert _logs(monkeypatch, fake, "-f") == 0
+    assert capsys.readouterr().out == "one\ntwo\nthree\n"
 
 
 def test_logs_all_prefixes_each_attempt_and_says_which_are_gone(

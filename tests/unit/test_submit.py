@@ -55,10 +55,12 @@ def test_the_signature_is_read_from_the_source_without_importing_it(task_file: P
 @pytest.mark.parametrize(
     ("extra", "argv"),
     [
-        (["--epochs", "3"], ["--epochs", "3"]),
-        (["--epochs=3", "--lr", "0.5", "--verbose", "true"], ["--epochs", "3", "--lr", "0.5", "--verbose", "true"]),
-        (["--epochs", "3", "--layers", "[1, 2]"], ["--epochs", "3", "--layers", "[1, 2]"]),
-        (["--epochs", "3", "--name", "x"], ["--epochs", "3", "--name", "x"]),
+        (["--epochs", "3"], ["--epochs=3"]),
+        (["--epochs=3", "--lr", "0.5", "--verbose", "true"], ["--epochs=3", "--lr=0.5", "--verbose=true"]),
+        (["--epochs", "3", "--layers", "[1, 2]"], ["--epochs=3", "--layers=[1, 2]"]),
+        (["--epochs", "3", "--name", "x"], ["--epochs=3", "--name=x"]),
+        (["--epochs=-3", "--name=-h"], ["--epochs=-3", "--name=-h"]),  # stays a value in the pod
+        (["--epochs", "3", "--name="], ["--epochs=3", "--name="]),
     ],
 )
 def test_task_arguments_are_checked_and_passed_on(task_file: Path, extra: list[str], argv: list[str]) -> None:
@@ -132,7 +134,7 @@ def test_code_too_large_for_a_configmap_or_outside_the_package_is_refused(tmp_pa
 def test_the_taskrun_runs_the_task_from_the_shipped_code() -> None:
     files, entry = _submit.code_files(SEED, None)
     sub = _submit.Submission(
-        name="seed-1", file=SEED, task="use_checkpoint", image="img:1", arguments=["--n_iterations", "10"], retries=3
+        name="seed-1", file=SEED, task="use_checkpoint", image="img:1", arguments=["--n_iterations=10"], retries=3
     )
     body = _submit.taskrun(sub, files, entry)
     (container,) = body["spec"]["template"]["spec"]["containers"]
@@ -141,8 +143,7 @@ def test_the_taskrun_runs_the_task_from_the_shipped_code() -> None:
         "run",
         "/var/run/spotrun-code/checkpoint_seed.py",
         "use_checkpoint",
-        "--n_iterations",
-        "10",
+        "--n_iterations=10",
     ]
     assert container["volumeMounts"] == [
         {"name": "spotrun-code", "mountPath": "/var/run/spotrun-code", "readOnly": True}
@@ -171,7 +172,7 @@ def test_a_task_parameter_named_like_an_option_goes_after_a_double_dash(task_fil
     assert _cli.main([*argv, "--", "--name", "x"]) == 0
     _, taskrun = yaml.safe_load_all(capsys.readouterr().out)
     assert taskrun["metadata"]["name"] == "run-1"
-    assert taskrun["spec"]["template"]["spec"]["containers"][0]["command"][-4:] == ["--epochs", "2", "--name", "x"]
+    assert taskrun["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--epochs=2", "--name=x"]
 
 
 @pytest.mark.parametrize(
@@ -183,3 +184,44 @@ def test_a_task_parameter_named_like_an_option_goes_after_a_double_dash(task_fil
 )
 def test_the_yaml_reads_back_as_what_was_written(value: Any) -> None:
     assert yaml.safe_load(_submit.to_yaml(value)) == value
+
+
+def test_submits_own_options_are_never_taken_shortened_from_the_tasks(task_file: Path, capsys: Any) -> None:
+    """--re is no --retries, --w no --wait: they are the task's, and train() has no such parameters."""
+    for shortened in ("--re", "--w", "--imag"):
+        argv = ["submit", str(task_file), "train", "--image", "i", "--dry-run", "--epochs", "2", shortened, "4"]
+        assert _cli.main(argv) == 2
+        assert f"train() has no parameter {shortened[2:]!r}" in capsys.readouterr().err
+
+
+def test_a_symlink_out_of_the_package_is_left_behind(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key")
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "main.py").write_text("")
+    (root / "config.txt").symlink_to(secret)
+    files, _ = _submit.code_files(root / "main.py", root)
+    assert sorted(files) == ["main.py"]
+
+
+def test_characters_outside_the_basic_plane_are_written_as_themselves() -> None:
+    text = _submit.to_yaml({"msg": "\U0001f600 ok", "tabbed": "a\tb\n\U0001f600\n"})
+    assert "\\ud83d" not in text
+    assert yaml.safe_load(text) == {"msg": "\U0001f600 ok", "tabbed": "a\tb\n\U0001f600\n"}
+
+
+def test_a_taskrun_name_is_looked_up_even_when_a_directory_has_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train").mkdir()
+    asked: list[str] = []
+    monkeypatch.setattr(
+        "spotrun._cluster.Kubectl.taskrun",
+        lambda self, name: asked.append(name) or {"status": {"checkpoint": {"uri": str(tmp_path / "train")}}},
+    )
+    assert _cli.main(["checkpoints", "list", "train"]) == 0
+    assert asked == ["train"]
+    assert _cli.main(["checkpoints", "list", "./train"]) == 0
+    assert asked == ["train"], "./train is the directory"
