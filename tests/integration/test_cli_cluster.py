@@ -171,7 +171,7 @@ def test_suspend_resume_and_delete_by_name(cluster: Cluster, kube: Client, task_
     uri = status(kube, task_namespace, "paused")["checkpoint"]["uri"]
     gone = spotrun(cluster, "delete", "paused", "--checkpoints", "--wait", "-n", task_namespace, timeout=120)
     assert gone.returncode == 0, gone.stderr
-    assert "its checkpoints are deleted" in gone.stdout
+    assert gone.stdout.strip() == "taskrun/paused deleted; the operator deletes its checkpoints"
     assert taskrun_gone(kube, task_namespace, "paused")
     assert Checkpoint(open_storage(uri, read_only=True)).latest() is None
 
@@ -206,4 +206,4 @@ def test_kubectl_runs_it_as_a_plugin(cluster: Cluster, task_namespace: str) -> N
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert f"No TaskRuns in the current context, namespace {task_namespace}" in done.stdout
+    assert f"No TaskRuns in the current context, namespace {task_namespace}" in done.stderr
