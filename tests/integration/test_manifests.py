@@ -58,9 +58,23 @@ def test_apply_k_runs_the_operator_in_cluster(
             120,
             "the operator Deployment to be available",
         )
+        # The replicas from before the restart ran with the ConfigMap before the patch: none of them
+        # may still be the leader (one that is ending can still be) when the TaskRun comes.
+        pods = "/api/v1/namespaces/spotrun-system/pods"
+        lease_path = "/apis/coordination.k8s.io/v1/namespaces/spotrun-system/leases/spotrun-operator"
+
+        def restarted_leader() -> bool:
+            items = kube.get(pods, labelSelector="app.kubernetes.io/name=spotrun-operator")["items"]
+            names = {p["metadata"]["name"] for p in items}
+            holder = (kube.get(lease_path)["spec"].get("holderIdentity") or "").rsplit("_", 1)[0]
+            return (
+                len(items) == 2 and not any(p["metadata"].get("deletionTimestamp") for p in items) and holder in names
+            )
+
+        wait_for(restarted_leader, 120, "the old replicas to be gone and a new one to lead")
         create_taskrun(kube, namespace, steps_taskrun("in-cluster", steps=3, step_seconds=0.1))
         final = wait_phase(kube, namespace, "in-cluster", "Succeeded", "Failed")
-        assert final["phase"] == "Succeeded"
+        assert final["phase"] == "Succeeded", (final.get("message"), final.get("attempts"))
         assert final["checkpoint"]["uri"] == f"s3://{env['LOCALCLUSTER_BUCKET']}/in-cluster/{namespace}/in-cluster/"
         # The leader did it: the Lease names its pod (the standby's log only says it stands by).
         lease = kube.get("/apis/coordination.k8s.io/v1/namespaces/spotrun-system/leases/spotrun-operator")
