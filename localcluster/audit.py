@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from localcluster import yamltext
+from spotrun import _yaml
 
 Obj = dict[str, Any]
 When = float | datetime.datetime  # seconds since the epoch (time.time()), or an aware datetime
@@ -46,7 +46,7 @@ POLICY: Obj = {
 
 
 def policy_text() -> str:
-    return yamltext.dump_all([POLICY])
+    return _yaml.dump_all([POLICY])
 
 
 def apiserver_flags(policy_path: Path, log_path: Path) -> list[str]:

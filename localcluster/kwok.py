@@ -26,7 +26,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from localcluster import toolchain, yamltext
+from spotrun import _yaml
+
+from localcluster import toolchain
 
 Obj = dict[str, Any]
 
@@ -457,4 +459,4 @@ def argv(binary: str, config_path: str, kubeconfig_path: str) -> list[str]:
 
 def config_text(server_address: str) -> str:
     """The file kwok reads with --config: its options and every Stage above, as YAML."""
-    return yamltext.dump_all(config_documents(server_address))
+    return _yaml.dump_all(config_documents(server_address))

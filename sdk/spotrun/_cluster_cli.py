@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spotrun import _submit
+from spotrun import _submit, _yaml
 from spotrun._cluster import RESOURCE, ClusterError, Kubectl, NotFoundError
 from spotrun._errors import ConfigError
 
@@ -401,7 +401,7 @@ def _submit_run(args: argparse.Namespace, extra: list[str]) -> int:
     code = _submit.configmap(_submit.code_name(name), args.namespace, files)
     taskrun = _submit.taskrun(submission, files, entry)
     if args.dry_run:
-        print(_submit.to_yaml(code) + "\n---\n" + _submit.to_yaml(taskrun))
+        print(_yaml.dump_all([code, taskrun]), end="")
         return 0
     cluster = kubectl(args)
     try:

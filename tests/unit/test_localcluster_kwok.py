@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spotrun import _yaml
 
-from localcluster import audit, kwok, yamltext
+from localcluster import audit, kwok
 from localcluster.cluster import ON_DEMAND_LABELS, SPOT_LABELS, SPOT_TAINT
 
 Obj = dict[str, Any]
@@ -202,7 +203,7 @@ def test_yaml_text_quotes_what_yaml_would_read_otherwise() -> None:
         "none": [],
         "nested": [{"a": 1, "b": [{"c": "d"}]}],
     }
-    assert yaml.safe_load(yamltext.dump_all([tricky])) == tricky
+    assert yaml.safe_load(_yaml.dump_all([tricky])) == tricky
 
 
 # ----- audit --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from spotrun import _cli, _submit
+from spotrun import _cli, _submit, _yaml
 from spotrun._errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +183,7 @@ def test_a_task_parameter_named_like_an_option_goes_after_a_double_dash(task_fil
     ],
 )
 def test_the_yaml_reads_back_as_what_was_written(value: Any) -> None:
-    assert yaml.safe_load(_submit.to_yaml(value)) == value
+    assert yaml.safe_load(_yaml.dump_all([value])) == value
 
 
 def test_submits_own_options_are_never_taken_shortened_from_the_tasks(task_file: Path, capsys: Any) -> None:
@@ -205,8 +205,8 @@ def test_a_symlink_out_of_the_package_is_left_behind(tmp_path: Path) -> None:
     assert sorted(files) == ["main.py"]
 
 
-def test_characters_outside_the_basic_plane_are_written_as_themselves() -> None:
-    text = _submit.to_yaml({"msg": "\U0001f600 ok", "tabbed": "a\tb\n\U0001f600\n"})
+def test_characters_outside_the_basic_plane_are_written_as_yaml_escapes_not_surrogate_pairs() -> None:
+    text = _yaml.dump_all([{"msg": "\U0001f600 ok", "tabbed": "a\tb\n\U0001f600\n"}])
     assert "\\ud83d" not in text
     assert yaml.safe_load(text) == {"msg": "\U0001f600 ok", "tabbed": "a\tb\n\U0001f600\n"}
 

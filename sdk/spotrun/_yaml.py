@@ -1,4 +1,5 @@
-"""Writes configuration documents (kwok's Stages, the audit policy) as readable YAML, without a YAML library."""
+"""Writes documents as readable YAML without a YAML library: `spotrun submit --dry-run`, and the local
+cluster's kwok Stages and audit policy."""
 
 from __future__ import annotations
 
@@ -29,7 +30,18 @@ def _scalar(value: Any) -> str:
     text = str(value)
     if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
         return text
-    return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+    return _quoted(text)
+
+
+def _quoted(text: str) -> str:
+    """TEXT as a YAML double-quoted scalar: JSON's escapes, but a character beyond the Basic
+    Multilingual Plane as \\UXXXXXXXX (YAML, and kubectl, refuse JSON's surrogate pairs)."""
+    return _SURROGATES.sub(
+        lambda m: f"\\U{0x10000 + ((int(m[1], 16) - 0xD800) << 10) + int(m[2], 16) - 0xDC00:08x}", json.dumps(text)
+    )
+
+
+_SURROGATES = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 
 
 def _block(value: str, indent: int) -> str | None:
@@ -37,7 +49,7 @@ def _block(value: str, indent: int) -> str | None:
     lines = value.split("\n")
     if "\n" not in value or value.startswith((" ", "\n")) or any(line != line.rstrip() for line in lines):
         return None
-    if any(ord(c) < 32 and c != "\n" for c in value):
+    if not all(line.isprintable() for line in lines):  # controls, DEL, U+2028: a block cannot hold them
         return None
     chomp = "" if value.endswith("\n") and not value.endswith("\n\n") else "-" if not value.endswith("\n") else "+"
     body = lines[:-1] if value.endswith("\n") else lines
