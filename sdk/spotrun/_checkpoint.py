@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import datetime
 import itertools
 import json
@@ -21,11 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from spotrun import _transfer
+from spotrun import _gang, _transfer
 from spotrun._errors import CheckpointError, CorruptCheckpointError, StorageError
 from spotrun._manifest import (
     DATA,
     MANIFESTS,
+    PARTS,
     CheckpointInfo,
     FileEntry,
     Manifest,
@@ -33,11 +35,13 @@ from spotrun._manifest import (
     id_of_manifest_key,
     manifest_key,
     parse_id,
+    part_key,
 )
 from spotrun._storage import AlreadyExistsError, NotFoundError, Storage, new_nonce
 
 log = logging.getLogger("spotrun.checkpoint")
 
+REJECTED = "rejected/"  # a gang's checkpoint set aside: a rank found its part corrupt
 MARKER = ".spotrun-checkpoint.json"  # written into a restored directory: which checkpoint it holds
 BYTES_NAME = "checkpoint.bin"
 COMMIT_TRIES = 20
@@ -59,6 +63,11 @@ class Checkpoint:
         resume_from: another run's checkpoints, read while `storage` has none; never written.
         keep: how many committed checkpoints retention keeps (at least 1).
         concurrency: parallel transfers for directories of many small files.
+        rank: this process's rank in a gang (SPOTRUN_RANK), from 0.
+        ranks: the gang's size (SPOTRUN_WORLD_SIZE). With 2 or more, every commit is collective:
+            all ranks call it, each saves its own part, and the checkpoint exists only once every
+            part is in; every rank restores its own part of the same checkpoint (see `_gang`).
+        gang_timeout: how long a rank waits for the others in a collective commit or restore.
     """
 
     def __init__(
@@ -69,7 +78,11 @@ class Checkpoint:
         resume_from: Storage | None = None,
         keep: int = 3,
         concurrency: int = 10,
+        rank: int = 0,
+        ranks: int = 1,
+        gang_timeout: float = 600.0,
     ) -> None:
+        self.gang = _gang.Gang(rank, ranks, gang_timeout) if ranks != 1 or rank != 0 else None
         if attempt < 1:
             raise ValueError(f"attempt must be 1 or more, not {attempt}")
         if keep < 1:
@@ -89,23 +102,36 @@ class Checkpoint:
         self._commits = 0
         self._default_dir: Path | None = None
         self._stamps: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime, mode) at the last sync
+        self._agreed: tuple[str, str] | bool | None = False  # a gang's agreed restore (uri, id); False: not yet
+
+    @property
+    def rank(self) -> int:
+        return self.gang.rank if self.gang else 0
+
+    @property
+    def ranks(self) -> int:
+        return self.gang.ranks if self.gang else 1
 
     # ----- Flyte-compatible API ----------------------------------------------------------------
 
     def prev_exists(self) -> bool:
-        """Whether a committed checkpoint exists to resume from (this run's, or resumeFrom's)."""
+        """Whether a committed checkpoint exists to resume from (this run's, or resumeFrom's). In a
+        gang: whether the gang restores one (every rank gets the same answer)."""
+        if self.gang:
+            return next(self._gang_candidates(), None) is not None
         return bool(self._ids(self.storage)) or bool(self.resume_from and self._ids(self.resume_from))
 
     def read(self) -> bytes | None:
         """The newest checkpoint's bytes (a single-file checkpoint, as `write` makes), or None."""
 
         def fetch(storage: Storage, manifest: Manifest) -> bytes:
-            if len(manifest.files) != 1:
+            files = manifest.part(self.rank)
+            if len(files) != 1:
                 raise CheckpointError(
                     f"read() needs a single-file checkpoint, but {manifest.id} in {storage.uri} has "
-                    f"{len(manifest.files)} files; use restore() for directories"
+                    f"{len(files)} files{self._of_rank()}; use restore() for directories"
                 )
-            return _transfer.fetch_bytes(storage, manifest.files[0], f"checkpoint {manifest.id} in {storage.uri}")
+            return _transfer.fetch_bytes(storage, files[0], f"checkpoint {manifest.id} in {storage.uri}")
 
         data: bytes | None = self._first_intact(fetch)
         return data
@@ -195,6 +221,8 @@ class Checkpoint:
     def _next_sequence(self) -> int:
         with self._lock:
             if self._sequence is None:
+                # Committed ids only, in a gang too: a rank's first id is taken before it writes its
+                # part, so the gang cannot commit that id before every rank has taken it.
                 own = [p for p in (parse_id(i) for i in self._ids(self.storage)) if p and p[0] == self.attempt]
                 self._sequence = itertools.count(max((s for _, s in own), default=0) + 1)
             return next(self._sequence)
@@ -227,6 +255,24 @@ class Checkpoint:
         sequence = self._next_sequence()
         prefix = f"{DATA}{checkpoint_id(self.attempt, sequence)}.{new_nonce()}/"
         files: builtins.list[FileEntry] = upload(prefix)
+        if self.gang:
+            manifest = _gang.commit(
+                self.storage,
+                self.gang,
+                Manifest(
+                    id=checkpoint_id(self.attempt, sequence),
+                    attempt=self.attempt,
+                    sequence=sequence,
+                    kind=kind,
+                    files=tuple(sorted((dataclasses.replace(f, rank=self.rank) for f in files), key=lambda f: f.path)),
+                    time=datetime.datetime.now(datetime.UTC).isoformat(),
+                    step=step,
+                    metadata={**(metadata or {}), **({"directories": list(directories)} if directories else {})},
+                    writer=_writer(),
+                    ranks=self.ranks,
+                ),
+            )
+            return self._committed(manifest)
         for _ in range(COMMIT_TRIES):
             manifest = Manifest(
                 id=checkpoint_id(self.attempt, sequence),
@@ -249,16 +295,21 @@ class Checkpoint:
                 sequence = self._next_sequence()
         else:
             raise CheckpointError(f"could not commit a checkpoint to {self.storage.uri} after {COMMIT_TRIES} tries")
+        return self._committed(manifest)
+
+    def _committed(self, manifest: Manifest) -> CheckpointInfo:
         self._manifests[(self.storage.uri, manifest.id)] = manifest
         self._last_commit = manifest
         self._commits += 1
         log.info(
             "Committed checkpoint %s (%d files, %d bytes) to %s",
             manifest.id,
-            len(files),
+            len(manifest.files),
             manifest.size,
             self.storage.uri,
         )
+        if self.rank != 0:
+            return manifest.info(self.storage.uri)  # rank 0 keeps a gang's storage tidy
         try:
             self._retain(manifest)
         except StorageError as err:  # retention is housekeeping: the commit stands
@@ -305,6 +356,8 @@ class Checkpoint:
         """Keeps the newest `keep` checkpoints; deletes older ones, manifest first, then their data
         (so no manifest ever points at deleted data). Checkpoints of later attempts are never
         touched: only their own attempt or a later one may remove them."""
+        if self.gang:  # committed: its parts have served (their files are in the manifest)
+            self.storage.delete([part_key(newest.id, r) for r in range(self.ranks)])
         ids = sorted(self._ids(self.storage), reverse=True)
         kept, surplus = ids[: self.keep], ids[self.keep :]
         doomed = [i for i in surplus if (parse_id(i) or (0, 0))[0] <= self.attempt]
@@ -340,6 +393,15 @@ class Checkpoint:
                 continue
             self.storage.delete([key for key, _ in self.storage.list(group)])
             log.info("Deleted uncommitted data %s from %s", group, self.storage.uri)
+        if not self.gang:
+            return
+        for group in self.storage.list_dirs(PARTS):  # parts of commits that never came (a rank died)
+            order = parse_id(group[len(PARTS) :].rstrip("/"))
+            if order is not None and order < newest_order and order[0] <= self.attempt:
+                self.storage.delete([key for key, _ in self.storage.list(group)])
+        done = [key for key, _ in self.storage.list(_gang.AGREEMENTS) if key < _gang.agreement_key(self.attempt)]
+        if done:
+            self.storage.delete(done)
 
     # ----- reading ----------------------------------------------------------------------------------
 
@@ -378,7 +440,17 @@ class Checkpoint:
 
     def _first_intact(self, use: Any) -> Any:
         """Calls `use(storage, manifest)` on the newest checkpoint until one verifies. When every
-        one fails, the listing is taken again (a concurrent retention may have replaced them)."""
+        one fails, the listing is taken again (a concurrent retention may have replaced them).
+        A gang's rank uses only the gang's one checkpoint (see `_gang_candidates`)."""
+        if self.gang:
+            for storage, manifest in self._gang_candidates():
+                try:
+                    result = use(storage, manifest)
+                except CorruptCheckpointError as err:
+                    raise self._reject(storage, manifest, err) from err
+                self._restored_from = manifest.id
+                return result
+            return None
         tried: set[tuple[str, str]] = set()
         for _ in range(3):
             fresh = False
@@ -398,13 +470,75 @@ class Checkpoint:
                 break
         return None
 
+    def _gang_candidates(self) -> Iterator[tuple[Storage, Manifest]]:
+        """A gang's one checkpoint to restore, the same on every rank: its own attempt's newest (only
+        this gang writes those, and each rank's save returns once it is committed), else the one rank
+        0 chose for this attempt. Listing alone could differ between ranks: an older attempt's zombie
+        may commit while they list."""
+        assert self.gang is not None
+        for storage, manifest in self._candidates(fallback=False):
+            if storage is self.storage and manifest.attempt == self.attempt:
+                yield storage, manifest
+                return
+            break
+        if self._agreed is False:
+            self._agreed = _gang.agree(self.storage, self.gang, self.attempt, self._choose)
+        if not isinstance(self._agreed, tuple):
+            return
+        uri, cid = self._agreed
+        source = next((s for s in (self.storage, self.resume_from) if s is not None and s.uri == uri), None)
+        chosen = self._manifest(source, cid) if source is not None else None
+        if source is None or chosen is None:
+            raise CheckpointError(f"checkpoint {cid} of {uri}, which rank 0 chose for the gang to restore, is gone")
+        yield source, chosen
+
+    def _choose(self) -> tuple[str, str] | None:
+        """Rank 0's choice for its gang: the newest committed checkpoint, of this gang's size."""
+        for storage, manifest in self._candidates():
+            if manifest.ranks != self.ranks:
+                raise CheckpointError(
+                    f"checkpoint {manifest.id} in {storage.uri} was written by {manifest.ranks} rank(s), and this "
+                    f"gang has {self.ranks}: a gang restores only checkpoints of its own size"
+                )
+            return storage.uri, manifest.id
+        return None
+
+    def _reject(self, storage: Storage, manifest: Manifest, err: CorruptCheckpointError) -> CheckpointError:
+        """A rank's part of the gang's checkpoint is corrupt. Falling back alone would restore ranks
+        from different checkpoints, so the checkpoint is set aside (under rejected/, for every later
+        reader) and this attempt fails: the next one's gang agrees on the one before."""
+        cid = manifest.id
+        where = f"rank {self.rank}'s part of checkpoint {cid} in {storage.uri} is corrupt ({err})"
+        if storage is not self.storage:
+            return CheckpointError(f"{where}; it cannot be set aside in a resumeFrom source, which is read-only")
+        self.storage.put(f"{REJECTED}{manifest.id}.json", manifest.to_json())
+        self.storage.delete([manifest_key(manifest.id)])
+        self._manifests.pop((storage.uri, manifest.id), None)
+        log.error(
+            "%s: set it aside as %s%s.json; the next attempt restores the one before", where, REJECTED, manifest.id
+        )
+        return CheckpointError(f"{where}: it was set aside, and the next attempt's ranks restore the one before")
+
+    def _of_rank(self) -> str:
+        return f" for rank {self.rank}" if self.gang else ""
+
     def _restore_into(self, storage: Storage, manifest: Manifest, target: Path) -> None:
+        if manifest.ranks != self.ranks:
+            raise CheckpointError(
+                f"checkpoint {manifest.id} in {storage.uri} was written by a gang of {manifest.ranks} ranks; restore "
+                f"it with Checkpoint(..., rank=R, ranks={manifest.ranks}) to get rank R's part"
+                if self.ranks == 1
+                else f"checkpoint {manifest.id} in {storage.uri} has {manifest.ranks} rank(s), not {self.ranks}"
+            )
         target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".spotrun-restore-", dir=target))
         try:
-            where = f"checkpoint {manifest.id} in {storage.uri}"
-            _transfer.download_files(storage, manifest.files, staging, where, self.concurrency)
-            for rel in manifest.metadata.get("directories", []):
+            where = f"checkpoint {manifest.id} in {storage.uri}{self._of_rank()}"
+            _transfer.download_files(storage, manifest.part(self.rank), staging, where, self.concurrency)
+            directories = manifest.metadata.get("directories", [])
+            if manifest.ranks > 1:
+                directories = (manifest.metadata.get("rankDirectories") or {}).get(str(self.rank), [])
+            for rel in directories:
                 (staging / rel).mkdir(parents=True, exist_ok=True)
             # Verified in full: now replace what an earlier restore left, entry by entry.
             previous = _marker_entries(target)

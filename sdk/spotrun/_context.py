@@ -26,6 +26,8 @@ class Settings:
         taskrun: SPOTRUN_TASKRUN, the TaskRun's name; set only inside a TaskRun's pod.
         namespace: SPOTRUN_NAMESPACE.
         capacity: SPOTRUN_CAPACITY, "spot" or "on-demand".
+        rank: SPOTRUN_RANK, this pod's rank in a gang (`replicas: N`), from 0.
+        world_size: SPOTRUN_WORLD_SIZE, the gang's size (1 for a single pod).
     """
 
     checkpoint_uri: str
@@ -35,6 +37,8 @@ class Settings:
     taskrun: str = ""
     namespace: str = ""
     capacity: str = ""
+    rank: int = 0
+    world_size: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,6 +51,8 @@ class Settings:
             taskrun=env.get("SPOTRUN_TASKRUN", ""),
             namespace=env.get("SPOTRUN_NAMESPACE", ""),
             capacity=env.get("SPOTRUN_CAPACITY", ""),
+            rank=_whole(env, "SPOTRUN_RANK", 0, 0),
+            world_size=_whole(env, "SPOTRUN_WORLD_SIZE", 1, 1),
         )
 
     @property
@@ -56,10 +62,16 @@ class Settings:
     def checkpoint(self) -> Checkpoint:
         storage = open_storage(self.checkpoint_uri)
         resume = open_storage(self.resume_from, read_only=True) if self.resume_from else None
-        return Checkpoint(storage, attempt=self.attempt, resume_from=resume, keep=self.keep)
+        return Checkpoint(
+            storage, attempt=self.attempt, resume_from=resume, keep=self.keep, rank=self.rank, ranks=self.world_size
+        )
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _whole(env, name, default, 1)
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, least: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -67,8 +79,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"{name}={raw!r} must be 1 or more")
+    if value < least:
+        raise ConfigError(f"{name}={raw!r} must be {least} or more")
     return value
 
 
@@ -100,6 +112,16 @@ class Context:
     @property
     def in_pod(self) -> bool:
         return self.settings.in_pod
+
+    @property
+    def rank(self) -> int:
+        """This pod's rank in its gang (0 for a single pod)."""
+        return self.settings.rank
+
+    @property
+    def world_size(self) -> int:
+        """How many pods the gang has (1 for a single pod)."""
+        return self.settings.world_size
 
 
 _active: contextvars.ContextVar[Context | None] = contextvars.ContextVar("spotrun_context", default=None)

@@ -9,9 +9,11 @@ import json
 import re
 from typing import Any
 
-FORMAT = 1
+FORMAT = 1  # one writer's checkpoint; a gang's (ranks > 1) is FORMAT_GANG, so older readers skip it
+FORMAT_GANG = 2
 MANIFESTS = "manifests/"
 DATA = "data/"
+PARTS = "parts/"  # a gang's parts: parts/ID/RANK.json, one per rank, before rank 0 commits ID
 _ID = re.compile(r"^(\d{6,})-(\d{6,})$")
 
 
@@ -45,6 +47,11 @@ class FileEntry:
     size: int
     sha256: str
     mode: int = 0o644
+    rank: int = 0  # in a gang's checkpoint: the rank whose part it is
+
+
+def part_key(cid: str, rank: int) -> str:
+    return f"{PARTS}{cid}/{rank}.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +96,7 @@ class Manifest:
     step: int | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     writer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ranks: int = 1  # a gang's checkpoint holds every rank's part (each file names its rank)
 
     @property
     def size(self) -> int:
@@ -96,12 +104,24 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        lines = "".join(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in sorted(self.files, key=lambda f: f.path))
+        ordered = sorted(self.files, key=lambda f: (f.rank, f.path))
+        if self.ranks == 1:
+            lines = "".join(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in ordered)
+        else:
+            lines = "".join(f"{f.rank}\0{f.path}\0{f.size}\0{f.sha256}\n" for f in ordered)
         return hashlib.sha256(lines.encode()).hexdigest()
 
+    def part(self, rank: int) -> tuple[FileEntry, ...]:
+        """The files of one rank (all of them in a single writer's checkpoint)."""
+        return self.files if self.ranks == 1 else tuple(f for f in self.files if f.rank == rank)
+
     def to_json(self) -> bytes:
+        if self.ranks == 1:
+            files = [{k: v for k, v in dataclasses.asdict(f).items() if k != "rank"} for f in self.files]
+        else:
+            files = [dataclasses.asdict(f) for f in self.files]
         body = {
-            "format": FORMAT,
+            "format": FORMAT if self.ranks == 1 else FORMAT_GANG,
             "id": self.id,
             "attempt": self.attempt,
             "sequence": self.sequence,
@@ -110,18 +130,23 @@ class Manifest:
             "time": self.time,
             "size": self.size,
             "digest": self.digest,
-            "files": [dataclasses.asdict(f) for f in self.files],
+            "files": files,
             "metadata": self.metadata,
             "writer": self.writer,
         }
+        if self.ranks > 1:
+            body["ranks"] = self.ranks
         return json.dumps(body, indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         """Parses and checks a manifest; ValueError when it is not one this SDK can trust."""
         body = json.loads(data)
-        if not isinstance(body, dict) or body.get("format") != FORMAT:
+        if not isinstance(body, dict) or body.get("format") not in (FORMAT, FORMAT_GANG):
             raise ValueError(f"unknown manifest format {body.get('format') if isinstance(body, dict) else body!r}")
+        ranks = int(body.get("ranks", 1)) if body["format"] == FORMAT_GANG else 1
+        if body["format"] == FORMAT_GANG and ranks < 2:
+            raise ValueError(f"a gang's manifest must have 2 ranks or more, not {ranks}")
         files = tuple(FileEntry(**entry) for entry in body["files"])
         manifest = cls(
             id=str(body["id"]),
@@ -133,7 +158,10 @@ class Manifest:
             step=None if body.get("step") is None else int(body["step"]),
             metadata=dict(body.get("metadata") or {}),
             writer=dict(body.get("writer") or {}),
+            ranks=ranks,
         )
+        if any(not 0 <= f.rank < ranks for f in files):
+            raise ValueError(f"manifest {manifest.id} has a file of a rank outside 0..{ranks - 1}")
         if parse_id(manifest.id) != (manifest.attempt, manifest.sequence):
             raise ValueError(f"manifest id {manifest.id!r} does not match its attempt and sequence")
         if body.get("digest") != manifest.digest:

@@ -11,6 +11,7 @@ from spotrun import Checkpoint, PermanentStorageError
 from spotrun._storage import AlreadyExistsError, S3Storage
 
 from localcluster.cluster import Cluster
+from tests.gang_cases import *  # noqa: F403 - and a gang's
 from tests.protocol_cases import *  # noqa: F403 - the shared cases are this module's tests
 from tests.protocol_cases import MakeStorage
 

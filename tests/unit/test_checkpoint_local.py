@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from spotrun._storage import LocalStorage
 
+from tests.gang_cases import *  # noqa: F403 - and a gang's
 from tests.protocol_cases import *  # noqa: F403 - the shared cases are this module's tests
 from tests.protocol_cases import MakeStorage
 
