@@ -71,8 +71,9 @@ def lost_seconds(entry: Obj, last_commit: str | None) -> float:
 def account(status: Obj, entry: Obj, last_commit: str | None, prices: Prices) -> None:
     """Adds one counted attempt (its history `entry`, given `endTime`, `capacity`, `outcome`) to
     status: the entry's lostSeconds (interrupted or failed), status.lostSeconds, status.usage and,
-    with prices, status.cost. Called once per attempt, when it is counted."""
-    seconds = run_seconds(entry)
+    with prices, status.cost. Called once per attempt, when it is counted. A gang's attempt (entry
+    `replicas`) used that many pods: its usage and cost are theirs together; lostSeconds is time."""
+    seconds = run_seconds(entry) * int(entry.get("replicas", 1))
     if entry.get("outcome") in LOSING:
         entry["lostSeconds"] = lost_seconds(entry, last_commit)
         status["lostSeconds"] = round(float(status.get("lostSeconds", 0)) + entry["lostSeconds"], 1)

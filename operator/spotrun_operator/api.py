@@ -419,6 +419,18 @@ class Api:
             if err.status != 409:
                 raise
 
+    def create_service(self, body: Obj) -> None:
+        """Creates a gang's headless Service; one that exists already is kept."""
+        try:
+            self.core.create_namespaced_service(body["metadata"]["namespace"], body)
+        except ApiException as err:
+            if err.status == 403 and "NamespaceTerminating" in str(err.body):
+                raise NamespaceTerminating(body["metadata"]["namespace"]) from err
+            if err.status in (400, 403, 422):
+                raise Refused(err.status, f"Service {body['metadata']['name']}: {_message(err)}") from err
+            if err.status != 409:
+                raise
+
     def delete_budget(self, namespace: str, name: str) -> None:
         try:
             self.policy.delete_namespaced_pod_disruption_budget(name, namespace)

@@ -137,6 +137,8 @@ def stopped_outcome(pod: Obj | None, outcome: Outcome) -> tuple[str, Outcome]:
         return names.OUTCOME_FAILED, Outcome(
             names.OUTCOME_FAILED, stopped, exit_code=outcome.exit_code, message="stopped: no checkpoint in time"
         )
+    if stopped == names.REASON_GANG_ENDED and outcome.kind == names.OUTCOME_INTERRUPTED:
+        return outcome.kind, outcome  # stopped for a peer, and its own node went meanwhile
     if stopped == names.REASON_NO_SPOT_CAPACITY:
         if (pod or {}).get("spec", {}).get("nodeName"):
             # Bound just as it was removed (the delete was refused, or the operator stopped between

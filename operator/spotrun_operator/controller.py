@@ -335,7 +335,12 @@ class Controller:
             try:
                 if decision.budget is not None and not self._ensure_budget(decision.budget):
                     decision.status.pop("disruptionBudget", None)
-                self._keep(self.api.create_pod(decision.create))
+                if decision.service is not None:
+                    self.api.create_service(decision.service)
+                # A gang's pods, in rank order. A pass that stops part way leaves the rest to the next
+                # one: status still names the attempt before, and the missing ranks are created then.
+                for pod in decision.pods:
+                    self._keep(self.api.create_pod(pod))
             except NamespaceTerminating:
                 # Nothing can be created in a namespace being deleted, and nothing needs to be: its
                 # pods go first, and must not wait for an accounting that will never come.
@@ -349,7 +354,7 @@ class Controller:
             metrics.observe_creation(taskrun, pods, now)
             log.info(
                 "Created pod %s for TaskRun %s/%s (attempt %s, %s)",
-                decision.create["metadata"]["name"],
+                ", ".join(p["metadata"]["name"] for p in decision.pods),
                 namespace,
                 name,
                 decision.status.get("attempt"),

@@ -16,6 +16,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 LABEL_TASKRUN = f"{GROUP}/taskrun"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_CAPACITY = f"{GROUP}/capacity"
+LABEL_RANK = f"{GROUP}/rank"  # on each pod of a gang (spec.replicas > 1)
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "spotrun-operator"
 
@@ -65,6 +66,7 @@ REASON_DEADLINE = "DeadlineExceeded"
 REASON_SUSPENDED = "Suspended"
 REASON_NO_SPOT_CAPACITY = "NoSpotCapacity"  # a spot pod unschedulable for capacity.fallback.afterPendingSeconds
 REASON_PROGRESS_DEADLINE = "ProgressDeadlineExceeded"  # no commit for progressDeadlineSeconds: a failure
+REASON_GANG_ENDED = "GangMemberEnded"  # the other pods of a gang whose pod ended: stopped, counted nowhere
 
 # Why a pod was interrupted, when the pod itself does not say.
 INTERRUPTION_NODE_GONE = "NodeGone"
@@ -109,10 +111,25 @@ def taskrun_of(pod_meta: Mapping[str, Any]) -> str | None:
     return None
 
 
-def pod_name(taskrun: str, attempt: int) -> str:
-    """The one name of attempt N's pod: deterministic, so a retried create finds it (409)."""
-    suffix = f"-a{attempt}"
+def pod_name(taskrun: str, attempt: int, rank: int | None = None) -> str:
+    """The one name of attempt N's pod (of rank R's, in a gang): deterministic, so a retried create
+    finds it (409)."""
+    suffix = f"-a{attempt}" if rank is None else f"-a{attempt}-r{rank}"
     return _shortened(taskrun, MAX_NAME - len(suffix)) + suffix
+
+
+def gang_service(taskrun: str) -> str:
+    """The headless Service that gives a gang's pods their DNS names: a DNS-1035 label (a letter
+    first, no dots), stable for the TaskRun."""
+    label = taskrun.replace(".", "-")
+    if not label[0].isalpha():
+        label = f"g-{label}"
+    return _shortened(label, MAX_NAME)
+
+
+def hostname(pod: str) -> str:
+    """A pod's hostname (a DNS label) from its name, which may hold dots."""
+    return pod.replace(".", "-")
 
 
 def budget_name(taskrun: str) -> str:

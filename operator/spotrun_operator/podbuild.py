@@ -16,6 +16,7 @@ NOTICE_VOLUME = "spotrun-notice"
 NOTICE_DIR = "/var/run/spotrun"  # every container sees the pod's notice annotation in NOTICE_DIR/notice
 NOTICE_FILE = f"{NOTICE_DIR}/notice"
 OWNED_PREFIX = f"{names.GROUP}/"
+MASTER_PORT = 29500  # torch.distributed's default; a template's own MASTER_PORT wins
 
 
 def _not_ours(metadata: Obj | None) -> Obj:
@@ -59,8 +60,29 @@ def _env(taskrun: Obj, attempt: int, capacity: str, uri: str, resume_from: str, 
     return env
 
 
+def replicas(taskrun: Obj) -> int:
+    return int(taskrun["spec"].get("replicas") or 1)
+
+
+def _gang_env(taskrun: Obj, attempt: int, rank: int, size: int) -> list[Obj]:
+    """A gang's rank contract: Spotrun's, and PyTorchJob's, so that init_process_group("env://") works."""
+    meta = taskrun["metadata"]
+    master = f"{names.hostname(names.pod_name(meta['name'], attempt, 0))}.{names.gang_service(meta['name'])}"
+    return [
+        {"name": "SPOTRUN_RANK", "value": str(rank)},
+        {"name": "SPOTRUN_WORLD_SIZE", "value": str(size)},
+        {"name": "RANK", "value": str(rank)},
+        {"name": "WORLD_SIZE", "value": str(size)},
+        {"name": "LOCAL_RANK", "value": "0"},
+        {"name": "MASTER_ADDR", "value": f"{master}.{meta['namespace']}.svc"},
+        {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+    ]
+
+
 def _with_contract(container: Obj, env: list[Obj], secret: str) -> Obj:
     container = copy.deepcopy(container)
+    own_port = any(e.get("name") == "MASTER_PORT" for e in container.get("env") or [])
+    env = [e for e in env if not (own_port and e["name"] == "MASTER_PORT")]
     ours = {e["name"] for e in env}
     container["env"] = [e for e in container.get("env") or [] if e["name"] not in ours] + env
     notice = {"name": NOTICE_VOLUME, "mountPath": NOTICE_DIR, "readOnly": True}
@@ -71,6 +93,25 @@ def _with_contract(container: Obj, env: list[Obj], secret: str) -> Obj:
     return container
 
 
+def build_pods(
+    taskrun: Obj,
+    attempt: int,
+    capacity: str,
+    config: Config,
+    *,
+    resume_from: str = "",
+    ranks: list[int] | None = None,
+) -> list[Obj]:
+    """The pods of `attempt`: one, or a gang's (spec.replicas), in rank order (only `ranks` if given)."""
+    size = replicas(taskrun)
+    if size == 1:
+        return [build_pod(taskrun, attempt, capacity, config, resume_from=resume_from)]
+    return [
+        build_pod(taskrun, attempt, capacity, config, resume_from=resume_from, rank=rank)
+        for rank in (range(size) if ranks is None else ranks)
+    ]
+
+
 def build_pod(
     taskrun: Obj,
     attempt: int,
@@ -78,9 +119,11 @@ def build_pod(
     config: Config,
     *,
     resume_from: str = "",
+    rank: int | None = None,
 ) -> Obj:
-    """The pod of `attempt`: deterministic name, controller owner reference, labels, finalizer,
-    the SPOTRUN_* environment and the S3 secret in every container, and placement for `capacity`."""
+    """The pod of `attempt` (of its `rank`, in a gang): deterministic name, controller owner
+    reference, labels, finalizer, the SPOTRUN_* environment and the S3 secret in every container,
+    and placement for `capacity`."""
     meta, spec = taskrun["metadata"], taskrun["spec"]
     template = copy.deepcopy(spec["template"])
     pod_spec: Obj = template.get("spec") or {}
@@ -90,6 +133,12 @@ def build_pod(
     secret = (checkpoint.get("secretRef") or {}).get("name") or config.checkpoint_secret
     grace = int(pod_spec.get("terminationGracePeriodSeconds", 30))
     env = _env(taskrun, attempt, capacity, uri, resume_from, grace)
+    name = names.pod_name(meta["name"], attempt, rank)
+    if rank is not None:
+        env += _gang_env(taskrun, attempt, rank, replicas(taskrun))
+        # DNS through the gang's headless Service: HOSTNAME.SERVICE.NAMESPACE.svc
+        pod_spec["hostname"] = names.hostname(name)
+        pod_spec["subdomain"] = names.gang_service(meta["name"])
 
     pod_spec["restartPolicy"] = "Never"
     pod_spec["containers"] = [_with_contract(c, env, secret) for c in pod_spec["containers"]]
@@ -146,11 +195,13 @@ def build_pod(
         names.LABEL_CAPACITY: capacity,
         names.LABEL_MANAGED_BY: names.MANAGED_BY,
     }
+    if rank is not None:
+        labels[names.LABEL_RANK] = str(rank)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": names.pod_name(meta["name"], attempt),
+            "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": annotations,
@@ -200,8 +251,33 @@ def build_budget(taskrun: Obj) -> Obj:
             "ownerReferences": [_owned_by(meta)],
         },
         "spec": {
-            "minAvailable": 1,
+            "minAvailable": replicas(taskrun),  # a gang: no rank is evicted alone
             "selector": {"matchLabels": {names.LABEL_TASKRUN: names.taskrun_label(meta["name"])}},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def build_service(taskrun: Obj) -> Obj:
+    """A gang's headless Service: each pod is HOSTNAME.SERVICE.NAMESPACE.svc, resolvable before it
+    is Ready (ranks meet before any of them serves), for the TaskRun's life."""
+    meta = taskrun["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": names.gang_service(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {
+                names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
+                names.LABEL_MANAGED_BY: names.MANAGED_BY,
+            },
+            "ownerReferences": [_owned_by(meta)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {names.LABEL_TASKRUN: names.taskrun_label(meta["name"])},
+            "ports": [{"name": "master", "port": MASTER_PORT, "protocol": "TCP"}],
         },
     }

@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from spotrun_operator import accounting, disruption, healing, memory, names, policy
+from spotrun_operator import accounting, disruption, gang, healing, memory, names, policy
 from spotrun_operator.attempts import (
     OUTCOME_STOPPED,
     after_notice,
@@ -27,7 +27,7 @@ from spotrun_operator.attempts import (
 )
 from spotrun_operator.classify import classify
 from spotrun_operator.config import Config
-from spotrun_operator.podbuild import build_budget, build_pod, checkpoint_uri
+from spotrun_operator.podbuild import build_budget, build_pods, build_service, checkpoint_uri, replicas
 from spotrun_operator.status import set_condition
 
 Obj = dict[str, Any]
@@ -66,7 +66,8 @@ class Decision:
     """What one pass wants done. The handler applies it through the API module, then writes status."""
 
     status: Obj
-    create: Obj | None = None
+    pods: list[Obj] = dataclasses.field(default_factory=list)  # to create, in rank order (a gang's, or one)
+    service: Obj | None = None  # a gang's headless Service (kept if it exists)
     stop: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (pod, reason): graceful delete
     force_delete: list[str] = dataclasses.field(default_factory=list)  # pods on nodes that are gone
     release: list[str] = dataclasses.field(default_factory=list)  # pods whose outcome is counted
@@ -77,6 +78,11 @@ class Decision:
     budget: Obj | None = None  # the PodDisruptionBudget to create (kept if it exists)
     delete_budget: str | None = None
     reschedule: list[str] = dataclasses.field(default_factory=list)  # unscheduled pods to remove (no spot room)
+
+    @property
+    def create(self) -> Obj | None:
+        """The first pod to create (rank 0's in a gang), or None."""
+        return self.pods[0] if self.pods else None
 
 
 def _parse(text: str | None) -> datetime.datetime | None:
@@ -125,6 +131,7 @@ def decide(
     step.release_counted_pods()
     step.force_delete_pods_of_gone_nodes()
     step.notify_live_pod()
+    step.stop_rest_of_gangs()
     for ends_the_pass in (
         step.keep_finished,
         step.finish_on_outcome,
@@ -132,6 +139,7 @@ def decide(
         step.deadline,
         step.heal_live_pod,
         step.wait_for_force_deleted_pod,
+        lambda: step.complete_gang(resume_from),
         step.show_live_pod,
         step.back_off,
         step.wait_for_namesakes,
@@ -169,7 +177,14 @@ class _Pass:
         ours = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
         # Pods of an earlier TaskRun of this name (deleted, then created again): never adopted.
         self.namesakes = [p for p in pods if p not in ours and names.taskrun_of(p["metadata"]) == self.meta["name"]]
-        self.by_attempt = {attempt_of(p): p for p in ours if attempt_of(p) > 0}
+        self.size = replicas(taskrun)  # pods per attempt: 1, or a gang's ranks
+        self.gangs: dict[int, dict[int, Obj]] = {}  # attempt -> rank -> pod
+        for pod in sorted((p for p in ours if attempt_of(p) > 0), key=lambda p: (attempt_of(p), gang.rank_of(p))):
+            self.gangs.setdefault(attempt_of(pod), {})[gang.rank_of(pod)] = pod
+        self.all_pods = [p for n in sorted(self.gangs) for p in self.gangs[n].values()]
+        # Each attempt's pod; in a gang, rank 0's (or the first there is).
+        self.by_attempt = {n: g.get(0) or next(iter(g.values())) for n, g in self.gangs.items()}
+        self._outcomes: dict[str, tuple[str, Any] | None] = {}  # pod name -> its own (kind, outcome)
         self.phase = self.old.get("phase", names.PENDING)
         st = self.st
         st.setdefault("failures", 0)
@@ -236,18 +251,16 @@ class _Pass:
 
     def count_ended_attempts(self) -> None:
         """Counts every attempt that ended since the last pass, in order."""
-        st, rules = self.st, (self.spec.get("failurePolicy") or {}).get("rules") or []
+        st = self.st
         history: list[Obj] = list(self.old.get("attempts") or [])
         for n in range(int(self.old.get("accountedAttempt", 0)) + 1, self.attempt + 1):
-            pod = self.by_attempt.get(n)
-            node_exists, node_ready = self._node(pod)
-            outcome = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
-            if outcome is None:
+            decided = self._attempt_outcome(n)
+            if decided is None:
                 break  # this attempt still runs
-            kind, outcome = stopped_outcome(pod, after_notice(pod, outcome))
+            pod, kind, outcome = decided
             if kind == names.OUTCOME_FAILED:
                 st["failures"] += 1
-                if memory.oom_killed(pod):
+                if any(memory.oom_killed(p) for p in self._pods(n)):
                     st["oomKills"] = int(st.get("oomKills", 0)) + 1
             elif kind == names.OUTCOME_INTERRUPTED:
                 st["interruptions"] += 1
@@ -257,11 +270,14 @@ class _Pass:
                 message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
             entry = record(pod, n, outcome, kind, self.now)
+            if self.size > 1:
+                entry["replicas"] = self.size
+                entry["rank"] = gang.rank_of(pod) if pod else 0
             start = self.old.get("startCheckpoint") or {}
             if int(start.get("attempt", 0)) == n and start.get("id"):
                 entry["resumedFrom"] = start["id"]
             self._place(entry, pod)
-            if finished(pod):
+            if self._ended(n):
                 self._account(entry)
             else:
                 # Counted before its pod ended (its node is gone or not Ready): it may still commit in
@@ -272,7 +288,7 @@ class _Pass:
             st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
             st["lastEndTime"] = iso(self.now)
             if kind == names.OUTCOME_SUCCEEDED:
-                st["result"] = result(pod)
+                st["result"] = result(self.by_attempt.get(n))  # a gang's: rank 0's
             detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
             self.decision.events.append(
                 (
@@ -283,6 +299,54 @@ class _Pass:
                 )
             )
         st["attempts"] = history[-HISTORY:]
+
+    def _pods(self, attempt: int) -> list[Obj]:
+        return list(self.gangs.get(attempt, {}).values())
+
+    def _ended(self, attempt: int) -> bool:
+        """Whether every pod of an attempt has ended (or is gone)."""
+        return all(finished(p) for p in self._pods(attempt))
+
+    def _ended_at(self, attempt: int) -> datetime.datetime | None:
+        times = [t for t in (accounting.ended_at(p) for p in self._pods(attempt)) if t is not None]
+        return max(times) if times else None
+
+    def _own_outcome(self, pod: Obj | None) -> tuple[str, Any] | None:
+        """One pod's (kind, outcome), the operator's stops taken into account; None while it runs."""
+        key = (pod or {}).get("metadata", {}).get("name", "")
+        if pod is None or key not in self._outcomes:
+            node_exists, node_ready = self._node(pod)
+            rules = (self.spec.get("failurePolicy") or {}).get("rules") or []
+            raw = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
+            ended = None if raw is None else stopped_outcome(pod, after_notice(pod, raw))
+            if pod is None:
+                return ended
+            self._outcomes[key] = ended
+        return self._outcomes[key]
+
+    def _rank_outcomes(self, attempt: int) -> list[tuple[str, Any] | None]:
+        """Each rank's own outcome. A rank with no pod is one being created (its attempt is newer than
+        status says: the pass that made the others stopped before it wrote status), else gone."""
+        pods = self.gangs.get(attempt, {})
+        creating = attempt > int(self.old.get("attempt", 0))
+        return [
+            None if rank not in pods and creating else self._own_outcome(pods.get(rank)) for rank in range(self.size)
+        ]
+
+    def _attempt_outcome(self, attempt: int) -> tuple[Obj | None, str, Any] | None:
+        """(the pod that decided it, kind, outcome) of an attempt that ended, else None."""
+        if self.size == 1:
+            pod = self.by_attempt.get(attempt)
+            ended = self._own_outcome(pod)
+            return None if ended is None else (pod, *ended)
+        pods = self.gangs.get(attempt, {})
+        decided = gang.combine(
+            self._rank_outcomes(attempt), lambda r: accounting.ended_at(pods[r]) if r in pods else None
+        )
+        if decided is None:
+            return None
+        rank, kind, outcome = decided
+        return pods.get(rank), kind, outcome
 
     def _account(self, entry: Obj) -> None:
         last_commit, certain = self._last_commit(int(entry["attempt"]))
@@ -295,10 +359,9 @@ class _Pass:
         for entry in self.st.get("attempts") or []:
             if not entry.get(PENDING_ACCOUNT):
                 continue
-            pod = self.by_attempt.get(int(entry["attempt"]))
-            if pod is not None and not finished(pod):
+            if not self._ended(int(entry["attempt"])):
                 continue
-            ended = accounting.ended_at(pod) if pod else None
+            ended = self._ended_at(int(entry["attempt"]))
             entry["endTime"] = iso(min(ended, self.now) if ended else self.now)
             del entry[PENDING_ACCOUNT]
             self._account(entry)
@@ -330,8 +393,10 @@ class _Pass:
         counted = int(self.st.get("accountedAttempt", 0))
         self.decision.release = [
             p["metadata"]["name"]
-            for n, p in sorted(self.by_attempt.items())
-            if n <= counted and finished(p) and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
+            for p in self.all_pods
+            if attempt_of(p) <= counted
+            and finished(p)
+            and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
         ]
 
     def force_delete_pods_of_gone_nodes(self) -> None:
@@ -340,7 +405,7 @@ class _Pass:
         it is still ending on a node that is not Ready does not: its kubelet is dead and will never
         finish it, and fencing keeps a survivor from writing over newer checkpoints."""
         counted = int(self.st.get("accountedAttempt", 0))
-        unfinished = [p for n, p in self.by_attempt.items() if n <= self.attempt and not finished(p)]
+        unfinished = [p for p in self.all_pods if attempt_of(p) <= self.attempt and not finished(p)]
         for pod in unfinished:
             if not self._node(pod)[0]:
                 self.decision.force_delete.append(pod["metadata"]["name"])
@@ -353,7 +418,7 @@ class _Pass:
         checkpoint committed after the notice (or the timeout) and stops the pod itself: the drain
         completes and the attempt counts as an interruption, reason Drained."""
         st = self.st
-        pod = next((p for p in self.live if attempt_of(p) == self.attempt), None)
+        pod = self._noticed_pod()
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             st.pop("drain", None)
             return
@@ -369,7 +434,12 @@ class _Pass:
         given = disruption.Notice.of_pod(pod)
         if notice is not None and given is None:
             notice = given = dataclasses.replace(notice, time=iso(self.now))
-            self.decision.notify.append((pod["metadata"]["name"], notice.annotation()))
+        # A gang's ranks are all told, so that they join in one final checkpoint.
+        for told in self._current():
+            unaware = disruption.Notice.of_pod(told) is None and not told["metadata"].get("deletionTimestamp")
+            if given is not None and unaware:
+                self.decision.notify.append((told["metadata"]["name"], given.annotation()))
+        if notice is not None and given is notice:
             self.decision.events.append(
                 (
                     "Normal",
@@ -388,10 +458,52 @@ class _Pass:
         if why is None:
             self.decision.requeue_after = min(disruption.DRAIN_POLL_SECONDS, self.decision.requeue_after or 60.0)
             return
-        self.decision.stop.append((pod["metadata"]["name"], names.INTERRUPTION_DRAINED))
+        self._stop_attempt(pod, names.INTERRUPTION_DRAINED)
         self.decision.events.append(
             ("Normal", names.INTERRUPTION_DRAINED, f"Stopping pod {pod['metadata']['name']} for the drain: {why}")
         )
+
+    def _current(self) -> list[Obj]:
+        """The live pods of the current attempt, in rank order."""
+        return [p for p in self.live if attempt_of(p) == self.attempt]
+
+    def _noticed_pod(self) -> Obj | None:
+        """The current attempt's pod whose node has a notice or drain (a gang's first such rank), else
+        its first: the one a notice is read from."""
+        current = self._current()
+        grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        taints = (self.config.notice_taints, self.config.drain_taints)
+        for pod in current if len(current) > 1 else []:
+            if disruption.Notice.of_pod(pod) or disruption.node_notice(
+                self._node_facts(pod), self.spec, *taints, grace
+            ):
+                return pod
+        return current[0] if current else None
+
+    def _stop_attempt(self, pod: Obj, reason: str) -> None:
+        """Stops `pod` for `reason`, and the rest of its gang for it."""
+        self._stop(pod, reason)
+        for other in self._pods(attempt_of(pod)):
+            if other is not pod and not finished(other):
+                self._stop(other, names.REASON_GANG_ENDED)
+
+    def _stop(self, pod: Obj, reason: str) -> None:
+        name = pod["metadata"]["name"]
+        if not pod["metadata"].get("deletionTimestamp") and all(n != name for n, _ in self.decision.stop):
+            self.decision.stop.append((name, reason))
+
+    def stop_rest_of_gangs(self) -> None:
+        """A gang's pod that ended other than in success ends its attempt: the ranks still running are
+        stopped gracefully (SIGTERM, their grace period to join a final checkpoint)."""
+        if self.size == 1:
+            return
+        for attempt in sorted(self.gangs):
+            ranks = self._rank_outcomes(attempt)
+            if not gang.stop_the_rest(ranks):
+                continue
+            for rank, pod in self.gangs[attempt].items():
+                if ranks[rank] is None and not finished(pod):
+                    self._stop(pod, names.REASON_GANG_ENDED)
 
     def _requeue(self, seconds: float) -> None:
         self.decision.requeue_after = min(seconds, self.decision.requeue_after or seconds)
@@ -400,20 +512,27 @@ class _Pass:
         """The current attempt's pod, unless it is already being stopped: a spot pod with no room
         for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
         deadline (checked against storage first) is stopped, a failure. Never ends the pass."""
-        pod = next((p for p in self.live if attempt_of(p) == self.attempt), None)
+        current = self._current()
+        pod = current[0] if current else None
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             self.st.pop("progressDeadline", None)
             self.st.pop(PROGRESS_UNREADABLE, None)
             return False
-        name = pod["metadata"]["name"]
-        if any(stopping == name for stopping, _ in self.decision.stop):
+        stopping = {name for name, _ in self.decision.stop}
+        if any(p["metadata"]["name"] in stopping or p["metadata"].get("deletionTimestamp") for p in current):
             return False
-        give_way, wait = healing.spot_fallback(self.spec, pod, self.now)
-        if give_way:
-            self.decision.reschedule.append(name)
-            return False
-        if wait is not None:
-            self._requeue(wait)
+        for rank_pod in current:
+            give_way, wait = healing.spot_fallback(self.spec, rank_pod, self.now)
+            if give_way:
+                # The gang moves together: its unscheduled pods are removed, its placed ones stopped.
+                for other in current:
+                    if other["spec"].get("nodeName"):
+                        self._stop(other, names.REASON_GANG_ENDED)
+                    else:
+                        self.decision.reschedule.append(other["metadata"]["name"])
+                return False
+            if wait is not None:
+                self._requeue(wait)
         # A drain waiting for its checkpoint ends the attempt itself; on a node that is not Ready
         # the task cannot commit, and what ends it is an interruption, not a stall.
         if not self.st.get("drain") and self._node(pod)[1]:
@@ -448,7 +567,7 @@ class _Pass:
             self._requeue((due - self.now).total_seconds())
             return
         name, seconds = pod["metadata"]["name"], self.spec["progressDeadlineSeconds"]
-        self.decision.stop.append((name, names.REASON_PROGRESS_DEADLINE))
+        self._stop_attempt(pod, names.REASON_PROGRESS_DEADLINE)
         self.decision.events.append(
             (
                 "Warning",
@@ -550,7 +669,7 @@ class _Pass:
         if not self.decision.force_delete:
             return False
         gone = max(
-            (p for p in self.by_attempt.values() if p["metadata"]["name"] in self.decision.force_delete),
+            (p for p in self.all_pods if p["metadata"]["name"] in self.decision.force_delete),
             key=attempt_of,
         )
         self.st["podName"] = gone["metadata"]["name"]
@@ -565,16 +684,21 @@ class _Pass:
         """A live pod: Running, or why it is not (it does not start, or it is terminating)."""
         if not self.live:
             return False
-        st, pod = self.st, self.live[-1]
+        st = self.st
+        newest = [p for p in self.live if attempt_of(p) == attempt_of(self.live[-1])]
+        # A gang: the first of its pods that does not run says why, else rank 0 speaks for it.
+        pod = next((p for p in newest if not _runs(p)), newest[0])
         terminating = bool(pod["metadata"].get("deletionTimestamp"))
-        running = pod.get("status", {}).get("phase") == "Running" and not terminating
+        running = _runs(pod)
         st["phase"] = names.RUNNING if running else names.PENDING
         st["podName"] = pod["metadata"]["name"]
         st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
         st["capacity"] = pod["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
         cause = None if running or terminating else pending_cause(pod)
         reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
-        if running:
+        if running and self.size > 1:
+            st["message"] = f"attempt {self.attempt} is running: {len(newest)} pods, rank 0 on {st['nodeName']}"
+        elif running:
             st["message"] = f"attempt {self.attempt} is running on {st['nodeName']}"
         elif cause:
             st["message"] = f"pod {pod['metadata']['name']} is not starting: {cause[0]}: {cause[1]}"
@@ -649,24 +773,47 @@ class _Pass:
         if self.st.get("disruptionBudget"):
             self.decision.delete_budget = self.st.pop("disruptionBudget")
 
+    def complete_gang(self, resolved: str | None) -> bool:
+        """A gang's attempt whose pods were not all created (the pass that began it stopped part way,
+        or the API server refused one): the missing ranks are created, as the first pods were."""
+        pods = self.gangs.get(self.attempt, {})
+        absent = gang.missing(pods, self.size) if self.size > 1 else []
+        if not absent or not pods or self.attempt <= int(self.old.get("attempt", 0)):
+            return False
+        if any(finished(p) or p["metadata"].get("deletionTimestamp") for p in pods.values()):
+            return False  # it is ending: the rest is not wanted any more
+        source = self.resume_source(resolved)
+        if source is None or self.refused_recently():
+            return self.show_live_pod()
+        capacity = next(iter(pods.values()))["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, "")
+        self._create(self.attempt, capacity or names.CAPACITY_SPOT, source, absent)
+        return True
+
     def create_next_attempt(self, source: str) -> None:
-        st = self.st
-        next_attempt = self.attempt + 1
         capacity = policy.capacity_for_next_attempt(
-            self.spec, st["interruptions"], no_spot_capacity=bool(st.get("capacityFallback"))
+            self.spec, self.st["interruptions"], no_spot_capacity=bool(self.st.get("capacityFallback"))
         )
-        pod = build_pod(self.taskrun, next_attempt, capacity, self.config, resume_from=source)
+        self._create(self.attempt + 1, capacity, source, None)
+
+    def _create(self, next_attempt: int, capacity: str, source: str, ranks: list[int] | None) -> None:
+        """Creates attempt `next_attempt`'s pods (only `ranks` of a gang's, when given)."""
+        st = self.st
+        pods = build_pods(self.taskrun, next_attempt, capacity, self.config, resume_from=source, ranks=ranks)
         on_oom = (self.spec.get("resources") or {}).get("onOOMKilled")
         try:
-            pod["spec"] = memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom)
+            for pod in pods:
+                pod["spec"] = memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom)
         except ValueError as err:
             self._finish(names.FAILED, REASON_INVALID_MEMORY_POLICY, f"spec.resources.onOOMKilled: {err}")
             return
+        pod = pods[0]
         if on_oom is not None:
             st["memory"] = memory.of_pod(pod)
         else:
             st.pop("memory", None)
-        self.decision.create = pod
+        self.decision.pods = pods
+        if self.size > 1:
+            self.decision.service = build_service(self.taskrun)
         if disruption.voluntary(self.spec) == names.VOLUNTARY_CHECKPOINT:
             self.decision.budget = build_budget(self.taskrun)
             st["disruptionBudget"] = self.decision.budget["metadata"]["name"]
@@ -685,17 +832,28 @@ class _Pass:
         st.pop(PROGRESS_UNREADABLE, None)
         st["attempt"] = next_attempt
         st["capacity"] = capacity
-        st["podName"] = pod["metadata"]["name"]
+        st["podName"] = names.pod_name(self.meta["name"], next_attempt, 0 if self.size > 1 else None)
         st["nodeName"] = ""
         st["phase"] = names.PENDING
         st.pop("retryAfter", None)
         st.pop("podRefusal", None)
         st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
+        if self.size > 1:
+            st["message"] += f": {self.size} pods"
         st.setdefault("startTime", iso(self.now))
         set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], self.now)
+        made = ", ".join(p["metadata"]["name"] for p in pods)
         self.decision.events.append(
-            ("Normal", "AttemptCreated", f"Created pod {pod['metadata']['name']} (attempt {next_attempt}, {capacity})")
+            (
+                "Normal",
+                "AttemptCreated",
+                f"Created pod{'s' if len(pods) > 1 else ''} {made} (attempt {next_attempt}, {capacity})",
+            )
         )
+
+
+def _runs(pod: Obj) -> bool:
+    return pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
 
 
 def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: datetime.datetime) -> Decision:

@@ -132,6 +132,13 @@ BAD: list[tuple[str, Obj, list[str]]] = [
     ),
     ("keep zero", with_spec(checkpoint={"keep": 0}), ["spec.checkpoint.keep", "greater than or equal to 1"]),
     ("deadline zero", with_spec(activeDeadlineSeconds=0), ["spec.activeDeadlineSeconds"]),
+    ("replicas zero", with_spec(replicas=0), ["spec.replicas", "greater than or equal to 1"]),
+    ("replicas too many", with_spec(replicas=129), ["spec.replicas", "less than or equal to 128"]),
+    (
+        "a gang in directory mode",
+        with_spec(replicas=2, checkpoint={"mountPath": "/data"}),
+        ["spec.checkpoint.mountPath", "directory mode) is for one pod"],
+    ),
 ]
 
 
@@ -160,6 +167,18 @@ def test_a_good_taskrun_is_accepted_with_defaults(crd: None, kube: Client, names
     assert spec["backoff"] == {"initialSeconds": 10, "factor": 2, "maxSeconds": 600}
     assert spec["capacity"] == {"type": "spot"}
     assert spec["checkpoint"]["keep"] == 3
+    assert spec["replicas"] == 1
+
+
+def test_a_gangs_replicas_cannot_change(crd: None, kube: Client, namespace: str) -> None:
+    body = with_spec(replicas=2)
+    body["metadata"]["name"] = "gang"
+    kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
+    with pytest.raises(ApiError) as refused:
+        kube.merge_patch(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns/gang", {"spec": {"replicas": 3}})
+    assert refused.value.status == 422
+    assert "spec.replicas" in str(refused.value)
+    assert "replicas cannot change once set" in str(refused.value)
 
 
 def test_the_self_healing_fields_are_accepted(crd: None, kube: Client, namespace: str) -> None:

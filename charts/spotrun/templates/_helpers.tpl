@@ -27,6 +27,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete]
+# spec.replicas > 1: a headless Service per gang gives its pods DNS names (the TaskRun owns it).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create]
 # An Event on every TaskRun transition.
 - apiGroups: [""]
   resources: [events]
