@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install torch test-ddp build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,6 +19,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the package, the operator extra and the dev tools.
+
+# torch for the DDP example: PyPI's Linux wheel, which brings its CUDA libraries (about 7 GB; gloo on
+# CPU is all it uses here), installed once per version outside the tree. Pods on process nodes and
+# the reference run put it on PYTHONPATH.
+TORCH_VERSION := 2.9.1
+TORCH_DIR := $(HOME)/.cache/spotrun/torch-$(TORCH_VERSION)
+
+$(TORCH_DIR)/.installed:
+	rm -rf $(TORCH_DIR)
+	$(PY) -m pip install --quiet --target $(TORCH_DIR) torch==$(TORCH_VERSION) 'numpy>=2,<3'
+	touch $@
+
+torch: $(STAMP) $(TORCH_DIR)/.installed ## torch for the DDP example (PyPI's wheel, about 7 GB) into ~/.cache/spotrun, once per version.
 
 build: $(STAMP) ## Build the local cluster's binaries into ~/.cache/spotrun (reused when cached).
 	$(PY) -m localcluster build
@@ -73,8 +86,11 @@ test-unit: $(STAMP) ## Unit tests: no cluster, seconds.
 test-integration: $(STAMP) build ## Integration tests against the local cluster (started by the tests).
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP) build ## End-to-end: the examples on an installed Spotrun (the local cluster by default).
-	$(PY) -m pytest tests/e2e
+test-e2e: $(STAMP) build torch ## End-to-end: the examples on an installed Spotrun (the local cluster by default).
+	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e
+
+test-ddp: $(STAMP) build torch ## Only the DDP example (replicas: 2, gloo): rank 1's node preempted, the gang resumes.
+	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e -k ddp
 
 test-real: $(STAMP) build-real ## tests/e2e on real nodes with the built image, once per node preempt, reclaim and kill.
 	$(PY) -m tests.real_nodes
@@ -82,11 +98,11 @@ test-real: $(STAMP) build-real ## tests/e2e on real nodes with the built image, 
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
 
-test: $(STAMP) build build-real build-kind ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
+test: $(STAMP) build build-real build-kind torch ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
 	$(PY) -m pip check
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
-	$(PY) -m pytest tests/e2e
+	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e
 	$(PY) -m tests.real_nodes
 	$(PY) -m tests.kind --e2e
 

@@ -521,6 +521,15 @@ class PodWorker:
             mounts.append({"source": str(source), "target": str(target), "readOnly": bool(mount.get("readOnly"))})
         path = Path(c.spec.get("terminationMessagePath") or "/dev/termination-log")
         mounts.append({"source": str(term_path), "target": str(path), "readOnly": False})
+        hosts = None
+        if self.pod["spec"].get("subdomain"):  # a gang's pod: its peers' names (no cluster DNS here)
+            peers = self.kubelet.dns_client.get(f"/api/v1/namespaces/{self.namespace}/pods")["items"]
+            hosts = podspec.hosts_file(self.pod, peers)
+        if hosts is not None:
+            hosts_path = self.dir / "etc-hosts" / f"{c.name}-{c.restart_count}"
+            hosts_path.parent.mkdir(parents=True, exist_ok=True)
+            hosts_path.write_text(hosts)
+            mounts.append({"source": str(hosts_path), "target": "/etc/hosts", "readOnly": True})
         return mounts
 
     def _log_path(self, container: str, restart: int) -> Path:
@@ -650,6 +659,11 @@ class Kubelet:
         pki = state_dir / "pki"
         self.client = Client(
             cluster["apiserver"], str(pki / "ca.crt"), str(pki / f"node-{node}.crt"), str(pki / f"node-{node}.key")
+        )
+        # The stand-in for cluster DNS (podspec.hosts_file) reads other nodes' pods, which a node may
+        # not: with an identity of its own, as CoreDNS has (the cluster's admin here).
+        self.dns_client = Client(
+            cluster["apiserver"], str(pki / "ca.crt"), str(pki / "admin.crt"), str(pki / "admin.key")
         )
         self.apiserver_host, port = cluster["apiserver"].removeprefix("https://").rsplit(":", 1)
         self.apiserver_port = int(port)

@@ -158,3 +158,23 @@ def container_env(pod: Obj, container: Obj, base: Mapping[str, str], lookup: Loo
             value = (container.get("resources") or {}).get(kind, {}).get(res)
             env[name] = str(value if value is not None else 0)
     return env
+
+
+def hosts_file(pod: Obj, namespace_pods: list[Obj], cluster_domain: str = "cluster.local") -> str | None:
+    """The /etc/hosts of a pod with spec.hostname and spec.subdomain (a gang's): a stand-in for
+    cluster DNS, which process nodes do not have. Every process pod's IP is 127.0.0.1, so each pod
+    of the subdomain known when the container starts resolves there, by the names CoreDNS would
+    give it (HOST.SUBDOMAIN.NAMESPACE.svc.cluster.local, and shorter). None for any other pod."""
+    spec = pod.get("spec") or {}
+    subdomain = spec.get("subdomain")
+    if not spec.get("hostname") or not subdomain:
+        return None
+    namespace = pod["metadata"]["namespace"]
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    peers = [p for p in namespace_pods if (p.get("spec") or {}).get("subdomain") == subdomain]
+    for peer in sorted(peers, key=lambda p: p["spec"].get("hostname") or ""):
+        host = peer["spec"].get("hostname")
+        if host:
+            fqdn = f"{host}.{subdomain}.{namespace}.svc"
+            lines.append(f"127.0.0.1\t{fqdn}.{cluster_domain} {fqdn} {host}.{subdomain} {host}")
+    return "\n".join(lines) + "\n"

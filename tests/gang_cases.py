@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spotrun import Checkpoint, CheckpointError, ConfigError
+from spotrun import Checkpoint, CheckpointError, ConfigError, open_storage
 from spotrun._context import Settings
 from spotrun._manifest import manifest_key
 from spotrun._storage import LocalStorage
@@ -184,3 +184,14 @@ def test_the_rank_comes_from_the_pods_environment() -> None:
         Settings.from_env({"SPOTRUN_RANK": "-1"})
     with pytest.raises(ConfigError, match=r"rank 4 is outside the gang's ranks 0..3"):
         Checkpoint(LocalStorage(Path("/nonexistent")), rank=4, ranks=4)
+
+
+def test_a_reader_restores_one_ranks_part_and_writes_nothing(make_storage: MakeStorage, tmp_path: Path) -> None:
+    together(gang(make_storage, attempt=1), lambda r, cp: cp.write(f"rank {r}".encode(), step=1))
+    before = keys(make_storage, "")
+    reader = Checkpoint(open_storage(make_storage().uri, read_only=True), rank=1, ranks=RANKS)
+    assert reader.read() == b"rank 1"
+    assert keys(make_storage, "") == before  # no agreement written: a reader is no member of a gang
+    latest = reader.latest()
+    assert latest is not None
+    assert (latest.ranks, latest.files) == (RANKS, RANKS)

@@ -481,6 +481,11 @@ class Checkpoint:
                 yield storage, manifest
                 return
             break
+        if getattr(self.storage, "read_only", False):  # a reader of one rank's part, not a gang's member
+            choice = self._choose()
+            if choice is not None:
+                yield next((s, m) for s, m in self._candidates() if (s.uri, m.id) == choice)
+            return
         if self._agreed is False:
             self._agreed = _gang.agree(self.storage, self.gang, self.attempt, self._choose)
         if not isinstance(self._agreed, tuple):

@@ -92,6 +92,9 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
     download = cp_sub.add_parser("download", help="download and verify a checkpoint into a directory", parents=[flags])
     download.add_argument("uri", metavar="NAME|URI", help=where)
     download.add_argument("dir", type=Path)
+    download.add_argument(
+        "--rank", type=int, help="a gang's checkpoint: only this rank's part (default: every rank's, into DIR/rank-R)"
+    )
     download.set_defaults(handler=_checkpoints_download)
 
     restore = sub.add_parser(
@@ -228,7 +231,21 @@ def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
-    restored = _reader(args).restore(args.dir)
+    reader = _reader(args)
+    latest = reader.latest()
+    if latest is not None and latest.ranks > 1:
+        # A gang's checkpoint: each rank's part into DIR/rank-R (or only --rank's, into DIR).
+        ranks = range(latest.ranks) if args.rank is None else [args.rank]
+        if args.rank is not None and not 0 <= args.rank < latest.ranks:
+            raise ConfigError(f"--rank {args.rank}: checkpoint {latest.id} has ranks 0..{latest.ranks - 1}")
+        for rank in ranks:
+            target = args.dir if args.rank is not None else args.dir / f"rank-{rank}"
+            part = Checkpoint(reader.storage, rank=rank, ranks=latest.ranks, resume_from=reader.resume_from)
+            print(part.restore(target))
+        return 0
+    if args.rank not in (None, 0):
+        raise ConfigError(f"--rank {args.rank}: the newest checkpoint in {args.uri} was written by one rank")
+    restored = reader.restore(args.dir)
     if restored is None:
         print(f"no committed checkpoints in {args.uri}", file=sys.stderr)
         return 1

@@ -70,6 +70,7 @@ class CheckpointInfo:
         kind: "bytes" (from `write`), "file", "stream" or "directory".
         uri: where it is stored.
         metadata: what the task passed as `metadata`.
+        ranks: how many ranks wrote it: 1, or a gang's size (each rank restores its own part).
     """
 
     id: str
@@ -83,6 +84,7 @@ class CheckpointInfo:
     kind: str
     uri: str
     metadata: dict[str, Any]
+    ranks: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,4 +186,5 @@ class Manifest:
             kind=self.kind,
             uri=uri,
             metadata=self.metadata,
+            ranks=self.ranks,
         )

@@ -7,6 +7,9 @@ On any cluster (kind, GKE, EKS) set:
                              --ignore-daemonsets --delete-emptydir-data" or a cloud CLI call
     SPOTRUN_E2E_EXAMPLES     where the pods find examples/ (default /opt/spotrun/examples: the image's)
     SPOTRUN_E2E_IMAGE        an image with the SDK, the examples and numpy (default ghcr.io/spotrun/spotrun:0.1.0)
+    SPOTRUN_E2E_TORCH        a directory holding torch (pip install --target): runs the DDP example, with
+                             its reference model computed here; the pods get it on PYTHONPATH unless
+    SPOTRUN_E2E_DDP_IMAGE    names an image with the SDK, the examples and torch (`make test-ddp`)
     SPOTRUN_E2E_MEMORY_LIMITS=1  the nodes enforce memory limits (any real node does; the local
                              cluster's process nodes do not): runs the OOM test too
 Without SPOTRUN_E2E_KUBECONFIG the suite starts the local cluster (or reuses LOCALCLUSTER_STATE_DIR),
@@ -49,8 +52,9 @@ class E2E:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def apply_example(self, name: str, **changes: Any) -> str:
-        """Applies examples/NAME-taskrun.yaml with its paths and image pointed at this cluster's."""
+    def apply_example(self, name: str, edit: Callable[[Obj], None] | None = None, **changes: Any) -> str:
+        """Applies examples/NAME-taskrun.yaml with its paths and image pointed at this cluster's, `changes`
+        to its spec and `edit(body)` last."""
         text = (REPO / "examples" / f"{name}-taskrun.yaml").read_text()
         text = text.replace("/opt/spotrun/examples", self.examples).replace("ghcr.io/spotrun/spotrun:0.1.0", self.image)
         body = json.loads(self.kubectl("create", "--dry-run=client", "-o", "json", "-f", "-", stdin=text))
@@ -59,6 +63,8 @@ class E2E:
         body["metadata"]["namespace"] = self.namespace  # the dry run filled in the kubeconfig's
         for key, value in changes.items():
             body["spec"][key] = value
+        if edit is not None:
+            edit(body)
         self.kubectl("apply", "-n", self.namespace, "-f", "-", stdin=json.dumps(body))
         return run_name
 

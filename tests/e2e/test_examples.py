@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import E2E
+from tests.e2e.conftest import E2E, REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +100,59 @@ def test_an_oom_killed_attempt_gets_more_memory(e2e: E2E) -> None:
     assert (first["reason"], first["exitCode"]) == ("OOMKilled", 137)
     assert first["memory"] == {"task": {"requests": "32Mi", "limits": "64Mi"}}
     assert second["memory"] == {"task": {"requests": "96Mi", "limits": "128Mi"}}, "x3, the limit capped at 128Mi"
+
+
+TORCH = os.environ.get("SPOTRUN_E2E_TORCH", "")
+DDP_IMAGE = os.environ.get("SPOTRUN_E2E_DDP_IMAGE", "")
+
+
+@pytest.mark.skipif(not TORCH, reason="needs torch: SPOTRUN_E2E_TORCH (`make test-ddp` installs it)")
+def test_ddp_gang_preempted_mid_run_resumes_every_rank_from_one_checkpoint(e2e: E2E) -> None:
+    """examples/ddp_train.py with replicas: 2: rank 1's node is preempted mid-run; the whole gang
+    restarts, both ranks from the same step, and the final model is the uninterrupted one's."""
+
+    def point_at_torch(body: dict[str, Any]) -> None:
+        container = body["spec"]["template"]["spec"]["containers"][0]
+        if DDP_IMAGE:
+            container["image"] = DDP_IMAGE
+        else:  # process nodes: the pods are processes of this machine
+            container["env"].append({"name": "PYTHONPATH", "value": TORCH})
+
+    name = e2e.apply_example("ddp", edit=point_at_torch)
+
+    def rank_1_node() -> str:
+        """Rank 1's node, once the gang has committed step 60 (rank 1 says so once it is committed)."""
+        if e2e.status(name).get("phase") != "Running":
+            return ""
+        pod = f"{name}-a1-r1"
+        try:
+            logs = e2e.kubectl("logs", "-n", e2e.namespace, pod)
+        except AssertionError:  # not started yet
+            return ""
+        if "committed 000001-000003 at step 60" not in logs:
+            return ""
+        return str(json.loads(e2e.kubectl("get", "pod", "-n", e2e.namespace, pod, "-o", "json"))["spec"]["nodeName"])
+
+    e2e.preempt(e2e.wait(rank_1_node, 300, f"{name} to commit step 60"))
+    final = e2e.finished(name, timeout=600)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["attempt"], final["interruptions"], final["failures"]) == (2, 1, 0)
+    result = final["result"]
+    assert result["steps"] == 300
+    first, second = result["resumed"]
+    assert first == second, f"the ranks resumed from different steps: {result['resumed']}"
+    assert first[0] == 0
+    assert first[1] >= 60, f"attempt 2 started from step {first[1]}"
+    reference = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "ddp_train.py"), "--reference"],
+        env={**os.environ, "PYTHONPATH": TORCH, "STEPS": "300", "WORLD_SIZE": "2"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    expected = json.loads(reference.stdout)
+    assert len(result["parameters"]) == len(expected)
+    worst = max(abs(a - b) for a, b in zip(result["parameters"], expected, strict=True))
+    assert worst < 1e-4, f"the interrupted run's model differs from the uninterrupted one by {worst}"
+    print(f"ddp: both ranks resumed {first}; {len(expected)} parameters within {worst:.1e} of the reference")

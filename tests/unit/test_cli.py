@@ -12,6 +12,7 @@ from pathlib import Path
 
 import spotrun
 
+from tests.gang_cases import together
 from tests.integration.helpers import wait_for
 from tests.protocol_cases import tree, write_tree
 
@@ -47,6 +48,22 @@ def test_checkpoints_list_show_download(tmp_path: Path) -> None:
 
     assert spotrun_cli("checkpoints", "download", str(store), str(tmp_path / "out")).returncode == 0
     assert tree(tmp_path / "out") == {"w.bin": b"weights"}
+
+
+def test_checkpoints_download_of_a_gangs_checkpoint_gives_every_ranks_part(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    ranks = [spotrun.Checkpoint(spotrun.open_storage(str(store)), rank=r, ranks=2) for r in (0, 1)]
+    together(ranks, lambda r, cp: cp.save(write_tree(tmp_path / f"src-{r}", {f"shard-{r}": bytes([r])}), step=3))
+    done = spotrun_cli("checkpoints", "download", str(store), str(tmp_path / "all"))
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "all") == {"rank-0/shard-0": b"\x00", "rank-1/shard-1": b"\x01"}
+    one = spotrun_cli("checkpoints", "download", str(store), str(tmp_path / "one"), "--rank", "1")
+    assert one.returncode == 0, one.stderr
+    assert tree(tmp_path / "one") == {"shard-1": b"\x01"}
+    wrong = spotrun_cli("checkpoints", "download", str(store), str(tmp_path / "no"), "--rank", "2")
+    assert wrong.returncode == 2
+    assert "--rank 2: checkpoint 000001-000001 has ranks 0..1" in wrong.stderr
+    assert not (tmp_path / "no").exists()
 
 
 def test_checkpoints_show_of_an_unknown_id_is_a_clear_error(tmp_path: Path) -> None:

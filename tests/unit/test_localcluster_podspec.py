@@ -215,3 +215,19 @@ def test_write_volume_never_shows_a_half_written_file(tmp_path: Path) -> None:
         reader.join()
     assert not errors
     assert len(seen) > 1
+
+
+def test_a_gangs_pod_resolves_its_peers_by_their_dns_names() -> None:
+    def pod(host: str, subdomain: str = "train") -> dict[str, object]:
+        return {"metadata": {"namespace": "ml"}, "spec": {"hostname": host, "subdomain": subdomain}}
+
+    hosts = podspec.hosts_file(pod("train-a1-r1"), [pod("train-a1-r0"), pod("train-a1-r1"), pod("x", "other")])
+    assert hosts is not None
+    lines = hosts.splitlines()
+    assert (
+        "127.0.0.1\ttrain-a1-r0.train.ml.svc.cluster.local train-a1-r0.train.ml.svc train-a1-r0.train train-a1-r0"
+        in lines
+    )
+    assert any(line.startswith("127.0.0.1\ttrain-a1-r1.train.ml.svc.cluster.local ") for line in lines)
+    assert not any("x.other" in line for line in lines)
+    assert podspec.hosts_file({"metadata": {"namespace": "ml"}, "spec": {}}, []) is None
