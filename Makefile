@@ -92,8 +92,8 @@ test-e2e: $(STAMP) build torch ## End-to-end: the examples on an installed Spotr
 test-ddp: $(STAMP) build torch ## Only the DDP example (replicas: 2, gloo): rank 1's node preempted, the gang resumes.
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e -k ddp
 
-test-real: $(STAMP) build-real ## tests/e2e on real nodes with the built image, once per node preempt, reclaim and kill.
-	$(PY) -m tests.real_nodes
+test-real: $(STAMP) build-real torch ## tests/e2e on real nodes with the built image, once per node preempt, reclaim and kill.
+	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
 
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
@@ -103,7 +103,7 @@ test: $(STAMP) build build-real build-kind torch ## The whole suite: lint, unit,
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/integration
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e
-	$(PY) -m tests.real_nodes
+	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
 	$(PY) -m tests.kind --e2e
 
 bench: $(STAMP) up ## Both benchmarks below (about 15 minutes).

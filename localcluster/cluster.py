@@ -238,6 +238,7 @@ class Cluster:
         self._start_scheduler(ports)
         if real_nodes:
             self._start_kube_proxy(ports)
+            self._start_coredns()
         self._spawn(
             "cloud-controller",
             [sys.executable, "-m", "localcluster.cloud", "--state-dir", str(self.dir)],
@@ -406,6 +407,30 @@ class Cluster:
         path = self.dir / "kube-proxy.json"
         path.write_text(json.dumps(config, indent=2))
         self._spawn("kube-proxy", [self._bin("kube-proxy"), f"--config={path}", "--v=1"])
+
+    def _start_coredns(self) -> None:
+        """The real CoreDNS with its kubernetes plugin, one for the host, on HOST_IP:53: the real nodes'
+        kubelets name it as clusterDNS, so pods resolve Services and a gang's pods by their names."""
+        corefile = self.dir / "Corefile"
+        kubeconfig = self.dir / "kubeconfig"
+        corefile.write_text(
+            f"""cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {realnode.HOST_IP}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    errors
+}}
+.:53 {{
+    bind {realnode.HOST_IP}
+    forward . /etc/resolv.conf
+    errors
+}}
+"""
+        )
+        self._spawn("coredns", [self._bin("coredns"), "-conf", str(corefile)])
 
     def _claim_host(self) -> None:
         """One cluster with real nodes per host: they share its addresses, iptables and cgroups."""

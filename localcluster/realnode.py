@@ -221,6 +221,7 @@ def kubelet_config(node: Layout, config: Obj, pki_dir: Path, serving: tuple[Path
         "oomScoreAdj": 0,
         "failSwapOn": False,
         "clusterDomain": "cluster.local",
+        "clusterDNS": [HOST_IP],  # CoreDNS, one host process for every real node (Cluster._start_coredns)
         "resolvConf": "/etc/resolv.conf",
         "rotateCertificates": False,
         "serverTLSBootstrap": False,

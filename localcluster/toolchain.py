@@ -141,8 +141,9 @@ BINARIES: tuple[Binary, ...] = (
         f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION.lstrip('v')}",
         cgo=False,
     ),
-    # The cluster DNS kubeadm deploys; static, to run in an image with nothing else in it.
-    Binary("coredns", "coredns", "github.com/coredns/coredns", COREDNS_VERSION, "-s -w", cgo=False, group=KIND),
+    # The cluster DNS kubeadm deploys (kind's image), and real nodes' (a host process); static, to run
+    # in an image with nothing else in it.
+    Binary("coredns", "coredns", "github.com/coredns/coredns", COREDNS_VERSION, "-s -w", cgo=False, group=REAL_NODES),
 )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spotrun import Checkpoint, CheckpointError, ConfigError, open_storage
+from spotrun import Checkpoint, CheckpointError, ConfigError, _gang, open_storage
 from spotrun._context import Settings
 from spotrun._manifest import manifest_key
 from spotrun._storage import LocalStorage
@@ -195,3 +195,44 @@ def test_a_reader_restores_one_ranks_part_and_writes_nothing(make_storage: MakeS
     latest = reader.latest()
     assert latest is not None
     assert (latest.ranks, latest.files) == (RANKS, RANKS)
+
+
+def test_incremental_syncs_of_a_gang_keep_each_ranks_own_files(make_storage: MakeStorage, tmp_path: Path) -> None:
+    roots = [write_tree(tmp_path / f"rank-{r}", {"model.pt": f"rank{r}".encode(), "step": b"1"}) for r in (0, 1)]
+    ranks = gang(make_storage, attempt=1)
+    together(ranks, lambda r, cp: cp.sync_directory(roots[r], step=1))
+    for root in roots:
+        (root / "step").write_bytes(b"2")  # model.pt unchanged: its object is reused, each rank its own
+    together(ranks, lambda r, cp: cp.sync_directory(roots[r], step=2))
+    restored = together(gang(make_storage, attempt=2), lambda r, cp: cp.restore(tmp_path / f"out-{r}"))
+    assert [tree(p) for p in restored] == [{"model.pt": b"rank0", "step": b"2"}, {"model.pt": b"rank1", "step": b"2"}]
+
+
+def test_a_commit_inside_a_commit_is_refused_in_a_gang(make_storage: MakeStorage) -> None:
+    cp = gang(make_storage, attempt=1)[0]
+    inner: list[BaseException] = []
+
+    def upload(prefix: str) -> list[Any]:
+        try:
+            cp.write(b"from a callback", step=2)  # as an on_preemption callback would, mid-upload
+        except CheckpointError as err:
+            inner.append(err)
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError):
+        cp._commit("bytes", upload, 1, None)
+    assert "cannot run inside another" in str(inner[0])
+
+
+def test_a_single_reader_does_not_read_a_gangs_part_as_its_own(make_storage: MakeStorage) -> None:
+    together(gang(make_storage, attempt=1), lambda r, cp: cp.write(f"shard {r}".encode(), step=1))
+    with pytest.raises(CheckpointError, match=r"written by a gang of 2 ranks"):
+        Checkpoint(make_storage(), attempt=2).read()
+
+
+def test_a_create_whose_answer_was_lost_is_taken_as_done(make_storage: MakeStorage) -> None:
+    """botocore retries a PUT whose answer it lost; the retry meets the object the first one wrote."""
+    storage = make_storage()
+    storage.put("parts/x/0.json", b"mine", create_only=True)
+    assert _gang._create(storage, "parts/x/0.json", b"mine")
+    assert not _gang._create(storage, "parts/x/0.json", b"another writer's")

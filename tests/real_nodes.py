@@ -8,7 +8,8 @@ with its Helm chart on that image (the operator runs as a pod, in-cluster config
 ServiceAccount), then runs `tests/e2e` through its any-cluster interface (SPOTRUN_E2E_KUBECONFIG)
 with SPOTRUN_E2E_PREEMPT set to each disruption in turn. Exits non-zero when any run fails. The
 first run also sets SPOTRUN_E2E_MEMORY_LIMITS=1: the OOM test needs a runtime that enforces
-memory limits, and does not depend on how a node is lost, so it runs once.
+memory limits, and does not depend on how a node is lost, so it runs once. So does the DDP example
+when SPOTRUN_E2E_TORCH names a torch (`make test-real` passes the cached one): its pods mount it.
 
     python -m tests.real_nodes disrupt MODE NODE
 
@@ -187,6 +188,10 @@ def run_suites(cluster: Cluster, args: argparse.Namespace) -> int:
             "SPOTRUN_E2E_IMAGE": images.EXAMPLES_IMAGE,
             "SPOTRUN_E2E_EXAMPLES": "/opt/spotrun/examples",
             "SPOTRUN_E2E_MEMORY_LIMITS": "1" if mode == modes[0] else "0",
+            # The DDP example (when torch is given): once, with the first disruption; the nodes are
+            # this machine's, so its pods mount the host's torch.
+            "SPOTRUN_E2E_TORCH": os.environ.get("SPOTRUN_E2E_TORCH", "") if mode == modes[0] else "",
+            "SPOTRUN_E2E_TORCH_MOUNT": "1",
         }
         say(f"tests/e2e with SPOTRUN_E2E_PREEMPT={run_env['SPOTRUN_E2E_PREEMPT']}")
         mode_started = time.monotonic()

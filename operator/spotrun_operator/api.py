@@ -420,16 +420,23 @@ class Api:
                 raise
 
     def create_service(self, body: Obj) -> None:
-        """Creates a gang's headless Service; one that exists already is kept."""
+        """Creates a gang's headless Service; one of the TaskRun's that exists already is kept. Raises
+        Refused when the API server will not have it or another owner's holds the name."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            self.core.create_namespaced_service(body["metadata"]["namespace"], body)
+            self.core.create_namespaced_service(namespace, body)
+            return
         except ApiException as err:
             if err.status == 403 and "NamespaceTerminating" in str(err.body):
-                raise NamespaceTerminating(body["metadata"]["namespace"]) from err
+                raise NamespaceTerminating(namespace) from err
             if err.status in (400, 403, 422):
-                raise Refused(err.status, f"Service {body['metadata']['name']}: {_message(err)}") from err
+                raise Refused(err.status, f"Service {name}: {_message(err)}") from err
             if err.status != 409:
                 raise
+        existing = self._json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
+        owner = {o.get("uid") for o in body["metadata"].get("ownerReferences") or []}
+        if not owner & {o.get("uid") for o in existing["metadata"].get("ownerReferences") or []}:
+            raise Refused(409, f"Service {name} exists and is not this TaskRun's: the gang's pods need the name")
 
     def delete_budget(self, namespace: str, name: str) -> None:
         try:

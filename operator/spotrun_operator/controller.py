@@ -335,11 +335,13 @@ class Controller:
             try:
                 if decision.budget is not None and not self._ensure_budget(decision.budget):
                     decision.status.pop("disruptionBudget", None)
+                refusing = "the gang's Service"
                 if decision.service is not None:
                     self.api.create_service(decision.service)
                 # A gang's pods, in rank order. A pass that stops part way leaves the rest to the next
                 # one: status still names the attempt before, and the missing ranks are created then.
                 for pod in decision.pods:
+                    refusing = f"pod {pod['metadata']['name']}"
                     self._keep(self.api.create_pod(pod))
             except NamespaceTerminating:
                 # Nothing can be created in a namespace being deleted, and nothing needs to be: its
@@ -348,8 +350,8 @@ class Controller:
                 self.release_pods(namespace, name)
                 return None
             except Refused as err:
-                log.warning("The API server refused pod %s: %s", decision.create["metadata"]["name"], err.message)
-                decision = refused(taskrun, decision, err.status, err.message, now)
+                log.warning("The API server refused %s: %s", refusing, err.message)
+                decision = refused(taskrun, decision, err.status, err.message, now, refusing)
         if decision.create is not None:
             metrics.observe_creation(taskrun, pods, now)
             log.info(

@@ -24,6 +24,8 @@ from spotrun_operator.classify import Outcome
 Obj = dict[str, Any]
 Ended = tuple[str, Outcome]  # (kind, outcome) of one rank, as attempts.stopped_outcome gives it
 PRIORITY = (names.OUTCOME_FAILED, names.OUTCOME_RESCHEDULED, "Stopped")
+# A rank whose pod was never created (the API server refused it), once the others have ended.
+NOT_CREATED: Ended = ("Stopped", Outcome("Stopped", "NotCreated"))
 
 
 def rank_of(pod: Obj) -> int:

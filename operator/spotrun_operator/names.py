@@ -124,7 +124,11 @@ def gang_service(taskrun: str) -> str:
     label = taskrun.replace(".", "-")
     if not label[0].isalpha():
         label = f"g-{label}"
-    return _shortened(label, MAX_NAME)
+    if label == taskrun:
+        return _shortened(label, MAX_NAME)
+    # Changed to fit: a hash of the real name keeps "a.b" and "a-b" (or "1x" and "g-1x") apart.
+    digest = hashlib.sha256(taskrun.encode()).hexdigest()[:_DIGEST]
+    return f"{_shortened(label, MAX_NAME - _DIGEST - 1)}-{digest}"
 
 
 def hostname(pod: str) -> str:

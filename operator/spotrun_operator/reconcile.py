@@ -325,13 +325,19 @@ class _Pass:
         return self._outcomes[key]
 
     def _rank_outcomes(self, attempt: int) -> list[tuple[str, Any] | None]:
-        """Each rank's own outcome. A rank with no pod is one being created (its attempt is newer than
-        status says: the pass that made the others stopped before it wrote status), else gone."""
+        """Each rank's own outcome. A rank with no pod is one being created while its attempt is newer
+        than status says (the pass that made the others stopped part way, or the API server refused
+        it) and the others run; never created once they have ended; else gone (an interruption)."""
         pods = self.gangs.get(attempt, {})
         creating = attempt > int(self.old.get("attempt", 0))
-        return [
-            None if rank not in pods and creating else self._own_outcome(pods.get(rank)) for rank in range(self.size)
-        ]
+        others_run = not any(finished(p) for p in pods.values())
+        outcomes: list[tuple[str, Any] | None] = []
+        for rank in range(self.size):
+            if rank in pods or not creating:
+                outcomes.append(self._own_outcome(pods.get(rank)))
+            else:
+                outcomes.append(None if others_run else gang.NOT_CREATED)
+        return outcomes
 
     def _attempt_outcome(self, attempt: int) -> tuple[Obj | None, str, Any] | None:
         """(the pod that decided it, kind, outcome) of an attempt that ended, else None."""
@@ -690,10 +696,11 @@ class _Pass:
         pod = next((p for p in newest if not _runs(p)), newest[0])
         terminating = bool(pod["metadata"].get("deletionTimestamp"))
         running = _runs(pod)
+        first = newest[0]  # status names rank 0's pod and node; the message, the one that does not run
         st["phase"] = names.RUNNING if running else names.PENDING
-        st["podName"] = pod["metadata"]["name"]
-        st["nodeName"] = pod.get("spec", {}).get("nodeName", "")
-        st["capacity"] = pod["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
+        st["podName"] = first["metadata"]["name"]
+        st["nodeName"] = first.get("spec", {}).get("nodeName", "")
+        st["capacity"] = first["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
         cause = None if running or terminating else pending_cause(pod)
         reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
         if running and self.size > 1:
@@ -790,6 +797,10 @@ class _Pass:
         return True
 
     def create_next_attempt(self, source: str) -> None:
+        uncounted = int(self.st.get("accountedAttempt", 0)) < self.attempt
+        if uncounted:  # never past an attempt not counted: its pods (a gang's, part made) still decide it
+            self._wait(f"waiting for attempt {self.attempt} to end", names.REASON_POD_PENDING, 5.0)
+            return
         capacity = policy.capacity_for_next_attempt(
             self.spec, self.st["interruptions"], no_spot_capacity=bool(self.st.get("capacityFallback"))
         )
@@ -856,7 +867,9 @@ def _runs(pod: Obj) -> bool:
     return pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
 
 
-def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: datetime.datetime) -> Decision:
+def refused(
+    taskrun: Obj, decision: Decision, code: int, message: str, now: datetime.datetime, what: str = ""
+) -> Decision:
     """The pass whose pod the API server refused (HTTP `code`, its `message`): no attempt started.
 
     What the pass counted stays; the attempt it was about to start does not exist, so the status
@@ -867,7 +880,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
     """
     old: Obj = taskrun.get("status") or {}
     st = decision.status
-    pod_name = (decision.create or {}).get("metadata", {}).get("name", "the pod")
+    what = what or f"pod {(decision.create or {}).get('metadata', {}).get('name', '')}".rstrip()
     for key in ("attempt", "podName", "nodeName", "capacity", "startTime", "memory", "startCheckpoint"):
         if key in old:
             st[key] = old[key]
@@ -887,7 +900,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
         st.pop("disruptionBudget", None)  # the budget is created before the pod: it exists if it was asked for
     result.events = [e for e in decision.events if e[1] != "AttemptCreated"]
     if code == 422:
-        text = f"the API server refused pod {pod_name} as invalid: {message}"
+        text = f"the API server refused {what} as invalid: {message}"
         st["phase"] = names.FAILED
         st["message"] = text
         st.setdefault("completionTime", iso(now))
@@ -902,7 +915,7 @@ def refused(taskrun: Obj, decision: Decision, code: int, message: str, now: date
     retry_at = iso(now + datetime.timedelta(seconds=wait))
     st["podRefusal"] = {"count": count, "code": code, "message": message, "retryAfter": retry_at}
     st["phase"] = names.PENDING
-    st["message"] = f"the API server refused pod {pod_name}: {message}; retrying at {retry_at}"
+    st["message"] = f"the API server refused {what}: {message}; retrying at {retry_at}"
     set_condition(st, names.COND_READY, False, REASON_POD_REFUSED, st["message"], now)
     if previous.get("message") != message:
         result.events.append(("Warning", REASON_POD_REFUSED, st["message"]))

@@ -125,6 +125,7 @@ class Checkpoint:
         """The newest checkpoint's bytes (a single-file checkpoint, as `write` makes), or None."""
 
         def fetch(storage: Storage, manifest: Manifest) -> bytes:
+            self._check_ranks(storage, manifest)
             files = manifest.part(self.rank)
             if len(files) != 1:
                 raise CheckpointError(
@@ -237,7 +238,14 @@ class Checkpoint:
     ) -> CheckpointInfo:
         # A commit may run inside another one: an on_preemption callback, run by a signal handler
         # in the main thread at a notice, while the task's own commit uploads. The inner one must
-        # not sweep the outer one's data, which no manifest references yet.
+        # not sweep the outer one's data, which no manifest references yet. In a gang it cannot
+        # be: each rank would number the two commits in the order it met them, and the ranks meet
+        # a notice at different points.
+        if self.gang and self._in_flight:
+            raise CheckpointError(
+                "a gang's commit cannot run inside another (an on_preemption callback during a save): the ranks "
+                "must save together; decide to stop collectively (preempted() and an all-reduce), then save"
+            )
         self._in_flight += 1
         try:
             return self._commit_once(kind, upload, step, metadata, directories)
@@ -328,7 +336,8 @@ class Checkpoint:
             if not names and not dirnames and here != root:
                 empty_dirs.append(here.relative_to(root).as_posix())
             sources.extend((here.joinpath(n).relative_to(root).as_posix(), here / n) for n in names)
-        previous = {f.path: f for f in self._last_commit.files} if incremental and self._last_commit else {}
+        last = self._last_commit
+        previous = {f.path: f for f in last.part(self.rank)} if incremental and last else {}  # this rank's own
         stamps = dict(self._stamps)
 
         def upload(prefix: str) -> builtins.list[FileEntry]:
@@ -514,8 +523,8 @@ class Checkpoint:
         reader) and this attempt fails: the next one's gang agrees on the one before."""
         cid = manifest.id
         where = f"rank {self.rank}'s part of checkpoint {cid} in {storage.uri} is corrupt ({err})"
-        if storage is not self.storage:
-            return CheckpointError(f"{where}; it cannot be set aside in a resumeFrom source, which is read-only")
+        if storage is not self.storage or getattr(self.storage, "read_only", False):
+            return CheckpointError(f"{where}; it cannot be set aside here: the storage is read-only")
         self.storage.put(f"{REJECTED}{manifest.id}.json", manifest.to_json())
         self.storage.delete([manifest_key(manifest.id)])
         self._manifests.pop((storage.uri, manifest.id), None)
@@ -527,7 +536,7 @@ class Checkpoint:
     def _of_rank(self) -> str:
         return f" for rank {self.rank}" if self.gang else ""
 
-    def _restore_into(self, storage: Storage, manifest: Manifest, target: Path) -> None:
+    def _check_ranks(self, storage: Storage, manifest: Manifest) -> None:
         if manifest.ranks != self.ranks:
             raise CheckpointError(
                 f"checkpoint {manifest.id} in {storage.uri} was written by a gang of {manifest.ranks} ranks; restore "
@@ -535,6 +544,9 @@ class Checkpoint:
                 if self.ranks == 1
                 else f"checkpoint {manifest.id} in {storage.uri} has {manifest.ranks} rank(s), not {self.ranks}"
             )
+
+    def _restore_into(self, storage: Storage, manifest: Manifest, target: Path) -> None:
+        self._check_ranks(storage, manifest)
         target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".spotrun-restore-", dir=target))
         try:

@@ -79,13 +79,11 @@ def commit(storage: Storage, gang: Gang, part: Manifest) -> Manifest:
     returns the gang's manifest once it is committed. Raises CheckpointError when the gang cannot
     commit: parts of different steps, a duplicate writer, or the others not there in time."""
     cid = part.id
-    try:
-        storage.put(part_key(cid, gang.rank), part.to_json(), create_only=True)
-    except AlreadyExistsError:
+    if not _create(storage, part_key(cid, gang.rank), part.to_json()):
         raise CheckpointError(
             f"rank {gang.rank}'s part of checkpoint {cid} in {storage.uri} was already written: two processes run "
             "as this rank of this attempt, or the ranks did not call save() the same number of times"
-        ) from None
+        )
     if gang.rank == 0:
         return _commit_as_leader(storage, gang, part)
     return _wait_for_commit(storage, gang, cid)
@@ -104,13 +102,9 @@ def _commit_as_leader(storage: Storage, gang: Gang, own: Manifest) -> Manifest:
                 f"checkpoint {cid} in {storage.uri} was not committed: ranks {_ranges(missing)} wrote no part "
                 f"within {gang.timeout:.0f}s (every rank must call save() for each checkpoint)"
             )
-    parts = [own] + [_read_part(storage, cid, r, gang.ranks) for r in range(1, gang.ranks)]
-    steps = sorted({p.step for p in parts}, key=lambda s: -1 if s is None else s)
-    if len(steps) > 1:
-        reason = (
-            f"the ranks saved different steps ({', '.join(str(s) for s in steps)}) as checkpoint {cid}: "
-            "every rank must call save() for the same step, in the same order"
-        )
+    parts, reason = _gather(storage, gang, own)
+    if reason:
+        # Said where the other ranks look while they wait, so that none waits out its timeout.
         storage.put(f"{PARTS}{cid}/{REFUSED}", json.dumps({"reason": reason}).encode())
         raise CheckpointError(f"checkpoint {cid} in {storage.uri} was not committed: {reason}")
     # Each rank's empty directories, by rank (parts[r] is rank r's).
@@ -123,26 +117,47 @@ def _commit_as_leader(storage: Storage, gang: Gang, own: Manifest) -> Manifest:
         files=tuple(sorted((f for p in parts for f in p.files), key=lambda f: (f.rank, f.path))),
         metadata=metadata,
     )
-    try:
-        storage.put(manifest_key(cid), manifest.to_json(), create_only=True)
-    except AlreadyExistsError:
+    if not _create(storage, manifest_key(cid), manifest.to_json()):
         raise CheckpointError(
             f"checkpoint {cid} in {storage.uri} was committed by another process: two processes run as rank 0"
-        ) from None
+        )
     return manifest
 
 
-def _read_part(storage: Storage, cid: str, rank: int, ranks: int) -> Manifest:
+def _create(storage: Storage, key: str, body: bytes) -> bool:
+    """Creates `key` (create-only); True also when it holds `body` already: a PUT that succeeded but
+    whose answer was lost is retried by botocore, and the retry finds its own object."""
     try:
-        part = Manifest.from_json(storage.get(part_key(cid, rank)))
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"rank {rank}'s part of checkpoint {cid} in {storage.uri} is unreadable: {err}") from None
-    if part.id != cid or part.ranks != ranks or any(f.rank != rank for f in part.files):
-        raise CheckpointError(
-            f"rank {rank}'s part of checkpoint {cid} in {storage.uri} does not belong to it "
-            f"(id {part.id}, {part.ranks} ranks): the gang's ranks disagree on their number"
+        storage.put(key, body, create_only=True)
+    except AlreadyExistsError:
+        try:
+            return storage.get(key) == body
+        except NotFoundError:
+            return False
+    return True
+
+
+def _gather(storage: Storage, gang: Gang, own: Manifest) -> tuple[list[Manifest], str]:
+    """Every rank's part (parts[r] is rank r's), or why they are not one checkpoint."""
+    cid, parts = own.id, [own]
+    for rank in range(1, gang.ranks):
+        try:
+            part = Manifest.from_json(storage.get(part_key(cid, rank)))
+        except (NotFoundError, ValueError, KeyError, TypeError) as err:
+            return parts, f"rank {rank}'s part is unreadable ({err})"
+        if part.id != cid or part.ranks != gang.ranks or any(f.rank != rank for f in part.files):
+            return parts, (
+                f"rank {rank}'s part does not belong to it (id {part.id}, {part.ranks} ranks): "
+                "the gang's ranks disagree on their number"
+            )
+        parts.append(part)
+    steps = sorted({p.step for p in parts}, key=lambda s: -1 if s is None else s)
+    if len(steps) > 1:
+        return parts, (
+            f"the ranks saved different steps ({', '.join(str(s) for s in steps)}) as checkpoint {cid}: "
+            "every rank must call save() for the same step, in the same order"
         )
-    return part
+    return parts, ""
 
 
 def _wait_for_commit(storage: Storage, gang: Gang, cid: str) -> Manifest:

@@ -9,7 +9,8 @@ On any cluster (kind, GKE, EKS) set:
     SPOTRUN_E2E_IMAGE        an image with the SDK, the examples and numpy (default ghcr.io/spotrun/spotrun:0.1.0)
     SPOTRUN_E2E_TORCH        a directory holding torch (pip install --target): runs the DDP example, with
                              its reference model computed here; the pods get it on PYTHONPATH unless
-    SPOTRUN_E2E_DDP_IMAGE    names an image with the SDK, the examples and torch (`make test-ddp`)
+    SPOTRUN_E2E_DDP_IMAGE    names an image with the SDK, the examples and torch (`make test-ddp`);
+    SPOTRUN_E2E_TORCH_MOUNT=1  the nodes can mount SPOTRUN_E2E_TORCH (hostPath): real nodes here
     SPOTRUN_E2E_MEMORY_LIMITS=1  the nodes enforce memory limits (any real node does; the local
                              cluster's process nodes do not): runs the OOM test too
 Without SPOTRUN_E2E_KUBECONFIG the suite starts the local cluster (or reuses LOCALCLUSTER_STATE_DIR),

@@ -112,17 +112,27 @@ def test_ddp_gang_preempted_mid_run_resumes_every_rank_from_one_checkpoint(e2e: 
     restarts, both ranks from the same step, and the final model is the uninterrupted one's."""
 
     def point_at_torch(body: dict[str, Any]) -> None:
-        container = body["spec"]["template"]["spec"]["containers"][0]
+        pod = body["spec"]["template"]["spec"]
+        container = pod["containers"][0]
         if DDP_IMAGE:
             container["image"] = DDP_IMAGE
-        else:  # process nodes: the pods are processes of this machine
+            return
+        # This machine's torch: process nodes' pods are its processes; real nodes mount it.
+        container["image"] = e2e.image
+        if os.environ.get("SPOTRUN_E2E_TORCH_MOUNT") == "1":  # where the image's user can read it
+            pod["volumes"] = [{"name": "torch", "hostPath": {"path": TORCH, "type": "Directory"}}]
+            container["volumeMounts"] = [{"name": "torch", "mountPath": "/opt/torch", "readOnly": True}]
+            container["env"].append({"name": "PYTHONPATH", "value": "/opt/torch"})
+        else:
             container["env"].append({"name": "PYTHONPATH", "value": TORCH})
 
     name = e2e.apply_example("ddp", edit=point_at_torch)
 
     def rank_1_node() -> str:
         """Rank 1's node, once the gang has committed step 60 (rank 1 says so once it is committed)."""
-        if e2e.status(name).get("phase") != "Running":
+        status = e2e.status(name)
+        assert status.get("phase") not in ("Succeeded", "Failed"), f"{name} ended before the preempt: {status}"
+        if status.get("phase") != "Running":
             return ""
         pod = f"{name}-a1-r1"
         try:

@@ -9,7 +9,7 @@ import pytest
 from spotrun_operator import accounting, gang, names
 from spotrun_operator.classify import Outcome
 from spotrun_operator.podbuild import build_service
-from spotrun_operator.reconcile import decide
+from spotrun_operator.reconcile import decide, refused
 
 from tests.unit.test_reconcile import CONFIG, NODES, NOW, apply, pod_of, running, taskrun
 
@@ -203,3 +203,19 @@ def test_a_gangs_usage_counts_every_pod() -> None:
     single = decide(taskrun({"attempt": 1, "phase": "Running"}), [one], NODES, NOW, CONFIG)
     assert single.status["usage"]["spotSeconds"] == 60
     assert d.status["usage"]["spotSeconds"] == 2 * single.status["usage"]["spotSeconds"]
+
+
+def test_a_rank_the_api_server_refused_is_created_later_and_its_gang_is_counted_once_the_rest_ends() -> None:
+    # Attempt 1: rank 0 was created, rank 1 refused (a quota): status still names attempt 0.
+    tr = taskrun({"phase": "Pending"}, replicas=2)
+    made = decide(tr, [], NODES, NOW, CONFIG)
+    after = refused(tr, made, 403, "exceeded quota: pods=1", NOW)
+    assert after.status["attempt"] == 0
+    waiting = apply(tr, after)
+    d = decide(waiting, [rank(running(1), 0)], NODES, NOW, CONFIG)
+    assert d.pods == []  # the refusal's backoff first
+    later = decide(waiting, [rank(running(1), 0)], NODES, NOW + datetime.timedelta(seconds=3), CONFIG)
+    assert [p["metadata"]["name"] for p in later.pods] == ["train-a1-r1"]
+    # Rank 0 gave up waiting for its peer: the attempt is counted, a failure, and not passed by.
+    gave_up = decide(waiting, [rank(pod_of(1, "exit-3"), 0)], NODES, NOW, CONFIG)
+    assert (gave_up.status["failures"], gave_up.status["accountedAttempt"], gave_up.pods) == (1, 1, [])

@@ -74,3 +74,21 @@ def test_an_event_name_of_any_taskrun_is_a_valid_name(name: str) -> None:
     event = names.event_name(name, "0123456789ab")
     assert len(event) <= 253
     assert SUBDOMAIN.match(event), event
+
+
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.mark.parametrize("name", [*LONG, "train", "1x", "a.b", "9" * 253], ids=lambda n: f"len{len(n)}-{n[:6]}")
+def test_a_gangs_service_and_hostnames_are_valid_dns_labels(name: str) -> None:
+    service = names.gang_service(name)
+    assert len(service) <= 63
+    assert DNS_1035.match(service), service
+    host = names.hostname(names.pod_name(name, 12345, 127))
+    assert len(host) <= 63
+    assert re.match(rf"^{DNS_LABEL}$", host), host
+
+
+def test_names_changed_to_fit_a_service_name_stay_apart() -> None:
+    assert names.gang_service("train") == "train"
+    assert len({names.gang_service(n) for n in ("a.b", "a-b", "1x", "g-1x")}) == 4
