@@ -479,11 +479,14 @@ class _Pass:
         current = self._current()
         grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
         taints = (self.config.notice_taints, self.config.drain_taints)
-        for pod in current if len(current) > 1 else []:
-            if disruption.Notice.of_pod(pod) or disruption.node_notice(
-                self._node_facts(pod), self.spec, *taints, grace
-            ):
-                return pod
+        if len(current) > 1:
+            # The node's own notice first: once every rank has been told, a drain goes on from its node.
+            for pod in current:
+                if disruption.node_notice(self._node_facts(pod), self.spec, *taints, grace):
+                    return pod
+            for pod in current:
+                if disruption.Notice.of_pod(pod):
+                    return pod
         return current[0] if current else None
 
     def _stop_attempt(self, pod: Obj, reason: str) -> None:
