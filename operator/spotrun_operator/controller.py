@@ -108,7 +108,8 @@ class Events:
         self.api = api
         self._queue: queue.Queue[tuple[Obj, str, str, str] | None] = queue.Queue(maxsize=size)
         self.thread = threading.Thread(target=self._run, name="events", daemon=True)
-        metrics.EVENTS_WAITING.set_function(self._queue.qsize)
+        self._posting = 0  # the one taken from the queue and being posted: not posted yet either
+        metrics.EVENTS_WAITING.set_function(lambda: self._queue.qsize() + self._posting)
 
     def start(self) -> None:
         self.thread.start()
@@ -123,7 +124,11 @@ class Events:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            self.api.event(*item)
+            self._posting = 1
+            try:
+                self.api.event(*item)
+            finally:
+                self._posting = 0
 
     def stop(self) -> None:
         with contextlib.suppress(queue.Full):

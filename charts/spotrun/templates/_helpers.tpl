@@ -27,10 +27,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete]
-# spec.replicas > 1: a headless Service per gang gives its pods DNS names (the TaskRun owns it).
+# spec.replicas > 1: a headless Service per gang gives its pods DNS names (the TaskRun owns it;
+# get: whose one of that name is, when it exists).
 - apiGroups: [""]
   resources: [services]
-  verbs: [create]
+  verbs: [create, get]
 # An Event on every TaskRun transition.
 - apiGroups: [""]
   resources: [events]
