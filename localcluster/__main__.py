@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "--real", dest="real", action="store_true", default=None, help="a real node (kubelet, containerd)"
     )
     node_kind.add_argument("--process", dest="real", action="store_false", help="a process node")
+    _state_dir_after_subcommands(parser)
     args, rest = parser.parse_known_args(argv)
     if args.command == "kind":
         from localcluster import kind  # noqa: PLC0415 - docker and kind only when asked
@@ -208,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cluster.add_node(args.name, args.capacity, real=args.real)
     return 0
+
+
+def _state_dir_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`up --state-dir DIR` as well as `--state-dir DIR up`, at every level (`node preempt NAME
+    --state-dir DIR`). Given after the subcommand it wins; not given there, it sets nothing."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                if name != "kind":  # kind's arguments are kind's own (kind.main)
+                    command.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="as before it")
+                    _state_dir_after_subcommands(command)
 
 
 def _kwok(cluster: Cluster, args: argparse.Namespace) -> int:

@@ -20,7 +20,9 @@ from spotrun._errors import ConfigError
 Obj = dict[str, Any]
 RESOURCE = "taskruns.spotrun.dev"
 TIMEOUT_SECONDS = 60.0
-INSTALL_HINT = "install Spotrun first: `helm install spotrun charts/spotrun` or `kubectl apply -k manifests/` (README)"
+INSTALL_HINT = (
+    "install Spotrun first: `helm install spotrun charts/spotrun` or `kubectl apply -k manifests/base` (README)"
+)
 
 
 class ClusterError(ConfigError):

@@ -70,3 +70,27 @@ def test_node_notice_needs_a_node_name(capsys: pytest.CaptureFixture[str]) -> No
 def test_node_notice_on_a_node_that_does_not_run_says_so(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=f"there is no node spot-1 in {tmp_path}"):
         main(["--state-dir", str(tmp_path), "node", "notice", "spot-1"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--state-dir", "{dir}"],
+        ["--state-dir", "{other}", "status", "--state-dir", "{dir}"],
+        ["node", "kill", "spot-1", "--state-dir", "{dir}"],
+        ["node", "--state-dir", "{dir}", "notice", "spot-1"],
+    ],
+)
+def test_the_state_dir_may_come_after_the_subcommand(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    monkeypatch.setenv("LOCALCLUSTER_STATE_DIR", str(tmp_path / "from-env"))
+    try:
+        said = str(main([a.format(dir=tmp_path / "given", other=tmp_path / "other") for a in args]))
+    except SystemExit as stopped:
+        said = str(stopped.code)
+    said += capsys.readouterr().err
+    assert f"in {tmp_path / 'given'}" in said, said  # "no cluster in DIR", "there is no node spot-1 in DIR"
+    assert "unrecognized" not in said
+    assert "from-env" not in said
+    assert "other" not in said
