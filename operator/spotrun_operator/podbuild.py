@@ -233,6 +233,16 @@ def _owned_by(meta: Obj) -> Obj:
     }
 
 
+def _child(meta: Obj, name: str) -> Obj:
+    """The metadata of an object the TaskRun owns beside its pods (its budget, its gang's Service)."""
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": {names.LABEL_TASKRUN: names.taskrun_label(meta["name"]), names.LABEL_MANAGED_BY: names.MANAGED_BY},
+        "ownerReferences": [_owned_by(meta)],
+    }
+
+
 def build_budget(taskrun: Obj) -> Obj:
     """The PodDisruptionBudget that keeps a drain's evictions from killing the TaskRun's pod mid-step
     (voluntary Checkpoint): the operator stops the pod itself once a fresh checkpoint is committed.
@@ -241,15 +251,7 @@ def build_budget(taskrun: Obj) -> Obj:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": names.budget_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": {
-                names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
-                names.LABEL_MANAGED_BY: names.MANAGED_BY,
-            },
-            "ownerReferences": [_owned_by(meta)],
-        },
+        "metadata": _child(meta, names.budget_name(meta["name"])),
         "spec": {
             "minAvailable": replicas(taskrun),  # a gang: no rank is evicted alone
             "selector": {"matchLabels": {names.LABEL_TASKRUN: names.taskrun_label(meta["name"])}},
@@ -265,15 +267,7 @@ def build_service(taskrun: Obj) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": names.gang_service(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": {
-                names.LABEL_TASKRUN: names.taskrun_label(meta["name"]),
-                names.LABEL_MANAGED_BY: names.MANAGED_BY,
-            },
-            "ownerReferences": [_owned_by(meta)],
-        },
+        "metadata": _child(meta, names.gang_service(meta["name"])),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

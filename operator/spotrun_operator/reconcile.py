@@ -435,8 +435,7 @@ class _Pass:
             }
         if disruption.voluntary(self.spec) != names.VOLUNTARY_CHECKPOINT:
             self._drop_budget()  # switched to Allow while the attempt runs: drains evict it from now on
-        grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
-        notice = disruption.node_notice(node, self.spec, self.config.notice_taints, self.config.drain_taints, grace)
+        notice = self._node_notice(pod)
         given = disruption.Notice.of_pod(pod)
         if notice is not None and given is None:
             notice = given = dataclasses.replace(notice, time=iso(self.now))
@@ -477,17 +476,21 @@ class _Pass:
         """The current attempt's pod whose node has a notice or drain (a gang's first such rank), else
         its first: the one a notice is read from."""
         current = self._current()
-        grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
-        taints = (self.config.notice_taints, self.config.drain_taints)
         if len(current) > 1:
             # The node's own notice first: once every rank has been told, a drain goes on from its node.
             for pod in current:
-                if disruption.node_notice(self._node_facts(pod), self.spec, *taints, grace):
+                if self._node_notice(pod):
                     return pod
             for pod in current:
                 if disruption.Notice.of_pod(pod):
                     return pod
         return current[0] if current else None
+
+    def _node_notice(self, pod: Obj) -> disruption.Notice | None:
+        """The reclaim notice or drain of the node `pod` is on, if it has one."""
+        grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        taints = (self.config.notice_taints, self.config.drain_taints)
+        return disruption.node_notice(self._node_facts(pod), self.spec, *taints, grace)
 
     def _stop_attempt(self, pod: Obj, reason: str) -> None:
         """Stops `pod` for `reason`, and the rest of its gang for it."""

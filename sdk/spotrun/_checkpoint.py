@@ -491,9 +491,9 @@ class Checkpoint:
                 return
             break
         if getattr(self.storage, "read_only", False):  # a reader of one rank's part, not a gang's member
-            choice = self._choose()
-            if choice is not None:
-                yield next((s, m) for s, m in self._candidates() if (s.uri, m.id) == choice)
+            newest = self._newest_of_this_size()
+            if newest is not None:
+                yield newest
             return
         if self._agreed is False:
             self._agreed = _gang.agree(self.storage, self.gang, self.attempt, self._choose)
@@ -507,14 +507,19 @@ class Checkpoint:
         yield source, chosen
 
     def _choose(self) -> tuple[str, str] | None:
-        """Rank 0's choice for its gang: the newest committed checkpoint, of this gang's size."""
+        """Rank 0's choice for its gang, as (uri, id)."""
+        newest = self._newest_of_this_size()
+        return None if newest is None else (newest[0].uri, newest[1].id)
+
+    def _newest_of_this_size(self) -> tuple[Storage, Manifest] | None:
+        """The newest committed checkpoint, which must be of this gang's size."""
         for storage, manifest in self._candidates():
             if manifest.ranks != self.ranks:
                 raise CheckpointError(
                     f"checkpoint {manifest.id} in {storage.uri} was written by {manifest.ranks} rank(s), and this "
                     f"gang has {self.ranks}: a gang restores only checkpoints of its own size"
                 )
-            return storage.uri, manifest.id
+            return storage, manifest
         return None
 
     def _reject(self, storage: Storage, manifest: Manifest, err: CorruptCheckpointError) -> CheckpointError:
