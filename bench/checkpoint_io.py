@@ -1,7 +1,8 @@
 """Checkpoint save/restore throughput of the SDK against raw boto3, side by side in one run.
 
-Needs the local cluster's S3 server (`make bench` starts the cluster). Each measurement runs in a
-fresh subprocess so that its peak RSS is its own. Prints, per case, the throughput of both and
+Runs against the local cluster's S3 server when the cluster is up, else against a versitygw of its
+own (the cached binary from `make build`), started for the run. Each measurement runs in a fresh
+subprocess so that its peak RSS is its own. Prints, per case, the throughput of both and
 the ratio SDK/boto3 (above 1: the SDK is faster), then the cost of committing a tiny checkpoint.
 
     python bench/checkpoint_io.py [--sizes 8M,256M,1G] [--small-files 1000] [--repeat 2]
@@ -10,15 +11,19 @@ the ratio SDK/boto3 (above 1: the SDK is faster), then the cost of committing a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from spotrun import Checkpoint, S3Storage  # noqa: E402
 
+from localcluster import toolchain  # noqa: E402
 from localcluster.cluster import Cluster  # noqa: E402
 
 # The SDK's transfer settings; the boto3 baseline gets the very same.
@@ -171,11 +177,68 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="the local cluster (default .localcluster)")
     args = parser.parse_args()
 
-    cluster = Cluster(args.state_dir)
-    if not cluster.running():
-        raise SystemExit("the local cluster is not running: run `make up` (or `python -m localcluster up`) first")
-    env = {**os.environ, **cluster.env_vars()}
-    os.environ.update(cluster.env_vars())
+    with s3_server(args.state_dir) as server_env:
+        run(args, server_env)
+
+
+@contextlib.contextmanager
+def s3_server(state_dir: Path | None) -> Iterator[dict[str, str]]:
+    """The local cluster's S3 endpoint and bucket, or a private versitygw's for this run."""
+    cluster = Cluster(state_dir)
+    if cluster.running():
+        yield cluster.env_vars()
+        return
+    binary = toolchain.path_of("versitygw")
+    if not binary.exists():
+        raise SystemExit(f"no S3 server: start the local cluster (`make up`) or build {binary} (`make build`)")
+    root = Path(tempfile.mkdtemp(prefix="spotrun-bench-s3-"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "LOCALCLUSTER_BUCKET": "bench",
+    }
+    (root / "data").mkdir()
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "--access=bench",
+            "--secret=bench-secret",
+            "--region=us-east-1",
+            f"--port=127.0.0.1:{port}",
+            "--health=/health",
+            "--quiet",
+            "posix",
+            str(root / "data"),
+        ],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL']}/health", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("the benchmark's versitygw did not start") from None
+                time.sleep(0.1)
+        os.environ.update(env)
+        raw_client().create_bucket(Bucket="bench")
+        yield env
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, server_env: dict[str, str]) -> None:
+    env = {**os.environ, **server_env}
+    os.environ.update(server_env)
     bucket = env["LOCALCLUSTER_BUCKET"]
     run_id = uuid.uuid4().hex[:8]
     cases = [s.strip() for s in args.sizes.split(",") if s.strip()] + [f"files-{args.small_files}"]

@@ -22,7 +22,7 @@ from spotrun._context import Settings
 from spotrun._manifest import manifest_key
 from spotrun._storage import LocalStorage
 
-from tests.protocol_cases import REPO, MakeStorage, tree, write_tree
+from tests.protocol_cases import REPO, MakeStorage, empty_dir, tree, write_tree
 
 RANKS = 2
 
@@ -66,7 +66,7 @@ def test_directories_restore_per_rank(make_storage: MakeStorage, tmp_path: Path)
         return cp.save(root, step=1)
 
     together(gang(make_storage, attempt=1), save)
-    restored = together(gang(make_storage, attempt=2), lambda r, cp: cp.restore(tmp_path / f"dst-{r}"))
+    restored = together(gang(make_storage, attempt=2), lambda r, cp: cp.restore(empty_dir(tmp_path / f"dst-{r}")))
     for rank, path in enumerate(restored):
         assert tree(path) == {f"shard-{rank}.bin": bytes([rank]) * 100, "common/config.json": b"{}"}
         assert (path / f"empty-{rank}").is_dir()
@@ -204,7 +204,7 @@ def test_incremental_syncs_of_a_gang_keep_each_ranks_own_files(make_storage: Mak
     for root in roots:
         (root / "step").write_bytes(b"2")  # model.pt unchanged: its object is reused, each rank its own
     together(ranks, lambda r, cp: cp.sync_directory(roots[r], step=2))
-    restored = together(gang(make_storage, attempt=2), lambda r, cp: cp.restore(tmp_path / f"out-{r}"))
+    restored = together(gang(make_storage, attempt=2), lambda r, cp: cp.restore(empty_dir(tmp_path / f"out-{r}")))
     assert [tree(p) for p in restored] == [{"model.pt": b"rank0", "step": b"2"}, {"model.pt": b"rank1", "step": b"2"}]
 
 

@@ -29,11 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".spotrun-")
-    }
+    """Every file under `root`: a restore leaves nothing of Spotrun's among them."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def empty_dir(path: Path) -> Path:
+    """A new directory to restore into (restore, as Flyte's, needs one that exists)."""
+    path.mkdir(parents=True)
+    return path
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -125,7 +128,7 @@ def test_directory_round_trip_keeps_tree_modes_and_empty_dirs(make_storage: Make
     cp = Checkpoint(make_storage(), attempt=1)
     info = cp.save(source, step=3)
     assert info.files == 4
-    restored = Checkpoint(make_storage(), attempt=2).restore(tmp_path / "dst")
+    restored = Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "dst"))
     assert restored == tmp_path / "dst"
     assert tree(restored) == tree(source)
     assert (restored / "run.sh").stat().st_mode & 0o777 == 0o755
@@ -135,14 +138,19 @@ def test_directory_round_trip_keeps_tree_modes_and_empty_dirs(make_storage: Make
 def test_restore_is_idempotent_and_replaces_an_older_restore(make_storage: MakeStorage, tmp_path: Path) -> None:
     cp = Checkpoint(make_storage(), attempt=1)
     cp.save(write_tree(tmp_path / "v1", {"old.txt": b"1", "keep.txt": b"1"}))
-    target = tmp_path / "restored"
+    target = empty_dir(tmp_path / "restored")
     reader = Checkpoint(make_storage(), attempt=2)
     assert reader.restore(target) == target
     assert reader.restore(target) == target  # the same checkpoint again: nothing changes
+    assert reader.restore(empty_dir(tmp_path / "elsewhere")) == target  # as Flyte: downloaded once
     assert tree(target) == {"old.txt": b"1", "keep.txt": b"1"}
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt", "old.txt"]  # no file of Spotrun's
+    (target / "old.txt").write_bytes(b"changed by the task")
+    assert Checkpoint(make_storage(), attempt=2).restore(target) == target  # another process: same checkpoint
+    assert (target / "old.txt").read_bytes() == b"changed by the task"  # so nothing was downloaded
     cp.save(write_tree(tmp_path / "v2", {"keep.txt": b"2", "new.txt": b"2"}))
     Checkpoint(make_storage(), attempt=3).restore(target)
-    assert tree(target) == {"keep.txt": b"2", "new.txt": b"2"}
+    assert tree(target) == {"keep.txt": b"2", "new.txt": b"2"}  # what the older restore put there went
 
 
 def test_save_file_and_stream(make_storage: MakeStorage, tmp_path: Path) -> None:
@@ -150,7 +158,7 @@ def test_save_file_and_stream(make_storage: MakeStorage, tmp_path: Path) -> None
     source = tmp_path / "model.pt"
     source.write_bytes(b"weights")
     cp.save(source)
-    assert tree(cp.restore(tmp_path / "a") or tmp_path) == {"model.pt": b"weights"}
+    assert tree(cp.restore(empty_dir(tmp_path / "a")) or tmp_path) == {"model.pt": b"weights"}
     with source.open("rb") as stream:
         cp.save(stream)
     assert cp.read() == b"weights"
@@ -186,7 +194,7 @@ def test_large_file_streams_and_verifies(make_storage: MakeStorage, tmp_path: Pa
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "blob").write_bytes(payload)
     Checkpoint(make_storage(), attempt=1).save(tmp_path / "big")
-    restored = Checkpoint(make_storage(), attempt=2).restore(tmp_path / "out")
+    restored = Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "out"))
     assert restored is not None
     assert (restored / "blob").read_bytes() == payload
 
@@ -244,7 +252,7 @@ def test_a_missing_object_or_garbled_manifest_is_skipped(make_storage: MakeStora
     storage = make_storage()
     storage.delete(_data_keys(storage, missing.id))
     storage.put(manifest_key(garbled.id), b"{not json")
-    restored = Checkpoint(make_storage(), attempt=2).restore(tmp_path / "out")
+    restored = Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "out"))
     assert restored is not None
     assert tree(restored) == {"x": b"v1"}
 
@@ -294,7 +302,7 @@ def test_incremental_sync_uploads_only_what_changed(make_storage: MakeStorage, t
     for _ in range(3):  # retention must keep the objects the newest manifests still point at
         (work / "f1").write_bytes(os.urandom(10))
         cp.sync_directory(work)
-    restored = Checkpoint(make_storage(), attempt=2).restore(tmp_path / "out")
+    restored = Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "out"))
     assert restored is not None
     assert tree(restored) == tree(work)
 
@@ -325,7 +333,7 @@ def test_a_failure_at_any_storage_call_of_a_commit_leaves_old_or_new_whole(
         writer = Checkpoint(FailingStorage(make_storage(), fail_at), attempt=2)  # type: ignore[arg-type]
         with contextlib.suppress(StorageError):
             writer.save(new)
-        restored = Checkpoint(make_storage(), attempt=3).restore(tmp_path / f"r{fail_at}")
+        restored = Checkpoint(make_storage(), attempt=3).restore(empty_dir(tmp_path / f"r{fail_at}"))
         assert restored is not None
         assert tree(restored) in (tree(old), tree(new)), f"failure at call {fail_at} left a mix"
 
@@ -386,7 +394,7 @@ def test_a_writer_killed_at_every_step_of_a_commit_leaves_old_or_new_whole(
         )
         killed = run.returncode == -signal.SIGKILL
         assert killed or (run.returncode == 0 and "completed" in run.stdout), run.stderr
-        restored = Checkpoint(make_storage(), attempt=3).restore(tmp_path / f"r{kill_at}")
+        restored = Checkpoint(make_storage(), attempt=3).restore(empty_dir(tmp_path / f"r{kill_at}"))
         assert restored is not None
         got = tree(restored)
         assert got in (tree(old), tree(new)), f"kill at call {kill_at} left a mix"

@@ -9,7 +9,7 @@ import builtins
 import contextlib
 import dataclasses
 import datetime
-import itertools
+import io
 import json
 import logging
 import os
@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from spotrun import _gang, _transfer
-from spotrun._errors import CheckpointError, CorruptCheckpointError, StorageError
+from spotrun._errors import (
+    CheckpointError,
+    CheckpointInputError,
+    CheckpointUsageError,
+    CorruptCheckpointError,
+    NoIntactCheckpointError,
+    StorageError,
+)
 from spotrun._manifest import (
     DATA,
     MANIFESTS,
@@ -42,7 +49,16 @@ from spotrun._storage import AlreadyExistsError, NotFoundError, Storage, new_non
 log = logging.getLogger("spotrun.checkpoint")
 
 REJECTED = "rejected/"  # a gang's checkpoint set aside: a rank found its part corrupt
-MARKER = ".spotrun-checkpoint.json"  # written into a restored directory: which checkpoint it holds
+# Which checkpoint a restored directory holds, kept on the directory as an extended attribute, so
+# that nothing of Spotrun's sits among the user's files (code that lists the directory sees only the
+# checkpoint). Where the filesystem has no user xattrs, only the Checkpoint object remembers.
+RECORD_XATTR = "user.spotrun.checkpoint"
+LEGACY_MARKER = ".spotrun-checkpoint.json"  # the file earlier versions wrote there: never saved, removed on restore
+MARKER = LEGACY_MARKER
+# A restore that found checkpoints and none intact leaves this record in manifests/ (one listing
+# with the manifests, so the operator sees it at no extra request); older readers skip it.
+UNRESTORABLE = "unrestorable-"
+IF_CORRUPT = ("start-over", "raise")
 BYTES_NAME = "checkpoint.bin"
 COMMIT_TRIES = 20
 SWEEP_EVERY = 20  # commits between sweeps for data that no manifest references
@@ -68,6 +84,11 @@ class Checkpoint:
             all ranks call it, each saves its own part, and the checkpoint exists only once every
             part is in; every rank restores its own part of the same checkpoint (see `_gang`).
         gang_timeout: how long a rank waits for the others in a collective commit or restore.
+        if_corrupt: when checkpoints exist and every one fails verification, "start-over" (the
+            default) logs an error, records it for the operator (the TaskRun's CheckpointsCorrupt
+            condition) and returns None from `restore`/`read`, so the task starts from the
+            beginning; "raise" raises NoIntactCheckpointError instead. Either way `corrupt` lists
+            the ids that failed.
     """
 
     def __init__(
@@ -81,23 +102,26 @@ class Checkpoint:
         rank: int = 0,
         ranks: int = 1,
         gang_timeout: float = 600.0,
+        if_corrupt: str = "start-over",
     ) -> None:
+        _check_arguments(storage, attempt, keep, concurrency, if_corrupt, resume_from)
         self.gang = _gang.Gang(rank, ranks, gang_timeout) if ranks != 1 or rank != 0 else None
-        if attempt < 1:
-            raise ValueError(f"attempt must be 1 or more, not {attempt}")
-        if keep < 1:
-            raise ValueError(f"keep must be 1 or more, not {keep}")
         self.storage = storage
         self.attempt = attempt
         self.resume_from = resume_from
         self.keep = keep
         self.concurrency = concurrency
+        self.if_corrupt = if_corrupt
+        self.corrupt: builtins.list[str] = []  # ids the last restore or read found corrupt, newest first
         # Reentrant: an on_preemption callback may commit while the main thread is inside a commit.
         self._lock = threading.RLock()
         self._in_flight = 0  # commits under way in this process (one may run inside another)
-        self._sequence: Iterator[int] | None = None
+        self._next: int | None = None  # the next sequence number of this attempt's commits
         self._manifests: dict[tuple[str, str], Manifest] = {}  # manifests are immutable: cached by (uri, id)
         self._restored_from: str | None = None
+        self._restored: tuple[tuple[str, str], Path] | None = None  # ((uri, id), directory) of the last restore
+        self._records: dict[str, dict[str, Any]] = {}  # directory -> what this object restored into it
+        self._unrestorable: dict[str, builtins.list[str]] = {}  # uri -> record keys seen in its last listing
         self._last_commit: Manifest | None = None
         self._commits = 0
         self._default_dir: Path | None = None
@@ -122,15 +146,19 @@ class Checkpoint:
         return bool(self._ids(self.storage)) or bool(self.resume_from and self._ids(self.resume_from))
 
     def read(self) -> bytes | None:
-        """The newest checkpoint's bytes (a single-file checkpoint, as `write` makes), or None."""
+        """The newest checkpoint's bytes (a single-file checkpoint, as `write` makes), or None when
+        there is none or it holds no file (a checkpoint of an empty directory). A checkpoint of
+        several files raises CheckpointUsageError, a ValueError: use `restore` for those."""
 
-        def fetch(storage: Storage, manifest: Manifest) -> bytes:
+        def fetch(storage: Storage, manifest: Manifest) -> bytes | None:
             self._check_ranks(storage, manifest)
             files = manifest.part(self.rank)
-            if len(files) != 1:
-                raise CheckpointError(
-                    f"read() needs a single-file checkpoint, but {manifest.id} in {storage.uri} has "
-                    f"{len(files)} files{self._of_rank()}; use restore() for directories"
+            if not files:
+                return None
+            if len(files) > 1:
+                raise CheckpointUsageError(
+                    f"Expected exactly one checkpoint - found {len(files)}: read() needs a single-file checkpoint, "
+                    f"and {manifest.id} in {storage.uri} has {len(files)} files{self._of_rank()}; use restore()"
                 )
             return _transfer.fetch_bytes(storage, files[0], f"checkpoint {manifest.id} in {storage.uri}")
 
@@ -140,7 +168,10 @@ class Checkpoint:
     def write(self, data: bytes, *, step: int | None = None, metadata: dict[str, Any] | None = None) -> CheckpointInfo:
         """Commits `data` as a new checkpoint; `read()` returns it until a newer one is committed."""
         if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"write() takes bytes, not {type(data).__name__}; encode it first")
+            raise CheckpointInputError(
+                f"write() takes bytes, not {type(data).__name__}: encode it first (e.g. text.encode())"
+            )
+        _check_commit_arguments(step, metadata)
 
         def upload(prefix: str) -> builtins.list[FileEntry]:
             return [_transfer.upload_bytes(self.storage, prefix + BYTES_NAME, BYTES_NAME, bytes(data))]
@@ -154,9 +185,13 @@ class Checkpoint:
         step: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> CheckpointInfo:
-        """Commits a file, a directory (tree and file modes kept) or a readable binary stream."""
-        if hasattr(source, "read"):
-            stream: IO[bytes] = source  # type: ignore[assignment]
+        """Commits a file, a directory (tree and file modes kept) or a binary stream open for
+        reading. Anything else raises CheckpointInputError (a TypeError and a ValueError) and a
+        path that does not exist CheckpointUsageError, before storage is touched; a commit that
+        fails on the way removes what it uploaded."""
+        _check_commit_arguments(step, metadata)
+        if not isinstance(source, str | os.PathLike):
+            stream: IO[bytes] = _readable_binary(source)
 
             def upload_stream(prefix: str) -> builtins.list[FileEntry]:
                 return [_transfer.upload_stream(self.storage, prefix + BYTES_NAME, BYTES_NAME, stream)]
@@ -166,7 +201,8 @@ class Checkpoint:
         if path.is_dir():
             return self._save_directory(path, step, metadata, incremental=False)
         if not path.is_file():
-            raise CheckpointError(f"cannot save {path}: it is neither a file nor a directory")
+            what = "it does not exist" if not path.exists() else "it is neither a file nor a directory"
+            raise CheckpointUsageError(f"cannot save {path}: {what}; pass a file, a directory or a binary stream")
 
         def upload_file(prefix: str) -> builtins.list[FileEntry]:
             return [_transfer.upload_file(self.storage, prefix + path.name, path.name, path)]
@@ -174,18 +210,32 @@ class Checkpoint:
         return self._commit("file", upload_file, step, metadata)
 
     def restore(self, path: str | os.PathLike[str] | None = None) -> Path | None:
-        """Downloads the newest intact checkpoint into `path` (a directory; a private temporary
-        one by default) and returns it, or None when there is none. Restoring the same
-        checkpoint into the same directory again does nothing: restore is idempotent."""
-        target = Path(path) if path is not None else self._private_dir()
+        """Downloads the newest intact checkpoint into `path`, an existing directory (a private
+        temporary one by default), and returns it, or None when there is none.
+
+        As in Flyte, a checkpoint is downloaded once: while the newest is the one this object
+        restored, restore returns that directory again, whatever `path` says. Restoring the same
+        checkpoint into the same directory again, from another process too, does nothing. The
+        directory gets the checkpoint's entries and nothing else of Spotrun's. A `path` that is
+        not an existing directory raises CheckpointUsageError (a ValueError, as Flyte's)."""
 
         def download(storage: Storage, manifest: Manifest) -> Path:
-            if _marker_id(target) != (storage.uri, manifest.id):
+            key = (storage.uri, manifest.id)
+            if self._restored is not None and self._restored[0] == key and self._restored[1].is_dir():
+                return self._restored[1]
+            target = self._target(path)
+            if self._record(target).get("id") != manifest.id or self._record(target).get("uri") != storage.uri:
                 self._restore_into(storage, manifest, target)
+            self._restored = (key, target)
             return target
 
         restored: Path | None = self._first_intact(download)
         return restored
+
+    @property
+    def restored_path(self) -> Path | None:
+        """The directory of this object's last restore (flytekit's `_prev_download_path`), or None."""
+        return self._restored[1] if self._restored else None
 
     # ----- richer API --------------------------------------------------------------------------
 
@@ -221,12 +271,26 @@ class Checkpoint:
 
     def _next_sequence(self) -> int:
         with self._lock:
-            if self._sequence is None:
+            if self._next is None:
                 # Committed ids only, in a gang too: a rank's first id is taken before it writes its
                 # part, so the gang cannot commit that id before every rank has taken it.
                 own = [p for p in (parse_id(i) for i in self._ids(self.storage)) if p and p[0] == self.attempt]
-                self._sequence = itertools.count(max((s for _, s in own), default=0) + 1)
-            return next(self._sequence)
+                self._next = max((s for _, s in own), default=0) + 1
+            self._next += 1
+            return self._next - 1
+
+    def _abandon(self, prefix: str, sequence: int) -> None:
+        """A commit failed before its manifest: gives its sequence number back (when no later one
+        was taken meanwhile) and removes what it uploaded. What cannot be removed now is swept later."""
+        with self._lock:
+            if self._next == sequence + 1:
+                self._next = sequence
+        try:
+            uploaded = [key for key, _ in self.storage.list(prefix)]
+            if uploaded:
+                self.storage.delete(uploaded)
+        except Exception as err:  # the commit's own error is the one to raise
+            log.warning("Removing the data of a failed commit from %s failed; swept later: %s", self.storage.uri, err)
 
     def _commit(
         self,
@@ -262,7 +326,11 @@ class Checkpoint:
     ) -> CheckpointInfo:
         sequence = self._next_sequence()
         prefix = f"{DATA}{checkpoint_id(self.attempt, sequence)}.{new_nonce()}/"
-        files: builtins.list[FileEntry] = upload(prefix)
+        try:
+            files: builtins.list[FileEntry] = upload(prefix)
+        except BaseException:
+            self._abandon(prefix, sequence)
+            raise
         if self.gang:
             manifest = _gang.commit(
                 self.storage,
@@ -293,17 +361,42 @@ class Checkpoint:
                 metadata={**(metadata or {}), **({"directories": list(directories)} if directories else {})},
                 writer=_writer(),
             )
-            try:
-                self.storage.put(manifest_key(manifest.id), manifest.to_json(), create_only=True)
+            if self._publish(manifest, prefix, sequence):
                 break
-            except AlreadyExistsError:
-                # Another writer of this attempt took the id. Its data sits under its own nonce,
-                # so this commit only needs the next id.
-                log.warning("Checkpoint id %s was taken by another writer; retrying with the next", manifest.id)
-                sequence = self._next_sequence()
+            # Another writer of this attempt took the id. Its data sits under its own nonce, so this
+            # commit only needs the next id.
+            log.warning("Checkpoint id %s was taken by another writer; retrying with the next", manifest.id)
+            sequence = self._next_sequence()
         else:
             raise CheckpointError(f"could not commit a checkpoint to {self.storage.uri} after {COMMIT_TRIES} tries")
         return self._committed(manifest)
+
+    def _publish(self, manifest: Manifest, prefix: str, sequence: int) -> bool:
+        """Creates the manifest: True once it is in, False when another writer holds its id. A PUT
+        whose answer was lost may have landed, so before a failure is raised (and the commit's data
+        removed) storage is asked: finding these very bytes there means committed."""
+        key, body = manifest_key(manifest.id), manifest.to_json()
+        try:
+            self.storage.put(key, body, create_only=True)
+            return True
+        except AlreadyExistsError:
+            return self._holds(key, body) is True
+        except StorageError:
+            held = self._holds(key, body)
+            if held is True:
+                return True
+            if held is False:  # known not to be in: nothing will ever point at the data
+                self._abandon(prefix, sequence)
+            raise
+
+    def _holds(self, key: str, body: bytes) -> bool | None:
+        """Whether `key` holds exactly `body`; None when storage cannot say."""
+        try:
+            return self.storage.get(key) == body
+        except NotFoundError:
+            return False
+        except StorageError:
+            return None
 
     def _committed(self, manifest: Manifest) -> CheckpointInfo:
         self._manifests[(self.storage.uri, manifest.id)] = manifest
@@ -332,7 +425,7 @@ class Checkpoint:
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             here = Path(dirpath)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".spotrun-"))
-            names = sorted(n for n in filenames if n != MARKER)
+            names = sorted(n for n in filenames if n != LEGACY_MARKER)
             if not names and not dirnames and here != root:
                 empty_dirs.append(here.relative_to(root).as_posix())
             sources.extend((here.joinpath(n).relative_to(root).as_posix(), here / n) for n in names)
@@ -395,6 +488,11 @@ class Checkpoint:
             if manifest is not None:
                 referenced.update(_data_dir(f.key) for f in manifest.files)
         newest_order = (newest.attempt, newest.sequence)
+        # An earlier attempt's record that it found nothing intact: this attempt has committed since.
+        mine = f"{MANIFESTS}{UNRESTORABLE}{self.attempt:06d}.json"
+        stale = [key for key in self._unrestorable.get(self.storage.uri, []) if key < mine]
+        if stale:
+            self.storage.delete(stale)
         for group in self.storage.list_dirs(DATA):
             name = group[len(DATA) :].rstrip("/")
             order = parse_id(name.split(".", 1)[0])
@@ -415,7 +513,9 @@ class Checkpoint:
     # ----- reading ----------------------------------------------------------------------------------
 
     def _ids(self, storage: Storage) -> builtins.list[str]:
-        return [cid for key, _ in storage.list(MANIFESTS) if (cid := id_of_manifest_key(key))]
+        keys = [key for key, _ in storage.list(MANIFESTS)]
+        self._unrestorable[storage.uri] = [k for k in keys if k.startswith(MANIFESTS + UNRESTORABLE)]
+        return [cid for key in keys if (cid := id_of_manifest_key(key))]
 
     def _manifest(self, storage: Storage, cid: str) -> Manifest | None:
         cached = self._manifests.get((storage.uri, cid))
@@ -461,6 +561,7 @@ class Checkpoint:
                 return result
             return None
         tried: set[tuple[str, str]] = set()
+        corrupt: builtins.list[str] = []
         for _ in range(3):
             fresh = False
             for storage, manifest in self._candidates():
@@ -472,11 +573,45 @@ class Checkpoint:
                     result = use(storage, manifest)
                 except CorruptCheckpointError as err:
                     log.warning("Skipped corrupt checkpoint %s in %s: %s", manifest.id, storage.uri, err)
+                    corrupt.append(manifest.id)
                     continue
                 self._restored_from = manifest.id
+                self.corrupt = corrupt
                 return result
             if not fresh:
                 break
+        self.corrupt = corrupt
+        if corrupt:
+            self._none_intact(corrupt)
+        return None
+
+    def _none_intact(self, ids: builtins.list[str]) -> None:
+        """Checkpoints exist and not one verified: never a quiet start from the beginning."""
+        where = self.storage.uri + (f" (and resumeFrom {self.resume_from.uri})" if self.resume_from else "")
+        message = f"every committed checkpoint in {where} failed verification ({len(ids)}: {', '.join(ids)}); " + (
+            "nothing was restored"
+            if self.if_corrupt == "raise"
+            else "the task starts from the beginning (if_corrupt='raise' makes this an error)"
+        )
+        log.error("Found no intact checkpoint: %s", message)
+        if not getattr(self.storage, "read_only", False):
+            record = {"attempt": self.attempt, "ids": ids, "message": message, "time": _now()}
+            try:
+                self.storage.put(f"{MANIFESTS}{UNRESTORABLE}{self.attempt:06d}.json", json.dumps(record).encode())
+            except StorageError as err:
+                log.warning("Recording that no checkpoint was intact in %s failed: %s", self.storage.uri, err)
+        if self.if_corrupt == "raise":
+            raise NoIntactCheckpointError(message, ids)
+
+    def unrestorable(self) -> dict[str, Any] | None:
+        """The newest record of an attempt that found checkpoints and none intact, as of this run's
+        last listing (`latest()` takes one): {attempt, ids, message, time}, or None."""
+        keys = self._unrestorable.get(self.storage.uri) or []
+        for key in sorted(keys, reverse=True):
+            with contextlib.suppress(NotFoundError, ValueError):
+                record = json.loads(self.storage.get(key))
+                if isinstance(record, dict):
+                    return record
         return None
 
     def _gang_candidates(self) -> Iterator[tuple[Storage, Manifest]]:
@@ -550,9 +685,27 @@ class Checkpoint:
                 else f"checkpoint {manifest.id} in {storage.uri} has {manifest.ranks} rank(s), not {self.ranks}"
             )
 
+    def _target(self, path: str | os.PathLike[str] | None) -> Path:
+        if path is None:
+            return self._private_dir()
+        if not isinstance(path, str | os.PathLike):
+            raise CheckpointInputError(
+                f"restore() takes a directory's path (str or os.PathLike), not {type(path).__name__}"
+            )
+        target = Path(path)
+        if not target.is_dir():
+            what = "does not exist" if not target.exists() else "is not a directory"
+            raise CheckpointUsageError(
+                f"cannot restore into {target}: it {what}; restore into an existing directory (create it first)"
+            )
+        return target
+
+    def _record(self, target: Path) -> dict[str, Any]:
+        """What a restore put into `target`: {uri, id, entries}; {} when unknown."""
+        return self._records.get(str(target.resolve())) or restore_record(target) or {}
+
     def _restore_into(self, storage: Storage, manifest: Manifest, target: Path) -> None:
         self._check_ranks(storage, manifest)
-        target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".spotrun-restore-", dir=target))
         try:
             where = f"checkpoint {manifest.id} in {storage.uri}{self._of_rank()}"
@@ -563,7 +716,7 @@ class Checkpoint:
             for rel in directories:
                 (staging / rel).mkdir(parents=True, exist_ok=True)
             # Verified in full: now replace what an earlier restore left, entry by entry.
-            previous = _marker_entries(target)
+            previous = set(self._record(target).get("entries") or []) | {LEGACY_MARKER}
             for name in previous | {p.name for p in staging.iterdir()}:
                 existing = target / name
                 if existing.is_dir() and not existing.is_symlink():
@@ -572,10 +725,10 @@ class Checkpoint:
                     existing.unlink(missing_ok=True)
             for entry in staging.iterdir():
                 entry.rename(target / entry.name)
-            entries = sorted(
-                p.name for p in target.iterdir() if p.name != MARKER and not p.name.startswith(".spotrun-")
-            )
-            (target / MARKER).write_text(json.dumps({"uri": storage.uri, "id": manifest.id, "entries": entries}))
+            entries = sorted(p.name for p in target.iterdir() if not p.name.startswith(".spotrun-"))
+            record = {"uri": storage.uri, "id": manifest.id, "entries": entries}
+            self._records[str(target.resolve())] = record
+            _write_record(target, record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -592,17 +745,83 @@ def _data_dir(key: str) -> str:
     return f"{parts[0]}/{parts[1]}/" if len(parts) > 2 else key
 
 
-def _marker_id(target: Path) -> tuple[str, str] | None:
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        marker = json.loads((target / MARKER).read_text())
-        return str(marker["uri"]), str(marker["id"])
+def restore_record(target: Path) -> dict[str, Any] | None:
+    """What the last restore into `target` recorded on it, from any process: {uri, id, entries}."""
+    if not hasattr(os, "getxattr"):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(os.getxattr(target, RECORD_XATTR))
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            return record
     return None
 
 
-def _marker_entries(target: Path) -> set[str]:
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return set(json.loads((target / MARKER).read_text())["entries"])
-    return set()
+def _write_record(target: Path, record: dict[str, Any]) -> None:
+    if not hasattr(os, "setxattr"):
+        return
+    try:
+        os.setxattr(target, RECORD_XATTR, json.dumps(record).encode())
+    except OSError as err:  # no user xattrs here (ENOTSUP), or too many entries (E2BIG): this object remembers
+        log.debug(
+            "Could not record the restore on %s (%s); a restore from another process downloads again", target, err
+        )
+
+
+def _check_arguments(
+    storage: Any, attempt: Any, keep: Any, concurrency: Any, if_corrupt: Any, resume_from: Any
+) -> None:
+    """Refuses arguments that cannot work, naming what to pass instead."""
+    for name, value in (("storage", storage), ("resume_from", resume_from)):
+        if value is not None and not all(hasattr(value, m) for m in ("put", "get", "list", "delete", "uri")):
+            raise CheckpointInputError(
+                f"{name} must be a Storage (spotrun.open_storage(uri), LocalStorage or S3Storage), "
+                f"not {type(value).__name__}"
+            )
+    if storage is None:
+        raise CheckpointInputError("storage is required: pass spotrun.open_storage('s3://BUCKET/PREFIX') or a path")
+    for name, value, least in (("attempt", attempt, 1), ("keep", keep, 1), ("concurrency", concurrency, 1)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CheckpointInputError(f"{name} must be an int, not {type(value).__name__}")
+        if value < least:
+            raise CheckpointUsageError(f"{name} must be {least} or more, not {value}")
+    if if_corrupt not in IF_CORRUPT:
+        raise CheckpointUsageError(f"if_corrupt must be one of {', '.join(IF_CORRUPT)}, not {if_corrupt!r}")
+
+
+def _check_commit_arguments(step: Any, metadata: Any) -> None:
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise CheckpointInputError(f"step must be an int or None, not {type(step).__name__}")
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise CheckpointInputError(f"metadata must be a dict of JSON values, not {type(metadata).__name__}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as err:
+        raise CheckpointInputError(
+            f"metadata must hold only JSON values (str, int, float, bool, None, list, dict): {err}"
+        ) from None
+
+
+def _readable_binary(source: Any) -> IO[bytes]:
+    """`source` if it is a binary stream open for reading; else a CheckpointInputError saying what to pass."""
+    expected = "save() takes a path (str or os.PathLike), or a binary file open for reading (open(path, 'rb'))"
+    if isinstance(source, bytes | bytearray | memoryview):
+        raise CheckpointInputError(f"{expected}, not {type(source).__name__}: commit bytes with write()")
+    if isinstance(source, io.TextIOBase):
+        raise CheckpointInputError(f"{expected}, not a text stream: open the file with 'rb'")
+    if isinstance(source, type) or not callable(getattr(source, "read", None)):
+        raise CheckpointInputError(f"{expected}, not {type(source).__name__}")
+    if getattr(source, "closed", False):
+        raise CheckpointInputError(f"{expected}: this stream is closed")
+    readable = getattr(source, "readable", None)
+    if callable(readable) and not readable():
+        raise CheckpointInputError(f"{expected}: this stream is not open for reading")
+    return source  # type: ignore[no-any-return]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
 
 
 def _writer() -> dict[str, Any]:

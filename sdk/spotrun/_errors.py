@@ -4,7 +4,10 @@ SpotrunError
 ├── ConfigError                 the environment or arguments cannot work (names what to set)
 ├── RecoverableError            raised by a task: a failure worth retrying (exit code 75 in a pod)
 ├── CheckpointError             a checkpoint cannot be written or read
+│   ├── CheckpointUsageError    a call that cannot work, also a ValueError (as Flyte raises)
+│   │   └── CheckpointInputError  an argument of the wrong type, also a TypeError
 │   ├── CorruptCheckpointError  a committed checkpoint failed verification (missing, size, digest)
+│   │   └── NoIntactCheckpointError  every committed checkpoint did (with if_corrupt="raise")
 │   └── CommitConflictError     another writer committed the same checkpoint id first
 └── StorageError                the checkpoint store failed
     ├── PermanentStorageError   retrying cannot help: no such bucket, access denied, bad credentials
@@ -34,8 +37,27 @@ class CheckpointError(SpotrunError):
     """A checkpoint cannot be written or read."""
 
 
+class CheckpointUsageError(CheckpointError, ValueError):
+    """A checkpoint method was called in a way that cannot work: `read()` of a checkpoint of several
+    files, `restore()` into a path that is not a directory, `save()` of a path that does not exist.
+    It is a ValueError, as flytekit's errors for the same calls are. Nothing was written."""
+
+
+class CheckpointInputError(CheckpointUsageError, TypeError):
+    """`save()` or `write()` got an object of a type it cannot commit; refused before storage is touched."""
+
+
 class CorruptCheckpointError(CheckpointError):
     """A committed checkpoint failed verification; restore falls back to the one before it."""
+
+
+class NoIntactCheckpointError(CorruptCheckpointError):
+    """Checkpoints exist, and every one failed verification. Raised by `restore()` and `read()` with
+    `if_corrupt="raise"` (SPOTRUN_CHECKPOINT_IF_CORRUPT=raise) instead of returning None. `ids` names them."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 class CommitConflictError(CheckpointError):
