@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 import spotrun
 from spotrun import NoIntactCheckpointError as FlyteDataNotFoundException
+
 from tests.compat.flyte import TMP_DST_PATH, committed_files, lose_data, sync_checkpoint
 
 
