@@ -70,7 +70,7 @@ def oom_killed(pod: Obj | None) -> bool:
 
 def _scaled(value: Any, times: float, ceiling: int | None) -> Any:
     """`value` times `times`, rounded up to the MiB, at most `ceiling` (never below `value`). A value
-    that is no quantity is left for the API server to refuse (the run then fails as invalid)."""
+    that is no quantity is left as it is (validate.py fails such a run before its pod is built)."""
     try:
         base = parse_quantity(value)
     except ValueError:
@@ -90,25 +90,50 @@ def scale(pod_spec: Obj, oom_kills: int, policy: Obj | None) -> Obj:
     cannot be used (the CRD refuses what this refuses)."""
     if policy is None or oom_kills <= 0:
         return pod_spec
+    factor = read_factor(policy)
+    try:
+        ceiling = read_ceiling(policy)
+    except ValueError as err:
+        raise ValueError(f"maxMemory: {err}") from None
+    times = factor ** min(oom_kills, MOST_KILLS)
+    spec = copy.deepcopy(pod_spec)
+    for amounts in _memory_holders(spec):
+        amounts["memory"] = _scaled(amounts["memory"], times, ceiling)
+    return spec
+
+
+def read_factor(policy: Obj) -> float:
+    """onOOMKilled's factor. ValueError: it is not a number in (1, MOST_FACTOR]."""
     try:
         factor = float(policy.get("factor", DEFAULT_FACTOR))
     except (TypeError, ValueError):
         raise ValueError(f"factor {policy.get('factor')!r} is not a number") from None
     if not 1 < factor <= MOST_FACTOR:
         raise ValueError(f"factor {factor} is not in (1, {MOST_FACTOR}]")
-    times = factor ** min(oom_kills, MOST_KILLS)
-    try:
-        ceiling = parse_quantity(policy["maxMemory"]) if policy.get("maxMemory") is not None else None
-    except ValueError as err:
-        raise ValueError(f"maxMemory: {err}") from None
-    spec = copy.deepcopy(pod_spec)
-    for holder in [spec, *(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+    return factor
+
+
+def read_ceiling(policy: Obj) -> int | None:
+    """onOOMKilled's maxMemory in bytes, None when unset. ValueError: it is not a quantity."""
+    return parse_quantity(policy["maxMemory"]) if policy.get("maxMemory") is not None else None
+
+
+def _memory_holders(pod_spec: Obj) -> list[Obj]:
+    """The requests and limits that set memory: the pod's own (spec.resources), its init containers'
+    and its containers'."""
+    found = []
+    for holder in [pod_spec, *(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]:
         resources = holder.get("resources") or {}
         for kind in ("requests", "limits"):
             amounts = resources.get(kind) or {}
             if amounts.get("memory") is not None:
-                amounts["memory"] = _scaled(amounts["memory"], times, ceiling)
-    return spec
+                found.append(amounts)
+    return found
+
+
+def sets_memory(pod_spec: Obj) -> bool:
+    """Whether the pod, or a container of it, has a memory request or limit: what onOOMKilled grows."""
+    return bool(_memory_holders(pod_spec))
 
 
 def of_pod(pod: Obj | None) -> Obj:

@@ -67,6 +67,10 @@ REASON_SUSPENDED = "Suspended"
 REASON_NO_SPOT_CAPACITY = "NoSpotCapacity"  # a spot pod unschedulable for capacity.fallback.afterPendingSeconds
 REASON_PROGRESS_DEADLINE = "ProgressDeadlineExceeded"  # no commit for progressDeadlineSeconds: a failure
 REASON_GANG_ENDED = "GangMemberEnded"  # the other pods of a gang whose pod ended: stopped, counted nowhere
+# A spec that can never run (validate.py, or the API server's 422): the run fails before a pod is made.
+REASON_INVALID_TEMPLATE = "InvalidPodTemplate"  # spec.template
+REASON_INVALID_MEMORY_POLICY = "InvalidMemoryPolicy"  # spec.resources.onOOMKilled
+REASON_INVALID_SPEC = "InvalidSpec"  # any other field: checkpoint, failurePolicy
 
 # Why a pod was interrupted, when the pod itself does not say.
 INTERRUPTION_NODE_GONE = "NodeGone"

@@ -17,6 +17,23 @@ NOTICE_DIR = "/var/run/spotrun"  # every container sees the pod's notice annotat
 NOTICE_FILE = f"{NOTICE_DIR}/notice"
 OWNED_PREFIX = f"{names.GROUP}/"
 MASTER_PORT = 29500  # torch.distributed's default; a template's own MASTER_PORT wins
+RESTORE_CONTAINER, SYNC_CONTAINER = "spotrun-restore", "spotrun-sync"  # directory mode's
+DEFAULT_GRACE = 30  # the API server's default terminationGracePeriodSeconds
+# The environment the operator sets in every container (the SDK's contract), and a gang's besides.
+CONTRACT_ENV = (
+    "SPOTRUN_TASKRUN",
+    "SPOTRUN_NAMESPACE",
+    "SPOTRUN_ATTEMPT",
+    "SPOTRUN_CHECKPOINT_URI",
+    "SPOTRUN_CAPACITY",
+    "SPOTRUN_GRACE_SECONDS",
+    "SPOTRUN_CHECKPOINT_KEEP",
+    "SPOTRUN_NOTICE_FILE",
+    "SPOTRUN_RESUME_FROM",
+    "SPOTRUN_RANK",
+    "SPOTRUN_WORLD_SIZE",
+)
+GANG_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")  # MASTER_PORT: the template may set its own
 
 
 def _not_ours(metadata: Obj | None) -> Obj:
@@ -41,6 +58,13 @@ def assigned_uri(taskrun: Obj, config: Config) -> str:
         return ""
     meta = taskrun["metadata"]
     return f"{config.checkpoint_prefix.rstrip('/')}/{meta['namespace']}/{meta['name']}/"
+
+
+def grace_seconds(pod_spec: Obj) -> int:
+    """The template's terminationGracePeriodSeconds, or the API server's default when it has none
+    (or, in a template edited after its pods were built, one that is not a count of seconds)."""
+    value = pod_spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else DEFAULT_GRACE
 
 
 def _env(taskrun: Obj, attempt: int, capacity: str, uri: str, resume_from: str, grace: int) -> list[Obj]:
@@ -131,7 +155,7 @@ def build_pod(
     checkpoint = spec.get("checkpoint") or {}
     uri = checkpoint_uri(taskrun, config)
     secret = (checkpoint.get("secretRef") or {}).get("name") or config.checkpoint_secret
-    grace = int(pod_spec.get("terminationGracePeriodSeconds", 30))
+    grace = grace_seconds(pod_spec)
     env = _env(taskrun, attempt, capacity, uri, resume_from, grace)
     name = names.pod_name(meta["name"], attempt, rank)
     if rank is not None:
@@ -171,9 +195,9 @@ def build_pod(
         image = checkpoint.get("image") or config.image
         interval = str(checkpoint.get("syncIntervalSeconds", 60))
         helpers = [
-            {"name": "spotrun-restore", "image": image, "command": ["spotrun", "restore", mount_path]},
+            {"name": RESTORE_CONTAINER, "image": image, "command": ["spotrun", "restore", mount_path]},
             {
-                "name": "spotrun-sync",
+                "name": SYNC_CONTAINER,
                 "image": image,
                 "command": ["spotrun", "sync", mount_path, "--interval", interval],
                 # A native sidecar: runs beside the task, stopped after it, syncing once more on SIGTERM.

@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from spotrun_operator import accounting, disruption, gang, healing, memory, names, policy
+from spotrun_operator import accounting, disruption, gang, healing, memory, names, policy, validate
 from spotrun_operator.attempts import (
     OUTCOME_STOPPED,
     after_notice,
@@ -27,15 +27,22 @@ from spotrun_operator.attempts import (
 )
 from spotrun_operator.classify import classify
 from spotrun_operator.config import Config
-from spotrun_operator.podbuild import build_budget, build_pods, build_service, checkpoint_uri, replicas
+from spotrun_operator.podbuild import (
+    build_budget,
+    build_pods,
+    build_service,
+    checkpoint_uri,
+    grace_seconds,
+    replicas,
+)
 from spotrun_operator.status import set_condition
 
 Obj = dict[str, Any]
 HISTORY = 20  # attempts kept in status.attempts
 REASON_RESUME_SOURCE_MISSING = "ResumeSourceMissing"
 REASON_POD_REFUSED = "PodRefused"
-REASON_INVALID_TEMPLATE = "InvalidPodTemplate"
-REASON_INVALID_MEMORY_POLICY = "InvalidMemoryPolicy"
+REASON_INVALID_TEMPLATE = names.REASON_INVALID_TEMPLATE
+REASON_INVALID_MEMORY_POLICY = names.REASON_INVALID_MEMORY_POLICY
 REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
 PENDING_ACCOUNT = "accountPending"  # on an attempt counted before its pod ended
 PROGRESS_UNREADABLE = "progressUnreadable"  # a due progress deadline could not be checked
@@ -123,7 +130,8 @@ def decide(
     finished run (TTL), success, a fatal rule, a spent budget, suspend, the deadline, (a live pod is
     moved off spot that has no room, or stopped when it made no progress in time, without ending the
     pass), a force-deleted pod not gone yet, a live pod, backoff, an earlier namesake's pods, a
-    missing resumeFrom source, a refused create not due again; else the next attempt is created.
+    spec that can never run (validate.py: the run fails before anything is created), a missing
+    resumeFrom source, a refused create not due again; else the next attempt is created.
     """
     step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
     step.count_ended_attempts()
@@ -146,6 +154,8 @@ def decide(
     ):
         if ends_the_pass():
             return step.decision
+    if step.refuse_invalid_spec():
+        return step.decision
     source = step.resume_source(resume_from)
     if source is None or step.refused_recently():
         return step.decision
@@ -488,7 +498,7 @@ class _Pass:
 
     def _node_notice(self, pod: Obj) -> disruption.Notice | None:
         """The reclaim notice or drain of the node `pod` is on, if it has one."""
-        grace = int(((self.spec.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        grace = grace_seconds((self.spec.get("template") or {}).get("spec") or {})
         taints = (self.config.notice_taints, self.config.drain_taints)
         return disruption.node_notice(self._node_facts(pod), self.spec, *taints, grace)
 
@@ -755,6 +765,15 @@ class _Pass:
         message = f"waiting for pod {pod_name} of an earlier TaskRun named {self.meta['name']} to be gone"
         return self._wait(message, names.REASON_POD_PENDING, 2.0)
 
+    def refuse_invalid_spec(self) -> bool:
+        """A spec that can never run fails the run before its next attempt is built, with its first
+        problem: no pod, Service or budget is created for it (nor is one left: _finish drops the budget)."""
+        found = validate.problems(self.taskrun, self.config)
+        if not found:
+            return False
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return self._finish(names.FAILED, found[0].reason, f"{found[0]}{more}")
+
     def resume_source(self, resolved: str | None) -> str | None:
         """The resumeFrom source, resolved once and kept: it matters only until the run has a checkpoint
         of its own, and the TaskRun it names may be deleted meanwhile. None: wait for it."""
@@ -764,7 +783,12 @@ class _Pass:
             return ""
         if source is None:
             missing = ((self.spec.get("checkpoint") or {}).get("resumeFrom") or {}).get("taskRun")
-            message = f"waiting for checkpoint.resumeFrom.taskRun {missing!r}: no such TaskRun in this namespace"
+            # Not a failure: the source may be created after this run (one kubectl apply of both).
+            message = (
+                f"waiting for spec.checkpoint.resumeFrom.taskRun {missing!r}: no TaskRun of that name in namespace "
+                f"{self.meta['namespace']}; create it, or name one that exists, or write its checkpoints' "
+                "s3:// URI as spec.checkpoint.resumeFrom.uri"
+            )
             if self.phase != names.PENDING or self.old.get("message") != message:
                 self.decision.events.append(("Warning", REASON_RESUME_SOURCE_MISSING, message))
             self._wait(message, REASON_RESUME_SOURCE_MISSING, 10.0)
@@ -795,6 +819,8 @@ class _Pass:
             return False
         if any(finished(p) or p["metadata"].get("deletionTimestamp") for p in pods.values()):
             return False  # it is ending: the rest is not wanted any more
+        if self.refuse_invalid_spec():
+            return True
         source = self.resume_source(resolved)
         if source is None or self.refused_recently():
             return self.show_live_pod()

@@ -427,12 +427,12 @@ def test_a_memory_policy_that_cannot_be_used_fails_the_run_saying_why(on_oom: Ob
     assert fragment in d.status["message"]
 
 
-def test_a_template_memory_that_is_no_quantity_is_left_for_the_api_server_to_refuse() -> None:
+def test_a_template_memory_that_is_no_quantity_fails_the_run_naming_it() -> None:
     tr = oom_taskrun({"attempt": 1, "accountedAttempt": 1, "failures": 1, "oomKills": 1, "phase": "Backoff"})
     tr["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "lots"
     d = decide(tr, [oom_pod(1)], NODES, at(3600), CONFIG)
-    assert d.create is not None
-    assert d.create["spec"]["containers"][0]["resources"]["limits"]["memory"] == "lots"
+    assert (d.create, d.status["phase"]) == (None, "Failed")
+    assert d.status["message"].startswith("spec.template.spec.containers[0].resources.limits.memory: 'lots'")
 
 
 def test_pod_level_memory_grows_with_the_containers() -> None:
