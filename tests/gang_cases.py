@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from spotrun import Checkpoint, CheckpointError, ConfigError, _gang, open_storage
 from spotrun._context import Settings
-from spotrun._manifest import manifest_key
+from spotrun._manifest import INLINE_MAX, manifest_key
 from spotrun._storage import LocalStorage
 
 from tests.protocol_cases import REPO, MakeStorage, empty_dir, tree, write_tree
@@ -169,11 +169,14 @@ def test_a_gang_of_another_size_cannot_restore(make_storage: MakeStorage) -> Non
 
 
 def test_a_single_writers_manifest_keeps_format_1(make_storage: MakeStorage) -> None:
-    Checkpoint(make_storage(), attempt=1).write(b"x", step=1)
+    Checkpoint(make_storage(), attempt=1).write(b"x" * (INLINE_MAX + 1), step=1)
     body = json.loads(make_storage().get(manifest_key("000001-000001")))
     assert body["format"] == 1
     assert "ranks" not in body
-    assert all("rank" not in f for f in body["files"])
+    assert all("rank" not in f and "inline" not in f for f in body["files"])
+    Checkpoint(make_storage(), attempt=1).write(b"x", step=2)  # small enough to live in its manifest
+    body = json.loads(make_storage().get(manifest_key("000001-000002")))
+    assert (body["format"], body["files"][0]["key"], body["files"][0]["inline"]) == (3, "", "eA==")
 
 
 def test_the_rank_comes_from_the_pods_environment() -> None:

@@ -7,7 +7,9 @@ location each time it is called.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import os
 import signal
@@ -19,7 +21,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from spotrun import Checkpoint, CheckpointError, StorageError, TransientStorageError
+from spotrun import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointUsageError,
+    NoIntactCheckpointError,
+    StorageError,
+    TransientStorageError,
+    _checkpoint,
+)
 from spotrun._context import Settings
 from spotrun._manifest import manifest_key
 from spotrun._storage import LocalStorage, S3Storage, Storage
@@ -31,6 +41,11 @@ REPO = Path(__file__).resolve().parent.parent
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under `root`: a restore leaves nothing of Spotrun's among them."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def objects_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small checkpoints as objects of their own, not inside the manifest: for cases that tamper with them."""
+    monkeypatch.setattr(_checkpoint, "INLINE_MAX", -1)
 
 
 def empty_dir(path: Path) -> Path:
@@ -77,9 +92,9 @@ class FailingStorage:
         self._tick("get_stream")
         self.inner.get_stream(key, sink)
 
-    def get_file(self, key: str, target: Path) -> tuple[int, str]:
+    def get_file(self, key: str, target: Path, size: int | None = None) -> tuple[int, str]:
         self._tick("get_file")
-        return self.inner.get_file(key, target)
+        return self.inner.get_file(key, target, size)
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
         self._tick("list")
@@ -234,7 +249,10 @@ def _data_keys(storage: Storage, cid: str) -> list[str]:
     return [f["key"] for f in manifest["files"]]
 
 
-def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before(make_storage: MakeStorage) -> None:
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before(
+    make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
     cp = Checkpoint(make_storage(), attempt=1)
     cp.write(b"good")
     bad = cp.write(b"newer")
@@ -244,7 +262,27 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before(make_storage:
     assert Checkpoint(make_storage(), attempt=2).read() == b"good"
 
 
-def test_a_missing_object_or_garbled_manifest_is_skipped(make_storage: MakeStorage, tmp_path: Path) -> None:
+def test_a_tampered_small_checkpoint_in_its_manifest_is_skipped(make_storage: MakeStorage) -> None:
+    cp = Checkpoint(make_storage(), attempt=1)
+    cp.write(b"good")
+    bad = cp.write(b"newer")
+    storage = make_storage()
+    body = json.loads(storage.get(manifest_key(bad.id)))
+    assert body["files"][0]["key"] == ""  # committed inside the manifest
+    body["files"][0]["inline"] = base64.b64encode(b"NEWER").decode()  # same size: only the digest can tell
+    storage.put(manifest_key(bad.id), json.dumps(body).encode())
+    reader = Checkpoint(make_storage(), attempt=2)
+    assert reader.read() == b"good"
+    assert reader.corrupt == [bad.id]
+    body["files"][0]["inline"] = "not base64!"
+    storage.put(manifest_key(bad.id), json.dumps(body).encode())
+    assert Checkpoint(make_storage(), attempt=2).read() == b"good"
+
+
+def test_a_missing_object_or_garbled_manifest_is_skipped(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
     cp = Checkpoint(make_storage(), attempt=1)
     cp.save(write_tree(tmp_path / "v1", {"x": b"v1"}))
     missing = cp.save(write_tree(tmp_path / "v2", {"x": b"v2"}))
@@ -260,7 +298,10 @@ def test_a_missing_object_or_garbled_manifest_is_skipped(make_storage: MakeStora
 # ----- retention -------------------------------------------------------------------------------------------
 
 
-def test_retention_keeps_the_newest_k_and_deletes_their_data(make_storage: MakeStorage) -> None:
+def test_retention_keeps_the_newest_k_and_deletes_their_data(
+    make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
     cp = Checkpoint(make_storage(), attempt=1, keep=2)
     for n in range(5):
         cp.write(f"v{n}".encode())
@@ -288,7 +329,10 @@ def test_a_zombie_never_deletes_a_newer_attempts_checkpoints(make_storage: MakeS
     assert Checkpoint(make_storage(), attempt=4).read() == b"newer attempt"
 
 
-def test_incremental_sync_uploads_only_what_changed(make_storage: MakeStorage, tmp_path: Path) -> None:
+def test_incremental_sync_uploads_only_what_changed(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
     work = write_tree(tmp_path / "w", {f"f{i}": os.urandom(100) for i in range(5)})
     cp = Checkpoint(make_storage(), attempt=1, keep=2)
     first = cp.sync_directory(work)
@@ -338,7 +382,10 @@ def test_a_failure_at_any_storage_call_of_a_commit_leaves_old_or_new_whole(
         assert tree(restored) in (tree(old), tree(new)), f"failure at call {fail_at} left a mix"
 
 
-def test_a_failure_during_restore_raises_and_leaves_the_target_alone(make_storage: MakeStorage, tmp_path: Path) -> None:
+def test_a_failure_during_restore_raises_and_leaves_the_target_alone(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
     Checkpoint(make_storage(), attempt=1).save(write_tree(tmp_path / "v1", {"a": b"1", "b": b"1"}))
     target = write_tree(tmp_path / "target", {"mine": b"untouched"})
     for fail_at in range(1, 5):
@@ -454,3 +501,182 @@ def test_sigterm_commits_a_final_checkpoint_within_the_grace(storage_env: dict[s
     latest = reader.latest()
     assert latest is not None
     assert latest.step == final_step >= 20
+
+
+# ----- bad input, misuse and what a failed commit leaves ----------------------------------------------
+
+
+def _everything(storage: Storage) -> list[str]:
+    return [key for key, _ in storage.list("")]
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "says"),
+    [
+        (Checkpoint, TypeError, "save\\(\\) takes a path"),
+        (42, TypeError, "not int"),
+        (b"raw bytes", TypeError, "commit bytes with write\\(\\)"),
+        (io.StringIO("text"), TypeError, "open the file with 'rb'"),
+        ("/nonexistent/model.pt", ValueError, "it does not exist"),
+    ],
+)
+def test_save_refuses_bad_input_before_touching_storage(
+    make_storage: MakeStorage, source: Any, error: type[Exception], says: str
+) -> None:
+    counter = FailingStorage(make_storage(), fail_at=0)
+    cp = Checkpoint(counter, attempt=1)  # type: ignore[arg-type]
+    with pytest.raises(error, match=says) as raised:
+        cp.save(source)
+    assert isinstance(raised.value, CheckpointUsageError)  # a ValueError too, as Flyte's errors
+    assert counter.calls == 0
+    assert cp.write(b"next").sequence == 1  # no sequence number was used up
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "says"),
+    [
+        (lambda cp: cp.write("text"), TypeError, "encode it first"),
+        (lambda cp: cp.write(b"x", step="3"), TypeError, "step must be an int"),
+        (lambda cp: cp.write(b"x", metadata={"at": object()}), TypeError, "JSON values"),
+        (lambda cp: cp.write(b"x", metadata=["a"]), TypeError, "metadata must be a dict"),
+        (lambda cp: cp.restore(3), TypeError, "restore\\(\\) takes a directory's path"),
+    ],
+)
+def test_write_and_restore_refuse_bad_arguments(make_storage: MakeStorage, call: Any, error: type, says: str) -> None:
+    storage = make_storage()
+    cp = Checkpoint(storage, attempt=1)
+    if "restore" in says:
+        cp.write(b"there is one")
+    before = _everything(storage)
+    with pytest.raises(error, match=says):
+        call(cp)
+    assert _everything(storage) == before
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"storage": "s3://bucket/prefix"}, "storage must be a Storage"),
+        ({"attempt": 0}, "attempt must be 1 or more"),
+        ({"attempt": "2"}, "attempt must be an int"),
+        ({"keep": 0}, "keep must be 1 or more"),
+        ({"concurrency": 0}, "concurrency must be 1 or more"),
+        ({"if_corrupt": "ignore"}, "if_corrupt must be one of start-over, raise"),
+        ({"resume_from": "/old/run"}, "resume_from must be a Storage"),
+    ],
+)
+def test_the_constructor_names_what_to_pass(make_storage: MakeStorage, options: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Checkpoint(**{"storage": make_storage(), **options})
+
+
+def test_restore_into_a_missing_directory_or_a_file_is_refused_as_flytes(
+    make_storage: MakeStorage, tmp_path: Path
+) -> None:
+    Checkpoint(make_storage(), attempt=1).save(write_tree(tmp_path / "src", {"a": b"1"}))
+    reader = Checkpoint(make_storage(), attempt=2)
+    with pytest.raises(CheckpointUsageError, match="it does not exist; restore into an existing directory"):
+        reader.restore(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValueError, match="it is not a directory"):
+        reader.restore(tmp_path / "file")
+    assert Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "dir")) == tmp_path / "dir"
+
+
+def test_a_commit_that_fails_midway_leaves_nothing_and_gives_its_sequence_back(
+    make_storage: MakeStorage, tmp_path: Path
+) -> None:
+    class Breaks(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            if self.sent >= 3 << 20:
+                raise OSError("the disk went away")
+            buffer[: len(buffer)] = b"x" * len(buffer)
+            self.sent += len(buffer)
+            return len(buffer)
+
+    storage = make_storage()
+    cp = Checkpoint(storage, attempt=1)
+    with pytest.raises(OSError, match="the disk went away"):
+        cp.save(io.BufferedReader(Breaks()))
+    assert _everything(storage) == []
+    assert cp.write(b"next").sequence == 1
+
+
+def test_a_lost_answer_to_the_manifest_put_is_found_committed(make_storage: MakeStorage) -> None:
+    class LosesAnswer(FailingStorage):
+        def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+            self.inner.put(key, data, create_only=create_only)
+            if key.startswith("manifests/"):
+                raise TransientStorageError("the answer was lost")
+
+    info = Checkpoint(LosesAnswer(make_storage(), 0), attempt=1).write(b"landed")  # type: ignore[arg-type]
+    assert info.sequence == 1
+    assert Checkpoint(make_storage(), attempt=2).read() == b"landed"
+
+
+def test_every_checkpoint_corrupt_is_loud_recorded_and_can_raise(
+    make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    objects_only(monkeypatch)
+    cp = Checkpoint(make_storage(), attempt=1)
+    ids = [cp.write(b"one").id, cp.write(b"two").id]
+    storage = make_storage()
+    for cid in ids:
+        storage.delete(_data_keys(storage, cid))
+    reader = Checkpoint(make_storage(), attempt=2)
+    assert reader.prev_exists()
+    with caplog.at_level("ERROR", logger="spotrun.checkpoint"):
+        assert reader.restore() is None
+    assert reader.corrupt == ids[::-1]
+    assert "every committed checkpoint" in caplog.text
+    assert "starts from the beginning" in caplog.text
+    watcher = Checkpoint(make_storage())  # as the operator reads: latest(), then the record from that listing
+    watcher.latest()
+    record = watcher.unrestorable()
+    assert record is not None
+    assert record["attempt"] == 2
+    assert record["ids"] == ids[::-1]
+    strict = Checkpoint(make_storage(), attempt=2, if_corrupt="raise")
+    with pytest.raises(NoIntactCheckpointError, match="failed verification") as raised:
+        strict.read()
+    assert raised.value.ids == ids[::-1]
+    # A later attempt that commits (it restored, or started over) clears the record at its sweep.
+    later = Checkpoint(make_storage(), attempt=3)
+    later.write(b"fresh start")
+    watcher.latest()
+    assert watcher.unrestorable() is None
+
+
+def test_small_checkpoints_cost_a_plain_put_and_restore_in_two_requests(make_storage: MakeStorage) -> None:
+    counter = FailingStorage(make_storage(), fail_at=0)
+    cp = Checkpoint(counter, attempt=1, keep=2)  # type: ignore[arg-type]
+    steady = []
+    for n in range(8):
+        before = counter.calls
+        cp.write(str(n).encode(), step=n)
+        steady.append(counter.calls - before)
+    assert steady[3:] == [2] * 5  # the manifest with the bytes in it, and retention's one delete
+    reader_counter = FailingStorage(make_storage(), fail_at=0)
+    assert Checkpoint(reader_counter, attempt=2).read() == b"7"  # type: ignore[arg-type]
+    assert reader_counter.calls == 2  # the listing and the manifest: the data is in it
+
+
+def test_a_large_object_of_another_size_than_its_manifest_says_is_corrupt(
+    make_storage: MakeStorage, tmp_path: Path
+) -> None:
+    Checkpoint(make_storage(), attempt=1).write(b"older")
+    big = write_tree(tmp_path / "big", {"blob": os.urandom(9 << 20)})
+    info = Checkpoint(make_storage(), attempt=1).save(big / "blob")
+    storage = make_storage()
+    (key,) = _data_keys(storage, info.id)
+    storage.put(key, storage.get(key)[: 5 << 20])  # shorter: a ranged GET past its end
+    reader = Checkpoint(make_storage(), attempt=2)
+    assert reader.read() == b"older"
+    assert reader.corrupt == [info.id]

@@ -33,6 +33,7 @@ from spotrun._errors import (
 )
 from spotrun._manifest import (
     DATA,
+    INLINE_MAX,
     MANIFESTS,
     PARTS,
     CheckpointInfo,
@@ -122,6 +123,7 @@ class Checkpoint:
         self._restored: tuple[tuple[str, str], Path] | None = None  # ((uri, id), directory) of the last restore
         self._records: dict[str, dict[str, Any]] = {}  # directory -> what this object restored into it
         self._unrestorable: dict[str, builtins.list[str]] = {}  # uri -> record keys seen in its last listing
+        self._known: set[str] | None = None  # ids committed in `storage`: its last listing and own commits since
         self._last_commit: Manifest | None = None
         self._commits = 0
         self._default_dir: Path | None = None
@@ -174,6 +176,8 @@ class Checkpoint:
         _check_commit_arguments(step, metadata)
 
         def upload(prefix: str) -> builtins.list[FileEntry]:
+            if self._inlines(len(data)):
+                return [_transfer.inline_bytes(BYTES_NAME, bytes(data))]
             return [_transfer.upload_bytes(self.storage, prefix + BYTES_NAME, BYTES_NAME, bytes(data))]
 
         return self._commit("bytes", upload, step, metadata)
@@ -205,6 +209,8 @@ class Checkpoint:
             raise CheckpointUsageError(f"cannot save {path}: {what}; pass a file, a directory or a binary stream")
 
         def upload_file(prefix: str) -> builtins.list[FileEntry]:
+            if self._inlines(path.stat().st_size):
+                return [_transfer.inline_file(path.name, path)]
             return [_transfer.upload_file(self.storage, prefix + path.name, path.name, path)]
 
         return self._commit("file", upload_file, step, metadata)
@@ -398,8 +404,15 @@ class Checkpoint:
         except StorageError:
             return None
 
+    def _inlines(self, size: int) -> bool:
+        """Whether a checkpoint of `size` bytes goes inside its manifest: one request to commit, and
+        none beyond the manifest's to restore. A gang's parts are merged by rank 0, so they never do."""
+        return self.gang is None and size <= INLINE_MAX
+
     def _committed(self, manifest: Manifest) -> CheckpointInfo:
         self._manifests[(self.storage.uri, manifest.id)] = manifest
+        if self._known is not None:
+            self._known.add(manifest.id)
         self._last_commit = manifest
         self._commits += 1
         log.info(
@@ -436,6 +449,11 @@ class Checkpoint:
         def upload(prefix: str) -> builtins.list[FileEntry]:
             entries: builtins.list[FileEntry] = []
             jobs = []
+            if self._inlines(sum(path.stat().st_size for _, path in sources)):
+                for rel, path in sources:
+                    info = path.stat()
+                    stamps[rel] = (info.st_size, info.st_mtime_ns, info.st_mode)
+                return [_transfer.inline_file(rel, path) for rel, path in sources]
             for rel, path in sources:
                 info = path.stat()
                 stamp = (info.st_size, info.st_mtime_ns, info.st_mode)
@@ -457,26 +475,43 @@ class Checkpoint:
     def _retain(self, newest: Manifest) -> None:
         """Keeps the newest `keep` checkpoints; deletes older ones, manifest first, then their data
         (so no manifest ever points at deleted data). Checkpoints of later attempts are never
-        touched: only their own attempt or a later one may remove them."""
+        touched: only their own attempt or a later one may remove them.
+
+        The ids come from the last listing plus this object's own commits since; the listing is
+        taken again at each sweep. Between two, a checkpoint another writer committed is unknown
+        here: one of a later attempt would only make this keep more, one of an earlier attempt (a
+        zombie's) waits for the next sweep. So a steady commit costs its own requests and the
+        deletes, and never removes a checkpoint it should keep."""
         if self.gang:  # committed: its parts have served (their files are in the manifest)
             self.storage.delete([part_key(newest.id, r) for r in range(self.ranks)])
-        ids = sorted(self._ids(self.storage), reverse=True)
+        sweep = (self._commits == 1 or self._commits % SWEEP_EVERY == 0) and self._in_flight == 1
+        known = self._ids(self.storage) if sweep or self._known is None else self._known | {newest.id}
+        ids = sorted(known, reverse=True)
         kept, surplus = ids[: self.keep], ids[self.keep :]
         doomed = [i for i in surplus if (parse_id(i) or (0, 0))[0] <= self.attempt]
-        sweep = (self._commits == 1 or self._commits % SWEEP_EVERY == 0) and self._in_flight == 1
         if not doomed and not sweep:
             return
         referenced: set[str] = set()
         for cid in kept:
             manifest = self._manifest(self.storage, cid)
             if manifest is not None:
-                referenced.update(_data_dir(f.key) for f in manifest.files)
-        for cid in doomed:
-            manifest = self._manifest(self.storage, cid)
-            self.storage.delete([manifest_key(cid)])
-            if manifest is not None:
-                self.storage.delete([f.key for f in manifest.files if _data_dir(f.key) not in referenced])
-            log.info("Deleted checkpoint %s from %s (keeping the newest %d)", cid, self.storage.uri, self.keep)
+                referenced.update(_data_dir(f.key) for f in manifest.files if f.key)
+        if doomed:
+            manifests = [self._manifest(self.storage, cid) for cid in doomed]
+            self.storage.delete([manifest_key(cid) for cid in doomed])  # first: no manifest without its data
+            if self._known is not None:
+                self._known.difference_update(doomed)
+            unreferenced = [
+                f.key for m in manifests if m for f in m.files if f.key and _data_dir(f.key) not in referenced
+            ]
+            if unreferenced:
+                self.storage.delete(unreferenced)
+            log.info(
+                "Deleted checkpoint(s) %s from %s (keeping the newest %d)",
+                ", ".join(doomed),
+                self.storage.uri,
+                self.keep,
+            )
         if sweep:
             self._sweep(set(ids) - set(doomed), referenced, newest)
 
@@ -486,7 +521,7 @@ class Checkpoint:
         for cid in live_ids:
             manifest = self._manifest(self.storage, cid)
             if manifest is not None:
-                referenced.update(_data_dir(f.key) for f in manifest.files)
+                referenced.update(_data_dir(f.key) for f in manifest.files if f.key)
         newest_order = (newest.attempt, newest.sequence)
         # An earlier attempt's record that it found nothing intact: this attempt has committed since.
         mine = f"{MANIFESTS}{UNRESTORABLE}{self.attempt:06d}.json"
@@ -515,7 +550,10 @@ class Checkpoint:
     def _ids(self, storage: Storage) -> builtins.list[str]:
         keys = [key for key, _ in storage.list(MANIFESTS)]
         self._unrestorable[storage.uri] = [k for k in keys if k.startswith(MANIFESTS + UNRESTORABLE)]
-        return [cid for key in keys if (cid := id_of_manifest_key(key))]
+        ids = [cid for key in keys if (cid := id_of_manifest_key(key))]
+        if storage is self.storage:
+            self._known = set(ids)
+        return ids
 
     def _manifest(self, storage: Storage, cid: str) -> Manifest | None:
         cached = self._manifests.get((storage.uri, cid))
@@ -668,6 +706,8 @@ class Checkpoint:
         self.storage.put(f"{REJECTED}{manifest.id}.json", manifest.to_json())
         self.storage.delete([manifest_key(manifest.id)])
         self._manifests.pop((storage.uri, manifest.id), None)
+        if self._known is not None:
+            self._known.discard(manifest.id)
         log.error(
             "%s: set it aside as %s%s.json; the next attempt restores the one before", where, REJECTED, manifest.id
         )

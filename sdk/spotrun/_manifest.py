@@ -11,6 +11,8 @@ from typing import Any
 
 FORMAT = 1  # one writer's checkpoint; a gang's (ranks > 1) is FORMAT_GANG, so older readers skip it
 FORMAT_GANG = 2
+FORMAT_INLINE = 3  # one writer's, with its small files' bytes in the manifest (older readers skip it)
+INLINE_MAX = 64 << 10  # a checkpoint of at most this many bytes is committed inside its manifest
 MANIFESTS = "manifests/"
 DATA = "data/"
 PARTS = "parts/"  # a gang's parts: parts/ID/RANK.json, one per rank, before rank 0 commits ID
@@ -48,6 +50,7 @@ class FileEntry:
     sha256: str
     mode: int = 0o644
     rank: int = 0  # in a gang's checkpoint: the rank whose part it is
+    inline: str | None = None  # the bytes themselves, base64, for a file kept in the manifest (key "")
 
 
 def part_key(cid: str, rank: int) -> str:
@@ -118,12 +121,15 @@ class Manifest:
         return self.files if self.ranks == 1 else tuple(f for f in self.files if f.rank == rank)
 
     def to_json(self) -> bytes:
-        if self.ranks == 1:
-            files = [{k: v for k, v in dataclasses.asdict(f).items() if k != "rank"} for f in self.files]
-        else:
-            files = [dataclasses.asdict(f) for f in self.files]
+        inline = any(f.inline is not None for f in self.files)
+        if inline and self.ranks > 1:
+            raise ValueError("a gang's checkpoint keeps no file in its manifest")
+        files = [
+            {k: v for k, v in dataclasses.asdict(f).items() if not (k == "rank" and self.ranks == 1) and v is not None}
+            for f in self.files
+        ]
         body = {
-            "format": FORMAT if self.ranks == 1 else FORMAT_GANG,
+            "format": FORMAT_GANG if self.ranks > 1 else FORMAT_INLINE if inline else FORMAT,
             "id": self.id,
             "attempt": self.attempt,
             "sequence": self.sequence,
@@ -144,7 +150,7 @@ class Manifest:
     def from_json(cls, data: bytes) -> Manifest:
         """Parses and checks a manifest; ValueError when it is not one this SDK can trust."""
         body = json.loads(data)
-        if not isinstance(body, dict) or body.get("format") not in (FORMAT, FORMAT_GANG):
+        if not isinstance(body, dict) or body.get("format") not in (FORMAT, FORMAT_GANG, FORMAT_INLINE):
             raise ValueError(f"unknown manifest format {body.get('format') if isinstance(body, dict) else body!r}")
         ranks = int(body.get("ranks", 1)) if body["format"] == FORMAT_GANG else 1
         if body["format"] == FORMAT_GANG and ranks < 2:
@@ -171,6 +177,8 @@ class Manifest:
         for entry in files:
             if entry.path.startswith("/") or ".." in entry.path.split("/"):
                 raise ValueError(f"manifest path {entry.path!r} escapes the checkpoint directory")
+            if (entry.inline is not None) != (body["format"] == FORMAT_INLINE and not entry.key):
+                raise ValueError(f"manifest file {entry.path!r} must have either a key or its bytes inline")
         return manifest
 
     def info(self, uri: str) -> CheckpointInfo:

@@ -57,8 +57,10 @@ class Storage(Protocol):
     def get_stream(self, key: str, sink: IO[bytes]) -> None:
         """Writes the object into `sink` front to back; NotFoundError when it does not exist."""
 
-    def get_file(self, key: str, target: Path) -> tuple[int, str]:
-        """Writes the object to `target`; returns its size and sha256. NotFoundError when missing."""
+    def get_file(self, key: str, target: Path, size: int | None = None) -> tuple[int, str]:
+        """Writes the object to `target`; returns its size and sha256. NotFoundError when missing.
+        `size`, when known (the manifest's), spares a request; an object of another size returns
+        its own size, with a digest that need not be of the whole object."""
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
         """(key, size) of every object whose key starts with `prefix`, in key order."""
@@ -125,10 +127,14 @@ class LocalStorage:
         self._check_writable()
         final = self._path(key)
         tmp, out = self._tmp(final)
-        with out:
-            shutil.copyfileobj(stream, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with out:
+                shutil.copyfileobj(stream, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._publish(tmp, final, create_only=False)
 
     def get(self, key: str) -> bytes:
@@ -144,7 +150,7 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError) as err:
             raise NotFoundError(f"{self.uri}/{key} does not exist", key=key) from err
 
-    def get_file(self, key: str, target: Path) -> tuple[int, str]:
+    def get_file(self, key: str, target: Path, size: int | None = None) -> tuple[int, str]:
         digest, size = hashlib.sha256(), 0
         try:
             with self._path(key).open("rb") as source, target.open("wb") as sink:
@@ -338,17 +344,25 @@ class S3Storage:
         with self._errors("downloading", key):
             self.client.download_fileobj(self.bucket, self._key(key), sink, Config=self.transfer_config)
 
-    def get_file(self, key: str, target: Path) -> tuple[int, str]:
-        """Parallel ranged GETs written in place with pwrite, while one thread hashes the parts in
-        order: the digest costs one core alongside the transfer instead of a second pass, and
-        memory stays within a window of parts, whatever the object's size."""
-        with self._errors("downloading", key):
-            size = int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+    def get_file(self, key: str, target: Path, size: int | None = None) -> tuple[int, str]:
+        """Parallel ranged GETs, each streamed into place with pwrite through a small buffer, while
+        this thread hashes the parts in order as they complete, reading them back from the page
+        cache: verifying costs one pass over memory alongside the transfer, not a second download,
+        and memory stays at a buffer per worker whatever the object's size. With `size` (the
+        manifest's) no HEAD is needed; an object of another size is reported with its own size
+        (from Content-Range) before the rest is fetched."""
+        if size is None:
+            with self._errors("downloading", key):
+                size = int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        if size == 0:
+            data = self.get(key)
+            return len(data), hashlib.sha256(data).hexdigest()
+        expected = size
         chunk = int(self.transfer_config.multipart_chunksize)
-        parts = max(1, -(-size // chunk))
+        parts = -(-size // chunk)
         workers = max(1, int(self.transfer_config.max_request_concurrency))
-        window = threading.Semaphore(workers + 2)  # parts fetched but not yet hashed
-        ready: dict[int, bytes] = {}
+        window = threading.Semaphore(workers + 2)  # parts in flight or written but not yet hashed
+        done: dict[int, int] = {}  # part -> the object's size as its answer gave it
         arrived = threading.Condition()
         digest = hashlib.sha256()
         failed: builtins.list[BaseException] = []
@@ -356,44 +370,67 @@ class S3Storage:
         def fetch(index: int, fd: int) -> None:
             try:
                 start = index * chunk
-                end = min(size, start + chunk) - 1
-                data = self._ranged_get(key, start, end) if size else b""
-                os.pwrite(fd, data, start)
+                total = self._ranged_get_into(key, start, min(expected, start + chunk) - 1, expected, fd)
                 with arrived:
-                    ready[index] = data
+                    done[index] = total
                     arrived.notify_all()
             except BaseException as err:
                 with arrived:
                     failed.append(err)
                     arrived.notify_all()
 
-        with target.open("wb") as out, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        # The pool ends before the file closes: no part may pwrite into a descriptor reused since.
+        with target.open("wb") as out:
             fd = out.fileno()
-            submitted = 0
-            for index in range(parts):
-                while submitted < parts and window.acquire(blocking=False):
-                    pool.submit(fetch, submitted, fd)
-                    submitted += 1
-                with arrived:
-                    arrived.wait_for(lambda i=index: i in ready or bool(failed))  # type: ignore[misc]
-                    if failed:
-                        raise failed[0]
-                    data = ready.pop(index)
-                digest.update(data)
-                window.release()
-        return size, digest.hexdigest()
+            pool = concurrent.futures.ThreadPoolExecutor(workers)
+            try:
+                submitted = 0
+                for index in range(parts):
+                    while submitted < parts and window.acquire(blocking=False):
+                        pool.submit(fetch, submitted, fd)
+                        submitted += 1
+                    with arrived:
+                        arrived.wait_for(lambda i=index: i in done or bool(failed))  # type: ignore[misc]
+                        if failed:
+                            raise failed[0]
+                        total = done.pop(index)
+                    if total != expected:  # another object than the manifest's: no use fetching the rest
+                        return total, ""
+                    start, end = index * chunk, min(expected, (index + 1) * chunk)
+                    while start < end:
+                        piece = os.pread(fd, min(CHUNK, end - start), start)
+                        digest.update(piece)
+                        start += len(piece)
+                    window.release()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return expected, digest.hexdigest()
 
-    def _ranged_get(self, key: str, start: int, end: int) -> bytes:
-        # botocore retries the request; a stream cut mid-body is retried here.
+    def _ranged_get_into(self, key: str, start: int, end: int, expected: int, fd: int) -> int:
+        """Writes bytes start..end of the object at their offsets in `fd`; returns the object's size
+        (Content-Range's total; -1 when the object is shorter than `start`). botocore retries the
+        request; a stream cut mid-body is retried here."""
         for attempt in range(5):
+            offset = start
             try:
                 with self._errors("downloading", key):
-                    answer = self.client.get_object(
-                        Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end}"
-                    )
-                    body: bytes = answer["Body"].read()
-                if len(body) == end - start + 1:
-                    return body
+                    try:
+                        answer = self.client.get_object(
+                            Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end}"
+                        )
+                    except ClientError as err:
+                        if str(err.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                            return -1
+                        raise
+                    total = _range_total(answer.get("ContentRange"))
+                    if total is not None and total != expected:
+                        return total
+                    body = answer["Body"]
+                    while offset <= end and (piece := body.read(min(CHUNK, end + 1 - offset))):
+                        os.pwrite(fd, piece, offset)
+                        offset += len(piece)
+                if offset == end + 1:
+                    return expected
             except TransientStorageError:
                 if attempt == 4:
                     raise
@@ -453,6 +490,12 @@ def open_storage(uri: str, *, read_only: bool = False, **s3_options: Any) -> Loc
     if parsed.scheme and len(parsed.scheme) > 1:
         raise ConfigError(f"checkpoint URI {uri!r}: unsupported scheme {parsed.scheme!r}; use s3://, file:// or a path")
     return LocalStorage(Path(uri).expanduser().resolve(), read_only=read_only)
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """`bytes 0-99/1000` -> 1000; None when absent or unknown (`*`)."""
+    total = (content_range or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
 
 
 def new_nonce() -> str:

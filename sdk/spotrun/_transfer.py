@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import io
@@ -62,6 +63,30 @@ def upload_bytes(storage: Storage, key: str, path: str, data: bytes, mode: int =
     return FileEntry(path=path, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), mode=mode)
 
 
+def inline_bytes(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
+    """A file kept in the manifest itself: no request of its own, committed with the manifest."""
+    return FileEntry(
+        path=path,
+        key="",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        mode=mode,
+        inline=base64.b64encode(data).decode(),
+    )
+
+
+def inline_file(path: str, source: Path) -> FileEntry:
+    return inline_bytes(path, source.read_bytes(), stat.S_IMODE(source.stat().st_mode))
+
+
+def _inline_data(entry: FileEntry, where: str) -> bytes:
+    assert entry.inline is not None
+    try:
+        return base64.b64decode(entry.inline, validate=True)
+    except ValueError as err:
+        raise CorruptCheckpointError(f"{where}: the bytes of {entry.path} in the manifest are not base64") from err
+
+
 def upload_stream(storage: Storage, key: str, path: str, source: IO[bytes], mode: int = 0o644) -> FileEntry:
     reader = HashingReader(source)
     storage.put_stream(key, reader)  # type: ignore[arg-type]
@@ -96,7 +121,9 @@ def verify(entry: FileEntry, size: int, digest: str, where: str) -> None:
 def fetch_bytes(storage: Storage, entry: FileEntry, where: str) -> bytes:
     for attempt in (1, 2):  # as in download_file: a bad transfer is not a corrupt checkpoint
         try:
-            if entry.size < SMALL_FILE:
+            if entry.inline is not None:
+                data = _inline_data(entry, where)
+            elif entry.size < SMALL_FILE:
                 data = storage.get(entry.key)
             else:
                 buffer = io.BytesIO()
@@ -119,13 +146,13 @@ def download_file(storage: Storage, entry: FileEntry, target: Path, where: str) 
     # wrong must not make a restore skip a good checkpoint.
     for attempt in (1, 2):
         try:
-            if entry.size < SMALL_FILE:
-                data = storage.get(entry.key)
+            if entry.inline is not None or entry.size < SMALL_FILE:
+                data = _inline_data(entry, where) if entry.inline is not None else storage.get(entry.key)
                 size, digest = len(data), hashlib.sha256(data).hexdigest()
                 if size == entry.size and digest == entry.sha256:
                     target.write_bytes(data)
             else:
-                size, digest = storage.get_file(entry.key, target)
+                size, digest = storage.get_file(entry.key, target, entry.size)
         except NotFoundError as err:
             raise CorruptCheckpointError(f"{where}: object {entry.key} of {entry.path} is missing") from err
         try:

@@ -9,12 +9,14 @@ built with `if_corrupt="raise"`.
 
 flytekit writes a checkpoint's files straight under `checkpoint_dest`; Spotrun commits each one
 under `data/ID.NONCE/` and makes it exist with `manifests/ID.json` (docs/checkpoints.md, "The
-layout"). Where an upstream test looks under `checkpoint_dest`, the port looks at the newest
-committed checkpoint's files instead, through these helpers.
+layout"), or, when they are small, inside that manifest. Where an upstream test looks under
+`checkpoint_dest`, the port looks at the newest committed checkpoint's files instead, through
+these helpers.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -35,21 +37,35 @@ def sync_checkpoint(checkpoint_dest: str | os.PathLike[str], checkpoint_src: str
     return Checkpoint(storage, attempt=2, if_corrupt="raise")
 
 
-def committed_files(checkpoint_dest: str | os.PathLike[str]) -> list[Path]:
-    """The files of the newest committed checkpoint under the prefix, where they are stored."""
+def committed(checkpoint_dest: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The newest committed checkpoint under the prefix: each file's name and bytes, wherever they are
+    stored (an object under data/, or inside the manifest for a small checkpoint)."""
     root = Path(checkpoint_dest)
     manifests = sorted((root / "manifests").glob("[0-9]*.json")) if (root / "manifests").is_dir() else []
     if not manifests:
-        return []
+        return {}
     manifest = json.loads(manifests[-1].read_text())
-    return [root / entry["key"] for entry in manifest["files"]]
+    return {
+        Path(entry["path"]).name: (
+            base64.b64decode(entry["inline"]) if "inline" in entry else (root / entry["key"]).read_bytes()
+        )
+        for entry in manifest["files"]
+    }
 
 
 def committed_names(checkpoint_dest: str | os.PathLike[str]) -> list[str]:
     """flytekit's `outputs.listdir()`: the names of the newest checkpoint's files."""
-    return sorted(path.name for path in committed_files(checkpoint_dest))
+    return sorted(committed(checkpoint_dest))
 
 
 def lose_data(checkpoint_dest: str | os.PathLike[str]) -> None:
-    """A checkpoint whose data is gone (flytekit's test deletes the source): its objects removed."""
-    shutil.rmtree(Path(checkpoint_dest) / "data")
+    """A checkpoint whose data is gone (flytekit's test deletes the source): its objects removed, and
+    the bytes of a small checkpoint, kept in its manifest, emptied."""
+    root = Path(checkpoint_dest)
+    shutil.rmtree(root / "data", ignore_errors=True)
+    for path in (root / "manifests").glob("[0-9]*.json"):
+        manifest = json.loads(path.read_text())
+        for entry in manifest["files"]:
+            if "inline" in entry:
+                entry["inline"] = ""
+        path.write_text(json.dumps(manifest))

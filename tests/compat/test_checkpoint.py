@@ -2,7 +2,7 @@
 
 Every upstream assertion is here. Changed: how the object is built (`sync_checkpoint`), and
 where a test looks for a committed file: flytekit's lie straight under the destination, Spotrun's
-under `data/ID.NONCE/` behind a manifest (`committed_files`).
+under `data/ID.NONCE/` behind a manifest, or inside it when small (`committed`).
 """
 
 import os
@@ -12,7 +12,7 @@ import pytest
 import spotrun
 from spotrun import NoIntactCheckpointError as FlyteDataNotFoundException
 
-from tests.compat.flyte import TMP_DST_PATH, committed_files, lose_data, sync_checkpoint
+from tests.compat.flyte import TMP_DST_PATH, committed, lose_data, sync_checkpoint
 
 
 def test_sync_checkpoint_write(tmpdir):
@@ -20,25 +20,22 @@ def test_sync_checkpoint_write(tmpdir):
     cp = sync_checkpoint(checkpoint_dest=tmpdir)
     assert cp.read() is None
     assert cp.restore() is None
-    # flytekit: dst_path = td_path / SyncCheckpoint.TMP_DST_PATH
-    assert not [p for p in committed_files(td_path) if p.name == TMP_DST_PATH]
+    # flytekit: dst_path = td_path / SyncCheckpoint.TMP_DST_PATH; assert not dst_path.exists()
+    assert TMP_DST_PATH not in committed(td_path)
     cp.write(b"bytes")
-    (dst_path,) = [p for p in committed_files(td_path) if p.name == TMP_DST_PATH]
-    assert dst_path.exists()
+    assert committed(td_path)[TMP_DST_PATH] == b"bytes"  # flytekit: assert dst_path.exists()
 
 
 def test_sync_checkpoint_save_file(tmpdir):
     td_path = Path(tmpdir)
     cp = sync_checkpoint(checkpoint_dest=tmpdir)
-    assert not committed_files(td_path)  # flytekit: assert not dst_path.exists()
+    assert TMP_DST_PATH not in committed(td_path)  # flytekit: assert not dst_path.exists()
     inp = td_path / "test"
     with inp.open("wb") as f:
         f.write(b"blah")
     with inp.open("rb") as f:
         cp.save(f)
-    (dst_path,) = committed_files(td_path)
-    assert dst_path.name == TMP_DST_PATH
-    assert dst_path.exists()
+    assert committed(td_path)[TMP_DST_PATH] == b"blah"  # flytekit: assert dst_path.exists()
 
     with pytest.raises(ValueError):
         # Unsupported object
@@ -51,14 +48,12 @@ def test_sync_checkpoint_save_filepath(tmpdir):
     chkpnt_path = Path(os.path.join(tmpdir, "dest"))
     chkpnt_path.mkdir()
     cp = sync_checkpoint(checkpoint_dest=str(chkpnt_path))
-    assert not committed_files(chkpnt_path)  # flytekit: dst_path = chkpnt_path / "test"; not exists
+    assert "test" not in committed(chkpnt_path)  # flytekit: dst_path = chkpnt_path / "test"; not exists
     inp = src_path / "test"
     with inp.open("wb") as f:
         f.write(b"blah")
     cp.save(inp)
-    (dst_path,) = committed_files(chkpnt_path)
-    assert dst_path.name == "test"
-    assert dst_path.exists()
+    assert committed(chkpnt_path)["test"] == b"blah"  # flytekit: assert dst_path.exists()
 
 
 def test_sync_checkpoint_restore(tmpdir):
@@ -99,7 +94,7 @@ def test_sync_checkpoint_restore_corrupt(tmpdir):
     # Simulate a failed upload of the checkpoint e.g. due to preemption
     prev.unlink()
     src.rmdir()
-    lose_data(dest)  # Spotrun: the committed checkpoint's objects, which attempt 1 uploaded, are gone
+    lose_data(dest)  # Spotrun: the bytes attempt 1 committed are gone
 
     with pytest.raises(FlyteDataNotFoundException):
         cp.restore(user_dest)
