@@ -440,10 +440,17 @@ class StoredCheckpoints:
             return None
         try:
             info = self._open().latest()
+            # From the same listing; a GET only when an attempt left one.
+            record = self._open().unrestorable() if info is not None else None
         except Exception as err:
             log.warning("Reading the newest checkpoint of %s failed: %s", self.uri, err)
             raise
-        return None if info is None else _info(info)
+        if info is None:
+            return None
+        found = _info(info)
+        if record:
+            found["unrestorable"] = {"attempt": record.get("attempt"), "message": str(record.get("message", ""))}
+        return found
 
     def newest_of(self, attempt: int) -> Obj | None:
         if not self.uri:

@@ -55,6 +55,9 @@ COND_READY = "Ready"  # a pod of the current attempt is running
 COND_COMPLETE = "Complete"
 COND_FAILED = "Failed"
 COND_SUSPENDED = "Suspended"
+# An attempt found checkpoints and none intact (the SDK's record beside the manifests): it started over.
+COND_CHECKPOINTS_CORRUPT = "CheckpointsCorrupt"
+REASON_NO_INTACT_CHECKPOINT = "NoIntactCheckpoint"
 REASON_POD_RUNNING = "PodRunning"
 REASON_POD_PENDING = "PodPending"
 REASON_BACKOFF = "BackoffLimitNotReached"

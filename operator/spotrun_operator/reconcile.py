@@ -227,7 +227,25 @@ class _Pass:
                 self._latest = (True, newest)
                 kept = {k: v for k, v in self.st["checkpoint"].items() if k in ("uri", "resumeFrom")}
                 self.st["checkpoint"] = {**kept, **(newest or {})}
+                self._show_unrestorable((newest or {}).get("unrestorable"))
         return self._latest
+
+    def _show_unrestorable(self, record: Obj | None) -> None:
+        """The CheckpointsCorrupt condition: an attempt found checkpoints and not one intact, so it
+        started over (the SDK logs it too). It clears once a later attempt has committed."""
+        had = any(
+            c["type"] == names.COND_CHECKPOINTS_CORRUPT and c["status"] == "True" for c in self.st.get("conditions", [])
+        )
+        if not record and not had:
+            return
+        if record:
+            message = f"attempt {record.get('attempt')}: {record.get('message')}"
+            if set_condition(
+                self.st, names.COND_CHECKPOINTS_CORRUPT, True, names.REASON_NO_INTACT_CHECKPOINT, message, self.now
+            ):
+                self.decision.events.append(("Warning", names.REASON_NO_INTACT_CHECKPOINT, message))
+        else:
+            set_condition(self.st, names.COND_CHECKPOINTS_CORRUPT, False, "CheckpointRestored", "", self.now)
 
     def _last_commit(self, attempt: int) -> tuple[str | None, bool]:
         """(the time of the newest checkpoint committed by attempts up to `attempt`, whether that is

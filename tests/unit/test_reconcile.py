@@ -497,3 +497,32 @@ def test_each_attempt_records_the_checkpoint_it_started_from() -> None:
     first, second = ended.status["attempts"]
     assert "resumedFrom" not in first
     assert second["resumedFrom"] == "00001-00004"
+
+
+def test_an_attempt_that_found_no_intact_checkpoint_shows_as_a_condition_until_a_later_one_commits() -> None:
+    record = {"attempt": 2, "message": "every committed checkpoint in s3://b/p failed verification (1: 00001-00004)"}
+
+    class Stored:  # attempt 2 found attempt 1's only checkpoint corrupt and started over
+        def __init__(self, unrestorable: Obj | None) -> None:
+            self.unrestorable = unrestorable
+
+        def latest(self) -> Obj:
+            newest = {"id": "00001-00004", "attempt": 1, "step": 4, "time": "2026-11-27T11:59:00+00:00", "size": 1}
+            return {**newest, "unrestorable": self.unrestorable} if self.unrestorable else newest
+
+        def newest_of(self, attempt: int) -> Obj:
+            return self.latest()
+
+    tr = taskrun({"attempt": 2, "phase": "Running"})
+    pods = [pod_of(1, "preempted", finalizer=False), pod_of(2, "preempted")]
+    d = decide(tr, pods, NODES, NOW, CONFIG, checkpoints=Stored(record))
+    (condition,) = [c for c in d.status["conditions"] if c["type"] == "CheckpointsCorrupt"]
+    assert (condition["status"], condition["reason"]) == ("True", "NoIntactCheckpoint")
+    assert condition["message"].startswith("attempt 2: every committed checkpoint")
+    assert ("Warning", "NoIntactCheckpoint", condition["message"]) in d.events
+    assert d.status["checkpoint"]["unrestorable"] == record
+    again = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(record))
+    assert not [e for e in again.events if e[1] == "NoIntactCheckpoint"]  # an Event only when it flips
+    cleared = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(None))
+    (condition,) = [c for c in cleared.status["conditions"] if c["type"] == "CheckpointsCorrupt"]
+    assert condition["status"] == "False"
