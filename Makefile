@@ -80,8 +80,8 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test-unit: $(STAMP) ## Unit tests: no cluster, seconds.
-	$(PY) -m pytest tests/unit
+test-unit: $(STAMP) ## Unit tests and flytekit's own checkpoint tests (tests/compat): no cluster, seconds.
+	$(PY) -m pytest tests/unit tests/compat
 
 test-integration: $(STAMP) build ## Integration tests against the local cluster (started by the tests).
 	$(PY) -m pytest tests/integration
@@ -101,7 +101,7 @@ test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl
 test: $(STAMP) build build-real build-kind torch ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
 	$(PY) -m pip check
 	$(MAKE) lint
-	$(PY) -m pytest tests/unit tests/integration
+	$(PY) -m pytest tests/unit tests/compat tests/integration
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
 	$(PY) -m tests.kind --e2e

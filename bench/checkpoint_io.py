@@ -70,6 +70,7 @@ def measure(impl: str, op: str, source: Path, bucket: str, prefix: str, target: 
         if op == "save":
             cp.save(source)
         else:
+            target.mkdir(parents=True, exist_ok=True)
             assert cp.restore(target) is not None
     else:
         client, config = raw_client(), transfer_config()

@@ -55,7 +55,6 @@ REJECTED = "rejected/"  # a gang's checkpoint set aside: a rank found its part c
 # checkpoint). Where the filesystem has no user xattrs, only the Checkpoint object remembers.
 RECORD_XATTR = "user.spotrun.checkpoint"
 LEGACY_MARKER = ".spotrun-checkpoint.json"  # the file earlier versions wrote there: never saved, removed on restore
-MARKER = LEGACY_MARKER
 # A restore that found checkpoints and none intact leaves this record in manifests/ (one listing
 # with the manifests, so the operator sees it at no extra request); older readers skip it.
 UNRESTORABLE = "unrestorable-"

@@ -4,23 +4,25 @@ cluster (`_cluster_cli`; also installed as `kubectl-spotrun`, so `kubectl spotru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
 from spotrun import _cluster_cli, _preemption
-from spotrun._checkpoint import MARKER, Checkpoint
+from spotrun._checkpoint import Checkpoint, restore_record
 from spotrun._context import Settings
 from spotrun._errors import ConfigError, SpotrunError, StorageError
 from spotrun._manifest import CheckpointInfo, manifest_key
@@ -226,8 +228,17 @@ def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
         data = checkpoint.storage.get(manifest_key(cid))
     except SpotrunError as err:
         raise ConfigError(f"no checkpoint {cid!r} in {args.uri}: {err}") from None
-    print(data.decode())
+    print(json.dumps(_abbreviated(json.loads(data)), indent=2))
     return 0
+
+
+def _abbreviated(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with each inline file's bytes (base64, up to 64 KiB) shown as their size:
+    `checkpoints download` gives the bytes themselves."""
+    for entry in manifest.get("files") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("inline"), str):
+            entry["inline"] = f"({entry.get('size')} bytes, inline)"
+    return manifest
 
 
 def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
@@ -238,19 +249,50 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
         ranks = range(latest.ranks) if args.rank is None else [args.rank]
         if args.rank is not None and not 0 <= args.rank < latest.ranks:
             raise ConfigError(f"--rank {args.rank}: checkpoint {latest.id} has ranks 0..{latest.ranks - 1}")
-        for rank in ranks:
-            target = args.dir if args.rank is not None else args.dir / f"rank-{rank}"
-            part = Checkpoint(reader.storage, rank=rank, ranks=latest.ranks, resume_from=reader.resume_from)
-            print(part.restore(target))
+        with _new_directory(args.dir):
+            for rank in ranks:
+                target = args.dir if args.rank is not None else args.dir / f"rank-{rank}"
+                target.mkdir(exist_ok=True)
+                part = Checkpoint(reader.storage, rank=rank, ranks=latest.ranks, resume_from=reader.resume_from)
+                print(part.restore(target))
         return 0
     if args.rank not in (None, 0):
         raise ConfigError(f"--rank {args.rank}: the newest checkpoint in {args.uri} was written by one rank")
-    restored = reader.restore(args.dir)
-    if restored is None:
+    if latest is None:
         print(f"no committed checkpoints in {args.uri}", file=sys.stderr)
+        return 1
+    with _new_directory(args.dir):
+        restored = reader.restore(args.dir)
+    if restored is None:  # every checkpoint is corrupt: restore logged which, and why
+        print(f"no intact checkpoint in {args.uri}", file=sys.stderr)
         return 1
     print(restored)
     return 0
+
+
+@contextlib.contextmanager
+def _new_directory(path: Path) -> Iterator[None]:
+    """Creates `path` (and its missing parents) when it does not exist, and removes what it created
+    when the body fails or leaves it empty: a failed download leaves nothing behind."""
+    created = []
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        created.append(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create {path}: {err.strerror}; give a directory you can write") from None
+    ok = False
+    try:
+        yield
+        ok = any(path.iterdir())
+    finally:
+        if not ok and created:
+            shutil.rmtree(path, ignore_errors=True)
+            for directory in created[1:]:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
 
 # ----- directory mode ----------------------------------------------------------------------------
@@ -258,6 +300,10 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _restore(args: argparse.Namespace, extra: list[str]) -> int:
     checkpoint = Settings.from_env().checkpoint()
+    try:
+        args.dir.mkdir(parents=True, exist_ok=True)  # DIR is usually a volume's mount; else it is made
+    except OSError as err:
+        raise ConfigError(f"cannot create {args.dir}: {err.strerror}; give a directory you can write") from None
     restored = checkpoint.restore(args.dir)
     if restored is None:
         log.info("No checkpoint yet; %s starts empty", args.dir)
@@ -339,13 +385,8 @@ def _wait_for_tick(stop: threading.Event, interval: float, notice_path: str | No
 def _holds_latest(checkpoint: Checkpoint, root: Path) -> bool:
     """Whether `root` is exactly what restore put there: the newest checkpoint's paths and sizes."""
     latest = checkpoint.latest()
-    marker = root / MARKER
-    if latest is None or not marker.exists():
-        return False
-    try:
-        if json.loads(marker.read_text()).get("id") != latest.id:
-            return False
-    except ValueError:
+    record = restore_record(root)
+    if latest is None or record is None or record.get("id") != latest.id:
         return False
     manifest = checkpoint._manifest(checkpoint.storage, latest.id)
     on_disk = {rel: size for rel, (size, _, _) in _snapshot(root).items()}

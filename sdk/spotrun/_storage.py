@@ -380,7 +380,7 @@ class S3Storage:
                     arrived.notify_all()
 
         # The pool ends before the file closes: no part may pwrite into a descriptor reused since.
-        with target.open("wb") as out:
+        with target.open("w+b") as out:  # read back to be hashed: opened for reading too
             fd = out.fileno()
             pool = concurrent.futures.ThreadPoolExecutor(workers)
             try:

@@ -380,6 +380,8 @@ def test_directory_mode_survives_a_preemption(
     create_taskrun(kube, task_namespace, body)
     uri = wait_for(lambda: status_of(kube, task_namespace, "shell").get("checkpoint", {}).get("uri"), 30, "the uri")
     reader = Checkpoint(open_storage(uri, read_only=True))
+    (tmp_path / "peek").mkdir()
+    (tmp_path / "final").mkdir()
 
     def synced_count() -> int:
         restored = reader.restore(tmp_path / "peek")
