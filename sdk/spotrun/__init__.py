@@ -28,12 +28,14 @@ from spotrun._errors import (
     RecoverableError,
     SpotrunError,
     StorageError,
+    TaskTimeoutError,
     TransientStorageError,
 )
 from spotrun._manifest import CheckpointInfo
 from spotrun._preemption import Notice, notice, on_preemption, preempted, seconds_left
 from spotrun._storage import LocalStorage, S3Storage, Storage, open_storage
 from spotrun._task import task, workflow
+from spotrun._task_options import IgnoredTaskOptionWarning
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "CorruptCheckpointError",
+    "IgnoredTaskOptionWarning",
     "LocalStorage",
     "NoIntactCheckpointError",
     "Notice",
@@ -57,6 +60,7 @@ __all__ = [
     "SpotrunError",
     "Storage",
     "StorageError",
+    "TaskTimeoutError",
     "TransientStorageError",
     "__version__",
     "current_context",

@@ -87,8 +87,14 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
     submit.add_argument("file", type=Path, help="the Python file that defines the task")
     submit.add_argument("task", help="the function's name; its arguments follow as --name value")
     submit.add_argument("--image", help="an image with the spotrun SDK and the task's dependencies (required)")
-    submit.add_argument("--capacity", choices=["spot", "on-demand", "any"], default="spot")
-    submit.add_argument("--retries", type=int, help="failures retried (default: the operator's)")
+    submit.add_argument(
+        "--capacity",
+        choices=["spot", "on-demand", "any"],
+        help="default: on-demand for @task(interruptible=False), else spot",
+    )
+    submit.add_argument(
+        "--retries", type=int, help="failures retried (default: the task's @task(retries=N), else the operator's)"
+    )
     submit.add_argument("--max-interruptions", type=int, help="interruptions tolerated (default: the operator's)")
     submit.add_argument("--name", dest="run_name", help="the TaskRun's name (default: FILE-TASK-xxxxx)")
     submit.add_argument(
@@ -386,6 +392,8 @@ def _submit_run(args: argparse.Namespace, extra: list[str]) -> int:
     task_args = _submit.task_arguments(args.file, args.task, [a for a in extra if a != "--"])
     files, entry = _submit.code_files(args.file, args.package)
     name = args.run_name or _run_name(args.file, args.task)
+    written = _submit.task_options(args.file, args.task)  # @task(retries=..., interruptible=...)
+    capacity = args.capacity or ("on-demand" if written.get("interruptible") is False else "spot")
     submission = _submit.Submission(
         name=name,
         file=args.file,
@@ -393,8 +401,8 @@ def _submit_run(args: argparse.Namespace, extra: list[str]) -> int:
         image=args.image,
         arguments=task_args,
         package=args.package,
-        capacity=args.capacity,
-        retries=args.retries,
+        capacity=capacity,
+        retries=args.retries if args.retries is not None else written.get("retries"),
         max_interruptions=args.max_interruptions,
         namespace=args.namespace,
     )

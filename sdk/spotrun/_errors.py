@@ -3,6 +3,7 @@
 SpotrunError
 ├── ConfigError                 the environment or arguments cannot work (names what to set)
 ├── RecoverableError            raised by a task: a failure worth retrying (exit code 75 in a pod)
+├── TaskTimeoutError            a task ran past its `timeout` (also a TimeoutError)
 ├── CheckpointError             a checkpoint cannot be written or read
 │   ├── CheckpointUsageError    a call that cannot work, also a ValueError (as Flyte raises)
 │   │   └── CheckpointInputError  an argument of the wrong type, also a TypeError
@@ -31,6 +32,15 @@ class RecoverableError(SpotrunError):
     """Raise from a task for a failure worth retrying; inside a pod the process exits with code 75."""
 
     exit_code = RECOVERABLE_EXIT_CODE
+
+
+class TaskTimeoutError(SpotrunError, TimeoutError):
+    """Raised inside a task that ran longer than `@spotrun.task(timeout=...)`; the attempt fails
+    and is retried as any failure is. `seconds` is the limit."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class CheckpointError(SpotrunError):

@@ -35,8 +35,7 @@ class Parameter:
     required: bool
 
 
-def parameters(file: Path, task: str) -> list[Parameter]:
-    """The parameters of `task`, a module-level function of `file`, from its source."""
+def _function(file: Path, task: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
     try:
         tree = ast.parse(file.read_text(), filename=str(file))
     except (OSError, UnicodeDecodeError) as err:
@@ -47,7 +46,32 @@ def parameters(file: Path, task: str) -> list[Parameter]:
     if task not in functions:
         known = ", ".join(sorted(functions)) or "none"
         raise ConfigError(f"{file} defines no function {task!r} at module level (it defines: {known})")
-    args = functions[task].args
+    return functions[task]
+
+
+def task_options(file: Path, task: str) -> dict[str, Any]:
+    """`retries` and `interruptible` as written in `task`'s `@task(...)` (spotrun's or flytekit's),
+    from its source: literals only (a name or an expression is not evaluated, so not taken)."""
+    found: dict[str, Any] = {}
+    for decorator in _function(file, task).decorator_list:
+        if not isinstance(decorator, ast.Call):
+            continue
+        callee = decorator.func
+        name = callee.attr if isinstance(callee, ast.Attribute) else callee.id if isinstance(callee, ast.Name) else ""
+        if name != "task":
+            continue
+        for keyword in decorator.keywords:
+            value = keyword.value.value if isinstance(keyword.value, ast.Constant) else None
+            if keyword.arg == "retries" and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                found["retries"] = value
+            if keyword.arg == "interruptible" and isinstance(value, bool):
+                found["interruptible"] = value
+    return found
+
+
+def parameters(file: Path, task: str) -> list[Parameter]:
+    """The parameters of `task`, a module-level function of `file`, from its source."""
+    args = _function(file, task).args
     positional = [*args.posonlyargs, *args.args]
     defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     found = [

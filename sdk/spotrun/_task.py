@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import datetime
 import functools
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, ParamSpec, TypeVar, overload
 
-from spotrun import _preemption
+from spotrun import _preemption, _task_options
 from spotrun._checkpoint import Checkpoint
 from spotrun._context import Context, Settings, activate
-from spotrun._errors import RecoverableError
+from spotrun._errors import RecoverableError, TaskTimeoutError
 from spotrun._storage import open_storage
 
 log = logging.getLogger("spotrun.task")
@@ -35,10 +41,24 @@ def task(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 @overload
-def task(*, retries: int = 0) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def task(
+    *,
+    retries: int = 0,
+    timeout: int | float | datetime.timedelta = 0,
+    interruptible: bool | None = None,
+    **flytekit_options: Any,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
-def task(fn: Callable[P, R] | None = None, /, *, retries: int = 0) -> Any:
+def task(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    retries: int = 0,
+    timeout: int | float | datetime.timedelta = 0,
+    interruptible: bool | None = None,
+    **flytekit_options: Any,
+) -> Any:
     """Marks a function as a Spotrun task.
 
     Outside a TaskRun (no SPOTRUN_TASKRUN), calling it runs it up to `retries + 1` times, each
@@ -51,25 +71,37 @@ def task(fn: Callable[P, R] | None = None, /, *, retries: int = 0) -> Any:
     value becomes the TaskRun's `result` (JSON on the termination message path), and a
     `spotrun.RecoverableError` exits with code 75.
 
+    flytekit's keywords work as they do there, so Flyte code runs with only its import changed:
+
     Args:
-        retries: local retries after the first attempt (in a pod, the TaskRun's `retries` counts).
+        retries: local retries after the first attempt (in a pod, the TaskRun's `retries` counts;
+            `spotrun submit` sets it from here).
+        timeout: seconds (or a timedelta) one attempt may run; then TaskTimeoutError (a TimeoutError)
+            is raised in it, and a failed attempt is retried. 0: no limit. Enforced in the main
+            thread only (SIGALRM); elsewhere a warning says it is not.
+        interruptible: False asks `spotrun submit` for on-demand capacity, True for spot.
+        flytekit_options: flytekit's other keywords (cache, requests, limits, container_image, ...)
+            are accepted without effect, with one IgnoredTaskOptionWarning saying where each
+            belongs here; a keyword flytekit has not either is a TypeError.
     """
-    if retries < 0:
-        raise ValueError(f"retries must be 0 or more, not {retries}")
+    options = _task_options.parse(retries, timeout, interruptible, **flytekit_options)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        _task_options.warn(options, getattr(func, "__name__", repr(func)), stacklevel=2)
+
         @functools.wraps(func)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             settings = Settings.from_env()
             token = _depth.set(_depth.get() + 1)
             try:
                 if settings.in_pod:
-                    return _run_in_pod(func, settings, args, kwargs, outermost=_depth.get() == 1)
-                return _run_locally(func, retries, settings, args, kwargs)
+                    return _run_in_pod(func, options, settings, args, kwargs, outermost=_depth.get() == 1)
+                return _run_locally(func, options, settings, args, kwargs)
             finally:
                 _depth.reset(token)
 
-        run.spotrun_retries = retries  # type: ignore[attr-defined]
+        run.spotrun_retries = options.retries  # type: ignore[attr-defined]
+        run.spotrun_options = options  # type: ignore[attr-defined]
         return run
 
     return decorate(fn) if fn is not None else decorate
@@ -85,8 +117,11 @@ def workflow(fn: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def _run_locally(func: Callable[P, R], retries: int, settings: Settings, args: Any, kwargs: Any) -> R:
+def _run_locally(
+    func: Callable[P, R], options: _task_options.TaskOptions, settings: Settings, args: Any, kwargs: Any
+) -> R:
     _preemption.install()
+    retries = options.retries
     owned_dir = None
     uri = settings.checkpoint_uri
     if not uri:
@@ -99,7 +134,8 @@ def _run_locally(func: Callable[P, R], retries: int, settings: Settings, args: A
             checkpoint = Checkpoint(storage, attempt=attempt, keep=settings.keep)
             with activate(Context(attempt_settings, checkpoint)):
                 try:
-                    return func(*args, **kwargs)
+                    with _time_limit(options.timeout, func.__name__):
+                        return func(*args, **kwargs)
                 except Exception as err:
                     if attempt > retries:
                         log.error("Task %s failed on attempt %d of %d: %s", func.__name__, attempt, retries + 1, err)
@@ -117,11 +153,20 @@ def _run_locally(func: Callable[P, R], retries: int, settings: Settings, args: A
             shutil.rmtree(owned_dir, ignore_errors=True)
 
 
-def _run_in_pod(func: Callable[P, R], settings: Settings, args: Any, kwargs: Any, *, outermost: bool) -> R:
+def _run_in_pod(
+    func: Callable[P, R],
+    options: _task_options.TaskOptions,
+    settings: Settings,
+    args: Any,
+    kwargs: Any,
+    *,
+    outermost: bool,
+) -> R:
     _preemption.install()
     with activate(Context(settings)):
         try:
-            result = func(*args, **kwargs)
+            with _time_limit(options.timeout, func.__name__):
+                result = func(*args, **kwargs)
         except RecoverableError:
             traceback.print_exc()
             print(f"spotrun: recoverable failure, exiting with code {RecoverableError.exit_code}", file=sys.stderr)
@@ -129,6 +174,37 @@ def _run_in_pod(func: Callable[P, R], settings: Settings, args: Any, kwargs: Any
     if outermost:
         report_result(result)
     return result
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None, name: str) -> Iterator[None]:
+    """Raises TaskTimeoutError in the block once it has run `seconds` (SIGALRM, main thread only).
+    An enclosing task's earlier limit is left to fire; a later one is put back afterwards."""
+    if seconds is None:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("Task %s: timeout=%gs is not enforced outside the main thread", name, seconds)
+        yield
+        return
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    if outer_left and outer_left <= seconds:
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TaskTimeoutError(f"task {name} ran longer than its timeout of {seconds:g}s", seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_left:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
 
 
 def report_result(result: object) -> None:
