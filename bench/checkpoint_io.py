@@ -3,7 +3,8 @@
 Runs against the local cluster's S3 server when the cluster is up, else against a versitygw of its
 own (the cached binary from `make build`), started for the run. Each measurement runs in a fresh
 subprocess so that its peak RSS is its own. Prints, per case, the throughput of both and
-the ratio SDK/boto3 (above 1: the SDK is faster), then the cost of committing a tiny checkpoint.
+the ratio SDK/boto3 (above 1: the SDK is faster), the peak RSS of both and the HTTP requests each
+sent, then the cost of committing a tiny checkpoint and of reading it back.
 
     python bench/checkpoint_io.py [--sizes 8M,256M,1G] [--small-files 1000] [--repeat 2]
 """
@@ -63,10 +64,19 @@ def sdk_checkpoint(bucket: str, prefix: str) -> Checkpoint:
 # ----- one measurement, in a child process ----------------------------------------------------------
 
 
+def counted(client: Any) -> list[str]:
+    """The HTTP requests `client` sends from now on (method names), appended as they go."""
+    requests: list[str] = []
+    client.meta.events.register("before-send.s3", lambda request, **_: requests.append(request.method))
+    return requests
+
+
 def measure(impl: str, op: str, source: Path, bucket: str, prefix: str, target: Path) -> dict[str, Any]:
     started = time.perf_counter()
     if impl == "sdk":
         cp = sdk_checkpoint(bucket, prefix)
+        assert isinstance(cp.storage, S3Storage)
+        requests = counted(cp.storage.client)
         if op == "save":
             cp.save(source)
         else:
@@ -74,6 +84,7 @@ def measure(impl: str, op: str, source: Path, bucket: str, prefix: str, target: 
             assert cp.restore(target) is not None
     else:
         client, config = raw_client(), transfer_config()
+        requests = counted(client)
         files = sorted(p for p in source.rglob("*") if p.is_file())
         if op == "save":
             if impl == "boto3":
@@ -105,7 +116,7 @@ def measure(impl: str, op: str, source: Path, bucket: str, prefix: str, target: 
                     list(pool.map(fetch, keys))
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "peak_rss": peak}
+    return {"seconds": seconds, "peak_rss": peak, "requests": len(requests)}
 
 
 def child_main(argv: list[str]) -> None:
@@ -152,8 +163,7 @@ def tiny_commit_cost(bucket: str, prefix: str, commits: int) -> dict[str, float]
     cp = sdk_checkpoint(bucket, prefix)
     storage = cp.storage
     assert isinstance(storage, S3Storage)
-    requests: list[str] = []
-    storage.client.meta.events.register("before-send.s3", lambda request, **_: requests.append(request.method))
+    requests = counted(storage.client)
     timings, counts = [], []
     for step in range(commits):
         before = len(requests)
@@ -162,7 +172,15 @@ def tiny_commit_cost(bucket: str, prefix: str, commits: int) -> dict[str, float]
         timings.append(time.perf_counter() - started)
         counts.append(len(requests) - before)
     steady = slice(cp.keep + 1, None)  # after the first commit's sweep, once retention deletes
+    reader = Checkpoint(S3Storage(bucket, prefix, transfer_config=transfer_config()), attempt=2)
+    assert isinstance(reader.storage, S3Storage)
+    read_requests = counted(reader.storage.client)
+    started = time.perf_counter()
+    assert reader.read() == str(commits - 1).encode()
+    read_ms = (time.perf_counter() - started) * 1000
     return {
+        "read_ms": read_ms,
+        "read_requests": len(read_requests),
         "first_ms": timings[0] * 1000,
         "first_requests": counts[0],
         "steady_ms": 1000 * sum(timings[steady]) / len(timings[steady]),
@@ -248,6 +266,7 @@ def run(args: argparse.Namespace, server_env: dict[str, str]) -> None:
     print(f"best of {args.repeat}; throughput in MiB/s; ratio = SDK / boto3 (above 1: SDK faster)\n")
     header = (
         f"{'case':>12} {'op':>8} {'SDK':>8} {'boto3':>8} {'ratio':>6}   {'SDK peak RSS':>12} {'boto3 peak RSS':>14}"
+        f" {'RSS ratio':>9}   {'requests SDK':>12} {'boto3':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -275,9 +294,11 @@ def run(args: argparse.Namespace, server_env: dict[str, str]) -> None:
                     results[impl] = best
                 mib = size / (1 << 20)
                 sdk, raw = mib / results["sdk"]["seconds"], mib / results["boto3"]["seconds"]
+                rss = results["sdk"]["peak_rss"] / results["boto3"]["peak_rss"]
                 print(
                     f"{case:>12} {op:>8} {sdk:8.1f} {raw:8.1f} {sdk / raw:6.2f}   "
                     f"{results['sdk']['peak_rss'] / 2**20:9.0f} MiB {results['boto3']['peak_rss'] / 2**20:11.0f} MiB"
+                    f" {rss:9.2f}   {results['sdk']['requests']:12d} {results['boto3']['requests']:6d}"
                 )
                 if "boto3-threads" in results:
                     threaded = mib / results["boto3-threads"]["seconds"]
@@ -287,7 +308,9 @@ def run(args: argparse.Namespace, server_env: dict[str, str]) -> None:
         print(
             f"\ntiny checkpoint (the seed's integer): first commit {cost['first_ms']:.1f} ms in "
             f"{cost['first_requests']:.0f} requests; steady state {cost['steady_ms']:.1f} ms in "
-            f"{cost['steady_requests']:.1f} requests (data, manifest, listing, retention)"
+            f"{cost['steady_requests']:.1f} requests (the manifest holding it, and retention's delete); "
+            f"read by a new attempt in {cost['read_ms']:.1f} ms and {cost['read_requests']} requests "
+            "(the listing, the manifest)"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

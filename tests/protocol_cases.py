@@ -84,6 +84,10 @@ class FailingStorage:
         self._tick("put_stream")
         self.inner.put_stream(key, stream)
 
+    def put_file(self, key: str, source: Path) -> None:
+        self._tick("put_file")
+        self.inner.put_file(key, source)
+
     def get(self, key: str) -> bytes:
         self._tick("get")
         return self.inner.get(key)
@@ -607,6 +611,30 @@ def test_a_commit_that_fails_midway_leaves_nothing_and_gives_its_sequence_back(
         cp.save(io.BufferedReader(Breaks()))
     assert _everything(storage) == []
     assert cp.write(b"next").sequence == 1
+
+
+def test_a_large_file_that_changes_while_it_is_saved_is_refused_and_leaves_nothing(
+    make_storage: MakeStorage, tmp_path: Path
+) -> None:
+    class AppendsMidway(FailingStorage):  # the task writes on while its file uploads
+        appended = False
+
+        def put_file(self, key: str, source: Path) -> None:
+            self.inner.put_file(key, source)
+            if not self.appended:
+                self.appended = True
+                with source.open("ab") as f:
+                    f.write(b"more")
+
+    big = tmp_path / "model.bin"
+    big.write_bytes(os.urandom(9 << 20))  # over the 8 MiB a file is read whole below
+    storage = make_storage()
+    cp = Checkpoint(AppendsMidway(storage, fail_at=0), attempt=1)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointUsageError, match=r"model\.bin changed while it was being saved"):
+        cp.save(big)
+    assert _everything(storage) == []
+    assert cp.save(big).sequence == 1  # unchanged now: it commits, with its sequence given back
+    assert Checkpoint(make_storage(), attempt=2).read() == big.read_bytes()
 
 
 def test_a_lost_answer_to_the_manifest_put_is_found_committed(make_storage: MakeStorage) -> None:

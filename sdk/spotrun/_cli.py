@@ -21,13 +21,13 @@ from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
 
-from spotrun import _cluster_cli, _preemption
+from spotrun import _argtypes, _cluster_cli, _preemption
 from spotrun._checkpoint import Checkpoint, restore_record
 from spotrun._context import Settings
-from spotrun._errors import ConfigError, SpotrunError, StorageError
+from spotrun._errors import ConfigError, CorruptCheckpointError, SpotrunError, StorageError, TransientStorageError
 from spotrun._manifest import CheckpointInfo, manifest_key
 from spotrun._preemption import Notice
-from spotrun._storage import open_storage
+from spotrun._storage import LocalStorage, open_storage
 from spotrun._submit import convert
 
 log = logging.getLogger("spotrun.cli")
@@ -40,6 +40,8 @@ def kubectl_main() -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "spotrun") -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("botocore", "boto3", "s3transfer", "urllib3"):  # "Found credentials in ...": not news
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     parser = _parser(prog)
     args, extra = parser.parse_known_args(argv)
     if args.command not in ("run", "submit") and extra:
@@ -48,7 +50,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "spotrun") -> int:
         return int(args.handler(args, extra))
     except SpotrunError as err:
         print(f"spotrun: {err}", file=sys.stderr)
-        return 2
+        # 2: what was typed or configured must change; 1: the same command may work later.
+        return 1 if isinstance(err, TransientStorageError | CorruptCheckpointError) else 2
 
 
 def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
@@ -95,7 +98,9 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
     download.add_argument("uri", metavar="NAME|URI", help=where)
     download.add_argument("dir", type=Path)
     download.add_argument(
-        "--rank", type=int, help="a gang's checkpoint: only this rank's part (default: every rank's, into DIR/rank-R)"
+        "--rank",
+        type=_argtypes.whole(0),
+        help="a gang's checkpoint: only this rank's part (default: every rank's, into DIR/rank-R)",
     )
     download.set_defaults(handler=_checkpoints_download)
 
@@ -114,7 +119,7 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
         epilog="examples (in a TaskRun's pod, as its sidecar does):\n  spotrun sync /data --interval 60",
     )
     sync.add_argument("dir", type=Path)
-    sync.add_argument("--interval", type=float, default=60.0, help="seconds between commits (default 60)")
+    sync.add_argument("--interval", type=_argtypes.seconds, default=60.0, help="seconds between commits (default 60)")
     sync.set_defaults(handler=_sync)
     return parser
 
@@ -127,11 +132,16 @@ def _load(file: Path) -> ModuleType:
         raise ConfigError(f"{file} is not a file")
     spec = importlib.util.spec_from_file_location(file.stem, file)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"cannot import {file}")
+        raise ConfigError(f"cannot import {file}: give a Python file (FILE.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[file.stem] = module
     sys.path.insert(0, str(file.parent.resolve()))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        if err.filename != str(file):  # a module it imports: the user's traceback tells more
+            raise
+        raise ConfigError(f"{file} is not valid Python: line {err.lineno}: {err.msg}") from None
     return module
 
 
@@ -195,6 +205,12 @@ def _reader(args: argparse.Namespace) -> Checkpoint:
     return Checkpoint(open_storage(_where(args), read_only=True))
 
 
+def _none_in(args: argparse.Namespace, checkpoint: Checkpoint) -> str:
+    storage = checkpoint.storage
+    missing = isinstance(storage, LocalStorage) and not storage.root.exists()
+    return f"no committed checkpoints in {args.uri}" + (" (the directory does not exist)" if missing else "")
+
+
 def _info_json(info: CheckpointInfo) -> dict[str, Any]:
     body = dataclasses.asdict(info)
     body["time"] = info.time.isoformat()
@@ -202,12 +218,13 @@ def _info_json(info: CheckpointInfo) -> dict[str, Any]:
 
 
 def _checkpoints_list(args: argparse.Namespace, extra: list[str]) -> int:
-    infos = _reader(args).list()
+    reader = _reader(args)
+    infos = reader.list()
     if args.json:
         print(json.dumps([_info_json(i) for i in infos], indent=2))
         return 0
     if not infos:
-        print(f"no committed checkpoints in {args.uri}")
+        print(_none_in(args, reader))
         return 0
     print(f"{'ID':15} {'ATTEMPT':>7} {'STEP':>8} {'FILES':>6} {'SIZE':>12}  TIME")
     for info in infos:
@@ -222,7 +239,7 @@ def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
     if cid is None:
         latest = checkpoint.latest()
         if latest is None:
-            raise ConfigError(f"no committed checkpoints in {args.uri}")
+            raise ConfigError(_none_in(args, checkpoint))
         cid = latest.id
     try:
         data = checkpoint.storage.get(manifest_key(cid))
@@ -259,7 +276,7 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
     if args.rank not in (None, 0):
         raise ConfigError(f"--rank {args.rank}: the newest checkpoint in {args.uri} was written by one rank")
     if latest is None:
-        print(f"no committed checkpoints in {args.uri}", file=sys.stderr)
+        print(_none_in(args, reader), file=sys.stderr)
         return 1
     with _new_directory(args.dir):
         restored = reader.restore(args.dir)
@@ -268,6 +285,16 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
         return 1
     print(restored)
     return 0
+
+
+def _make_directory(path: Path) -> None:
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"cannot use {path}: {blocking} is a file; give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create {path}: {err.strerror}; give a directory you can write") from None
 
 
 @contextlib.contextmanager
@@ -279,10 +306,7 @@ def _new_directory(path: Path) -> Iterator[None]:
         if directory.exists():
             break
         created.append(directory)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create {path}: {err.strerror}; give a directory you can write") from None
+    _make_directory(path)
     ok = False
     try:
         yield
@@ -300,10 +324,7 @@ def _new_directory(path: Path) -> Iterator[None]:
 
 def _restore(args: argparse.Namespace, extra: list[str]) -> int:
     checkpoint = Settings.from_env().checkpoint()
-    try:
-        args.dir.mkdir(parents=True, exist_ok=True)  # DIR is usually a volume's mount; else it is made
-    except OSError as err:
-        raise ConfigError(f"cannot create {args.dir}: {err.strerror}; give a directory you can write") from None
+    _make_directory(args.dir)  # DIR is usually a volume's mount; else it is made
     restored = checkpoint.restore(args.dir)
     if restored is None:
         log.info("No checkpoint yet; %s starts empty", args.dir)
@@ -323,7 +344,7 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
-    args.dir.mkdir(parents=True, exist_ok=True)
+    _make_directory(args.dir)
     watching = _preemption.notice_file()  # None once a notice came: one is enough
     # What `spotrun restore` left is committed already; anything else is committed on the first tick.
     last = _snapshot(args.dir) if _holds_latest(checkpoint, args.dir) else None

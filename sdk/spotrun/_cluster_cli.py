@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spotrun import _submit, _yaml
+from spotrun import _argtypes, _submit, _yaml
 from spotrun._cluster import RESOURCE, ClusterError, Kubectl, NotFoundError
 from spotrun._errors import ConfigError
 
@@ -57,7 +57,7 @@ def cluster_flags() -> argparse.ArgumentParser:
     """-n/--namespace, --context, --kubeconfig, as kubectl takes them."""
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("cluster (as kubectl)")
-    group.add_argument("-n", "--namespace", help="the namespace (default: the context's)")
+    group.add_argument("-n", "--namespace", type=_argtypes.object_name, help="the namespace (default: the context's)")
     group.add_argument("--context", help="the kubeconfig context (default: the current one)")
     group.add_argument("--kubeconfig", help="the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     return flags
@@ -93,10 +93,16 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
         help="default: on-demand for @task(interruptible=False), else spot",
     )
     submit.add_argument(
-        "--retries", type=int, help="failures retried (default: the task's @task(retries=N), else the operator's)"
+        "--retries",
+        type=_argtypes.whole(0),
+        help="failures retried (default: the task's @task(retries=N), else the operator's)",
     )
-    submit.add_argument("--max-interruptions", type=int, help="interruptions tolerated (default: the operator's)")
-    submit.add_argument("--name", dest="run_name", help="the TaskRun's name (default: FILE-TASK-xxxxx)")
+    submit.add_argument(
+        "--max-interruptions", type=_argtypes.whole(0), help="interruptions tolerated (default: the operator's)"
+    )
+    submit.add_argument(
+        "--name", dest="run_name", type=_argtypes.object_name, help="the TaskRun's name (default: FILE-TASK-xxxxx)"
+    )
     submit.add_argument(
         "--package", type=Path, help=f"ship this directory (FILE in it), at most {_submit.MOST_CODE_BYTES // 1024} KiB"
     )
@@ -107,23 +113,23 @@ def add_commands(sub: Any, flags: argparse.ArgumentParser) -> None:
     completion = command("completion", "print a shell completion script", _completion, cluster=False)
     completion.add_argument("shell", choices=["bash", "zsh"])
     get = command("get", "list TaskRuns, or show one (kubectl's columns)", _get)
-    get.add_argument("name", nargs="?", help="a TaskRun (default: all in the namespace)")
+    get.add_argument("name", nargs="?", type=_argtypes.object_name, help="a TaskRun (default: all in the namespace)")
     get.add_argument("-o", "--output", choices=["wide", "json", "yaml", "name"], help="as kubectl get -o")
     describe = command("describe", "a TaskRun's attempts, conditions and Events", _describe)
-    describe.add_argument("name")
+    describe.add_argument("name", type=_argtypes.object_name)
     logs = command("logs", "the logs of a TaskRun's attempts, across pods", _logs)
-    logs.add_argument("name")
+    logs.add_argument("name", type=_argtypes.object_name)
     logs.add_argument("-f", "--follow", action="store_true", help="keep following, into the next attempts")
     which = logs.add_mutually_exclusive_group()
-    which.add_argument("--attempt", type=int, help="this attempt's logs (default: the current one)")
+    which.add_argument("--attempt", type=_argtypes.whole(1), help="this attempt's logs (default: the current one)")
     which.add_argument("--all", action="store_true", help="every attempt whose pod is kept, each line prefixed")
     for name, help_text, handler in (
         ("suspend", "stop the pod gracefully; keep the checkpoints", _suspend),
         ("resume", "start a new attempt from the newest checkpoint", _resume),
     ):
-        command(name, help_text, handler).add_argument("name")
+        command(name, help_text, handler).add_argument("name", type=_argtypes.object_name)
     delete = command("delete", "delete a TaskRun (its checkpoints are kept unless --checkpoints)", _delete)
-    delete.add_argument("name")
+    delete.add_argument("name", type=_argtypes.object_name)
     delete.add_argument("--checkpoints", action="store_true", help="also delete its checkpoints (by the operator)")
     delete.add_argument("--wait", action="store_true", help="until it is gone")
 

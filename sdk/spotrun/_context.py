@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator, Mapping
 
 from spotrun import _preemption
-from spotrun._checkpoint import Checkpoint
+from spotrun._checkpoint import IF_CORRUPT, Checkpoint
 from spotrun._errors import ConfigError
 from spotrun._storage import open_storage
 
@@ -28,6 +28,9 @@ class Settings:
         capacity: SPOTRUN_CAPACITY, "spot" or "on-demand".
         rank: SPOTRUN_RANK, this pod's rank in a gang (`replicas: N`), from 0.
         world_size: SPOTRUN_WORLD_SIZE, the gang's size (1 for a single pod).
+        if_corrupt: SPOTRUN_CHECKPOINT_IF_CORRUPT, what restore and read do when checkpoints exist
+            and none is intact: "start-over" (return None; the default) or "raise". Yours to set
+            in the pod template's env.
     """
 
     checkpoint_uri: str
@@ -39,6 +42,7 @@ class Settings:
     capacity: str = ""
     rank: int = 0
     world_size: int = 1
+    if_corrupt: str = "start-over"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -53,6 +57,7 @@ class Settings:
             capacity=env.get("SPOTRUN_CAPACITY", ""),
             rank=_whole(env, "SPOTRUN_RANK", 0, 0),
             world_size=_whole(env, "SPOTRUN_WORLD_SIZE", 1, 1),
+            if_corrupt=_choice(env, "SPOTRUN_CHECKPOINT_IF_CORRUPT", IF_CORRUPT),
         )
 
     @property
@@ -63,8 +68,21 @@ class Settings:
         storage = open_storage(self.checkpoint_uri)
         resume = open_storage(self.resume_from, read_only=True) if self.resume_from else None
         return Checkpoint(
-            storage, attempt=self.attempt, resume_from=resume, keep=self.keep, rank=self.rank, ranks=self.world_size
+            storage,
+            attempt=self.attempt,
+            resume_from=resume,
+            keep=self.keep,
+            rank=self.rank,
+            ranks=self.world_size,
+            if_corrupt=self.if_corrupt,
         )
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -26,7 +26,13 @@ from urllib.parse import unquote, urlparse
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from spotrun._errors import ConfigError, PermanentStorageError, StorageError, TransientStorageError
@@ -50,6 +56,10 @@ class Storage(Protocol):
 
     def put_stream(self, key: str, stream: IO[bytes]) -> None:
         """Writes everything `stream` yields, reading it once, front to back."""
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Writes the file at `source`, reading it from disk as it goes (its parts in parallel on
+        S3, as boto3's upload_file does: no part is held in memory whole)."""
 
     def get(self, key: str) -> bytes:
         """The object's bytes; NotFoundError when it does not exist."""
@@ -96,6 +106,21 @@ class LocalStorage:
         if self.read_only:
             raise PermanentStorageError(f"{self.uri} is read-only here (a resumeFrom source is never written)")
 
+    @contextlib.contextmanager
+    def _writing(self, key: str) -> Iterator[None]:
+        """An OS error writing here (a path through a file, no permission, a read-only or full
+        filesystem) as a PermanentStorageError saying what to fix."""
+        try:
+            yield
+        except OSError as err:
+            blocking = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
+            why = f"{blocking} is a file" if blocking is not None and not blocking.is_dir() else err.strerror or err
+            raise PermanentStorageError(
+                f"cannot write checkpoints to {self.root}: {why} ({key}); point SPOTRUN_CHECKPOINT_URI "
+                "at a directory this process can write",
+                key=key,
+            ) from err
+
     def _publish(self, tmp: Path, final: Path, create_only: bool) -> None:
         if create_only:
             try:
@@ -116,26 +141,40 @@ class LocalStorage:
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         self._check_writable()
         final = self._path(key)
-        tmp, out = self._tmp(final)
-        with out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        self._publish(tmp, final, create_only)
+        with self._writing(key):
+            tmp, out = self._tmp(final)
+            try:
+                with out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._publish(tmp, final, create_only)
 
     def put_stream(self, key: str, stream: IO[bytes]) -> None:
         self._check_writable()
         final = self._path(key)
-        tmp, out = self._tmp(final)
+        with self._writing(key):
+            tmp, out = self._tmp(final)
         try:
             with out:
-                shutil.copyfileobj(stream, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
+                while chunk := stream.read(1 << 20):  # the source's own errors pass as they are
+                    with self._writing(key):
+                        out.write(chunk)
+                with self._writing(key):
+                    out.flush()
+                    os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._publish(tmp, final, create_only=False)
+        with self._writing(key):
+            self._publish(tmp, final, create_only=False)
+
+    def put_file(self, key: str, source: Path) -> None:
+        with source.open("rb") as stream:
+            self.put_stream(key, stream)
 
     def get(self, key: str) -> bytes:
         try:
@@ -184,7 +223,8 @@ class LocalStorage:
         self._check_writable()
         for key in keys:
             path = self._path(key)
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(NotADirectoryError):  # under a file: nothing there to delete
+                path.unlink(missing_ok=True)
             # Empty directories left behind are pruned up to the root, as S3 has none.
             parent = path.parent
             while parent != self.root and parent.is_relative_to(self.root):
@@ -256,16 +296,24 @@ class S3Storage:
                 "path" if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") else "auto"
             )
             s3_options: Any = {"addressing_style": style}
-            client = boto3.session.Session().client(
-                "s3",
-                config=Config(
-                    retries={"max_attempts": max_attempts, "mode": "standard"},
-                    s3=s3_options,
-                    max_pool_connections=max(16, self.transfer_config.max_request_concurrency),
-                    connect_timeout=10,
-                    read_timeout=60,
-                ),
+            config = Config(
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                s3=s3_options,
+                max_pool_connections=max(16, self.transfer_config.max_request_concurrency),
+                connect_timeout=10,
+                read_timeout=60,
             )
+            try:
+                client = boto3.session.Session().client("s3", config=config)
+            except ValueError as err:  # botocore: "Invalid endpoint: ..."
+                raise ConfigError(
+                    f"cannot reach S3 for {self.uri}: {err}; set AWS_ENDPOINT_URL to a URL such as "
+                    "http://HOST:PORT, or unset it for AWS itself"
+                ) from None
+            except BotoCoreError as err:  # e.g. an unknown AWS_REGION or a broken AWS config file
+                raise ConfigError(
+                    f"cannot set up S3 for {self.uri}: {err}; check AWS_REGION and AWS_CONFIG_FILE"
+                ) from None
         self.client = client
 
     def _key(self, key: str) -> str:
@@ -320,8 +368,16 @@ class S3Storage:
             ) from err
         except (BotoConnectionError, BotoCoreError) as err:
             endpoint = getattr(self.client.meta, "endpoint_url", "")
+            hint = ""
+            if isinstance(err, EndpointConnectionError):
+                hint = (
+                    f"; check that the S3 endpoint {endpoint} is up and reachable from here "
+                    "(AWS_ENDPOINT_URL, or AWS_REGION for AWS itself)"
+                )
             raise TransientStorageError(
-                f"{action} {where} failed after retries: {err} (endpoint {endpoint})", bucket=self.bucket, key=key
+                f"{action} {where} failed after retries: {err} (endpoint {endpoint}){hint}",
+                bucket=self.bucket,
+                key=key,
             ) from err
 
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
@@ -334,6 +390,11 @@ class S3Storage:
         self._check_writable()
         with self._errors("uploading", key):
             self.client.upload_fileobj(stream, self.bucket, self._key(key), Config=self.transfer_config)
+
+    def put_file(self, key: str, source: Path) -> None:
+        self._check_writable()
+        with self._errors("uploading", key):
+            self.client.upload_file(str(source), self.bucket, self._key(key), Config=self.transfer_config)
 
     def get(self, key: str) -> bytes:
         with self._errors("reading", key):
@@ -486,10 +547,21 @@ def open_storage(uri: str, *, read_only: bool = False, **s3_options: Any) -> Loc
             raise ConfigError(f"checkpoint URI {uri!r} names no bucket; write it as s3://BUCKET/PREFIX")
         return S3Storage(parsed.netloc, parsed.path, read_only=read_only, **s3_options)
     if parsed.scheme == "file":
-        return LocalStorage(Path(unquote(parsed.path)), read_only=read_only)
+        return _local(uri, Path(unquote(parsed.path)), read_only)
     if parsed.scheme and len(parsed.scheme) > 1:
         raise ConfigError(f"checkpoint URI {uri!r}: unsupported scheme {parsed.scheme!r}; use s3://, file:// or a path")
-    return LocalStorage(Path(uri).expanduser().resolve(), read_only=read_only)
+    return _local(uri, Path(uri).expanduser().resolve(), read_only)
+
+
+def _local(uri: str, root: Path, read_only: bool) -> LocalStorage:
+    """A directory that exists or can be made: a path through a file can hold no checkpoints."""
+    blocking = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(
+            f"checkpoint URI {uri!r} cannot hold checkpoints: {blocking} is a file; give a directory "
+            "(SPOTRUN_CHECKPOINT_URI, or the path you typed)"
+        )
+    return LocalStorage(root, read_only=read_only)
 
 
 def _range_total(content_range: str | None) -> int | None:

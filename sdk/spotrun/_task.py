@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import functools
 import json
@@ -130,8 +131,8 @@ def _run_locally(
     storage = open_storage(uri)
     try:
         for attempt in range(1, retries + 2):
-            attempt_settings = Settings(checkpoint_uri=uri, attempt=attempt, keep=settings.keep)
-            checkpoint = Checkpoint(storage, attempt=attempt, keep=settings.keep)
+            attempt_settings = dataclasses.replace(settings, checkpoint_uri=uri, attempt=attempt)
+            checkpoint = Checkpoint(storage, attempt=attempt, keep=settings.keep, if_corrupt=settings.if_corrupt)
             with activate(Context(attempt_settings, checkpoint)):
                 try:
                     with _time_limit(options.timeout, func.__name__):

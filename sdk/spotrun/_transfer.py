@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TypeVar
 
-from spotrun._errors import CorruptCheckpointError
+from spotrun._errors import CheckpointUsageError, CorruptCheckpointError
 from spotrun._manifest import FileEntry
 from spotrun._storage import NotFoundError, Storage
 
@@ -94,12 +94,37 @@ def upload_stream(storage: Storage, key: str, path: str, source: IO[bytes], mode
 
 
 def upload_file(storage: Storage, key: str, path: str, source: Path) -> FileEntry:
+    """A small file in one request; a large one read from disk by the upload (in parallel parts,
+    nothing held whole) while a thread hashes it from the page cache. A file that changed on the
+    way (size, mtime or inode not as at the start) is refused: its hash might not be its upload's."""
     info = source.stat()
     mode = stat.S_IMODE(info.st_mode)
     if info.st_size < SMALL_FILE:
         return upload_bytes(storage, key, path, source.read_bytes(), mode)
-    with source.open("rb") as f:
-        return upload_stream(storage, key, path, f, mode)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spotrun-hash") as pool:
+        hashed = pool.submit(_hash_file, source)
+        storage.put_file(key, source)
+        size, digest = hashed.result()
+    after = source.stat()
+    if (after.st_ino, after.st_size, after.st_mtime_ns) != (info.st_ino, info.st_size, info.st_mtime_ns) or (
+        size != info.st_size
+    ):
+        raise CheckpointUsageError(
+            f"{source} changed while it was being saved ({info.st_size} bytes at the start, {after.st_size} "
+            "at the end); save it once it is written and closed"
+        )
+    return FileEntry(path=path, key=key, size=size, sha256=digest, mode=mode)
+
+
+def _hash_file(source: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with source.open("rb", buffering=0) as f:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return size, digest.hexdigest()
 
 
 def upload_files(storage: Storage, jobs: Iterable[tuple[str, str, Path]], concurrency: int) -> list[FileEntry]:

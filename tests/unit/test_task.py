@@ -155,3 +155,22 @@ def test_bad_attempt_number_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SPOTRUN_ATTEMPT", "zero")
     with pytest.raises(spotrun.ConfigError, match="SPOTRUN_ATTEMPT='zero' is not a whole number"):
         spotrun.Settings.from_env()
+
+
+def test_if_corrupt_comes_from_the_environment_and_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(spotrun.ConfigError, match="SPOTRUN_CHECKPOINT_IF_CORRUPT='panic' must be one of start-over"):
+        spotrun.Settings.from_env({"SPOTRUN_CHECKPOINT_IF_CORRUPT": "panic"})
+    store = tmp_path / "store"
+    spotrun.Checkpoint(spotrun.open_storage(str(store)), attempt=1).write(os.urandom(100 << 10))
+    (data,) = (p for p in (store / "data").rglob("*") if p.is_file())
+    data.write_bytes(os.urandom(data.stat().st_size))  # the only checkpoint fails its digest
+    monkeypatch.setenv("SPOTRUN_CHECKPOINT_URI", str(store))
+
+    @spotrun.task
+    def resume() -> bytes | None:
+        return spotrun.current_context().checkpoint.read()
+
+    assert resume() is None  # the default: start over (logged, and `corrupt` names it)
+    monkeypatch.setenv("SPOTRUN_CHECKPOINT_IF_CORRUPT", "raise")
+    with pytest.raises(spotrun.NoIntactCheckpointError):
+        resume()
