@@ -5,13 +5,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+from spotrun import _argtypes
 
 from localcluster import audit as audit_log
 from localcluster import toolchain
 from localcluster.cluster import DEFAULT_STATE_DIR, NOTICE_TAINT, REPO_ROOT, Cluster
+
+# A label or taint key as Kubernetes validates it: an optional DNS prefix and '/', then a name.
+QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from_env = os.environ.get("LOCALCLUSTER_STATE_DIR")
     parser.add_argument(
         "--state-dir",
-        type=Path,
-        default=Path(from_env) if from_env else DEFAULT_STATE_DIR,
+        type=_directory,
         help=f"cluster state directory (default $LOCALCLUSTER_STATE_DIR, else {DEFAULT_STATE_DIR})",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument(
         "--kwok-nodes",
-        type=int,
+        type=_argtypes.whole(0),
         default=0,
         metavar="N",
         help="also N simulated nodes (kwok-spot-1..., kwok-ondemand-1..., two thirds spot): Node objects kept Ready"
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     kwok_cmd.add_parser("start", help="start the kwok controller on the running cluster (add starts it too)")
     kwok_cmd.add_parser("stop", help="stop it: its nodes go NotReady and the cloud stand-in deletes them")
     kwok_add = kwok_cmd.add_parser("add", help="add COUNT kwok nodes, Ready before this returns")
-    kwok_add.add_argument("count", type=int)
+    kwok_add.add_argument("count", type=_argtypes.whole(1), metavar="COUNT")
     kwok_add.add_argument(
         "--capacity",
         choices=["spot", "on-demand", "mixed"],
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     kwok_delete = kwok_cmd.add_parser(
         "delete", help="delete kwok Node objects as a cloud reclaims VMs (their pods are left to PodGC)"
     )
-    kwok_delete.add_argument("names", nargs="*", metavar="NAME")
+    kwok_delete.add_argument("names", nargs="*", type=_argtypes.object_name, metavar="NAME")
     kwok_delete.add_argument("--all", action="store_true", help="every kwok node, in one request")
     audit = sub.add_parser("audit", help="count one user's requests in the audit log of a cluster started with --audit")
     audit.add_argument("user", help="the username, e.g. system:serviceaccount:spotrun-system:spotrun-operator")
@@ -105,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         dest="node_command", required=True
     )
     preempt = node.add_parser("preempt", help="reclaim a spot node: graceful shutdown, then the node is deleted")
-    preempt.add_argument("name")
+    preempt.add_argument("name", type=_argtypes.object_name)
     preempt.add_argument(
         "--grace",
-        type=float,
+        type=_grace,
         default=30,
         help="seconds the VM lives after the shutdown begins (default 30); a real node's kubelet stops its pods"
         " within its own shutdownGracePeriod (30s) and the VM goes as soon as it has",
@@ -116,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     reclaim = node.add_parser(
         "reclaim", help="Karpenter's and AWS NTH's path: taint, cordon, evict the pods, then the VM and Node are gone"
     )
-    reclaim.add_argument("name")
+    reclaim.add_argument("name", type=_argtypes.object_name)
     reclaim.add_argument(
         "--taint",
+        type=_taint_key,
         default="karpenter.sh/disrupted",
         help="the NoSchedule taint put on first (default karpenter.sh/disrupted)",
     )
-    reclaim.add_argument("--timeout", type=float, default=120, help="seconds to wait for the pods to end (default 120)")
+    reclaim.add_argument(
+        "--timeout", type=_argtypes.seconds, default=120, help="seconds to wait for the pods to end (default 120)"
+    )
     notice = node.add_parser(
         "notice",
         help="the cloud's reclaim warning: a NoSchedule taint on the node, which keeps running",
@@ -132,21 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         " Keys: aws-node-termination-handler/spot-itn (AWS Node Termination Handler; value the event id),"
         " karpenter.sh/disrupted (Karpenter; give --value ''), cloud.google.com/impending-node-termination (GKE).",
     )
-    notice.add_argument("name")
+    notice.add_argument("name", type=_argtypes.object_name)
     notice.add_argument(
         "--taint",
+        type=_taint_key,
         default=NOTICE_TAINT,
         metavar="KEY",
         help=f"the taint's key (default {NOTICE_TAINT})",
     )
     notice.add_argument(
         "--value",
+        type=_taint_value,
         help="the taint's value (default notice-<unix time>, an event id as NTH sets it); '' for none",
     )
     kill = node.add_parser("kill", help="abrupt node loss: kubelet and pods get SIGKILL")
-    kill.add_argument("name")
+    kill.add_argument("name", type=_argtypes.object_name)
     add = node.add_parser("add", help="add a node, as an autoscaler would")
-    add.add_argument("name")
+    add.add_argument("name", type=_argtypes.object_name)
     add.add_argument("--capacity", choices=["spot", "on-demand"], required=True)
     node_kind = add.add_mutually_exclusive_group()
     node_kind.add_argument(
@@ -156,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     _state_dir_after_subcommands(parser)
     args, rest = parser.parse_known_args(argv)
     if args.command == "kind":
+        if args.state_dir is not None:  # kind's state is its own: kind.main never sees this one
+            parser.error("kind takes its --state-dir after its command: kind up --state-dir DIR")
         from localcluster import kind  # noqa: PLC0415 - docker and kind only when asked
 
         return kind.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "kwok" and args.kwok_command == "delete" and bool(args.names) == args.all:
+        kwok_delete.error("give node names or --all, not both" if args.all else "give node names or --all")
 
     if args.command == "build":
         toolchain.build(force=args.force, real_nodes=args.real_nodes, kind=args.kind)
@@ -168,7 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "paths":
         print(json.dumps({b.name: str(toolchain.binary_path(b)) for b in toolchain.BINARIES}, indent=2))
         return 0
-    cluster = Cluster(args.state_dir)
+    if args.state_dir is not None:
+        state_dir, given = args.state_dir, f"--state-dir {args.state_dir}"
+    elif from_env:
+        state_dir, given = Path(from_env), f"LOCALCLUSTER_STATE_DIR={from_env}"
+    else:
+        state_dir, given = DEFAULT_STATE_DIR, str(DEFAULT_STATE_DIR)
+    if (file := _file_on_the_way(state_dir)) is not None:
+        _refuse(f"cannot use {given}: {file} is a file; give a directory")
+    cluster = Cluster(state_dir)
+    acts_on_it = args.command in ("env", "node") or (args.command == "kwok" and args.kwok_command == "delete")
+    if acts_on_it and not cluster.running():  # what `up` and `kwok start|add` say too
+        raise SystemExit(f"localcluster: no cluster is running in {cluster.dir}; `up` first")
     if args.command == "up":
         cluster.up(
             real_nodes=args.real_nodes, kwok_nodes=args.kwok_nodes, default_nodes=args.default_nodes, audit=args.audit
@@ -218,7 +246,7 @@ def _state_dir_after_subcommands(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for name, command in action.choices.items():
                 if name != "kind":  # kind's arguments are kind's own (kind.main)
-                    command.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help="as before it")
+                    command.add_argument("--state-dir", type=_directory, default=argparse.SUPPRESS, help="as before it")
                     _state_dir_after_subcommands(command)
 
 
@@ -230,19 +258,78 @@ def _kwok(cluster: Cluster, args: argparse.Namespace) -> int:
     elif args.kwok_command == "add":
         cluster.add_kwok_nodes(args.count, args.capacity)
     else:
-        if bool(args.names) == args.all:
-            raise SystemExit("localcluster: kwok delete takes node names or --all")
         cluster.delete_kwok_nodes(None if args.all else args.names)
     return 0
 
 
 def _when(text: str) -> float:
     """Epoch seconds, or an ISO 8601 time (UTC when it names no zone)."""
+    wrong = argparse.ArgumentTypeError(
+        f"{text!r} is not a time: give ISO 8601 (2026-01-31T12:00:00, UTC unless it names a zone) or epoch seconds"
+    )
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        when = datetime.datetime.fromisoformat(text)
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise wrong from None
         return (when if when.tzinfo else when.replace(tzinfo=datetime.UTC)).timestamp()
+    if not math.isfinite(value):
+        raise wrong
+    return value
+
+
+def _grace(text: str) -> float:
+    """A finite number of seconds, 0 or more (0: the VM goes as soon as the shutdown begins)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds, 0 or more")
+    return value
+
+
+def _taint_key(text: str) -> str:
+    """A taint's key as Kubernetes takes it: [DNS-PREFIX/]NAME, the value apart."""
+    if not QUALIFIED_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a taint key: write PREFIX/NAME such as karpenter.sh/disrupted (a value goes in --value)"
+        )
+    return text
+
+
+def _taint_value(text: str) -> str:
+    """A taint's value: empty, or at most 63 letters, digits, '-', '_' and '.', a letter or digit at each end."""
+    if not LABEL_VALUE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a taint value: at most 63 of a-z, A-Z, 0-9, '-', '_' and '.', starting and"
+            " ending with a letter or digit, or '' for none"
+        )
+    return text
+
+
+def _directory(text: str) -> Path:
+    """--state-dir: a path; an empty one (an unset variable) would be the current directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is no directory: give the cluster's state directory")
+    return Path(text)
+
+
+def _file_on_the_way(path: Path) -> Path | None:
+    """What stands where the state directory PATH should be: the first of PATH and the directories above
+    it that exists, when it is a file; None when that is a directory (or nothing exists up to the root)."""
+    for at in (path, *path.absolute().parents):
+        if at.exists():
+            return None if at.is_dir() else at
+    return None
+
+
+def _refuse(message: str) -> NoReturn:
+    """An error in what the user typed or set: one line, and argparse's exit code 2."""
+    print(f"localcluster: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ def _recording_cluster(calls: list[tuple[object, ...]]) -> type:
         def __init__(self, state_dir: Path) -> None:
             self.dir = state_dir
 
+        def running(self) -> bool:
+            return True
+
         def notice_node(self, name: str, taint: str, value: str | None) -> str:
             calls.append((self.dir, name, taint, value))
             return value or ""
@@ -67,7 +70,15 @@ def test_node_notice_needs_a_node_name(capsys: pytest.CaptureFixture[str]) -> No
     assert "the following arguments are required: name" in capsys.readouterr().err
 
 
-def test_node_notice_on_a_node_that_does_not_run_says_so(tmp_path: Path) -> None:
+def test_node_notice_without_a_running_cluster_says_so(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=f"no cluster is running in {tmp_path}; `up` first"):
+        main(["--state-dir", str(tmp_path), "node", "notice", "spot-1"])
+
+
+def test_node_notice_on_a_node_the_cluster_does_not_have_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli.Cluster, "running", lambda _self: True)
     with pytest.raises(SystemExit, match=f"there is no node spot-1 in {tmp_path}"):
         main(["--state-dir", str(tmp_path), "node", "notice", "spot-1"])
 
@@ -90,7 +101,7 @@ def test_the_state_dir_may_come_after_the_subcommand(
     except SystemExit as stopped:
         said = str(stopped.code)
     said += capsys.readouterr().err
-    assert f"in {tmp_path / 'given'}" in said, said  # "no cluster in DIR", "there is no node spot-1 in DIR"
+    assert f"in {tmp_path / 'given'}" in said, said  # "no cluster in DIR", "no cluster is running in DIR"
     assert "unrecognized" not in said
     assert "from-env" not in said
     assert "other" not in said
