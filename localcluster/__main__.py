@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     preempt.add_argument("name", type=_argtypes.object_name)
     preempt.add_argument(
         "--grace",
-        type=_grace,
+        type=_argtypes.seconds_from_zero,  # 0: the VM goes as soon as the shutdown begins
         default=30,
         help="seconds the VM lives after the shutdown begins (default 30); a real node's kubelet stops its pods"
         " within its own shutdownGracePeriod (30s) and the VM goes as soon as it has",
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir, given = Path(from_env), f"LOCALCLUSTER_STATE_DIR={from_env}"
     else:
         state_dir, given = DEFAULT_STATE_DIR, str(DEFAULT_STATE_DIR)
-    if (file := _file_on_the_way(state_dir)) is not None:
+    if (file := _argtypes.file_in_the_way(state_dir)) is not None:
         _refuse(f"cannot use {given}: {file} is a file; give a directory")
     cluster = Cluster(state_dir)
     acts_on_it = args.command in ("env", "node") or (args.command == "kwok" and args.kwok_command == "delete")
@@ -280,17 +280,6 @@ def _when(text: str) -> float:
     return value
 
 
-def _grace(text: str) -> float:
-    """A finite number of seconds, 0 or more (0: the VM goes as soon as the shutdown begins)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds, 0 or more")
-    return value
-
-
 def _taint_key(text: str) -> str:
     """A taint's key as Kubernetes takes it: [DNS-PREFIX/]NAME, the value apart."""
     if not QUALIFIED_NAME.fullmatch(text):
@@ -315,15 +304,6 @@ def _directory(text: str) -> Path:
     if not text:
         raise argparse.ArgumentTypeError("'' is no directory: give the cluster's state directory")
     return Path(text)
-
-
-def _file_on_the_way(path: Path) -> Path | None:
-    """What stands where the state directory PATH should be: the first of PATH and the directories above
-    it that exists, when it is a file; None when that is a directory (or nothing exists up to the root)."""
-    for at in (path, *path.absolute().parents):
-        if at.exists():
-            return None if at.is_dir() else at
-    return None
 
 
 def _refuse(message: str) -> NoReturn:

@@ -288,8 +288,7 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _make_directory(path: Path) -> None:
-    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    if (blocking := _argtypes.file_in_the_way(path)) is not None:
         raise ConfigError(f"cannot use {path}: {blocking} is a file; give a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from spotrun._argtypes import file_in_the_way
 from spotrun._errors import ConfigError, PermanentStorageError, StorageError, TransientStorageError
 
 
@@ -113,8 +114,8 @@ class LocalStorage:
         try:
             yield
         except OSError as err:
-            blocking = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
-            why = f"{blocking} is a file" if blocking is not None and not blocking.is_dir() else err.strerror or err
+            blocking = file_in_the_way(self.root)
+            why = f"{blocking} is a file" if blocking is not None else err.strerror or err
             raise PermanentStorageError(
                 f"cannot write checkpoints to {self.root}: {why} ({key}); point SPOTRUN_CHECKPOINT_URI "
                 "at a directory this process can write",
@@ -555,8 +556,7 @@ def open_storage(uri: str, *, read_only: bool = False, **s3_options: Any) -> Loc
 
 def _local(uri: str, root: Path, read_only: bool) -> LocalStorage:
     """A directory that exists or can be made: a path through a file can hold no checkpoints."""
-    blocking = next((p for p in (root, *root.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    if (blocking := file_in_the_way(root)) is not None:
         raise ConfigError(
             f"checkpoint URI {uri!r} cannot hold checkpoints: {blocking} is a file; give a directory "
             "(SPOTRUN_CHECKPOINT_URI, or the path you typed)"
