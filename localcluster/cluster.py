@@ -599,6 +599,14 @@ class Cluster:
         env = realnode.node_env(node)
         bus_config, _ = logind.write_bus_config(node.dir)
         self._spawn(f"dbus-{name}", logind.bus_argv(bus_config), env=env, cgroup=node.system_cgroup)
+
+        def bus_answers() -> bool:
+            logind.wait_bus(node.bus_address, timeout=1)
+            return True
+
+        # The stand-in waits for its bus too, but the bus being up first keeps a slow start
+        # from being reported as the stand-in's fault.
+        self._wait(f"the D-Bus system bus of {name}", bus_answers, f"dbus-{name}", timeout=60)
         self._spawn(
             f"logind-{name}",
             logind.logind_argv(node.bus_address, realnode.SHUTDOWN_GRACE_SECONDS, node.dir / "logind-state.json"),
@@ -618,7 +626,12 @@ class Cluster:
             return done.returncode == 0
 
         self._wait(f"containerd of {name}", containerd_ready, f"containerd-{name}", timeout=60)
-        logind.wait_ready(node.bus_address, timeout=30)
+        self._wait(
+            f"the logind stand-in of {name}",
+            lambda: logind.wait_ready(node.bus_address, timeout=1) >= 0,
+            f"logind-{name}",
+            timeout=60,
+        )
         _import_all(node, self.real_images())
         self._spawn(
             f"kubelet-{name}", realnode.kubelet_argv(node, config, containerd), env=env, cgroup=node.system_cgroup

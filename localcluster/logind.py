@@ -53,6 +53,7 @@ from jeepney import (  # type: ignore[import-untyped]
 )
 from jeepney.bus_messages import message_bus  # type: ignore[import-untyped]
 from jeepney.io.blocking import open_dbus_connection  # type: ignore[import-untyped]
+from spotrun import _argtypes
 
 LOGIND_NAME = "org.freedesktop.login1"
 LOGIND_PATH = "/org/freedesktop/login1"
@@ -204,7 +205,7 @@ def _escape_address_value(value: str) -> str:
 def bus_argv(config: Path) -> list[str]:
     """The argv of the node's dbus-daemon; it stays in the foreground, so the cluster's pid file is its pid.
 
-    It prints the bus address on stdout once it listens; `wait_ready` is the better check.
+    It prints the bus address on stdout once it listens; `wait_bus` is the better check.
     """
     daemon = shutil.which("dbus-daemon") or "/usr/bin/dbus-daemon"
     return [daemon, f"--config-file={config}", "--nofork", "--nopidfile", "--nosyslog", "--print-address"]
@@ -233,6 +234,23 @@ def logind_argv(bus_address: str, inhibit_delay_max: float, state: Path) -> list
 
 
 # ----- client side: what the cluster and the tests call ------------------------------------------
+
+
+def wait_bus(bus_address: str, timeout: float) -> None:
+    """Wait until the node's dbus-daemon accepts a connection and answers Hello (the socket may not exist yet).
+
+    dbus-daemon starts listening a moment after it is spawned, and later on a loaded machine:
+    start the stand-in, or anything else that needs the bus, only after this.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with _connect(bus_address):
+                return
+        except OSError as e:  # FileNotFoundError, ConnectionRefusedError, TimeoutError
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no D-Bus daemon answered on {bus_address} within {timeout:g}s: {e}") from None
+        time.sleep(0.05)
 
 
 def wait_ready(bus_address: str, timeout: float) -> float:
@@ -482,8 +500,19 @@ class StandIn:
 
     # -- the loop --
 
-    def run(self) -> int:
-        self.conn = open_dbus_connection(bus=self.bus_address, enable_fds=True)
+    def run(self, bus_timeout: float = 30.0) -> int:
+        # Like systemd-logind, which is ordered after dbus.socket: wait for the bus to listen
+        # rather than die when started a moment before the daemon is up.
+        deadline = time.monotonic() + bus_timeout
+        while True:
+            try:
+                self.conn = open_dbus_connection(bus=self.bus_address, enable_fds=True)
+                break
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    _log(f"No D-Bus daemon answered on {self.bus_address} within {bus_timeout:g}s ({e}); exiting.")
+                    return 1
+            time.sleep(0.05)
         # DO_NOT_QUEUE: a second stand-in on the same bus fails instead of waiting in line.
         (code,) = _call(self.conn, message_bus.RequestName(LOGIND_NAME, 4), timeout=10)
         if code != 1:
@@ -977,10 +1006,17 @@ def main(argv: list[str] | None = None) -> int:
         "--inhibit-delay-max", type=float, required=True, metavar="SECONDS", help="InhibitDelayMaxUSec, in seconds"
     )
     parser.add_argument("--state", type=Path, required=True, metavar="FILE", help="where to record the power-off")
+    parser.add_argument(
+        "--bus-timeout",
+        type=_argtypes.seconds_from_zero,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for the bus to accept a connection at start (default 30)",
+    )
     args = parser.parse_args(argv)
     if args.inhibit_delay_max < 0:
         parser.error("--inhibit-delay-max must not be negative")
-    return StandIn(args.bus, args.inhibit_delay_max, args.state).run()
+    return StandIn(args.bus, args.inhibit_delay_max, args.state).run(args.bus_timeout)
 
 
 if __name__ == "__main__":

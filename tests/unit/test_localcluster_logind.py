@@ -66,6 +66,7 @@ def bus(tmp_path: Path) -> Iterator[str]:
     with open(tmp_path / "dbus.log", "wb") as log:
         proc = subprocess.Popen(logind.bus_argv(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
+        logind.wait_bus(address, timeout=15)
         yield address
     finally:
         _stop(proc)
@@ -390,6 +391,62 @@ def test_the_d_bus_surface(start_logind: Callable[[float], Node]) -> None:
     node.proc.terminate()
     assert node.proc.wait(timeout=10) == 0
     assert node.state_doc()["state"] == "stopped"
+
+
+def test_a_stand_in_started_before_its_bus_waits_for_the_bus(tmp_path: Path) -> None:
+    # The cluster spawns dbus-daemon and the stand-in back to back; on a loaded machine the
+    # stand-in can connect before the daemon listens. It must wait, as logind waits for dbus.socket.
+    config, address = logind.write_bus_config(tmp_path / "node")
+    with open(tmp_path / "logind.log", "wb") as log:
+        standin = subprocess.Popen(
+            logind.logind_argv(address, 7.0, tmp_path / "logind.json"),
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    daemon = None
+    try:
+        time.sleep(1.0)  # long enough for the stand-in to have tried, and failed, to connect
+        assert standin.poll() is None, (tmp_path / "logind.log").read_text()
+        with open(tmp_path / "dbus.log", "wb") as log:
+            daemon = subprocess.Popen(logind.bus_argv(config), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        logind.wait_bus(address, timeout=15)
+        assert logind.wait_ready(address, timeout=15) == pytest.approx(7.0)
+    finally:
+        _stop(standin)
+        if daemon is not None:
+            _stop(daemon)
+
+
+def test_a_stand_in_with_no_bus_gives_up_after_its_bus_timeout(tmp_path: Path) -> None:
+    _, address = logind.write_bus_config(tmp_path / "node")
+    argv = [*logind.logind_argv(address, 7.0, tmp_path / "logind.json"), "--bus-timeout", "0.5"]
+    started = time.monotonic()
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert "No D-Bus daemon answered" in done.stderr
+    assert "within 0.5s" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert 0.5 <= time.monotonic() - started < 10
+    assert not (tmp_path / "logind.json").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_bad_bus_timeout_is_refused(tmp_path: Path, value: str) -> None:
+    argv = [*logind.logind_argv("unix:path=/nonexistent", 7.0, tmp_path / "logind.json"), "--bus-timeout", value]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2
+    assert "--bus-timeout" in done.stderr
+    assert "number of seconds" in done.stderr
+
+
+def test_wait_bus_times_out_without_a_daemon(tmp_path: Path) -> None:
+    _, address = logind.write_bus_config(tmp_path / "node")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="no D-Bus daemon answered"):
+        logind.wait_bus(address, timeout=0.5)
+    assert time.monotonic() - started < 3
 
 
 def test_wait_ready_times_out_without_a_stand_in(bus: str) -> None:
