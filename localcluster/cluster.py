@@ -87,8 +87,7 @@ class Cluster:
 
     @property
     def config(self) -> Obj:
-        config: Obj = json.loads((self.dir / "cluster.json").read_text())
-        return config
+        return _state_file(self.dir / "cluster.json")
 
     def admin(self) -> Client:
         return Client(
@@ -100,11 +99,19 @@ class Cluster:
         return self._pid(f"kubelet-{name}") is not None
 
     def _pid(self, name: str) -> int | None:
-        path = self.pids / f"{name}.pid"
-        if not path.exists():
+        """The pid in pids/NAME.pid while that process runs and is this cluster's; else None.
+
+        A pid file outlives its process (a reboot, a kill -9 of the machine), and the kernel hands
+        the pid to another process later: only a process that carries this cluster's marker is
+        ours to signal. An unreadable or garbled pid file is no process either."""
+        return self._pid_in(self.pids / f"{name}.pid")
+
+    def _pid_in(self, path: Path) -> int | None:
+        try:
+            pid = int(path.read_text())
+        except (OSError, ValueError):
             return None
-        pid = int(path.read_text())
-        return pid if _alive(pid) else None
+        return pid if pid > 0 and _alive(pid) and _marked(pid, self.dir) else None
 
     def running(self) -> bool:
         if not (self.dir / "cluster.json").exists() or self._pid("kube-apiserver") is None:
@@ -544,10 +551,7 @@ class Cluster:
     def _read_node_config(self, name: str) -> Obj | None:
         """`nodes/NAME/config.json` as `add_node` wrote it; None when there is none."""
         path = self.dir / "nodes" / name / "config.json"
-        if not path.exists():
-            return None
-        config: Obj = json.loads(path.read_text())
-        return config
+        return _state_file(path) if path.exists() else None
 
     def add_node(self, name: str, capacity: str, wait: bool = True, real: bool | None = None) -> None:
         """Adds a node, as an autoscaler would: real (kubelet, containerd) by the cluster's default, or as asked."""
@@ -816,8 +820,9 @@ class Cluster:
 
     def _kill_node_containers(self, name: str) -> None:
         for pid_file in (self.dir / "nodes" / name / "pods").glob("*/pids/*"):
-            with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            if (pid := self._pid_in(pid_file)) is not None:  # the process kubelet marks its containers too
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
 
     # ----- kwok nodes (kwok.py) ---------------------------------------------------------------
 
@@ -846,7 +851,9 @@ class Cluster:
     def stop_kwok(self) -> None:
         """Stops the kwok controller: its nodes go NotReady, and the cloud stand-in deletes them, as lost VMs."""
         pid = self._pid("kwok")
-        if pid is not None:
+        if pid is None:
+            say("kwok was not running")  # stopped already: done, as `down` on nothing
+        else:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while _alive(pid) and time.monotonic() < deadline:
@@ -920,24 +927,32 @@ class Cluster:
     def down(self, quiet: bool = False) -> None:
         stopped = 0
         if self.dir.exists():
-            for config in self._node_configs():
+            for node_dir in sorted((self.dir / "nodes").glob("*")):
+                try:
+                    config = self._read_node_config(node_dir.name)
+                except SystemExit as garbled:  # its processes are marked: the sweep below gets them
+                    print(garbled, file=sys.stderr)
+                    continue
+                if config is None:
+                    continue
                 if self._pid(f"kubelet-{config['name']}") is not None:
                     stopped += 1
                 self._switch_off(config["name"])
-            for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
-                with contextlib.suppress(ValueError):
-                    pid = int(pid_file.read_text())
-                    if _alive(pid):
-                        os.kill(pid, signal.SIGTERM)
-                        stopped += 1
+            pid_files = sorted(self.pids.glob("*.pid")) if self.pids.exists() else []
+            ours = {path: pid for path in pid_files if (pid := self._pid_in(path)) is not None}
+            for pid in ours.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                    stopped += 1
             deadline = time.monotonic() + 10
-            for pid_file in sorted(self.pids.glob("*.pid")) if self.pids.exists() else []:
-                pid = int(pid_file.read_text())
-                while _alive(pid) and time.monotonic() < deadline:
+            for pid_file in pid_files:
+                pid = ours.get(pid_file)
+                while pid is not None and _alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-                pid_file.unlink()
+                if pid is not None and _alive(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                pid_file.unlink(missing_ok=True)
         strays = list(marked_processes(self.dir))
         for pid in strays:
             with contextlib.suppress(ProcessLookupError):
@@ -1049,14 +1064,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _state_file(path: Path) -> Obj:
+    """A JSON object the cluster wrote (cluster.json, a node's config.json); a clear exit when it is garbled."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(
+            f"localcluster: cannot read {path} ({err}); the cluster writes it, so it was cut short or edited:"
+            " run `down`, then `up` for a fresh cluster"
+        ) from None
+    if not isinstance(value, dict):
+        raise SystemExit(
+            f"localcluster: {path} holds no JSON object; the cluster writes it, so it was edited:"
+            " run `down`, then `up` for a fresh cluster"
+        )
+    return value
+
+
 def marked_processes(state_dir: Path) -> Iterator[int]:
-    marker = f"{MARKER}={state_dir}".encode()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                yield int(entry.name)
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and _marked(int(entry.name), state_dir):
+            yield int(entry.name)
+
+
+def _marked(pid: int, state_dir: Path) -> bool:
+    """Whether process PID was started by the cluster in STATE_DIR: its environment carries the marker."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{MARKER}={state_dir}".encode() in environ.split(b"\0")
 
 
 def _rss_bytes(pid: int) -> int:

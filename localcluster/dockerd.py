@@ -118,10 +118,12 @@ class Engine:
         return toolchain.cache_root() / "kind" / "docker"
 
     def pid(self) -> int | None:
+        """The stand-in engine's pid while it runs; None for a stale pid file whose pid went to another process."""
         with contextlib.suppress(OSError, ValueError):
             pid = int(self.pid_file.read_text())
             os.kill(pid, 0)
-            return pid
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+                return pid
         return None
 
     def env(self) -> dict[str, str]:

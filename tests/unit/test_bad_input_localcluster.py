@@ -30,15 +30,20 @@ under a second. It checks what a user sees:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from localcluster.__main__ import main
+from localcluster.cluster import MARKER
 
 REPO = Path(__file__).resolve().parents[2]
 NO_CLUSTER = "no cluster is running in {state}; `up` first"
@@ -103,7 +108,7 @@ CASES: dict[str, Case] = {
     "kwok add with no cluster": Case(["kwok", "add", "2"], 1, NO_CLUSTER),
     "kwok add under a file": Case(["kwok", "add", "2"], 2, UNDER_A_FILE, "under-file"),
     "kwok start with no cluster": Case(["kwok", "start"], 1, NO_CLUSTER, "empty"),
-    "kwok stop with nothing running": Case(["kwok", "stop"], 0, ""),
+    "kwok stop with nothing running": Case(["kwok", "stop"], 0, "kwok was not running"),
     "kwok stop in a state dir that is a file": Case(["kwok", "stop"], 2, A_FILE, "file"),
     "kwok delete with no cluster": Case(["kwok", "delete", "nosuch"], 1, NO_CLUSTER),
     "kwok delete --all with no cluster": Case(["kwok", "delete", "--all"], 1, NO_CLUSTER),
@@ -300,3 +305,115 @@ def test_every_command_has_a_case(capsys: pytest.CaptureFixture[str]) -> None:
     covered = {" ".join(a for a in case.argv if not a.startswith("-") and "{" not in a) for case in CASES.values()}
     missing = [c for c in commands if not any(f"{cover} ".startswith(f"{c} ") for cover in covered)]
     assert not missing, f"add a case of bad input for: {missing}"
+
+
+# ----- state left behind: pid files whose pids went to other processes, files cut short --------
+
+
+@pytest.fixture
+def process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts `sleep`, in a session of its own (a process group, as the cluster's processes are), with
+    the environment given; the cluster's marker in it makes it one of the cluster's processes."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["sleep", "120"], start_new_session=True, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def _stale_state(tmp: Path, pid: int) -> Path:
+    """A state dir as a machine's reboot leaves it: pid files naming PID (which the kernel has since
+    given to a process that is not the cluster's), a garbled pid file, a process node's container."""
+    state = tmp / "state"
+    (state / "pids").mkdir(parents=True)
+    for name in ("etcd", "kube-apiserver", "kwok", "kubelet-spot-1"):
+        (state / "pids" / f"{name}.pid").write_text(f"{pid}\n")
+    (state / "pids" / "versitygw.pid").write_text("garbage\n")
+    (state / "cluster.json").write_text(json.dumps({"apiserver": "https://127.0.0.1:1"}))
+    node = state / "nodes" / "spot-1"
+    (node / "pods" / "uid-1" / "pids").mkdir(parents=True)
+    (node / "pods" / "uid-1" / "pids" / "main-0").write_text(str(pid))
+    (node / "config.json").write_text(json.dumps({"name": "spot-1", "index": 1, "real": False}))
+    return state
+
+
+STALE = {
+    "down": (["down"], 0, "nothing was running"),
+    "kwok stop": (["kwok", "stop"], 0, "kwok was not running"),
+    "status": (["status"], 1, "apiserver: not reachable"),
+    "env": (["env"], 1, "no cluster is running in {state}; `up` first"),
+    "node kill": (["node", "kill", "spot-1"], 1, "no cluster is running in {state}; `up` first"),
+    "node preempt": (["node", "preempt", "spot-1", "--grace", "0"], 1, "no cluster is running in {state}; `up` first"),
+}
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), STALE.values(), ids=STALE.keys())
+def test_a_stale_pid_file_never_signals_a_process_that_is_not_the_clusters(
+    argv: list[str], code: int, says: str, tmp_path: Path, process: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    stranger = process()
+    state = _stale_state(tmp_path.resolve(), stranger.pid)
+    run = _run(argv, tmp_path.resolve(), state)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == code, run.stderr
+    assert says.replace("{state}", str(state)) in run.stdout + run.stderr
+    time.sleep(0.2)  # a signal sent would have ended `sleep` by now
+    assert stranger.poll() is None, f"{argv} signalled pid {stranger.pid}, which is not the cluster's"
+
+
+def test_down_stops_the_clusters_own_processes_named_in_pid_files(
+    tmp_path: Path, process: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    # The other side of the check above: a process with the cluster's marker is stopped.
+    state = tmp_path.resolve() / "state"
+    ours = process({**os.environ, MARKER: str(state)})
+    stranger = process()
+    _stale_state(tmp_path.resolve(), stranger.pid)
+    (state / "pids" / "etcd.pid").write_text(str(ours.pid))
+    run = _run(["down"], tmp_path.resolve(), state)
+    assert run.returncode == 0, run.stderr
+    assert "stopped 1 processes" in run.stderr
+    assert ours.wait(timeout=10) == -signal.SIGTERM
+    assert stranger.poll() is None
+    assert not list((state / "pids").glob("*.pid"))  # every pid file gone, the stale ones too
+
+
+@pytest.mark.parametrize("text", ['{"apiserver": ', "[]", "\xff\xfe"], ids=["cut short", "not an object", "not text"])
+def test_a_garbled_cluster_json_gets_one_clear_line(
+    text: str, tmp_path: Path, process: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    state = tmp_path.resolve() / "state"
+    apiserver = process({**os.environ, MARKER: str(state)})  # the cluster's, so it must read cluster.json
+    (state / "pids").mkdir(parents=True)
+    (state / "pids" / "kube-apiserver.pid").write_text(str(apiserver.pid))
+    (state / "cluster.json").write_bytes(text.encode("latin-1"))
+    for argv in (["env"], ["kwok", "add", "1"], ["node", "kill", "spot-1"]):
+        run = _run(argv, tmp_path.resolve(), state)
+        assert "Traceback" not in run.stderr, run.stderr
+        assert run.returncode == 1, run.stderr
+        line = _error_line(run.stderr)
+        assert f"{state}/cluster.json" in line
+        assert "run `down`, then `up` for a fresh cluster" in line
+    assert apiserver.poll() is None
+
+
+def test_down_goes_on_past_a_garbled_node_config(
+    tmp_path: Path, process: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    state = tmp_path.resolve() / "state"
+    kubelet = process({**os.environ, MARKER: str(state)})
+    (state / "nodes" / "spot-1").mkdir(parents=True)
+    (state / "nodes" / "spot-1" / "config.json").write_text('{"name": "spot-1", ')
+    (state / "pids").mkdir()
+    (state / "pids" / "kubelet-spot-1.pid").write_text(str(kubelet.pid))
+    run = _run(["down"], tmp_path.resolve(), state)
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 0, run.stderr
+    assert f"cannot read {state}/nodes/spot-1/config.json" in run.stderr
+    assert kubelet.wait(timeout=10) == -signal.SIGTERM
