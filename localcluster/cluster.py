@@ -111,7 +111,7 @@ class Cluster:
             pid = int(path.read_text())
         except (OSError, ValueError):
             return None
-        return pid if pid > 0 and _alive(pid) and _marked(pid, self.dir) else None
+        return pid if pid > 0 and _alive(pid) and _marked(pid, self.dir, settle=1.0) else None
 
     def running(self) -> bool:
         if not (self.dir / "cluster.json").exists() or self._pid("kube-apiserver") is None:
@@ -1087,13 +1087,23 @@ def marked_processes(state_dir: Path) -> Iterator[int]:
             yield int(entry.name)
 
 
-def _marked(pid: int, state_dir: Path) -> bool:
-    """Whether process PID was started by the cluster in STATE_DIR: its environment carries the marker."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return f"{MARKER}={state_dir}".encode() in environ.split(b"\0")
+def _marked(pid: int, state_dir: Path, settle: float = 0.0) -> bool:
+    """Whether process PID was started by the cluster in STATE_DIR: its environment carries the marker.
+
+    A process in the middle of execve reads as an empty environment: Popen returns once the
+    close-on-exec descriptors are closed, and the kernel sets the new image's environment a
+    moment later (a quarter of kube-apiserver's starts, checked at once, read empty here). SETTLE:
+    seconds to read again while it is empty; 0 for a scan of every process, where kernel threads
+    are empty for good."""
+    deadline = time.monotonic() + settle
+    while True:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            return False
+        if environ or time.monotonic() >= deadline:
+            return f"{MARKER}={state_dir}".encode() in environ.split(b"\0")
+        time.sleep(0.01)
 
 
 def _rss_bytes(pid: int) -> int:

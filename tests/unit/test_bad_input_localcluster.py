@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from pathlib import Path
 import pytest
 
 from localcluster.__main__ import main
-from localcluster.cluster import MARKER
+from localcluster.cluster import MARKER, Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 NO_CLUSTER = "no cluster is running in {state}; `up` first"
@@ -417,3 +418,28 @@ def test_down_goes_on_past_a_garbled_node_config(
     assert run.returncode == 0, run.stderr
     assert f"cannot read {state}/nodes/spot-1/config.json" in run.stderr
     assert kubelet.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_a_process_just_spawned_is_the_clusters_while_it_is_still_in_execve(tmp_path: Path) -> None:
+    # Popen returns once execve has closed the close-on-exec pipe, and the kernel sets the new
+    # image's environment after that: until then /proc/PID/environ reads empty. A binary read from
+    # disk rather than the page cache widens that window; `_wait` then took kwok or a fresh
+    # kube-apiserver for "exited during start-up" (CI, 2026-12-03). The pid file's check reads the
+    # environment again while it is empty.
+    binary = tmp_path / "sleep"
+    shutil.copy("/usr/bin/sleep", binary)
+    os.sync()
+    cluster = Cluster(tmp_path / "state")
+    cluster.pids.mkdir(parents=True)
+    for attempt in range(5):
+        fd = os.open(binary, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # this file only, out of the page cache
+        os.close(fd)
+        proc = subprocess.Popen([str(binary), "30"], env={MARKER: str(cluster.dir)}, stdout=subprocess.DEVNULL)
+        (cluster.pids / "sleeper.pid").write_text(str(proc.pid))  # as _spawn does, then _wait checks
+        try:
+            assert cluster._pid("sleeper") == proc.pid, f"attempt {attempt}"
+        finally:
+            proc.kill()
+            proc.wait()
+        assert cluster._pid("sleeper") is None
