@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install torch test-ddp build build-real up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +60,13 @@ demo-real: $(STAMP) ## The demo on real nodes (kubelet, containerd, runc) with t
 demo-down: $(STAMP) ## Stop the demo's local cluster (the next `make demo` starts a fresh one).
 	$(PY) -m localcluster down
 
+# Every build in turn (they share the cache and apt), while `torch`'s download, mostly waiting on the
+# network and the disk, runs beside them: on a cold machine that overlaps its minutes with the Go builds.
+toolchain: $(STAMP)
+	$(PY) -m localcluster build
+	$(PY) -m localcluster build --real-nodes
+	$(PY) -m localcluster build --kind
+
 build-kind: $(STAMP) ## Also kind's pieces: kind, kubeadm, crictl, CoreDNS, Debian's docker.io (when no Docker runs).
 	$(PY) -m localcluster build --kind
 
@@ -98,7 +105,8 @@ test-real: $(STAMP) build-real torch ## tests/e2e on real nodes with the built i
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
 
-test: $(STAMP) build build-real build-kind torch ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
+test: $(STAMP) ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
+	$(MAKE) --no-print-directory -j2 torch toolchain
 	$(PY) -m pip check
 	$(MAKE) lint
 	$(PY) -m pytest tests/unit tests/compat tests/integration
