@@ -945,13 +945,13 @@ class Cluster:
                     os.kill(pid, signal.SIGTERM)
                     stopped += 1
             deadline = time.monotonic() + 10
-            for pid_file in pid_files:
-                pid = ours.get(pid_file)
-                while pid is not None and _alive(pid) and time.monotonic() < deadline:
+            for pid in ours.values():
+                while _alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                if pid is not None and _alive(pid):
+                if _alive(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+            for pid_file in pid_files:
                 pid_file.unlink(missing_ok=True)
         strays = list(marked_processes(self.dir))
         for pid in strays:

@@ -242,15 +242,7 @@ def wait_bus(bus_address: str, timeout: float) -> None:
     dbus-daemon starts listening a moment after it is spawned, and later on a loaded machine:
     start the stand-in, or anything else that needs the bus, only after this.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with _connect(bus_address):
-                return
-        except OSError as e:  # FileNotFoundError, ConnectionRefusedError, TimeoutError
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"no D-Bus daemon answered on {bus_address} within {timeout:g}s: {e}") from None
-        time.sleep(0.05)
+    _open_when_listening(bus_address, timeout).close()
 
 
 def wait_ready(bus_address: str, timeout: float) -> float:
@@ -329,6 +321,18 @@ def power_off(bus_address: str, timeout: float) -> PowerOffResult:
                 raise LogindError(
                     f"{STANDIN}.Exited", f"the logind stand-in on {bus_address} exited without powering off"
                 )
+
+
+def _open_when_listening(bus_address: str, timeout: float, enable_fds: bool = False) -> Any:
+    """A connection to the bus once it accepts one (it answered Hello); TimeoutError after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_dbus_connection(bus=bus_address, enable_fds=enable_fds)
+        except OSError as e:  # FileNotFoundError, ConnectionRefusedError, TimeoutError
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no D-Bus daemon answered on {bus_address} within {timeout:g}s: {e}") from None
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -503,16 +507,12 @@ class StandIn:
     def run(self, bus_timeout: float = 30.0) -> int:
         # Like systemd-logind, which is ordered after dbus.socket: wait for the bus to listen
         # rather than die when started a moment before the daemon is up.
-        deadline = time.monotonic() + bus_timeout
-        while True:
-            try:
-                self.conn = open_dbus_connection(bus=self.bus_address, enable_fds=True)
-                break
-            except OSError as e:
-                if time.monotonic() >= deadline:
-                    _log(f"No D-Bus daemon answered on {self.bus_address} within {bus_timeout:g}s ({e}); exiting.")
-                    return 1
-            time.sleep(0.05)
+        try:
+            self.conn = _open_when_listening(self.bus_address, bus_timeout, enable_fds=True)
+        except TimeoutError as e:
+            reason = str(e)
+            _log(f"{reason[:1].upper()}{reason[1:]}; exiting.")
+            return 1
         # DO_NOT_QUEUE: a second stand-in on the same bus fails instead of waiting in line.
         (code,) = _call(self.conn, message_bus.RequestName(LOGIND_NAME, 4), timeout=10)
         if code != 1:
