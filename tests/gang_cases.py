@@ -76,7 +76,7 @@ def test_directories_restore_per_rank(make_storage: MakeStorage, tmp_path: Path)
 def test_a_rank_that_dies_before_its_part_leaves_the_checkpoint_invisible(make_storage: MakeStorage) -> None:
     together(gang(make_storage, attempt=1), lambda r, cp: cp.write(b"one", step=1))
     survivors = gang(make_storage, attempt=1, gang_timeout=1.0)
-    survivors[1]._next_sequence()  # rank 1 is "killed" before its second save: it writes nothing
+    survivors[1]._gang_sequence()  # rank 1 is "killed" before its second save: it writes nothing
     with pytest.raises(CheckpointError, match=r"ranks 1 wrote no part within 1s"):
         survivors[0].write(b"two", step=2)
     assert keys(make_storage, "manifests/") == ["manifests/000001-000001.json"]
@@ -141,8 +141,13 @@ def test_a_rank_whose_part_is_corrupt_sets_the_checkpoint_aside(make_storage: Ma
     assert results[0] == b"new 0"  # rank 0's part is fine; the operator stops it when rank 1 fails
     assert isinstance(results[1], CheckpointError)
     assert "rank 1's part of checkpoint 000001-000002" in str(results[1])
-    assert keys(make_storage, "manifests/") == ["manifests/000001-000001.json"]
-    assert keys(make_storage, "rejected/") == ["rejected/000001-000002.json"]
+    # Set aside, not deleted: every reader skips it, and its manifest and data stay to be looked at.
+    assert keys(make_storage, "manifests/") == [
+        "manifests/000001-000001.json",
+        "manifests/000001-000002.json",
+        "manifests/rejected-000001-000002.json",
+    ]
+    assert make_storage().get(rank1["key"]) == b"rotten"
     # The next attempt's gang agrees on the one before.
     assert together(gang(make_storage, attempt=3), lambda r, cp: cp.read()) == [b"old 0", b"old 1"]
 
@@ -153,8 +158,10 @@ def test_retention_in_a_gang_keeps_the_newest_and_leaves_no_parts(make_storage: 
         together(ranks, lambda r, cp, s=step: cp.write(f"{r}@{s}".encode(), step=s))
     assert keys(make_storage, "manifests/") == ["manifests/000001-000003.json", "manifests/000001-000004.json"]
     assert keys(make_storage, "parts/") == []
-    groups = {key.split("/")[1].split(".")[0] for key in keys(make_storage, "data/")}
-    assert groups == {"000001-000003", "000001-000004"}
+    referenced = {
+        f["key"] for cid in ("000001-000003", "000001-000004") for f in json.loads(make_storage().get(manifest_key(cid)))["files"]
+    }
+    assert set(keys(make_storage, "data/")) == referenced
 
 
 def test_a_gang_of_another_size_cannot_restore(make_storage: MakeStorage) -> None:

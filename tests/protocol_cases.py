@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +30,7 @@ from spotrun import (
     StorageError,
     TransientStorageError,
     _checkpoint,
+    _snapshot,
 )
 from spotrun._context import Settings
 from spotrun._manifest import manifest_key
@@ -41,6 +43,12 @@ REPO = Path(__file__).resolve().parent.parent
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under `root`: a restore leaves nothing of Spotrun's among them."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def settle() -> None:
+    """Waits out the filesystem's timestamp tick: a file changed within it of a scan is uploaded again
+    by the next incremental commit, whatever its stamp ("racy git")."""
+    time.sleep(_snapshot.RACY_NS * 2 / 1e9)
 
 
 def objects_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,9 +78,11 @@ class FailingStorage:
         self.uri = inner.uri
         self.fail_at = fail_at
         self.calls = 0
+        self.log: list[str] = []  # the methods called, in order
 
     def _tick(self, name: str) -> None:
         self.calls += 1
+        self.log.append(name)
         if self.calls == self.fail_at:
             raise TransientStorageError(f"injected failure of call {self.calls} ({name})")
 
@@ -111,6 +121,14 @@ class FailingStorage:
     def delete(self, keys: Sequence[str]) -> None:
         self._tick("delete")
         self.inner.delete(keys)
+
+    def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        self._tick("list_uploads")
+        return self.inner.list_uploads(prefix)
+
+    def abort_upload(self, key: str, upload: str) -> None:
+        self._tick("abort_upload")
+        self.inner.abort_upload(key, upload)
 
 
 # ----- basics ----------------------------------------------------------------------------------------
@@ -164,9 +182,9 @@ def test_restore_is_idempotent_and_replaces_an_older_restore(make_storage: MakeS
     assert reader.restore(empty_dir(tmp_path / "elsewhere")) == target  # as Flyte: downloaded once
     assert tree(target) == {"old.txt": b"1", "keep.txt": b"1"}
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt", "old.txt"]  # no file of Spotrun's
-    (target / "old.txt").write_bytes(b"changed by the task")
-    assert Checkpoint(make_storage(), attempt=2).restore(target) == target  # another process: same checkpoint
-    assert (target / "old.txt").read_bytes() == b"changed by the task"  # so nothing was downloaded
+    counter = FailingStorage(make_storage(), fail_at=0)
+    assert Checkpoint(counter, attempt=2).restore(target) == target  # another process: same checkpoint
+    assert [c for c in counter.log if c != "list"] == ["get"]  # its manifest only: the files are proved in place
     cp.save(write_tree(tmp_path / "v2", {"keep.txt": b"2", "new.txt": b"2"}))
     Checkpoint(make_storage(), attempt=3).restore(target)
     assert tree(target) == {"keep.txt": b"2", "new.txt": b"2"}  # what the older restore put there went
@@ -338,9 +356,11 @@ def test_incremental_sync_uploads_only_what_changed(
 ) -> None:
     objects_only(monkeypatch)
     work = write_tree(tmp_path / "w", {f"f{i}": os.urandom(100) for i in range(5)})
+    settle()
     cp = Checkpoint(make_storage(), attempt=1, keep=2)
     first = cp.sync_directory(work)
     (work / "f0").write_bytes(b"changed")
+    settle()
     storage = make_storage()
     before = {k for k, _ in storage.list("data/")}
     second = cp.sync_directory(work)
@@ -682,7 +702,7 @@ def test_every_checkpoint_corrupt_is_loud_recorded_and_can_raise(
     assert watcher.unrestorable() is None
 
 
-def test_small_checkpoints_cost_a_plain_put_and_restore_in_two_requests(make_storage: MakeStorage) -> None:
+def test_small_checkpoints_cost_a_listing_and_a_put_and_restore_in_two_requests(make_storage: MakeStorage) -> None:
     counter = FailingStorage(make_storage(), fail_at=0)
     cp = Checkpoint(counter, attempt=1, keep=2)  # type: ignore[arg-type]
     steady = []
@@ -690,7 +710,10 @@ def test_small_checkpoints_cost_a_plain_put_and_restore_in_two_requests(make_sto
         before = counter.calls
         cp.write(str(n).encode(), step=n)
         steady.append(counter.calls - before)
-    assert steady[3:] == [2] * 5  # the manifest with the bytes in it, and retention's one delete
+    # The listing of this attempt's ids (the id goes above every writer's), the manifest with the
+    # bytes in it, and retention's one delete.
+    assert steady[3:] == [3] * 5
+    assert counter.log[-3:] == ["list", "put", "delete"]
     reader_counter = FailingStorage(make_storage(), fail_at=0)
     assert Checkpoint(reader_counter, attempt=2).read() == b"7"  # type: ignore[arg-type]
     assert reader_counter.calls == 2  # the listing and the manifest: the data is in it

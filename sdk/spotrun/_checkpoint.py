@@ -17,16 +17,18 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from spotrun import _gang, _transfer
+from spotrun import _gang, _preemption, _restore, _snapshot, _transfer
 from spotrun._errors import (
     CheckpointError,
     CheckpointInputError,
     CheckpointUsageError,
+    CommitConflictError,
     CorruptCheckpointError,
     NoIntactCheckpointError,
     StorageError,
@@ -34,6 +36,7 @@ from spotrun._errors import (
 from spotrun._manifest import (
     DATA,
     INLINE_MAX,
+    MANIFEST_MAX,
     MANIFESTS,
     PARTS,
     CheckpointInfo,
@@ -49,18 +52,17 @@ from spotrun._storage import AlreadyExistsError, NotFoundError, Storage, new_non
 
 log = logging.getLogger("spotrun.checkpoint")
 
-REJECTED = "rejected/"  # a gang's checkpoint set aside: a rank found its part corrupt
-# Which checkpoint a restored directory holds, kept on the directory as an extended attribute, so
-# that nothing of Spotrun's sits among the user's files (code that lists the directory sees only the
-# checkpoint). Where the filesystem has no user xattrs, only the Checkpoint object remembers.
-RECORD_XATTR = "user.spotrun.checkpoint"
-LEGACY_MARKER = ".spotrun-checkpoint.json"  # the file earlier versions wrote there: never saved, removed on restore
+# A gang's checkpoint set aside (a rank found its part corrupt): this record beside its manifest
+# makes every reader skip it; the manifest and data stay, to be looked at, until retention ages
+# them out. In manifests/, so that the one listing readers take anyway shows it.
+REJECTED = "rejected-"
 # A restore that found checkpoints and none intact leaves this record in manifests/ (one listing
 # with the manifests, so the operator sees it at no extra request); older readers skip it.
 UNRESTORABLE = "unrestorable-"
 IF_CORRUPT = ("start-over", "raise")
 BYTES_NAME = "checkpoint.bin"
 COMMIT_TRIES = 20
+SNAPSHOT_TRIES = 3  # scans of a directory that keeps changing while it is saved, before giving up
 SWEEP_EVERY = 20  # commits between sweeps for data that no manifest references
 
 
@@ -75,7 +77,8 @@ class Checkpoint:
 
     Args:
         storage: where this task's checkpoints live (the TaskRun's prefix).
-        attempt: this attempt's number, from 1 (SPOTRUN_ATTEMPT); it orders and fences commits.
+        attempt: this attempt's number, from 1; it orders and fences commits. By default
+            SPOTRUN_ATTEMPT (set in every TaskRun pod), else 1.
         resume_from: another run's checkpoints, read while `storage` has none; never written.
         keep: how many committed checkpoints retention keeps (at least 1).
         concurrency: parallel transfers for directories of many small files.
@@ -95,7 +98,7 @@ class Checkpoint:
         self,
         storage: Storage,
         *,
-        attempt: int = 1,
+        attempt: int | None = None,
         resume_from: Storage | None = None,
         keep: int = 3,
         concurrency: int = 10,
@@ -104,6 +107,8 @@ class Checkpoint:
         gang_timeout: float = 600.0,
         if_corrupt: str = "start-over",
     ) -> None:
+        if attempt is None:
+            attempt = _attempt_from_env()
         _check_arguments(storage, attempt, keep, concurrency, if_corrupt, resume_from)
         self.gang = _gang.Gang(rank, ranks, gang_timeout) if ranks != 1 or rank != 0 else None
         self.storage = storage
@@ -116,17 +121,21 @@ class Checkpoint:
         # Reentrant: an on_preemption callback may commit while the main thread is inside a commit.
         self._lock = threading.RLock()
         self._in_flight = 0  # commits under way in this process (one may run inside another)
-        self._next: int | None = None  # the next sequence number of this attempt's commits
+        self._next: int | None = None  # a gang's next sequence: every collective call takes one, on every rank
+        self._highest = 0  # the highest sequence of this attempt this object has seen committed
+        self._writer = new_nonce()[:8]  # names this object's uploads: a sweep deletes only its own in this attempt
         self._manifests: dict[tuple[str, str], Manifest] = {}  # manifests are immutable: cached by (uri, id)
         self._restored_from: str | None = None
         self._restored: tuple[tuple[str, str], Path] | None = None  # ((uri, id), directory) of the last restore
-        self._records: dict[str, dict[str, Any]] = {}  # directory -> what this object restored into it
+        self._records: dict[str, _restore.Record] = {}  # directory -> what this object restored into it
         self._unrestorable: dict[str, builtins.list[str]] = {}  # uri -> record keys seen in its last listing
+        self._rejected: dict[str, set[str]] = {}  # uri -> ids set aside, as of its last listing
         self._known: set[str] | None = None  # ids committed in `storage`: its last listing and own commits since
         self._last_commit: Manifest | None = None
         self._commits = 0
         self._default_dir: Path | None = None
-        self._stamps: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime, mode) at the last sync
+        self._stamps: dict[str, _snapshot.Stamp] = {}  # path -> its identity at the last sync
+        self._sizes: dict[tuple[str, str], int] = {}  # (uri, manifest key) -> size, from the last listing
         self._agreed: tuple[str, str] | bool | None = False  # a gang's agreed restore (uri, id); False: not yet
 
     @property
@@ -144,7 +153,7 @@ class Checkpoint:
         gang: whether the gang restores one (every rank gets the same answer)."""
         if self.gang:
             return next(self._gang_candidates(), None) is not None
-        return bool(self._ids(self.storage)) or bool(self.resume_from and self._ids(self.resume_from))
+        return next(self._candidates(), None) is not None
 
     def read(self) -> bytes | None:
         """The newest checkpoint's bytes (a single-file checkpoint, as `write` makes), or None when
@@ -220,16 +229,20 @@ class Checkpoint:
 
         As in Flyte, a checkpoint is downloaded once: while the newest is the one this object
         restored, restore returns that directory again, whatever `path` says. Restoring the same
-        checkpoint into the same directory again, from another process too, does nothing. The
-        directory gets the checkpoint's entries and nothing else of Spotrun's. A `path` that is
-        not an existing directory raises CheckpointUsageError (a ValueError, as Flyte's)."""
+        checkpoint into the same directory again, from another process too, downloads nothing as
+        long as every restored file is provably as restore left it (same inode, size, mtime and
+        ctime); a file changed since is restored again. The directory may hold the task's own
+        files: restore replaces only the checkpoint's paths and what its previous restore put
+        there, and gets nothing else of Spotrun's. A `path` that is not an existing directory
+        raises CheckpointUsageError (a ValueError, as Flyte's)."""
 
         def download(storage: Storage, manifest: Manifest) -> Path:
             key = (storage.uri, manifest.id)
-            if self._restored is not None and self._restored[0] == key and self._restored[1].is_dir():
-                return self._restored[1]
-            target = self._target(path)
-            if self._record(target).get("id") != manifest.id or self._record(target).get("uri") != storage.uri:
+            target = self._restored[1] if self._restored is not None and self._restored[0] == key else None
+            if target is None or not target.is_dir():
+                target = self._target(path)
+            paths = [f.path for f in manifest.part(self.rank)]
+            if not _restore.holds(target, self._record(target), storage.uri, manifest.id, paths):
                 self._restore_into(storage, manifest, target)
             self._restored = (key, target)
             return target
@@ -274,22 +287,41 @@ class Checkpoint:
 
     # ----- commit --------------------------------------------------------------------------------
 
-    def _next_sequence(self) -> int:
+    def _gang_sequence(self) -> int:
+        """A gang's next id. Every collective call takes one on every rank, committed or not, so
+        that the ranks' ids never drift apart: a rank whose upload failed stays in step."""
         with self._lock:
             if self._next is None:
-                # Committed ids only, in a gang too: a rank's first id is taken before it writes its
-                # part, so the gang cannot commit that id before every rank has taken it.
+                # Committed ids only: a rank's first id is taken before it writes its part, so the
+                # gang cannot commit that id before every rank has taken it.
                 own = [p for p in (parse_id(i) for i in self._ids(self.storage)) if p and p[0] == self.attempt]
                 self._next = max((s for _, s in own), default=0) + 1
             self._next += 1
             return self._next - 1
 
-    def _abandon(self, prefix: str, sequence: int) -> None:
-        """A commit failed before its manifest: gives its sequence number back (when no later one
-        was taken meanwhile) and removes what it uploaded. What cannot be removed now is swept later."""
+    def _claim(self) -> int:
+        """The sequence for a manifest about to be created: above every one of this attempt committed
+        so far, by any writer (a sidecar beside the task commits too), so that a checkpoint committed
+        later always ranks higher. One listing of this attempt's manifests."""
+        listed = self.storage.list(f"{MANIFESTS}{self.attempt:06d}-")
+        ids = [cid for key, _ in listed if (cid := id_of_manifest_key(key))]
         with self._lock:
-            if self._next == sequence + 1:
-                self._next = sequence
+            for cid in ids:
+                parsed = parse_id(cid)
+                if parsed and parsed[0] == self.attempt:
+                    self._highest = max(self._highest, parsed[1])
+            if self._known is not None:
+                self._known.update(ids)
+            return self._highest + 1
+
+    def _data_prefix(self) -> str:
+        """Where one commit's data goes: `data/ATTEMPT.WRITER.NONCE/`. The attempt and writer say
+        whose it is, so that a sweep can tell abandoned uploads (see `_abandoned`)."""
+        return f"{DATA}{self.attempt:06d}.{self._writer}.{new_nonce()}/"
+
+    def _abandon(self, prefix: str) -> None:
+        """A commit failed before its manifest was sent: removes what it uploaded. What cannot be
+        removed now is swept later."""
         try:
             uploaded = [key for key, _ in self.storage.list(prefix)]
             if uploaded:
@@ -317,9 +349,57 @@ class Checkpoint:
             )
         self._in_flight += 1
         try:
+            if self.gang:
+                return self._commit_gang(kind, upload, step, metadata, directories)
             return self._commit_once(kind, upload, step, metadata, directories)
         finally:
             self._in_flight -= 1
+
+    def _manifest_of(
+        self,
+        sequence: int,
+        kind: str,
+        files: builtins.list[FileEntry],
+        step: int | None,
+        metadata: dict[str, Any] | None,
+        directories: tuple[str, ...],
+    ) -> Manifest:
+        return Manifest(
+            id=checkpoint_id(self.attempt, sequence),
+            attempt=self.attempt,
+            sequence=sequence,
+            kind=kind,
+            files=tuple(sorted((dataclasses.replace(f, rank=self.rank) for f in files), key=lambda f: f.path)),
+            time=_now(),
+            step=step,
+            metadata={**(metadata or {}), **({"directories": list(directories)} if directories else {})},
+            writer=_writer(),
+            ranks=self.ranks,
+        )
+
+    def _commit_gang(
+        self,
+        kind: str,
+        upload: Any,
+        step: int | None,
+        metadata: dict[str, Any] | None,
+        directories: tuple[str, ...],
+    ) -> CheckpointInfo:
+        assert self.gang is not None
+        sequence = self._gang_sequence()
+        cid = checkpoint_id(self.attempt, sequence)
+        prefix = self._data_prefix()
+        try:
+            files: builtins.list[FileEntry] = upload(prefix)
+        except BaseException as err:
+            self._abandon(prefix)
+            # Said where the others look while they wait, so that none waits out its timeout.
+            _gang.refuse(self.storage, cid, f"rank {self.rank}'s upload failed: {err}")
+            raise
+        manifest = _gang.commit(
+            self.storage, self.gang, self._manifest_of(sequence, kind, files, step, metadata, directories)
+        )
+        return self._committed(manifest)
 
     def _commit_once(
         self,
@@ -329,69 +409,49 @@ class Checkpoint:
         metadata: dict[str, Any] | None,
         directories: tuple[str, ...],
     ) -> CheckpointInfo:
-        sequence = self._next_sequence()
-        prefix = f"{DATA}{checkpoint_id(self.attempt, sequence)}.{new_nonce()}/"
+        prefix = self._data_prefix()
         try:
             files: builtins.list[FileEntry] = upload(prefix)
         except BaseException:
-            self._abandon(prefix, sequence)
+            self._abandon(prefix)
             raise
-        if self.gang:
-            manifest = _gang.commit(
-                self.storage,
-                self.gang,
-                Manifest(
-                    id=checkpoint_id(self.attempt, sequence),
-                    attempt=self.attempt,
-                    sequence=sequence,
-                    kind=kind,
-                    files=tuple(sorted((dataclasses.replace(f, rank=self.rank) for f in files), key=lambda f: f.path)),
-                    time=datetime.datetime.now(datetime.UTC).isoformat(),
-                    step=step,
-                    metadata={**(metadata or {}), **({"directories": list(directories)} if directories else {})},
-                    writer=_writer(),
-                    ranks=self.ranks,
-                ),
-            )
-            return self._committed(manifest)
         for _ in range(COMMIT_TRIES):
-            manifest = Manifest(
-                id=checkpoint_id(self.attempt, sequence),
-                attempt=self.attempt,
-                sequence=sequence,
-                kind=kind,
-                files=tuple(sorted(files, key=lambda f: f.path)),
-                time=datetime.datetime.now(datetime.UTC).isoformat(),
-                step=step,
-                metadata={**(metadata or {}), **({"directories": list(directories)} if directories else {})},
-                writer=_writer(),
-            )
-            if self._publish(manifest, prefix, sequence):
+            _check_grace(f"committing a checkpoint to {self.storage.uri}")
+            try:
+                sequence = self._claim()
+            except BaseException:
+                self._abandon(prefix)
+                raise
+            manifest = self._manifest_of(sequence, kind, files, step, metadata, directories)
+            if self._publish(manifest):
                 break
-            # Another writer of this attempt took the id. Its data sits under its own nonce, so this
-            # commit only needs the next id.
-            log.warning("Checkpoint id %s was taken by another writer; retrying with the next", manifest.id)
-            sequence = self._next_sequence()
+            # Another writer of this attempt took the id meanwhile: the next claim lists again.
+            log.warning("Checkpoint id %s was taken by another writer; retrying above it", manifest.id)
         else:
-            raise CheckpointError(f"could not commit a checkpoint to {self.storage.uri} after {COMMIT_TRIES} tries")
+            raise CommitConflictError(
+                f"could not commit a checkpoint to {self.storage.uri}: other writers of attempt {self.attempt} took "
+                f"every id it claimed, {COMMIT_TRIES} times"
+            )
         return self._committed(manifest)
 
-    def _publish(self, manifest: Manifest, prefix: str, sequence: int) -> bool:
+    def _publish(self, manifest: Manifest) -> bool:
         """Creates the manifest: True once it is in, False when another writer holds its id. A PUT
-        whose answer was lost may have landed, so before a failure is raised (and the commit's data
-        removed) storage is asked: finding these very bytes there means committed."""
+        whose answer was lost may have landed, so before a failure is raised storage is asked:
+        finding these very bytes there means committed. Otherwise the data stays: the PUT may still
+        land, and a later sweep removes the data only once it is provably abandoned."""
         key, body = manifest_key(manifest.id), manifest.to_json()
         try:
             self.storage.put(key, body, create_only=True)
             return True
         except AlreadyExistsError:
-            return self._holds(key, body) is True
-        except StorageError:
-            held = self._holds(key, body)
-            if held is True:
+            if self._holds(key, body) is True:
                 return True
-            if held is False:  # known not to be in: nothing will ever point at the data
-                self._abandon(prefix, sequence)
+            with self._lock:
+                self._highest = max(self._highest, manifest.sequence)
+            return False
+        except StorageError:
+            if self._holds(key, body) is True:
+                return True
             raise
 
     def _holds(self, key: str, body: bytes) -> bool | None:
@@ -410,6 +470,8 @@ class Checkpoint:
 
     def _committed(self, manifest: Manifest) -> CheckpointInfo:
         self._manifests[(self.storage.uri, manifest.id)] = manifest
+        with self._lock:
+            self._highest = max(self._highest, manifest.sequence)
         if self._known is not None:
             self._known.add(manifest.id)
         self._last_commit = manifest
@@ -432,40 +494,55 @@ class Checkpoint:
     def _save_directory(
         self, root: Path, step: int | None, metadata: dict[str, Any] | None, *, incremental: bool
     ) -> CheckpointInfo:
-        sources: builtins.list[tuple[str, Path]] = []
-        empty_dirs: builtins.list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".spotrun-"))
-            names = sorted(n for n in filenames if n != LEGACY_MARKER)
-            if not names and not dirnames and here != root:
-                empty_dirs.append(here.relative_to(root).as_posix())
-            sources.extend((here.joinpath(n).relative_to(root).as_posix(), here / n) for n in names)
+        """Commits `root` as one snapshot: when an entry changes between the scan and the end of
+        its upload (a file rewritten or renamed over while it is saved), the commit is abandoned
+        and taken again, SNAPSHOT_TRIES times; then CheckpointUsageError names what kept changing."""
+        changed: builtins.list[str] = []
+        for _ in range(SNAPSHOT_TRIES):
+            try:
+                snapshot = _snapshot.scan(root)
+                return self._commit_snapshot(snapshot, step, metadata, incremental)
+            except _snapshot.ChangedError as err:
+                changed = [str(err)]
+                log.info("Took the snapshot of %s again: it changed while it was saved (%s)", root, err)
+        raise CheckpointUsageError(
+            f"{root} kept changing while it was saved ({'; '.join(changed)[:300]}), {SNAPSHOT_TRIES} times; save it "
+            "between writes (spotrun sync tries again at its next tick)"
+        )
+
+    def _commit_snapshot(
+        self, snapshot: _snapshot.Snapshot, step: int | None, metadata: dict[str, Any] | None, incremental: bool
+    ) -> CheckpointInfo:
         last = self._last_commit
         previous = {f.path: f for f in last.part(self.rank)} if incremental and last else {}  # this rank's own
-        stamps = dict(self._stamps)
+        stamps: dict[str, _snapshot.Stamp] = {}
 
         def upload(prefix: str) -> builtins.list[FileEntry]:
-            entries: builtins.list[FileEntry] = []
-            jobs = []
-            if self._inlines(sum(path.stat().st_size for _, path in sources)):
-                for rel, path in sources:
-                    info = path.stat()
-                    stamps[rel] = (info.st_size, info.st_mtime_ns, info.st_mode)
-                return [_transfer.inline_file(rel, path) for rel, path in sources]
-            for rel, path in sources:
-                info = path.stat()
-                stamp = (info.st_size, info.st_mtime_ns, info.st_mode)
-                # Unchanged since this process's previous commit: point at the object it uploaded.
-                if rel in previous and stamps.get(rel) == stamp:
-                    entries.append(previous[rel])
+            entries = [_transfer.link_entry(rel, target) for rel, target, _ in snapshot.links]
+            try:
+                if self._inlines(snapshot.size):
+                    entries.extend(_transfer.inline_file(rel, path, stamp[4]) for rel, path, stamp in snapshot.files)
                 else:
-                    jobs.append((prefix + rel, rel, path))
-                stamps[rel] = stamp
-            entries.extend(_transfer.upload_files(self.storage, jobs, self.concurrency))
+                    jobs = []
+                    for rel, path, stamp in snapshot.files:
+                        # Unchanged since this object's previous commit: point at the object it uploaded.
+                        if rel in previous and self._stamps.get(rel) == stamp:
+                            entries.append(previous[rel])
+                        else:
+                            jobs.append((prefix + rel, rel, path))
+                    entries.extend(_transfer.upload_files(self.storage, jobs, self.concurrency))
+            except (FileNotFoundError, NotADirectoryError, _transfer.FileChangedError) as err:
+                raise _snapshot.ChangedError(str(err)) from err
+            moved = snapshot.changed()
+            if moved:
+                raise _snapshot.ChangedError(f"{', '.join(moved[:5])} changed during the upload")
+            stamps.update((rel, stamp) for rel, _, stamp in snapshot.files if snapshot.trusted(stamp))
             return entries
 
-        info = self._commit("directory", upload, step, metadata, tuple(empty_dirs))
+        try:
+            info = self._commit("directory", upload, step, metadata, snapshot.empty_dirs)
+        except PermissionError as err:
+            raise CheckpointUsageError(f"cannot save {snapshot.root}: {err}; make it readable to this process") from err
         self._stamps = stamps
         return info
 
@@ -485,9 +562,12 @@ class Checkpoint:
             self.storage.delete([part_key(newest.id, r) for r in range(self.ranks)])
         sweep = (self._commits == 1 or self._commits % SWEEP_EVERY == 0) and self._in_flight == 1
         known = self._ids(self.storage) if sweep or self._known is None else self._known | {newest.id}
-        ids = sorted(known, reverse=True)
+        rejected = self._rejected.get(self.storage.uri, set())
+        ids = sorted(set(known) - rejected, reverse=True)
         kept, surplus = ids[: self.keep], ids[self.keep :]
-        doomed = [i for i in surplus if (parse_id(i) or (0, 0))[0] <= self.attempt]
+        # A rejected checkpoint stays to be looked at until it is older than every one kept.
+        surplus += [i for i in rejected if i in known and (not kept or i < kept[-1])]
+        doomed = sorted(i for i in surplus if (parse_id(i) or (0, 0))[0] <= self.attempt)
         if not doomed and not sweep:
             return
         referenced: set[str] = set()
@@ -498,6 +578,9 @@ class Checkpoint:
         if doomed:
             manifests = [self._manifest(self.storage, cid) for cid in doomed]
             self.storage.delete([manifest_key(cid) for cid in doomed])  # first: no manifest without its data
+            records = [f"{MANIFESTS}{REJECTED}{cid}.json" for cid in doomed if cid in rejected]
+            if records:
+                self.storage.delete(records)
             if self._known is not None:
                 self._known.difference_update(doomed)
             unreferenced = [
@@ -515,8 +598,9 @@ class Checkpoint:
             self._sweep(set(ids) - set(doomed), referenced, newest)
 
     def _sweep(self, live_ids: set[str], referenced: set[str], newest: Manifest) -> None:
-        """Deletes data that no manifest references and that is older than this commit: uploads
-        of writers that died before committing. Newer data may be an upload in flight."""
+        """Deletes data that no manifest references and whose writer has provably abandoned it
+        (see `_abandoned`), and the incomplete multipart uploads under it: uploads of writers that
+        died before committing. Another live writer's upload in flight is never touched."""
         for cid in live_ids:
             manifest = self._manifest(self.storage, cid)
             if manifest is not None:
@@ -528,12 +612,15 @@ class Checkpoint:
         if stale:
             self.storage.delete(stale)
         for group in self.storage.list_dirs(DATA):
-            name = group[len(DATA) :].rstrip("/")
-            order = parse_id(name.split(".", 1)[0])
-            if group in referenced or order is None or order >= newest_order or order[0] > self.attempt:
+            if group in referenced or not self._abandoned(group):
                 continue
             self.storage.delete([key for key, _ in self.storage.list(group)])
             log.info("Deleted uncommitted data %s from %s", group, self.storage.uri)
+        for key, upload in self.storage.list_uploads(DATA):
+            group = _data_dir(key)
+            if group not in referenced and self._abandoned(group):
+                self.storage.abort_upload(key, upload)
+                log.info("Aborted the incomplete upload of %s in %s", key, self.storage.uri)
         if not self.gang:
             return
         for group in self.storage.list_dirs(PARTS):  # parts of commits that never came (a rank died)
@@ -544,30 +631,61 @@ class Checkpoint:
         if done:
             self.storage.delete(done)
 
+    def _abandoned(self, group: str) -> bool:
+        """Whether the data under `group` (`data/ATTEMPT.WRITER.NONCE/`) is provably abandoned: an
+        earlier attempt's (the operator starts an attempt once the one before has ended; a zombie
+        of it can only add checkpoints that rank below this attempt's), or this object's own while
+        none of its commits is in flight. Another writer's of this attempt (a sidecar's) may be an
+        upload in flight: it waits for the next attempt's sweep. Groups of earlier SDK versions
+        (`data/ATTEMPT-SEQUENCE.NONCE/`) are abandoned once their attempt is over."""
+        name = group[len(DATA) :].rstrip("/")
+        if len(name) < 6 or not name[:6].isdigit():
+            return False
+        attempt = int(name[:6])
+        if attempt != self.attempt:
+            return attempt < self.attempt
+        parts = name.split(".")
+        return len(parts) == 3 and parts[1] == self._writer and self._in_flight <= 1
+
     # ----- reading ----------------------------------------------------------------------------------
 
     def _ids(self, storage: Storage) -> builtins.list[str]:
-        keys = [key for key, _ in storage.list(MANIFESTS)]
+        """The committed ids in `storage`, from one listing that also shows the records beside the
+        manifests (unrestorable-, rejected-) and each manifest's size."""
+        listed = storage.list(MANIFESTS)
+        keys = [key for key, _ in listed]
+        self._sizes.update(((storage.uri, key), size) for key, size in listed)
         self._unrestorable[storage.uri] = [k for k in keys if k.startswith(MANIFESTS + UNRESTORABLE)]
+        rejected = MANIFESTS + REJECTED
+        self._rejected[storage.uri] = {k[len(rejected) : -len(".json")] for k in keys if k.startswith(rejected)}
         ids = [cid for key in keys if (cid := id_of_manifest_key(key))]
         if storage is self.storage:
             self._known = set(ids)
         return ids
 
     def _manifest(self, storage: Storage, cid: str) -> Manifest | None:
+        """The checked manifest of `cid`, or None when it is gone or cannot be trusted (logged)."""
+        found = self._manifest_or_why(storage, cid)
+        return found if isinstance(found, Manifest) else None
+
+    def _manifest_or_why(self, storage: Storage, cid: str) -> Manifest | str | None:
+        """The checked manifest of `cid`; why it cannot be trusted; or None when it is gone."""
         cached = self._manifests.get((storage.uri, cid))
         if cached is not None:
             return cached
+        key = manifest_key(cid)
+        size = self._sizes.get((storage.uri, key), 0)
         try:
-            manifest = Manifest.from_json(storage.get(manifest_key(cid)))
+            if size > MANIFEST_MAX:
+                raise ValueError(f"it is {size} bytes, above the {MANIFEST_MAX} this SDK reads")
+            manifest = Manifest.from_json(storage.get(key))
+            if manifest.id != cid:
+                raise ValueError(f"it names {manifest.id}")
         except NotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as err:
+        except ValueError as err:
             log.warning("Skipped checkpoint %s in %s: unreadable manifest: %s", cid, storage.uri, err)
-            return None
-        if manifest.id != cid:
-            log.warning("Skipped checkpoint %s in %s: its manifest names %s", cid, storage.uri, manifest.id)
-            return None
+            return f"unreadable manifest: {err}"
         self._manifests[(storage.uri, cid)] = manifest
         return manifest
 
@@ -578,11 +696,17 @@ class Checkpoint:
         for storage in (self.storage, self.resume_from):
             if storage is None or (found and not fallback):
                 continue
-            for cid in sorted(self._ids(storage), reverse=True):
+            for cid in self._listed(storage):
                 manifest = self._manifest(storage, cid)
                 if manifest is not None:
                     found = True
                     yield storage, manifest
+
+    def _listed(self, storage: Storage) -> builtins.list[str]:
+        """Committed ids newest first, less those set aside (rejected)."""
+        ids = self._ids(storage)
+        rejected = self._rejected.get(storage.uri, set())
+        return sorted((cid for cid in ids if cid not in rejected), reverse=True)
 
     def _first_intact(self, use: Any) -> Any:
         """Calls `use(storage, manifest)` on the newest checkpoint until one verifies. When every
@@ -594,6 +718,8 @@ class Checkpoint:
                     result = use(storage, manifest)
                 except CorruptCheckpointError as err:
                     raise self._reject(storage, manifest, err) from err
+                except OSError as err:
+                    raise CheckpointError(f"restoring checkpoint {manifest.id} of {storage.uri} failed: {err}") from err
                 self._restored_from = manifest.id
                 return result
             return None
@@ -601,20 +727,30 @@ class Checkpoint:
         corrupt: builtins.list[str] = []
         for _ in range(3):
             fresh = False
-            for storage, manifest in self._candidates():
-                if (storage.uri, manifest.id) in tried:
+            for source in (self.storage, self.resume_from):
+                if source is None:
                     continue
-                fresh = True
-                tried.add((storage.uri, manifest.id))
-                try:
-                    result = use(storage, manifest)
-                except CorruptCheckpointError as err:
-                    log.warning("Skipped corrupt checkpoint %s in %s: %s", manifest.id, storage.uri, err)
-                    corrupt.append(manifest.id)
-                    continue
-                self._restored_from = manifest.id
-                self.corrupt = corrupt
-                return result
+                for cid in self._listed(source):
+                    if (source.uri, cid) in tried:
+                        continue
+                    fresh = True
+                    tried.add((source.uri, cid))
+                    found = self._manifest_or_why(source, cid)
+                    if found is None:
+                        continue  # gone since the listing (retention)
+                    try:
+                        if isinstance(found, str):
+                            raise CorruptCheckpointError(found)
+                        result = use(source, found)
+                    except CorruptCheckpointError as err:
+                        log.warning("Skipped corrupt checkpoint %s in %s: %s", cid, source.uri, err)
+                        corrupt.append(cid)
+                        continue
+                    except OSError as err:
+                        raise CheckpointError(f"restoring checkpoint {cid} of {source.uri} failed: {err}") from err
+                    self._restored_from = cid
+                    self.corrupt = corrupt
+                    return result
             if not fresh:
                 break
         self.corrupt = corrupt
@@ -702,13 +838,15 @@ class Checkpoint:
         where = f"rank {self.rank}'s part of checkpoint {cid} in {storage.uri} is corrupt ({err})"
         if storage is not self.storage or getattr(self.storage, "read_only", False):
             return CheckpointError(f"{where}; it cannot be set aside here: the storage is read-only")
-        self.storage.put(f"{REJECTED}{manifest.id}.json", manifest.to_json())
-        self.storage.delete([manifest_key(manifest.id)])
-        self._manifests.pop((storage.uri, manifest.id), None)
-        if self._known is not None:
-            self._known.discard(manifest.id)
+        record = {"id": cid, "rank": self.rank, "reason": str(err)[:2000], "time": _now()}
+        self.storage.put(f"{MANIFESTS}{REJECTED}{cid}.json", json.dumps(record).encode())
+        self._rejected.setdefault(storage.uri, set()).add(cid)
         log.error(
-            "%s: set it aside as %s%s.json; the next attempt restores the one before", where, REJECTED, manifest.id
+            "%s: set it aside (%s%s%s.json; its manifest and data are kept); the next attempt restores the one before",
+            where,
+            MANIFESTS,
+            REJECTED,
+            cid,
         )
         return CheckpointError(f"{where}: it was set aside, and the next attempt's ranks restore the one before")
 
@@ -739,35 +877,35 @@ class Checkpoint:
             )
         return target
 
-    def _record(self, target: Path) -> dict[str, Any]:
-        """What a restore put into `target`: {uri, id, entries}; {} when unknown."""
-        return self._records.get(str(target.resolve())) or restore_record(target) or {}
+    def _record(self, target: Path) -> _restore.Record | None:
+        """What the last restore put into `target`: this object's record, else the directory's."""
+        return self._records.get(str(target.resolve())) or _restore.read_record(target)
 
     def _restore_into(self, storage: Storage, manifest: Manifest, target: Path) -> None:
+        """Downloads and verifies the checkpoint in a staging directory inside `target`, then puts
+        it in place (see `_restore.place`)."""
         self._check_ranks(storage, manifest)
+        files = manifest.part(self.rank)
+        where = f"checkpoint {manifest.id} in {storage.uri}{self._of_rank()}"
+        needed = sum(f.size for f in files if f.inline is None)
+        free = shutil.disk_usage(target).free
+        if needed > free:
+            raise CorruptCheckpointError(
+                f"{where} needs {needed} bytes, and {target} has {free} free: it cannot be restored here"
+            )
+        directories = manifest.metadata.get("directories", [])
+        if manifest.ranks > 1:
+            directories = (manifest.metadata.get("rankDirectories") or {}).get(str(self.rank), [])
         staging = Path(tempfile.mkdtemp(prefix=".spotrun-restore-", dir=target))
         try:
-            where = f"checkpoint {manifest.id} in {storage.uri}{self._of_rank()}"
-            _transfer.download_files(storage, manifest.part(self.rank), staging, where, self.concurrency)
-            directories = manifest.metadata.get("directories", [])
-            if manifest.ranks > 1:
-                directories = (manifest.metadata.get("rankDirectories") or {}).get(str(self.rank), [])
-            for rel in directories:
-                (staging / rel).mkdir(parents=True, exist_ok=True)
-            # Verified in full: now replace what an earlier restore left, entry by entry.
-            previous = set(self._record(target).get("entries") or []) | {LEGACY_MARKER}
-            for name in previous | {p.name for p in staging.iterdir()}:
-                existing = target / name
-                if existing.is_dir() and not existing.is_symlink():
-                    shutil.rmtree(existing)
-                else:
-                    existing.unlink(missing_ok=True)
-            for entry in staging.iterdir():
-                entry.rename(target / entry.name)
-            entries = sorted(p.name for p in target.iterdir() if not p.name.startswith(".spotrun-"))
-            record = {"uri": storage.uri, "id": manifest.id, "entries": entries}
+            _transfer.download_files(storage, files, staging, where, self.concurrency)
+            previous = self._record(target)
+            _restore.write_record(target, None)  # until `place` is done, the directory proves nothing
+            record = _restore.place(
+                staging, target, [f.path for f in files], directories, previous, storage.uri, manifest.id
+            )
             self._records[str(target.resolve())] = record
-            _write_record(target, record)
+            _restore.write_record(target, record)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -785,25 +923,27 @@ def _data_dir(key: str) -> str:
 
 
 def restore_record(target: Path) -> dict[str, Any] | None:
-    """What the last restore into `target` recorded on it, from any process: {uri, id, entries}."""
-    if not hasattr(os, "getxattr"):
-        return None
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads(os.getxattr(target, RECORD_XATTR))
-        if isinstance(record, dict) and isinstance(record.get("id"), str):
-            return record
-    return None
+    """What the last restore into `target` recorded on it, from any process: {uri, id, paths, dirs, proof}."""
+    record = _restore.read_record(target)
+    return None if record is None else record.to_dict()
 
 
-def _write_record(target: Path, record: dict[str, Any]) -> None:
-    if not hasattr(os, "setxattr"):
-        return
-    try:
-        os.setxattr(target, RECORD_XATTR, json.dumps(record).encode())
-    except OSError as err:  # no user xattrs here (ENOTSUP), or too many entries (E2BIG): this object remembers
-        log.debug(
-            "Could not record the restore on %s (%s); a restore from another process downloads again", target, err
-        )
+def _attempt_from_env() -> int:
+    """SPOTRUN_ATTEMPT, as every TaskRun pod has it; 1 outside one."""
+    raw = os.environ.get("SPOTRUN_ATTEMPT", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise CheckpointUsageError(f"SPOTRUN_ATTEMPT={raw!r} must be a whole number from 1; unset it outside a TaskRun")
+    return int(raw)
+
+
+def _check_grace(what: str) -> None:
+    """Raises CheckpointError once the pod's grace period (after SIGTERM) or notice has run out:
+    retrying past it only loses the commit to SIGKILL in the middle, and hides why."""
+    deadline = _preemption.deadline()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise CheckpointError(f"gave up {what}: the pod's grace period ran out")
 
 
 def _check_arguments(

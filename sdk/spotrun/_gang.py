@@ -11,7 +11,9 @@ The ranks of a gang (a TaskRun with `replicas: N`) commit together, as they call
 3. The other ranks wait for that manifest, so that `save()` returning means committed on every rank.
 
 Parts of different steps are refused: rank 0 writes `parts/ID/refused.json` and every rank's
-`save()` raises; nothing becomes visible. Fencing is the single writer's: ids begin with the
+`save()` raises; nothing becomes visible. A rank whose upload fails writes the same refusal, so that
+no rank waits out its timeout. Every collective call takes one id on every rank, committed or not:
+the ranks' ids never drift apart. Fencing is the single writer's: ids begin with the
 attempt, so a zombie rank of an older attempt adds only parts of older ids.
 
 Restore: ranks that list at different moments may see different newest checkpoints (a zombie of an
@@ -22,12 +24,14 @@ keeps the first choice) and the others read it. docs/checkpoints.md describes th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
 
-from spotrun._errors import CheckpointError, ConfigError
+from spotrun import _preemption
+from spotrun._errors import CheckpointError, CommitConflictError, ConfigError, StorageError
 from spotrun._manifest import PARTS, Manifest, manifest_key, part_key
 from spotrun._storage import AlreadyExistsError, NotFoundError, Storage
 
@@ -58,8 +62,12 @@ def agreement_key(attempt: int) -> str:
 
 
 def _waits(timeout: float) -> Callable[[], bool]:
-    """A poll loop's pacing: sleeps a growing interval; False once `timeout` has passed."""
+    """A poll loop's pacing: sleeps a growing interval; False once `timeout` has passed, or the
+    pod's grace period has (after SIGTERM or a notice)."""
     deadline = time.monotonic() + timeout
+    grace = _preemption.deadline()
+    if grace is not None:
+        deadline = min(deadline, grace)
     interval = POLL_SECONDS[0]
 
     def again() -> bool:
@@ -94,6 +102,8 @@ def _commit_as_leader(storage: Storage, gang: Gang, own: Manifest) -> Manifest:
     again = _waits(gang.timeout)
     while True:
         found = {key for key, _ in storage.list(f"{PARTS}{cid}/")}
+        if f"{PARTS}{cid}/{REFUSED}" in found:
+            raise CheckpointError(f"checkpoint {cid} in {storage.uri} was not committed: {_refusal(storage, cid)}")
         missing = [r for r in range(gang.ranks) if part_key(cid, r) not in found]
         if not missing:
             break
@@ -118,7 +128,7 @@ def _commit_as_leader(storage: Storage, gang: Gang, own: Manifest) -> Manifest:
         metadata=metadata,
     )
     if not _create(storage, manifest_key(cid), manifest.to_json()):
-        raise CheckpointError(
+        raise CommitConflictError(
             f"checkpoint {cid} in {storage.uri} was committed by another process: two processes run as rank 0"
         )
     return manifest
@@ -170,16 +180,31 @@ def _wait_for_commit(storage: Storage, gang: Gang, cid: str) -> Manifest:
         else:
             return manifest
         try:
-            refusal = json.loads(storage.get(f"{PARTS}{cid}/{REFUSED}"))
+            storage.get(f"{PARTS}{cid}/{REFUSED}")
         except NotFoundError:
             pass
         else:
-            raise CheckpointError(f"checkpoint {cid} in {storage.uri} was not committed: {refusal.get('reason')}")
+            raise CheckpointError(f"checkpoint {cid} in {storage.uri} was not committed: {_refusal(storage, cid)}")
         if not again():
             raise CheckpointError(
                 f"checkpoint {cid} in {storage.uri} was not committed: rank 0 did not commit it within "
                 f"{gang.timeout:.0f}s of this rank's part (is every rank calling save()?)"
             )
+
+
+def refuse(storage: Storage, cid: str, reason: str) -> None:
+    """Tells the gang that checkpoint `cid` will not be committed, and why; best effort (the others
+    then wait out their timeout, as they would for a rank that died)."""
+    with contextlib.suppress(StorageError):
+        _create(storage, f"{PARTS}{cid}/{REFUSED}", json.dumps({"reason": reason[:2000]}).encode())
+
+
+def _refusal(storage: Storage, cid: str) -> str:
+    try:
+        body = json.loads(storage.get(f"{PARTS}{cid}/{REFUSED}"))
+        return str(body.get("reason")) if isinstance(body, dict) else "refused"
+    except (StorageError, ValueError):
+        return "refused"
 
 
 def agree(

@@ -149,6 +149,12 @@ def seconds_left() -> float:
     return max(0.0, _deadline - time.monotonic())
 
 
+def deadline() -> float | None:
+    """The time.monotonic() by which the task must have stopped, once a notice or SIGTERM set one;
+    None before. Unlike seconds_left() it installs nothing: the checkpoint code bounds its retries by it."""
+    return _deadline
+
+
 def notice() -> Notice | None:
     """The interruption notice the pod got (the first one), or None."""
     install()

@@ -47,6 +47,10 @@ class AlreadyExistsError(StorageError):
     """A create-only put found the key taken."""
 
 
+class ConflictError(TransientStorageError):
+    """S3's 409 ConditionalRequestConflict: a conditional write raced another on the key; retry it."""
+
+
 class Storage(Protocol):
     """Keys are relative to the storage's root (a directory or an S3 prefix) and use `/`."""
 
@@ -81,6 +85,14 @@ class Storage(Protocol):
 
     def delete(self, keys: Sequence[str]) -> None:
         """Deletes the keys; missing ones are not an error."""
+
+    def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
+        """(key, upload id) of every upload under `prefix` that was begun and never completed: on S3
+        its incomplete multipart uploads, whose parts no listing shows and which cost storage until
+        aborted; in a directory, the temporary files of writes that were cut short."""
+
+    def abort_upload(self, key: str, upload: str) -> None:
+        """Discards an incomplete upload that `list_uploads` gave; one already gone is not an error."""
 
 
 CHUNK = 1 << 20
@@ -235,6 +247,24 @@ class LocalStorage:
                     break
                 parent = parent.parent
 
+    def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        found = []
+        for path in _walk(start):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and path.name.startswith(".tmp-"):
+                found.append((key, ""))
+        return sorted(found)
+
+    def abort_upload(self, key: str, upload: str) -> None:
+        self._check_writable()
+        path = self._path(key)
+        if path.name.startswith(".tmp-"):
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only when empty, as delete prunes
+                path.parent.rmdir()
+
 
 def _walk(start: Path) -> Iterator[Path]:
     if not start.is_dir():
@@ -261,7 +291,11 @@ _MISSING_BUCKET = {"NoSuchBucket"}
 _ACCESS = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"}
 _CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId"}
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_PRECONDITION = {"PreconditionFailed", "412"}
+# AWS answers a conditional write that races another on the same key with 409 ConditionalRequestConflict
+# and asks that it be retried (its outcome then is 200 or 412); botocore does not retry it.
+_CONFLICT = {"ConditionalRequestConflict", "409"}
+CONFLICT_TRIES = 6
 
 
 class S3Storage:
@@ -336,6 +370,10 @@ class S3Storage:
                 raise NotFoundError(f"{where} does not exist", bucket=self.bucket, key=key) from err
             if code in _PRECONDITION or status == "412":
                 raise AlreadyExistsError(f"{where} already exists", bucket=self.bucket, key=key) from err
+            if code in _CONFLICT or status == "409":
+                raise ConflictError(
+                    f"{action} {where} raced another conditional write (409)", bucket=self.bucket, key=key
+                ) from err
             if code in _MISSING_BUCKET:
                 raise PermanentStorageError(
                     f"{action} {where} failed: bucket {self.bucket!r} does not exist. Create it, or point "
@@ -384,8 +422,15 @@ class S3Storage:
     def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         self._check_writable()
         extra = {"IfNoneMatch": "*"} if create_only else {}
-        with self._errors("writing", key):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        for attempt in range(CONFLICT_TRIES):
+            try:
+                with self._errors("writing", key):
+                    self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+                return
+            except ConflictError:
+                if attempt == CONFLICT_TRIES - 1:
+                    raise
+            time.sleep(min(2**attempt * 0.05, 1) * (0.5 + random.random()))
 
     def put_stream(self, key: str, stream: IO[bytes]) -> None:
         self._check_writable()
@@ -520,6 +565,25 @@ class S3Storage:
             for page in pages:
                 found.extend(item["Prefix"][strip:] for item in page.get("CommonPrefixes", []))
         return sorted(found)
+
+    def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
+        found: builtins.list[tuple[str, str]] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._errors("listing the incomplete uploads under", prefix):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            )
+            for page in pages:
+                found.extend((item["Key"][strip:], str(item["UploadId"])) for item in page.get("Uploads", []))
+        return sorted(found)
+
+    def abort_upload(self, key: str, upload: str) -> None:
+        self._check_writable()
+        try:
+            with self._errors("aborting the upload of", key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload)
+        except NotFoundError:  # NoSuchUpload: completed or aborted meanwhile
+            pass
 
     def delete(self, keys: Sequence[str]) -> None:
         self._check_writable()

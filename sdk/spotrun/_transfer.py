@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from spotrun._errors import CheckpointUsageError, CorruptCheckpointError
-from spotrun._manifest import FileEntry
+from spotrun._manifest import MODE_MASK, FileEntry
 from spotrun._storage import NotFoundError, Storage
 
 J = TypeVar("J")
@@ -21,6 +21,10 @@ R = TypeVar("R")
 
 SMALL_FILE = 8 << 20  # below this a file is one request, read whole; above it, streamed
 CHUNK = 1 << 20
+
+
+class FileChangedError(CheckpointUsageError):
+    """A file changed while it was being saved: its hash might not be its upload's."""
 
 
 class HashingReader(io.RawIOBase):
@@ -75,8 +79,16 @@ def inline_bytes(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
     )
 
 
-def inline_file(path: str, source: Path) -> FileEntry:
-    return inline_bytes(path, source.read_bytes(), stat.S_IMODE(source.stat().st_mode))
+def inline_file(path: str, source: Path, mode: int | None = None) -> FileEntry:
+    data = source.read_bytes()
+    return inline_bytes(path, data, stat.S_IMODE(source.stat().st_mode if mode is None else mode))
+
+
+def link_entry(path: str, target: str) -> FileEntry:
+    """A symbolic link, kept as one: its target (checked to stay inside) is its content."""
+    return FileEntry(
+        path=path, key="", size=0, sha256=hashlib.sha256(target.encode()).hexdigest(), mode=0o777, link=target
+    )
 
 
 def _inline_data(entry: FileEntry, where: str) -> bytes:
@@ -109,7 +121,7 @@ def upload_file(storage: Storage, key: str, path: str, source: Path) -> FileEntr
     if (after.st_ino, after.st_size, after.st_mtime_ns) != (info.st_ino, info.st_size, info.st_mtime_ns) or (
         size != info.st_size
     ):
-        raise CheckpointUsageError(
+        raise FileChangedError(
             f"{source} changed while it was being saved ({info.st_size} bytes at the start, {after.st_size} "
             "at the end); save it once it is written and closed"
         )
@@ -166,7 +178,14 @@ def fetch_bytes(storage: Storage, entry: FileEntry, where: str) -> bytes:
 
 
 def download_file(storage: Storage, entry: FileEntry, target: Path, where: str) -> None:
+    """Writes `entry` at `target` (in a private staging directory: nothing there is the user's),
+    verified, with its mode masked to MODE_MASK; a link is made as a link."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.link is not None:
+        if hashlib.sha256(entry.link.encode()).hexdigest() != entry.sha256:
+            raise CorruptCheckpointError(f"{where}: the link {entry.path} does not match its sha256 in the manifest")
+        os.symlink(entry.link, target)
+        return
     # A mismatch is checked twice before the checkpoint is called corrupt: a transfer that went
     # wrong must not make a restore skip a good checkpoint.
     for attempt in (1, 2):
@@ -186,7 +205,7 @@ def download_file(storage: Storage, entry: FileEntry, target: Path, where: str) 
         except CorruptCheckpointError:
             if attempt == 2:
                 raise
-    os.chmod(target, entry.mode & 0o7777)
+    os.chmod(target, entry.mode & MODE_MASK)
 
 
 def download_files(storage: Storage, entries: Iterable[FileEntry], root: Path, where: str, concurrency: int) -> None:
