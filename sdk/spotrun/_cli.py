@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -25,7 +26,7 @@ from spotrun import _argtypes, _cluster_cli, _preemption
 from spotrun._checkpoint import Checkpoint, restore_record
 from spotrun._context import Settings
 from spotrun._errors import ConfigError, CorruptCheckpointError, SpotrunError, StorageError, TransientStorageError
-from spotrun._manifest import CheckpointInfo, manifest_key
+from spotrun._manifest import CheckpointInfo, manifest_key, parse_id
 from spotrun._preemption import Notice
 from spotrun._storage import LocalStorage, open_storage
 from spotrun._submit import convert
@@ -52,6 +53,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "spotrun") -> int:
         print(f"spotrun: {err}", file=sys.stderr)
         # 2: what was typed or configured must change; 1: the same command may work later.
         return 1 if isinstance(err, TransientStorageError | CorruptCheckpointError) else 2
+    except OSError as err:
+        # The last resort, for what no check foresaw (a symlink loop, a path that turned unreadable):
+        # one line naming the file and the reason. `run` is left out: its errors are the task's own,
+        # whose traceback is the user's to read.
+        if args.command == "run" or os.environ.get("SPOTRUN_DEBUG") == "1":
+            raise
+        print(f"spotrun: {_os_error(err)} (SPOTRUN_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _os_error(err: OSError) -> str:
+    """`reason: file` (`reason: file -> other` for a rename), or the error as Python words it."""
+    if not err.strerror or err.filename is None:
+        return str(err)
+    where = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else str(err.filename)
+    return f"{err.strerror}: {where}"
 
 
 def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
@@ -92,7 +109,7 @@ def _parser(prog: str = "spotrun") -> argparse.ArgumentParser:
     listing.set_defaults(handler=_checkpoints_list)
     show = cp_sub.add_parser("show", help="one checkpoint's manifest (the newest by default)", parents=[flags])
     show.add_argument("uri", metavar="NAME|URI", help=where)
-    show.add_argument("id", nargs="?", help="checkpoint id, as `list` prints it")
+    show.add_argument("id", nargs="?", type=_checkpoint_id, help="checkpoint id, as `list` prints it")
     show.set_defaults(handler=_checkpoints_show)
     download = cp_sub.add_parser("download", help="download and verify a checkpoint into a directory", parents=[flags])
     download.add_argument("uri", metavar="NAME|URI", help=where)
@@ -201,6 +218,16 @@ def _where(args: argparse.Namespace) -> str:
     return str(uri)
 
 
+def _checkpoint_id(text: str) -> str:
+    """argparse `type=`: a checkpoint id as `list` prints it, checked with the SDK's own parser
+    (anything else would be joined into a storage key: `../x` reached outside the store)."""
+    if parse_id(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a checkpoint id: give one as `spotrun checkpoints list` prints it (such as 000001-000003)"
+        )
+    return text
+
+
 def _reader(args: argparse.Namespace) -> Checkpoint:
     return Checkpoint(open_storage(_where(args), read_only=True))
 
@@ -245,7 +272,13 @@ def _checkpoints_show(args: argparse.Namespace, extra: list[str]) -> int:
         data = checkpoint.storage.get(manifest_key(cid))
     except SpotrunError as err:
         raise ConfigError(f"no checkpoint {cid!r} in {args.uri}: {err}") from None
-    print(json.dumps(_abbreviated(json.loads(data)), indent=2))
+    try:
+        manifest = json.loads(data)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:  # a JSONDecodeError or UnicodeDecodeError too
+        raise CorruptCheckpointError(f"checkpoint {cid} in {args.uri} has an unreadable manifest: {err}") from None
+    print(json.dumps(_abbreviated(manifest), indent=2))
     return 0
 
 
@@ -266,7 +299,7 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
         ranks = range(latest.ranks) if args.rank is None else [args.rank]
         if args.rank is not None and not 0 <= args.rank < latest.ranks:
             raise ConfigError(f"--rank {args.rank}: checkpoint {latest.id} has ranks 0..{latest.ranks - 1}")
-        with _new_directory(args.dir):
+        with _new_directory(args.dir), _writing_into(args.dir):
             for rank in ranks:
                 target = args.dir if args.rank is not None else args.dir / f"rank-{rank}"
                 target.mkdir(exist_ok=True)
@@ -278,7 +311,7 @@ def _checkpoints_download(args: argparse.Namespace, extra: list[str]) -> int:
     if latest is None:
         print(_none_in(args, reader), file=sys.stderr)
         return 1
-    with _new_directory(args.dir):
+    with _new_directory(args.dir), _writing_into(args.dir):
         restored = reader.restore(args.dir)
     if restored is None:  # every checkpoint is corrupt: restore logged which, and why
         print(f"no intact checkpoint in {args.uri}", file=sys.stderr)
@@ -294,6 +327,19 @@ def _make_directory(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot create {path}: {err.strerror}; give a directory you can write") from None
+
+
+@contextlib.contextmanager
+def _writing_into(path: Path) -> Iterator[None]:
+    """An OS error on a file under `path`, the directory a download writes into, as a ConfigError
+    naming it (errors reading a local store pass on: they name a file elsewhere)."""
+    try:
+        yield
+    except OSError as err:
+        name = err.filename
+        if not isinstance(name, str | os.PathLike) or not Path(name).absolute().is_relative_to(path.absolute()):
+            raise
+        raise ConfigError(f"cannot write into {path}: {err.strerror or err}; give a directory you can write") from None
 
 
 @contextlib.contextmanager

@@ -148,7 +148,9 @@ _from_env: Context | None = None
 
 def current_context() -> Context:
     """The active task's context: the one `@spotrun.task` set up, else one from the environment
-    the operator gives a pod (SPOTRUN_CHECKPOINT_URI and friends)."""
+    the operator gives a pod (SPOTRUN_CHECKPOINT_URI and friends). The first call that builds one
+    from the environment installs Spotrun's SIGTERM handler, chained to the application's (in the
+    main thread only; docs/sdk.md, Signals)."""
     global _from_env
     active = _active.get()
     if active is not None:

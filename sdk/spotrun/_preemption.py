@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger("spotrun.preemption")
 
 Callback = TypeVar("Callback", bound=Callable[[], object])
+# What signal.getsignal returns: a Python handler, SIG_DFL or SIG_IGN, or None for one set outside Python.
+Handler = Callable[[int, FrameType | None], Any] | int | None
 
 # The signal the notice watcher sends the main thread so that on_preemption callbacks run there at a
 # notice, as they do at SIGTERM. A task must not use it for anything else. Pods run Linux; the
@@ -54,6 +56,7 @@ _terminated = False  # SIGTERM arrived: its grace period is the truth from then 
 _notice_delivered = False  # the callbacks ran (or run now) for the notice
 _callbacks: list[Callable[[], object]] = []
 _polled = False  # the task asked preempted(): it stops by itself, so SIGTERM does not end it
+_previous: dict[int, Handler] = {}  # the handler each signal had before Spotrun's: chained to
 
 
 def grace_seconds() -> float:
@@ -117,23 +120,46 @@ def _parse(raw: bytes) -> Notice:
 def install() -> None:
     """Installs the SIGTERM handler once, and with SPOTRUN_NOTICE_FILE the notice watcher (the
     `spotrun-notice` thread) and NOTICE_SIGNAL's handler; only the main thread can, elsewhere this
-    does nothing."""
+    does nothing. Each handler chains to the one it replaces (see `_on_sigterm`)."""
     global _installed
     with _lock:
         if _installed or threading.current_thread() is not threading.main_thread():
             return
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _take(signal.SIGTERM, _on_sigterm, "SIGTERM")
         path = notice_file()
         if path is not None:
-            signal.signal(NOTICE_SIGNAL, _on_notice_signal)
+            _take(NOTICE_SIGNAL, _on_notice_signal, "NOTICE_SIGNAL")
             threading.Thread(target=_watch, args=(path, poll_seconds()), name="spotrun-notice", daemon=True).start()
         _installed = True
+
+
+def _take(signum: int, handler: Callable[[int, FrameType | None], None], name: str) -> None:
+    # Recorded before our handler is in place: a signal may run it as soon as signal.signal returns.
+    previous: Handler = signal.getsignal(signum)
+    if previous is None:
+        log.warning(
+            "Replaced a %s handler installed outside Python: Spotrun cannot call it, so it no longer runs", name
+        )
+    if previous is _on_sigterm or previous is _on_notice_signal:
+        previous = signal.SIG_DFL  # ours already (the module state was reset): chaining would recurse
+    _previous[signum] = previous
+    signal.signal(signum, handler)
+
+
+def _chain(signum: int, frame: FrameType | None) -> bool:
+    """Calls the Python handler the signal had before Spotrun's, if it had one; True when it did.
+    Whatever that handler raises (SystemExit, KeyboardInterrupt) goes on, as it would without Spotrun."""
+    previous = _previous.get(signum)
+    if not callable(previous):
+        return False
+    previous(signum, frame)
+    return True
 
 
 def preempted() -> bool:
     """True once an interruption notice came or the pod got SIGTERM (preemption, eviction,
     deletion). Asking marks the task as one that stops by itself: SIGTERM then no longer ends the
-    process, the task does."""
+    process, the task does (unless on_preemption callbacks are registered)."""
     global _polled
     install()
     _polled = True
@@ -164,9 +190,11 @@ def notice() -> Notice | None:
 def on_preemption(callback: Callback) -> Callback:
     """Registers `callback()` to run, in the main thread and in registration order, for example
     to commit a checkpoint: at an interruption notice, after which the task runs on, and at
-    SIGTERM, after which the process exits with code 143. So a callback may run twice, and the
-    second commit holds the newer state. While the main thread is blocked in a C call, the
-    callbacks run when it returns, for a notice as for SIGTERM. Usable as a decorator."""
+    SIGTERM, after which the process exits with code 143 (unless SIGTERM had a handler of the
+    application's before Spotrun's, which then runs and decides, or was ignored: the process goes
+    on). So a callback may run twice, and the second commit holds the newer state. While the main
+    thread is blocked in a C call, the callbacks run when it returns, for a notice as for SIGTERM.
+    Usable as a decorator."""
     install()
     _callbacks.append(callback)
     return callback
@@ -209,21 +237,30 @@ def _run_callbacks() -> None:
 
 def _on_notice_signal(signum: int, frame: FrameType | None) -> None:
     global _notice_delivered
-    if _notice is None or _notice_delivered or _terminated:
-        return  # not the watcher's, a repeat, or SIGTERM's callbacks ran (or run now) instead
-    _notice_delivered = True
-    _run_callbacks()
+    # Not the watcher's, a repeat, or SIGTERM's callbacks ran (or run now) instead: only the chain.
+    if _notice is not None and not _notice_delivered and not _terminated:
+        _notice_delivered = True
+        _run_callbacks()
+    _chain(signum, frame)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Records the preemption and runs the callbacks (at the first SIGTERM only), then does what
+    SIGTERM did before Spotrun's handler, at every SIGTERM: calls the application's handler, which
+    decides whether the process ends; or, where SIGTERM was ignored, nothing; or, in place of the
+    default action, exits with 143 unless the task stops by itself (it polled preempted() and
+    registered no callbacks)."""
     global _deadline, _terminated
     with _state:
-        if _terminated:
-            return  # a second SIGTERM changes nothing: the grace period already runs
-        _deadline = time.monotonic() + grace_seconds()
-        _terminated = True
-        _preempted.set()
-    log.warning("Received SIGTERM: preempted, %.0fs of grace left", grace_seconds())
-    _run_callbacks()
-    if _callbacks or not _polled:
+        first = not _terminated  # a second SIGTERM changes nothing of ours: the grace period already runs
+        if first:
+            _deadline = time.monotonic() + grace_seconds()
+            _terminated = True
+            _preempted.set()
+    if first:
+        log.warning("Received SIGTERM: preempted, %.0fs of grace left", grace_seconds())
+        _run_callbacks()
+    if _chain(signum, frame) or _previous.get(signum) == signal.SIG_IGN:
+        return
+    if first and (_callbacks or not _polled):
         raise SystemExit(128 + signum)

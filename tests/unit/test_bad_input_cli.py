@@ -54,6 +54,26 @@ def store_with_a_corrupt_checkpoint(tmp: Path) -> None:
     data.write_bytes(os.urandom(data.stat().st_size))  # same size, other bytes: fails its digest
 
 
+def store_with_a_manifest_that_is_no_json(tmp: Path) -> None:
+    store_with_one_checkpoint(tmp)
+    (tmp / "store" / "manifests" / "000001-000002.json").write_text("{not json")
+
+
+def store_with_a_manifest_that_loops(tmp: Path) -> None:
+    """A manifest that is a symlink to itself: an OSError (ELOOP) no check of Spotrun's foresees."""
+    store_with_one_checkpoint(tmp)
+    manifest = tmp / "store" / "manifests" / "000001-000001.json"
+    manifest.unlink()
+    manifest.symlink_to(manifest.name)
+
+
+STORES = {  # a directory named in a case's argv, and what makes the store in it
+    "{tmp}/corrupt": store_with_a_corrupt_checkpoint,
+    "{tmp}/garbled": store_with_a_manifest_that_is_no_json,
+    "{tmp}/looped": store_with_a_manifest_that_loops,
+}
+
+
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +118,21 @@ CASES: dict[str, Case] = {
     ),
     "show an unknown id": Case(["checkpoints", "show", "{store}", "000009-000009"], 2, "no checkpoint '000009-000009'"),
     "show of no checkpoints": Case(["checkpoints", "show", "{tmp}/missing"], 2, "no committed checkpoints in"),
+    "show an id that reaches out of the store": Case(
+        ["checkpoints", "show", "{store}", "../x"], 2, "argument id: '../x' is not a checkpoint id: give one as"
+    ),
+    "show an id of another form": Case(["checkpoints", "show", "{store}", "1-1"], 2, "'1-1' is not a checkpoint id"),
+    "show a manifest that is no json": Case(
+        ["checkpoints", "show", "{tmp}/garbled/store", "000001-000002"],
+        1,
+        "checkpoint 000001-000002 in {tmp}/garbled/store has an unreadable manifest: Expecting",
+    ),
+    "list a store with an os error no check foresaw": Case(
+        ["checkpoints", "list", "{tmp}/looped/store"],
+        1,
+        "spotrun: Too many levels of symbolic links: {tmp}/looped/store/manifests/000001-000001.json "
+        "(SPOTRUN_DEBUG=1 shows the traceback)",
+    ),
     "download under a file": Case(
         ["checkpoints", "download", "{store}", "{tmp}/file/out"], 2, "cannot use {tmp}/file/out: {tmp}/file is a file"
     ),
@@ -183,7 +218,7 @@ CASES: dict[str, Case] = {
 
 
 def _files(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): p.lstat().st_size for p in sorted(root.rglob("*"))}
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -191,8 +226,9 @@ def test_bad_input_gets_one_clear_line_the_right_code_and_leaves_nothing(case: C
     a_file_and_bad_python(tmp_path)
     if any("{store}" in a for a in case.argv):
         store_with_one_checkpoint(tmp_path)
-    if any("{tmp}/corrupt" in a for a in case.argv):
-        store_with_a_corrupt_checkpoint(tmp_path / "corrupt")
+    for where, make in STORES.items():
+        if any(where in a for a in case.argv):
+            make(tmp_path / where.removeprefix("{tmp}/"))
     before = _files(tmp_path)
 
     def fill(text: str) -> str:
@@ -225,3 +261,18 @@ def test_bad_input_gets_one_clear_line_the_right_code_and_leaves_nothing(case: C
         assert len(lines) == 1, run.stderr
         assert says in lines[0], run.stderr
     assert _files(tmp_path) == before  # nothing written, nothing left behind
+
+
+def test_spotrun_debug_shows_the_traceback_of_an_unexpected_error(tmp_path: Path) -> None:
+    store_with_a_manifest_that_loops(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "spotrun", "checkpoints", "list", str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SPOTRUN_DEBUG": "1"},
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert "Traceback" in run.stderr
+    assert "OSError: [Errno 40] Too many levels of symbolic links" in run.stderr

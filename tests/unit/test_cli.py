@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import spotrun
+from spotrun._cli import main
 
 from tests.gang_cases import together
 from tests.integration.helpers import wait_for
@@ -71,6 +76,36 @@ def test_checkpoints_show_of_an_unknown_id_is_a_clear_error(tmp_path: Path) -> N
     shown = spotrun_cli("checkpoints", "show", str(tmp_path), "000009-000009")
     assert shown.returncode == 2
     assert "no checkpoint '000009-000009'" in shown.stderr
+
+
+def test_checkpoints_download_into_a_directory_it_cannot_write_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spotrun.Checkpoint(spotrun.open_storage(str(tmp_path / "store")), attempt=1).write(b"x")
+    target = tmp_path / "read-only"
+    target.mkdir()
+    make_temp = tempfile.mkdtemp
+
+    def refused(*args: Any, **kwargs: Any) -> str:  # as mkdir(2) answers in a directory without write permission
+        where = kwargs.get("dir")
+        if where is not None and Path(where) == target:
+            raise PermissionError(errno.EACCES, "Permission denied", str(target / ".spotrun-restore-x"))
+        return make_temp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)  # root may write anywhere: no chmod would do
+    code = main(["checkpoints", "download", str(tmp_path / "store"), str(target)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == f"spotrun: cannot write into {target}: Permission denied; give a directory you can write\n"
+
+
+def test_a_tasks_own_os_error_keeps_its_traceback(tmp_path: Path) -> None:
+    task = tmp_path / "task.py"
+    task.write_text("def t():\n    open('/nonexistent/input.csv')\n")
+    run = spotrun_cli("run", str(task), "t")
+    assert run.returncode == 1
+    assert "Traceback" in run.stderr
+    assert "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/input.csv'" in run.stderr
 
 
 def test_directory_mode_restores_syncs_changes_and_commits_on_sigterm(tmp_path: Path) -> None:

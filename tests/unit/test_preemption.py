@@ -253,3 +253,152 @@ def test_a_malformed_notice_is_a_notice_of_unknown_reason(tmp_path: Path, text: 
         task.close()
     assert code == 143, err
     assert err.count("Read a malformed interruption notice") == 1
+
+
+# ----- chaining to the application's handlers -------------------------------------------------------
+
+KILL_SELF = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {repo!r})
+    import spotrun
+
+    calls = []
+
+    def terminate_self(expected):
+        os.kill(os.getpid(), signal.SIGTERM)   # a real signal: its handler runs in the main thread
+        deadline = time.monotonic() + 5
+        while len(calls) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+    """
+)
+
+
+def run_script(body: str, tmp_path: Path, **env: str) -> tuple[int, list[str], str]:
+    script = (KILL_SELF + textwrap.dedent(body)).format(repo=str(REPO))
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "SPOTRUN_GRACE_SECONDS": "7", "SPOTRUN_CHECKPOINT_URI": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return run.returncode, run.stdout.splitlines(), run.stderr
+
+
+def test_an_application_sigterm_handler_installed_first_runs_once_per_sigterm_and_decides(tmp_path: Path) -> None:
+    code, out, err = run_script(
+        """
+        def mine(signum, frame):   # a graceful stop of the application's own
+            calls.append(signum)
+
+        signal.signal(signal.SIGTERM, mine)
+        spotrun.current_context()   # installs Spotrun's handler, which chains to mine
+        terminate_self(1)
+        print(f"after one SIGTERM: calls={{len(calls)}} preempted={{spotrun.preempted()}}", flush=True)
+        terminate_self(2)
+        print(f"after two: calls={{len(calls)}}", flush=True)
+        """,
+        tmp_path,
+    )
+    assert code == 0, err  # mine returned: the task goes on, as it would without Spotrun
+    assert out == ["after one SIGTERM: calls=1 preempted=True", "after two: calls=2"], err
+    assert err.count("Received SIGTERM") == 1
+
+
+def test_the_callbacks_run_before_the_application_handler_whose_exit_stands(tmp_path: Path) -> None:
+    code, out, err = run_script(
+        """
+        def mine(signum, frame):
+            print("application handler", flush=True)
+            sys.exit(3)
+
+        signal.signal(signal.SIGTERM, mine)
+
+        @spotrun.on_preemption
+        def save():
+            print(f"callback: preempted={{spotrun.preempted()}}", flush=True)
+
+        terminate_self(1)
+        print("not reached", flush=True)
+        """,
+        tmp_path,
+    )
+    assert code == 3, err
+    assert out == ["callback: preempted=True", "application handler"], err
+
+
+def test_sigterm_ignored_before_spotrun_is_recorded_and_the_process_goes_on(tmp_path: Path) -> None:
+    code, out, err = run_script(
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        spotrun.on_preemption(lambda: calls.append("saved"))   # callbacks would make SIGTERM exit 143
+        terminate_self(1)
+        print(f"going on: calls={{calls}} preempted={{spotrun.preempted()}}", flush=True)
+        """,
+        tmp_path,
+    )
+    assert code == 0, err
+    assert out == ["going on: calls=['saved'] preempted=True"], err
+
+
+def test_a_handler_installed_after_spotrun_replaces_it_and_may_chain_to_it(tmp_path: Path) -> None:
+    code, out, err = run_script(
+        """
+        spotrun.current_context()
+        previous = signal.getsignal(signal.SIGTERM)   # Spotrun's: Python's own rule, the last one wins
+
+        def mine(signum, frame):
+            calls.append(signum)
+            print("mine", flush=True)
+            previous(signum, frame)   # keeps Spotrun's: it records the preemption and exits 143
+
+        signal.signal(signal.SIGTERM, mine)
+        spotrun.current_context()   # does not take SIGTERM back
+        assert signal.getsignal(signal.SIGTERM) is mine
+        terminate_self(1)
+        print("not reached", flush=True)
+        """,
+        tmp_path,
+    )
+    assert code == 143, err
+    assert out == ["mine"], err
+    assert "Received SIGTERM" in err
+
+
+NOTICE_CHAINED = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    import spotrun
+    from spotrun._preemption import NOTICE_SIGNAL
+
+    signal.signal(NOTICE_SIGNAL, lambda signum, frame: print("application handler", flush=True))
+
+    @spotrun.on_preemption   # installs Spotrun's NOTICE_SIGNAL handler over the application's
+    def save():
+        print("callback", flush=True)
+
+    print("ready", flush=True)
+    os.kill(os.getpid(), NOTICE_SIGNAL)   # the application's own use of the signal, before any notice
+    sys.stdin.readline()
+    """
+)
+
+
+def test_an_application_handler_of_the_notice_signal_still_runs(tmp_path: Path) -> None:
+    task = Task(NOTICE_CHAINED, tmp_path, poll="0.05")
+    try:
+        assert task.line() == "ready"
+        assert task.line() == "application handler"  # a delivery not Spotrun's: only the chain runs
+        task.write_notice(notice_json(age=0, seconds=60))
+        assert task.line() == "callback"  # Spotrun's wake-up: the callbacks, then the chain
+        assert task.line() == "application handler"
+        assert task.proc.stdin is not None
+        task.proc.stdin.write("done\n")
+        task.proc.stdin.flush()
+        code, err = task.finish()
+    finally:
+        task.close()
+    assert code == 0, err
