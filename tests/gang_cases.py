@@ -158,9 +158,8 @@ def test_retention_in_a_gang_keeps_the_newest_and_leaves_no_parts(make_storage: 
         together(ranks, lambda r, cp, s=step: cp.write(f"{r}@{s}".encode(), step=s))
     assert keys(make_storage, "manifests/") == ["manifests/000001-000003.json", "manifests/000001-000004.json"]
     assert keys(make_storage, "parts/") == []
-    referenced = {
-        f["key"] for cid in ("000001-000003", "000001-000004") for f in json.loads(make_storage().get(manifest_key(cid)))["files"]
-    }
+    kept = [json.loads(make_storage().get(manifest_key(cid))) for cid in ("000001-000003", "000001-000004")]
+    referenced = {f["key"] for body in kept for f in body["files"]}
     assert set(keys(make_storage, "data/")) == referenced
 
 

@@ -23,11 +23,20 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from spotrun import _argtypes, _cluster_cli, _preemption
-from spotrun._checkpoint import Checkpoint, restore_record
+from spotrun import _restore as restoring
+from spotrun._checkpoint import Checkpoint
 from spotrun._context import Settings
-from spotrun._errors import ConfigError, CorruptCheckpointError, SpotrunError, StorageError, TransientStorageError
+from spotrun._errors import (
+    CheckpointError,
+    ConfigError,
+    CorruptCheckpointError,
+    SpotrunError,
+    StorageError,
+    TransientStorageError,
+)
 from spotrun._manifest import CheckpointInfo, manifest_key, parse_id
 from spotrun._preemption import Notice
+from spotrun._snapshot import ChangedError, Stamp, scan
 from spotrun._storage import LocalStorage, open_storage
 from spotrun._submit import convert
 
@@ -335,11 +344,15 @@ def _writing_into(path: Path) -> Iterator[None]:
     naming it (errors reading a local store pass on: they name a file elsewhere)."""
     try:
         yield
-    except OSError as err:
-        name = err.filename
+    except (OSError, CheckpointError) as err:  # the SDK's restore gives an OSError as a CheckpointError's cause
+        cause = err if isinstance(err, OSError) else err.__cause__
+        name = cause.filename if isinstance(cause, OSError) else None
         if not isinstance(name, str | os.PathLike) or not Path(name).absolute().is_relative_to(path.absolute()):
             raise
-        raise ConfigError(f"cannot write into {path}: {err.strerror or err}; give a directory you can write") from None
+        assert isinstance(cause, OSError)
+        raise ConfigError(
+            f"cannot write into {path}: {cause.strerror or cause}; give a directory you can write"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -407,7 +420,7 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
         if current != last or notice is not None:
             try:
                 info = checkpoint.sync_directory(args.dir)
-            except StorageError as err:
+            except (StorageError, CheckpointError) as err:  # a failed upload, or DIR kept changing
                 if stopping:
                     raise
                 pending = notice
@@ -449,22 +462,25 @@ def _wait_for_tick(stop: threading.Event, interval: float, notice_path: str | No
 
 
 def _holds_latest(checkpoint: Checkpoint, root: Path) -> bool:
-    """Whether `root` is exactly what restore put there: the newest checkpoint's paths and sizes."""
+    """Whether `root` is exactly what restore put there: the newest checkpoint's entries, each
+    provably as restore left it, and nothing else."""
     latest = checkpoint.latest()
-    record = restore_record(root)
-    if latest is None or record is None or record.get("id") != latest.id:
+    if latest is None:
         return False
     manifest = checkpoint._manifest(checkpoint.storage, latest.id)
-    on_disk = {rel: size for rel, (size, _, _) in _snapshot(root).items()}
-    return manifest is not None and on_disk == {f.path: f.size for f in manifest.files}
+    picture = _snapshot(root)
+    if manifest is None or picture is None:
+        return False
+    paths = [f.path for f in manifest.files]
+    record = restoring.read_record(root)
+    return set(picture) == set(paths) and restoring.holds(root, record, latest.uri, latest.id, paths)
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    snapshot = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if rel.startswith(".spotrun-") or path.is_dir():
-            continue
-        info = path.stat()
-        snapshot[rel] = (info.st_size, info.st_mtime_ns, info.st_mode)
-    return snapshot
+def _snapshot(root: Path) -> dict[str, Stamp] | None:
+    """Each file's and link's identity, to tell whether `root` changed since the last commit; None
+    while it changes under the scan (then it counts as changed: the commit takes its own snapshot)."""
+    try:
+        taken = scan(root)
+    except ChangedError:
+        return None
+    return {rel: stamp for rel, _, stamp in taken.files} | {rel: stamp for rel, _, stamp in taken.links}
