@@ -109,6 +109,8 @@ def _delete_checkpoints(taskrun: Obj, runtime: datetime.timedelta) -> None:
     try:
         storage = open_storage(uri)
         storage.delete([key for key, _ in storage.list("")])
+        for key, upload in storage.list_uploads(""):  # parts of uploads cut short, which no listing shows
+            storage.abort_upload(key, upload)
     except SpotrunError as err:
         if runtime < DELETE_TIMEOUT:
             raise kopf.TemporaryError(f"deleting the checkpoints under {uri} failed: {err}", delay=10) from err

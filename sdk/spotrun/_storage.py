@@ -473,15 +473,17 @@ class S3Storage:
         arrived = threading.Condition()
         digest = hashlib.sha256()
         failed: builtins.list[BaseException] = []
+        pin = _Pin()
 
         def fetch(index: int, fd: int) -> None:
             try:
                 start = index * chunk
-                total = self._ranged_get_into(key, start, min(expected, start + chunk) - 1, expected, fd)
+                total = self._ranged_get_into(key, start, min(expected, start + chunk) - 1, expected, fd, pin)
                 with arrived:
                     done[index] = total
                     arrived.notify_all()
             except BaseException as err:
+                pin.set(None)  # no part may wait for ever on a first part that failed
                 with arrived:
                     failed.append(err)
                     arrived.notify_all()
@@ -513,22 +515,35 @@ class S3Storage:
                 pool.shutdown(wait=True, cancel_futures=True)
         return expected, digest.hexdigest()
 
-    def _ranged_get_into(self, key: str, start: int, end: int, expected: int, fd: int) -> int:
+    def _ranged_get_into(self, key: str, start: int, end: int, expected: int, fd: int, pin: _Pin) -> int:
         """Writes bytes start..end of the object at their offsets in `fd`; returns the object's size
-        (Content-Range's total; -1 when the object is shorter than `start`). botocore retries the
-        request; a stream cut mid-body is retried here."""
+        (Content-Range's total; -1 when the object is shorter than `start`, -2 when it was replaced
+        since the first part's answer). Every part after the first asks for the first's ETag
+        (If-Match), so that one download never mixes two versions of an object. botocore retries
+        the request; a stream cut mid-body is retried here."""
+        etag = None if start == 0 else pin.wait()
         for attempt in range(5):
             offset = start
             try:
                 with self._errors("downloading", key):
+                    answer: dict[str, Any] = {}
                     try:
                         answer = self.client.get_object(
-                            Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end}"
+                            Bucket=self.bucket,
+                            Key=self._key(key),
+                            Range=f"bytes={start}-{end}",
+                            **({"IfMatch": etag} if etag else {}),
                         )
                     except ClientError as err:
-                        if str(err.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                        code = str(err.response.get("Error", {}).get("Code", ""))
+                        if code == "InvalidRange":
                             return -1
+                        if code == "PreconditionFailed" and etag:
+                            return -2
                         raise
+                    finally:
+                        if start == 0:
+                            pin.set(answer.get("ETag"))  # also when it failed: the others go on unpinned
                     total = _range_total(answer.get("ContentRange"))
                     if total is not None and total != expected:
                         return total
@@ -626,6 +641,23 @@ def _local(uri: str, root: Path, read_only: bool) -> LocalStorage:
             "(SPOTRUN_CHECKPOINT_URI, or the path you typed)"
         )
     return LocalStorage(root, read_only=read_only)
+
+
+class _Pin:
+    """The ETag of an object as the first part of its download found it, for the other parts to ask for."""
+
+    def __init__(self) -> None:
+        self._set = threading.Event()
+        self._etag: str | None = None
+
+    def set(self, etag: str | None) -> None:
+        if not self._set.is_set():
+            self._etag = etag
+            self._set.set()
+
+    def wait(self) -> str | None:
+        self._set.wait()
+        return self._etag
 
 
 def _range_total(content_range: str | None) -> int | None:

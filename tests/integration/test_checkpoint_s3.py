@@ -12,6 +12,7 @@ from spotrun._storage import AlreadyExistsError, S3Storage
 
 from localcluster.cluster import Cluster
 from tests.gang_cases import *  # noqa: F403 - and a gang's
+from tests.hardening_cases import *  # noqa: F403 - and a hostile writer's, a crashing task's, a second writer's
 from tests.protocol_cases import *  # noqa: F403 - the shared cases are this module's tests
 from tests.protocol_cases import MakeStorage
 
