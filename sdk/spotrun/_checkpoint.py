@@ -165,9 +165,10 @@ class Checkpoint:
             files = manifest.part(self.rank)
             if not files:
                 return None
-            if files[0].link is not None:
+            if len(files) == 1 and files[0].link is not None:
                 raise CheckpointUsageError(
-                    f"read() needs a file, and {manifest.id} in {storage.uri} holds the link {files[0].path}; use restore()"
+                    f"read() needs a file, and {manifest.id} in {storage.uri} holds a link ({files[0].path}); "
+                    "use restore()"
                 )
             if len(files) > 1:
                 raise CheckpointUsageError(
