@@ -211,6 +211,11 @@ def test_two_writers_of_one_attempt_rank_in_commit_order_and_keep_each_others_up
     reader = Checkpoint(make_storage(), attempt=2)
     assert reader.read() == held.data  # whole: the task's sweep left the sidecar's data alone
     assert reader.corrupt == []
+    for n in range(5):  # the task commits on; its retention deletes the sidecar's older ids
+        task.write(f"task {n}".encode())
+    last = sidecar.write(b"sidecar, last")
+    assert last.id == max(info.id for info in Checkpoint(make_storage(), attempt=1).list())
+    assert Checkpoint(make_storage(), attempt=2).read() == b"sidecar, last"
 
 
 def test_a_commit_that_keeps_losing_its_id_raises_commit_conflict(
