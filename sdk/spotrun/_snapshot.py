@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from spotrun._manifest import check_link
+from spotrun._restore import LEGACY_MARKER
 
 log = logging.getLogger("spotrun.checkpoint")
 
@@ -26,7 +27,7 @@ Stamp = tuple[int, int, int, int, int]
 # Timestamps are as coarse as the kernel's tick: a file changed within this of a scan may change
 # again with the same stamp, so it is not trusted as unchanged next time ("racy git").
 RACY_NS = 20_000_000
-SKIPPED_NAMES = frozenset({".spotrun-checkpoint.json"})  # the restore marker of earlier versions
+SKIPPED_NAMES = frozenset({LEGACY_MARKER})  # the restore marker of earlier versions: never saved
 
 
 class ChangedError(Exception):
