@@ -105,14 +105,20 @@ test-real: $(STAMP) build-real torch ## tests/e2e on real nodes with the built i
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
 
-test: $(STAMP) ## The whole suite: lint, unit, integration, e2e, real nodes, kind (demo and e2e). CI runs this.
+# The unit tests (CPU: the protocol model, no cluster) run beside the integration tests (mostly waiting on
+# the local cluster's controllers and timers), each with its output kept together. tests/e2e runs on real
+# nodes (three disruptions) and on kind, not again on process nodes: `make test-e2e` does that alone.
+test: $(STAMP) ## The whole suite: lint, unit beside integration, tests/e2e on real nodes and on kind. CI runs this.
 	$(MAKE) --no-print-directory -j2 torch toolchain
 	$(PY) -m pip check
 	$(MAKE) lint
-	$(PY) -m pytest tests/unit tests/compat tests/integration
-	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m pytest tests/e2e
+	@echo "make test: $$(date -u +%T) unit and integration, side by side"
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-integration
+	@echo "make test: $$(date -u +%T) tests/e2e on real nodes"
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
+	@echo "make test: $$(date -u +%T) the demo and tests/e2e on kind"
 	$(PY) -m tests.kind --e2e
+	@echo "make test: $$(date -u +%T) done"
 
 bench: $(STAMP) up ## Both benchmarks below (about 15 minutes).
 	$(PY) bench/checkpoint_io.py
