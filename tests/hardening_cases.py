@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spotrun import Checkpoint, CheckpointError, CommitConflictError, SpotrunError, _checkpoint, _preemption
+from spotrun import (
+    Checkpoint,
+    CheckpointError,
+    CommitConflictError,
+    SpotrunError,
+    _checkpoint,
+    _preemption,
+    _snapshot,
+)
 from spotrun._manifest import manifest_key
 from spotrun._storage import AlreadyExistsError, LocalStorage, S3Storage, Storage
 
@@ -90,6 +98,26 @@ def _hostile(make_storage: MakeStorage, tmp_path: Path, change: Any) -> None:
     )
     body["digest"] = hashlib.sha256(lines.encode()).hexdigest()
     storage.put(key, json.dumps(body).encode())
+    while _FOREIGN:
+        foreign, data = _FOREIGN.popitem()
+        if isinstance(storage, LocalStorage):
+            path = storage.root / foreign
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        else:
+            assert isinstance(storage, S3Storage)
+            storage.client.put_object(Bucket=storage.bucket, Key=f"{storage.prefix}/{foreign}", Body=data)
+
+
+_FOREIGN: dict[str, bytes] = {}  # key -> bytes a hostile writer put outside data/, to point a manifest at
+
+
+def _point_elsewhere(body: dict[str, Any], key: str) -> None:
+    """Points a.txt at an object outside data/ whose size and sha256 match: only the schema stops it."""
+    entry = body["files"][0]
+    data = b"foreign bytes"
+    entry.update(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    _FOREIGN[key] = data
 
 
 def _set(index: int, field: str, value: Any) -> Any:
@@ -105,11 +133,15 @@ HOSTILE = {
     "a size of the wrong type": _set(0, "size", "4"),
     "a negative size": _set(0, "size", -1),
     "a size beyond any disk": _set(0, "size", 1 << 49),
-    "a key outside data/": _set(0, "key", "manifests/000001-000001.json"),
-    "a key climbing out": _set(0, "key", "data/../../elsewhere"),
+    "a key outside data/": lambda body: _point_elsewhere(body, "elsewhere/a.txt"),
+    "a key climbing out": lambda body: _point_elsewhere(body, "data/../elsewhere/a.txt"),
     "a mode beyond 0o7777": _set(0, "mode", 0o77777),
     "a link leaving the checkpoint": lambda body: body.update(
-        format=4, files=[*body["files"], {"path": "l", "key": "", "size": 0, "sha256": "0" * 64, "link": "../x"}]
+        format=4,
+        files=[
+            *body["files"],
+            {"path": "l", "key": "", "size": 0, "sha256": hashlib.sha256(b"../x").hexdigest(), "link": "../x"},
+        ],
     ),
     "an unknown field": _set(0, "owner", "root"),
     "files that are not a list": lambda body: body.update(files={"a": 1}),
@@ -325,9 +357,21 @@ def test_incremental_sync_uploads_a_same_size_rewrite_within_one_tick(
 def test_a_commit_gives_up_once_the_grace_period_is_over(
     make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_preemption, "deadline", lambda: time.monotonic() - 1)
+    class Taken(FailingStorage):  # every id claimed is taken: the commit keeps retrying
+        def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+            if create_only:
+                raise AlreadyExistsError("taken", key=key)
+            super().put(key, data, create_only=create_only)
+
+    monkeypatch.setattr(_preemption, "deadline", lambda: time.monotonic() - 1)  # SIGTERM came, its grace is over
     with pytest.raises(CheckpointError, match="grace period ran out"):
-        Checkpoint(make_storage(), attempt=1).write(b"too late")
+        Checkpoint(Taken(make_storage(), fail_at=0), attempt=1).write(b"too late")  # type: ignore[arg-type]
+
+
+def test_a_notice_alone_never_stops_commits(make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_preemption, "_deadline", time.monotonic() - 1)  # a reclaim notice's window, over
+    monkeypatch.setattr(_preemption, "_terminated", False)  # and no SIGTERM yet: the task runs on
+    assert Checkpoint(make_storage(), attempt=1).write(b"still saving").sequence == 1
 
 
 def test_data_stays_after_an_ambiguous_manifest_put(make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,14 +426,109 @@ def test_ranged_gets_of_one_object_never_mix_two_versions(
     size = 3 * (8 << 20)
     storage.put("data/obj", b"a" * size)
     real = S3Storage._ranged_get_into
+    swapped = threading.Event()
 
     def swap_after_the_first(self: S3Storage, key: str, start: int, *rest: Any) -> int:
+        if start != 0:
+            assert swapped.wait(30)  # the other parts ask only once the object was replaced
+            return real(self, key, start, *rest)
         total = real(self, key, start, *rest)
-        if start == 0:
-            self.put("data/obj", b"b" * size)  # replaced while the other parts are fetched
+        self.put("data/obj", b"b" * size)
+        swapped.set()
         return total
 
     monkeypatch.setattr(S3Storage, "_ranged_get_into", swap_after_the_first)
     got_size, digest = storage.get_file("data/obj", tmp_path / "obj", size)
     whole = {hashlib.sha256(b"a" * size).hexdigest(), hashlib.sha256(b"b" * size).hexdigest()}
     assert got_size != size or digest in whole  # a mixed download is reported as another object, never hashed
+
+
+# ----- found by review ---------------------------------------------------------------------------------
+
+
+def test_a_gang_rank_whose_directory_changed_stays_in_step(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dirs = [write_tree(tmp_path / f"rank{r}", {"w.bin": bytes([r]) * 100}) for r in range(2)]
+    ranks = gang(make_storage, attempt=1)
+    real_scan = _snapshot.scan
+    changed = {"once": True}
+
+    def scan_that_changes(root: Path) -> _snapshot.Snapshot:
+        taken = real_scan(root)
+        if root == dirs[1] and changed.pop("once", False):
+            (root / "w.bin").write_bytes(b"rewritten during the save")
+        return taken
+
+    monkeypatch.setattr(_snapshot, "scan", scan_that_changes)
+    failed = together(ranks, lambda r, cp: cp.save(dirs[r], step=1))
+    assert all(isinstance(f, CheckpointError) for f in failed)
+    infos = together(ranks, lambda r, cp: cp.save(dirs[r], step=2))
+    assert [i.id for i in infos] == ["000001-000002", "000001-000002"]
+
+
+def test_a_sidecars_incremental_commit_survives_the_tasks_retention(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
+    work = write_tree(tmp_path / "w", {"big.bin": os.urandom(5000), "small": b"1"})
+    settle()
+    task, sidecar = Checkpoint(make_storage(), attempt=1, keep=2), Checkpoint(make_storage(), attempt=1, keep=2)
+    sidecar.sync_directory(work)
+    for n in range(3):  # the task's retention dooms the sidecar's checkpoint
+        task.write(f"task {n}".encode())
+    (work / "small").write_bytes(b"2")
+    settle()
+    sidecar.sync_directory(work)  # big.bin unchanged: it points at the object of its first commit
+    restored = Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "out"))
+    assert restored is not None
+    assert tree(restored) == tree(work)
+
+
+def test_a_rejected_checkpoints_data_stays_after_the_next_attempts_commits(make_storage: MakeStorage) -> None:
+    together(gang(make_storage, attempt=1), lambda r, cp: cp.write(f"old {r}".encode(), step=1))
+    together(gang(make_storage, attempt=1), lambda r, cp: cp.write(f"new {r}".encode(), step=2))
+    body = json.loads(make_storage().get(manifest_key("000001-000002")))
+    rank1 = next(f for f in body["files"] if f["rank"] == 1)
+    make_storage().put(rank1["key"], b"rotten")
+    together(gang(make_storage, attempt=2), lambda r, cp: cp.read())  # rank 1 sets it aside
+    together(gang(make_storage, attempt=3), lambda r, cp: cp.write(f"newer {r}".encode(), step=3))
+    rank0 = next(f for f in body["files"] if f["rank"] == 0)
+    assert make_storage().get(rank0["key"]) == b"new 0"  # kept to be looked at, with its manifest
+
+
+def test_a_checkpoint_too_large_for_the_disk_raises_rather_than_fall_back(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects_only(monkeypatch)
+    Checkpoint(make_storage(), attempt=1).write(b"older")
+    Checkpoint(make_storage(), attempt=1).write(b"x" * 5000)
+    monkeypatch.setattr(_checkpoint.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    with pytest.raises(CheckpointError, match="give the pod more disk"):
+        Checkpoint(make_storage(), attempt=2).restore(empty_dir(tmp_path / "a"))
+    # A manifest that claims more than its objects hold is corrupt instead: HOSTILE's "a size beyond any disk".
+
+
+def test_restore_keeps_a_file_the_task_rewrote_and_replaces_its_own_tree(
+    make_storage: MakeStorage, tmp_path: Path
+) -> None:
+    cp = Checkpoint(make_storage(), attempt=1)
+    cp.save(write_tree(tmp_path / "v1", {"notes.txt": b"1", "a/b": b"1"}))
+    work = empty_dir(tmp_path / "work")
+    Checkpoint(make_storage(), attempt=2).restore(work)
+    (work / "notes.txt").write_bytes(b"the task's own now")
+    cp.save(write_tree(tmp_path / "v2", {"a": b"a file where a directory was"}))
+    Checkpoint(make_storage(), attempt=3).restore(work)
+    assert tree(work) == {"notes.txt": b"the task's own now", "a": b"a file where a directory was"}
+
+
+def test_a_users_file_named_like_the_old_marker_is_kept(make_storage: MakeStorage, tmp_path: Path) -> None:
+    Checkpoint(make_storage(), attempt=1).write(b"x")
+    work = write_tree(tmp_path / "work", {".spotrun-checkpoint.json": b"[1, 2, 3]"})
+    Checkpoint(make_storage(), attempt=2).restore(work)
+    assert (work / ".spotrun-checkpoint.json").read_bytes() == b"[1, 2, 3]"
+
+
+def test_the_sdks_own_metadata_keys_are_refused(make_storage: MakeStorage) -> None:
+    with pytest.raises(CheckpointError, match="'directories' is the SDK's own"):
+        Checkpoint(make_storage(), attempt=1).write(b"x", metadata={"directories": "cfg"})

@@ -317,6 +317,11 @@ class Checkpoint:
                     self._highest = max(self._highest, parsed[1])
             if self._known is not None:
                 self._known.update(ids)
+            if self._highest >= 999_999:
+                raise CheckpointError(
+                    f"attempt {self.attempt} has committed 999999 checkpoints to {self.storage.uri}, as many as an id "
+                    "holds; commit less often"
+                )
             return self._highest + 1
 
     def _data_prefix(self) -> str:
@@ -420,8 +425,9 @@ class Checkpoint:
         except BaseException:
             self._abandon(prefix)
             raise
-        for _ in range(COMMIT_TRIES):
-            _check_grace(f"committing a checkpoint to {self.storage.uri}")
+        for tries in range(COMMIT_TRIES):
+            if tries:
+                _check_grace(f"committing a checkpoint to {self.storage.uri}")
             try:
                 sequence = self._claim()
             except BaseException:
@@ -503,7 +509,9 @@ class Checkpoint:
         its upload (a file rewritten or renamed over while it is saved), the commit is abandoned
         and taken again, SNAPSHOT_TRIES times; then CheckpointUsageError names what kept changing."""
         changed: builtins.list[str] = []
-        for _ in range(SNAPSHOT_TRIES):
+        # A gang's rank does not try again alone: its failed try took one id on every rank, and the
+        # others' saves were refused with it. The next collective save is the next try.
+        for _ in range(1 if self.gang else SNAPSHOT_TRIES):
             try:
                 snapshot = _snapshot.scan(root)
                 return self._commit_snapshot(snapshot, step, metadata, incremental)
@@ -575,11 +583,9 @@ class Checkpoint:
         doomed = sorted(i for i in surplus if (parse_id(i) or (0, 0))[0] <= self.attempt)
         if not doomed and not sweep:
             return
-        referenced: set[str] = set()
-        for cid in kept:
-            manifest = self._manifest(self.storage, cid)
-            if manifest is not None:
-                referenced.update(_data_dir(f.key) for f in manifest.files if f.key)
+        # Data that any manifest still names stays: kept ones, rejected ones, other writers' and later
+        # attempts'. When one cannot be read at all, what it names is unknown, and no data is deleted.
+        referenced = self._referenced(set(known) - set(doomed))
         if doomed:
             manifests = [self._manifest(self.storage, cid) for cid in doomed]
             self.storage.delete([manifest_key(cid) for cid in doomed])  # first: no manifest without its data
@@ -589,7 +595,11 @@ class Checkpoint:
             if self._known is not None:
                 self._known.difference_update(doomed)
             unreferenced = [
-                f.key for m in manifests if m for f in m.files if f.key and _data_dir(f.key) not in referenced
+                f.key
+                for m in manifests
+                if m and referenced is not None
+                for f in m.files
+                if f.key and _data_dir(f.key) not in referenced and self._retirable(_data_dir(f.key))
             ]
             if unreferenced:
                 self.storage.delete(unreferenced)
@@ -599,17 +609,30 @@ class Checkpoint:
                 self.storage.uri,
                 self.keep,
             )
-        if sweep:
-            self._sweep(set(ids) - set(doomed), referenced, newest)
+        if sweep and referenced is not None:
+            self._sweep(referenced, newest)
 
-    def _sweep(self, live_ids: set[str], referenced: set[str], newest: Manifest) -> None:
+    def _referenced(self, ids: set[str]) -> set[str] | None:
+        """The data groups that the manifests of `ids` name; None when one of them is not even JSON
+        with a list of files (then nobody can tell what it names). One that fails the schema still
+        names its keys: a manifest this SDK cannot trust is no reason to delete data."""
+        groups: set[str] = set()
+        for cid in ids:
+            found = self._manifest_or_why(self.storage, cid)
+            if isinstance(found, Manifest):
+                groups.update(_data_dir(f.key) for f in found.files if f.key)
+            elif isinstance(found, str):
+                keys = _keys_named(self.storage, cid)
+                if keys is None:
+                    log.warning("Swept no data in %s: manifest %s names what no one can tell", self.storage.uri, cid)
+                    return None
+                groups.update(_data_dir(key) for key in keys)
+        return groups
+
+    def _sweep(self, referenced: set[str], newest: Manifest) -> None:
         """Deletes data that no manifest references and whose writer has provably abandoned it
         (see `_abandoned`), and the incomplete multipart uploads under it: uploads of writers that
         died before committing. Another live writer's upload in flight is never touched."""
-        for cid in live_ids:
-            manifest = self._manifest(self.storage, cid)
-            if manifest is not None:
-                referenced.update(_data_dir(f.key) for f in manifest.files if f.key)
         newest_order = (newest.attempt, newest.sequence)
         # An earlier attempt's record that it found nothing intact: this attempt has committed since.
         mine = f"{MANIFESTS}{UNRESTORABLE}{self.attempt:06d}.json"
@@ -636,21 +659,36 @@ class Checkpoint:
         if done:
             self.storage.delete(done)
 
-    def _abandoned(self, group: str) -> bool:
-        """Whether the data under `group` (`data/ATTEMPT.WRITER.NONCE/`) is provably abandoned: an
-        earlier attempt's (the operator starts an attempt once the one before has ended; a zombie
-        of it can only add checkpoints that rank below this attempt's), or this object's own while
-        none of its commits is in flight. Another writer's of this attempt (a sidecar's) may be an
-        upload in flight: it waits for the next attempt's sweep. Groups of earlier SDK versions
-        (`data/ATTEMPT-SEQUENCE.NONCE/`) are abandoned once their attempt is over."""
+    def _owner(self, group: str) -> tuple[int, str | None] | None:
+        """(attempt, writer) of a data group `data/ATTEMPT.WRITER.NONCE/`; writer None for the groups
+        of earlier SDK versions (`data/ATTEMPT-SEQUENCE.NONCE/`); None when it is neither."""
         name = group[len(DATA) :].rstrip("/")
         if len(name) < 6 or not name[:6].isdigit():
-            return False
-        attempt = int(name[:6])
-        if attempt != self.attempt:
-            return attempt < self.attempt
+            return None
         parts = name.split(".")
-        return len(parts) == 3 and parts[1] == self._writer and self._in_flight <= 1
+        return int(name[:6]), (parts[1] if len(parts) == 3 and name[6:7] == "." else None)
+
+    def _retirable(self, group: str) -> bool:
+        """Whether retention may delete a doomed checkpoint's data in `group`: an earlier attempt's, or
+        this writer's own. Another writer of this attempt (a sidecar) may still point its next
+        incremental commit at its objects: they wait for the next attempt's sweep. In a gang, rank 0
+        retires every rank's."""
+        owner = self._owner(group)
+        if owner is None or owner[0] > self.attempt:
+            return False
+        # A gang's commits are collective: no rank's last commit is ever doomed while it can reuse it.
+        return owner[0] < self.attempt or self.gang is not None or owner[1] == self._writer
+
+    def _abandoned(self, group: str) -> bool:
+        """Whether the unreferenced data under `group` is provably abandoned: an earlier attempt's (the
+        operator starts an attempt once the one before has ended; a zombie of it can only add
+        checkpoints that rank below this attempt's), or this writer's own while none of its commits is
+        in flight. Another writer's of this attempt (a sidecar's) may be an upload in flight: it waits
+        for the next attempt's sweep."""
+        owner = self._owner(group)
+        if owner is None:
+            return False
+        return owner[0] < self.attempt or (owner == (self.attempt, self._writer) and self._in_flight <= 1)
 
     # ----- reading ----------------------------------------------------------------------------------
 
@@ -892,15 +930,13 @@ class Checkpoint:
         self._check_ranks(storage, manifest)
         files = manifest.part(self.rank)
         where = f"checkpoint {manifest.id} in {storage.uri}{self._of_rank()}"
-        needed = sum(f.size for f in files if f.inline is None)
-        free = shutil.disk_usage(target).free
-        if needed > free:
-            raise CorruptCheckpointError(
-                f"{where} needs {needed} bytes, and {target} has {free} free: it cannot be restored here"
-            )
+        self._check_room(storage, manifest, target, where)
         directories = manifest.metadata.get("directories", [])
         if manifest.ranks > 1:
             directories = (manifest.metadata.get("rankDirectories") or {}).get(str(self.rank), [])
+        for stale in target.glob(".spotrun-restore-*"):  # of a restore killed midway
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=".spotrun-restore-", dir=target))
         try:
             _transfer.download_files(storage, files, staging, where, self.concurrency)
@@ -911,14 +947,57 @@ class Checkpoint:
             )
             self._records[str(target.resolve())] = record
             _restore.write_record(target, record)
+            # A rewrite within the filesystem's timestamp tick of the placing could keep the identity
+            # just recorded: the task gets the files only once the tick is over.
+            time.sleep(_snapshot.RACY_NS / 1e9)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_room(self, storage: Storage, manifest: Manifest, target: Path, where: str) -> None:
+        """Refuses a restore that cannot fit the target's disk (counting what the last restore put
+        there as freed). A manifest that claims more than its objects hold is corrupt; one whose
+        objects are that large raises CheckpointError: falling back would resume from older work,
+        and let retention delete the newer checkpoints later."""
+        files = manifest.part(self.rank)
+        needed = sum(f.size for f in files if f.inline is None)
+        previous = self._record(target)
+        freed = 0
+        for rel in previous.paths if previous else ():
+            with contextlib.suppress(OSError):
+                freed += os.lstat(target / rel).st_size
+        free = shutil.disk_usage(target).free
+        if needed - freed <= free:
+            return
+        stored = {
+            key: size for group in {_data_dir(f.key) for f in files if f.key} for key, size in storage.list(group)
+        }
+        if any(f.key and stored.get(f.key) != f.size for f in files):
+            raise CorruptCheckpointError(f"{where}: its manifest claims sizes that its objects do not have")
+        raise CheckpointError(
+            f"{where} needs {needed - freed} bytes more on {target}, which has {free} free; give the pod more "
+            "disk (ephemeral-storage, or a larger volume), or restore into a directory on a larger one"
+        )
 
     def _private_dir(self) -> Path:
         if self._default_dir is None:
             self._default_dir = Path(tempfile.mkdtemp(prefix="spotrun-restore-"))
             weakref.finalize(self, shutil.rmtree, str(self._default_dir), True)
         return self._default_dir
+
+
+def _keys_named(storage: Storage, cid: str) -> builtins.list[str] | None:
+    """The keys a manifest that failed the schema names, read leniently; None when it is not JSON
+    with a list of files."""
+    try:
+        body = json.loads(storage.get(manifest_key(cid)))
+    except NotFoundError:
+        return []
+    except (ValueError, RecursionError, StorageError):
+        return None
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, builtins.list):
+        return None
+    return [f["key"] for f in files if isinstance(f, dict) and isinstance(f.get("key"), str) and f["key"]]
 
 
 def _data_dir(key: str) -> str:
@@ -944,8 +1023,8 @@ def _attempt_from_env() -> int:
 
 
 def _check_grace(what: str) -> None:
-    """Raises CheckpointError once the pod's grace period (after SIGTERM) or notice has run out:
-    retrying past it only loses the commit to SIGKILL in the middle, and hides why."""
+    """Raises CheckpointError once the pod's grace period after SIGTERM has run out: retrying past
+    it only loses the commit to SIGKILL in the middle, and hides why."""
     deadline = _preemption.deadline()
     if deadline is not None and time.monotonic() >= deadline:
         raise CheckpointError(f"gave up {what}: the pod's grace period ran out")
@@ -972,6 +1051,9 @@ def _check_arguments(
         raise CheckpointUsageError(f"if_corrupt must be one of {', '.join(IF_CORRUPT)}, not {if_corrupt!r}")
 
 
+RESERVED_METADATA = ("directories", "rankDirectories")  # the SDK's own, in every manifest's metadata
+
+
 def _check_commit_arguments(step: Any, metadata: Any) -> None:
     if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
         raise CheckpointInputError(f"step must be an int or None, not {type(step).__name__}")
@@ -979,6 +1061,12 @@ def _check_commit_arguments(step: Any, metadata: Any) -> None:
         return
     if not isinstance(metadata, dict):
         raise CheckpointInputError(f"metadata must be a dict of JSON values, not {type(metadata).__name__}")
+    reserved = [key for key in RESERVED_METADATA if key in metadata]
+    if reserved:
+        raise CheckpointUsageError(
+            f"metadata key {reserved[0]!r} is the SDK's own (it lists a directory checkpoint's empty "
+            "directories); name yours otherwise"
+        )
     try:
         json.dumps(metadata)
     except (TypeError, ValueError) as err:

@@ -220,7 +220,7 @@ def _schema_checked(cls: type[Manifest], body: Any) -> Manifest:
     manifest = cls(
         id=_str(body.get("id"), "id"),
         attempt=_int(body.get("attempt"), "attempt", 1, 999_999),
-        sequence=_int(body.get("sequence"), "sequence", 1, 999_999_999),
+        sequence=_int(body.get("sequence"), "sequence", 1, 999_999),  # six digits: key order is id order
         kind=kind,
         files=files,
         time=time,
@@ -301,7 +301,13 @@ def check_link(path: str, target: str) -> None:
 
 
 def _directories(metadata: dict[str, Any], rank: int, ranks: int) -> list[str]:
-    raw = metadata.get("directories", []) if ranks == 1 else (metadata.get("rankDirectories") or {}).get(str(rank), [])
+    if ranks == 1:
+        raw = metadata.get("directories", [])
+    else:
+        by_rank = metadata.get("rankDirectories") or {}
+        if not isinstance(by_rank, dict):
+            raise ValueError("the manifest's rankDirectories must be an object")
+        raw = by_rank.get(str(rank), [])
     if not isinstance(raw, list):
         raise ValueError("the manifest's directories must be a list")
     return [checked_path(d, "a directory") for d in raw]

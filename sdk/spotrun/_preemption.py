@@ -176,9 +176,10 @@ def seconds_left() -> float:
 
 
 def deadline() -> float | None:
-    """The time.monotonic() by which the task must have stopped, once a notice or SIGTERM set one;
-    None before. Unlike seconds_left() it installs nothing: the checkpoint code bounds its retries by it."""
-    return _deadline
+    """After SIGTERM, the time.monotonic() by which the process must have stopped (the kubelet's
+    SIGKILL comes then); None before, a notice alone included (a reclaimed task runs on until its
+    SIGTERM). Unlike seconds_left() it installs nothing: the checkpoint code bounds its retries by it."""
+    return _deadline if _terminated else None
 
 
 def notice() -> Notice | None:

@@ -7,9 +7,12 @@ anything else, and never writes or deletes through a symbolic link it did not cr
 
 What a restore put into a directory is recorded on the directory itself (an extended attribute,
 so nothing of Spotrun's sits among the user's files): the checkpoint, its paths, the directories it
-created, and a proof, a digest of each path's identity (inode, size, mtime and ctime, as lstat gives
-them) as restore left it. Restoring the same checkpoint again is skipped only while the proof holds:
-a file rewritten in place, even to the same size and mtime, has another ctime.
+created, and each path's identity (inode, size, mtime and ctime, as lstat gives them) as restore
+left it. Restoring the same checkpoint again is skipped only while every identity holds: a file
+rewritten in place, even to the same size and mtime, has another ctime. A file of the last restore
+that the next checkpoint lacks is removed only while its identity holds, too: rewritten, it is
+the task's. Restore returns only once the filesystem's timestamp tick has passed, so that a rewrite
+right after it cannot keep the identity restore recorded.
 """
 
 from __future__ import annotations
@@ -43,10 +46,19 @@ class Record:
     id: str
     paths: tuple[str, ...]  # the checkpoint's files and links, as restore placed them
     dirs: tuple[str, ...]  # directories restore created (it removes them again once empty and unneeded)
-    proof: str  # see `proof`
+    stamps: tuple[str, ...]  # each path's identity as restore left it (see `stamp`), in `paths` order
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "id": self.id, "paths": list(self.paths), "dirs": list(self.dirs), "proof": self.proof}
+        return {
+            "uri": self.uri,
+            "id": self.id,
+            "paths": list(self.paths),
+            "dirs": list(self.dirs),
+            "stamps": list(self.stamps),
+        }
+
+    def placed(self) -> dict[str, str]:
+        return dict(zip(self.paths, self.stamps, strict=True))
 
 
 def read_record(target: Path) -> Record | None:
@@ -63,9 +75,9 @@ def read_record(target: Path) -> Record | None:
             id=str(body["id"]),
             paths=tuple(str(p) for p in body["paths"]),
             dirs=tuple(str(d) for d in body["dirs"]),
-            proof=str(body["proof"]),
+            stamps=tuple(str(d) for d in body["stamps"]),
         )
-        if all(_normal(p) for p in (*record.paths, *record.dirs)):
+        if len(record.stamps) == len(record.paths) and all(_normal(p) for p in (*record.paths, *record.dirs)):
             return record
     return None
 
@@ -89,31 +101,25 @@ def write_record(target: Path, record: Record | None) -> None:
             os.removexattr(target, RECORD_XATTR)  # a stale record must not outlive this restore
 
 
-def proof(target: Path, paths: Iterable[str]) -> str | None:
-    """A digest of each path's identity under `target` as lstat sees it; None when one is missing
-    or lies beneath something other than a plain directory."""
-    digest = hashlib.sha256()
-    for rel in sorted(paths):
-        if not _under_plain_dirs(target, rel):
-            return None
-        try:
-            info = os.lstat(target / rel)
-        except OSError:
-            return None
-        fields = (info.st_mode, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        digest.update(f"{rel}\0{fields}\n".encode())
-    return digest.hexdigest()
+def stamp(target: Path, rel: str) -> str:
+    """A path's identity under `target` as lstat sees it (mode, device, inode, size, mtime, ctime),
+    as 16 hex digits; "" when it is missing or lies beneath anything but plain directories."""
+    if not _under_plain_dirs(target, rel):
+        return ""
+    try:
+        info = os.lstat(target / rel)
+    except OSError:
+        return ""
+    fields = (info.st_mode, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
 
 
 def holds(target: Path, record: Record | None, uri: str, cid: str, paths: Iterable[str]) -> bool:
-    """Whether `target` provably still holds checkpoint `cid` of `uri` as restore left it."""
-    wanted = tuple(sorted(paths))
-    return (
-        record is not None
-        and (record.uri, record.id) == (uri, cid)
-        and tuple(sorted(record.paths)) == wanted
-        and proof(target, wanted) == record.proof
-    )
+    """Whether `target` provably still holds checkpoint `cid` of `uri` as restore left it: every path
+    of it with the identity restore recorded."""
+    if record is None or (record.uri, record.id) != (uri, cid) or set(record.paths) != set(paths):
+        return False
+    return all(recorded and stamp(target, rel) == recorded for rel, recorded in record.placed().items())
 
 
 def place(
@@ -127,25 +133,29 @@ def place(
 ) -> Record:
     """Moves the verified entries at `paths` (files and links) from `staging` into `target`,
     creates `directories`, and removes what `previous` put there that this checkpoint does not
-    have. Nothing is moved until every path is known to be placeable: a user's file or directory
-    in the way raises CheckpointError, naming it, with the target unchanged."""
+    have, if it is still as restore left it (a path the task rewrote since is the task's now).
+    Nothing is moved until every path is known to be placeable: a user's file or directory in the
+    way raises CheckpointError, naming it, with the target unchanged."""
     paths, directories = sorted(paths), sorted(directories)
-    ours = set(previous.paths) if previous else set()
+    placed = previous.placed() if previous else {}
     ours_dirs = set(previous.dirs) if previous else set()
+    removable = {rel for rel, recorded in placed.items() if rel not in paths and stamp(target, rel) == recorded}
+    ours = set(placed)
     needed = {"/".join(p.split("/")[:i]) for p in [*paths, *directories] for i in range(1, p.count("/") + 1)}
     needed.update(directories)
     for rel in paths:
-        _check_placeable(target, rel, ours, leaf=True)
+        _check_placeable(target, rel, ours, removable, ours_dirs, leaf=True)
     for rel in sorted(needed):
-        _check_placeable(target, rel, ours, leaf=False)
-    with contextlib.suppress(FileNotFoundError):
-        (target / LEGACY_MARKER).unlink()
-    for rel in sorted(ours - set(paths), reverse=True):  # what the last restore left and this one has not
-        if rel not in needed and _under_plain_dirs(target, rel):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                if not stat.S_ISDIR(os.lstat(target / rel).st_mode):
-                    (target / rel).unlink()
+        _check_placeable(target, rel, ours, removable, ours_dirs, leaf=False)
+    _remove_legacy_marker(target)
+    for rel in sorted(removable, reverse=True):  # the last restore's, unchanged, and not in this checkpoint
+        with contextlib.suppress(FileNotFoundError):
+            (target / rel).unlink()
     created = {d for d in ours_dirs if _is_plain_dir(target / d)}
+    for rel in sorted(created - needed, key=lambda d: -d.count("/")):  # the last restore's, now unneeded
+        with contextlib.suppress(OSError):
+            (target / rel).rmdir()  # only when empty: a user's file there keeps it
+    created = {d for d in created if _is_plain_dir(target / d)}
     for rel in sorted(needed):
         path = target / rel
         if not _is_plain_dir(path):
@@ -155,18 +165,25 @@ def place(
             created.add(rel)
     for rel in paths:
         path = target / rel
-        with contextlib.suppress(FileNotFoundError):
-            if _is_plain_dir(path):
-                path.rmdir()  # empty (checked above)
+        if _is_plain_dir(path):
+            path.rmdir()  # empty by now (checked above)
         os.replace(staging / rel, path)
-    for rel in sorted(created - needed, key=lambda d: -d.count("/")):  # the last restore's, now unneeded
-        with contextlib.suppress(OSError):
-            (target / rel).rmdir()  # only when empty: a user's file there keeps it
-    kept = tuple(sorted(d for d in created if _is_plain_dir(target / d)))
-    return Record(uri=uri, id=cid, paths=tuple(paths), dirs=kept, proof=proof(target, paths) or "")
+    stamps = tuple(stamp(target, rel) for rel in paths)
+    return Record(uri=uri, id=cid, paths=tuple(paths), dirs=tuple(sorted(created)), stamps=stamps)
 
 
-def _check_placeable(target: Path, rel: str, ours: set[str], *, leaf: bool) -> None:
+def _remove_legacy_marker(target: Path) -> None:
+    """The record file earlier versions wrote among the user's files: removed when it is one."""
+    marker = target / LEGACY_MARKER
+    with contextlib.suppress(OSError, ValueError):
+        body = json.loads(marker.read_bytes()) if marker.is_file() and not marker.is_symlink() else None
+        if isinstance(body, dict) and {"uri", "id"} <= set(body):
+            marker.unlink()
+
+
+def _check_placeable(
+    target: Path, rel: str, ours: set[str], removable: set[str], ours_dirs: set[str], *, leaf: bool
+) -> None:
     """Raises CheckpointError when `rel` cannot be placed without touching what is not ours."""
     if not _under_plain_dirs(target, rel, ours):
         raise CheckpointError(
@@ -176,12 +193,10 @@ def _check_placeable(target: Path, rel: str, ours: set[str], *, leaf: bool) -> N
     path = target / rel
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:  # beneath a file of ours, which goes first
+    except (FileNotFoundError, NotADirectoryError):  # missing, or beneath a file of ours, which goes first
         return
     if stat.S_ISDIR(info.st_mode):
-        if leaf and any(path.iterdir()):
+        if leaf and any(path.iterdir()) and not _holds_only(target, rel, removable, ours_dirs):
             raise CheckpointError(
                 f"cannot restore {rel} into {target}: a directory is there, and not empty; move it away, or "
                 "restore into another directory"
@@ -192,6 +207,20 @@ def _check_placeable(target: Path, rel: str, ours: set[str], *, leaf: bool) -> N
             f"cannot restore into {target}: the checkpoint needs a directory at {rel}, and a file or link is "
             "there that the last restore did not put there; move it away, or restore into another directory"
         )
+
+
+def _holds_only(target: Path, rel: str, removable: set[str], ours_dirs: set[str]) -> bool:
+    """Whether the directory `rel` holds nothing but what the last restore made and this one removes."""
+    for dirpath, dirnames, filenames in os.walk(target / rel):
+        here = Path(dirpath).relative_to(target).as_posix()
+        if here != rel and here not in ours_dirs:
+            return False
+        if any(f"{here}/{name}" not in removable for name in filenames):
+            return False
+        links = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
+        if any(f"{here}/{name}" not in removable for name in links):
+            return False
+    return rel in ours_dirs
 
 
 def _under_plain_dirs(target: Path, rel: str, ours: set[str] | None = None) -> bool:

@@ -88,7 +88,8 @@ def scan(root: Path) -> Snapshot:
         names = sorted(n for n in filenames if n not in SKIPPED_NAMES)
         # os.walk lists a link to a directory among the directories, and does not descend into it.
         link_dirs = [d for d in dirnames if (here / d).is_symlink()]
-        dirnames[:] = [d for d in dirnames if d not in link_dirs and not d.startswith(".spotrun-")]
+        # A restore's staging directory (at the top) is Spotrun's; the user's `.spotrun-*` deeper down are theirs.
+        dirnames[:] = [d for d in dirnames if d not in link_dirs and not (here == root and d.startswith(".spotrun-"))]
         kept = 0
         for name in sorted(names + link_dirs):
             path = here / name
