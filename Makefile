@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-mutations test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -89,6 +89,9 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 
 test-unit: $(STAMP) ## Unit tests and flytekit's own checkpoint tests (tests/compat): no cluster, seconds.
 	$(PY) -m pytest tests/unit tests/compat
+
+test-mutations: $(STAMP) ## Revert each checkpoint-protocol fix in turn: its tests must fail (about 2 minutes).
+	$(PY) -m tests.mutations
 
 test-integration: $(STAMP) build ## Integration tests against the local cluster (started by the tests).
 	$(PY) -m pytest tests/integration

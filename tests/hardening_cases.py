@@ -369,9 +369,17 @@ def test_a_commit_gives_up_once_the_grace_period_is_over(
 
 
 def test_a_notice_alone_never_stops_commits(make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    class TakenOnce(FailingStorage):  # the first id claimed is taken: the commit needs a second try
+        def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+            if create_only and not getattr(self, "taken", False):
+                self.taken = True
+                raise AlreadyExistsError("taken", key=key)
+            super().put(key, data, create_only=create_only)
+
     monkeypatch.setattr(_preemption, "_deadline", time.monotonic() - 1)  # a reclaim notice's window, over
     monkeypatch.setattr(_preemption, "_terminated", False)  # and no SIGTERM yet: the task runs on
-    assert Checkpoint(make_storage(), attempt=1).write(b"still saving").sequence == 1
+    storage = TakenOnce(make_storage(), fail_at=0)
+    assert Checkpoint(storage, attempt=1).write(b"still saving").sequence == 1  # type: ignore[arg-type]
 
 
 def test_data_stays_after_an_ambiguous_manifest_put(make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch) -> None:
