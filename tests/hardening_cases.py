@@ -281,11 +281,16 @@ def _begin_upload(storage: Storage, key: str) -> None:
         (path.parent / ".tmp-cut-short").write_bytes(b"x" * 100)
 
 
-def test_the_sweep_aborts_incomplete_uploads_of_earlier_attempts(make_storage: MakeStorage) -> None:
+def test_the_sweep_aborts_incomplete_uploads_of_earlier_attempts(
+    make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = make_storage()
     _begin_upload(storage, "data/000001.deadbeef.000000000000/model.pt")
     assert len(storage.list_uploads("data/")) == 1
     Checkpoint(make_storage(), attempt=2).write(b"fresh")  # the first commit sweeps
+    assert len(storage.list_uploads("data/")) == 1  # a zombie of attempt 1 may still be uploading it
+    monkeypatch.setattr(_checkpoint, "ABANDONED_AFTER", -1.0)  # untouched for long enough
+    Checkpoint(make_storage(), attempt=2).write(b"fresh")
     assert storage.list_uploads("data/") == []
 
 
@@ -379,7 +384,7 @@ def test_a_notice_alone_never_stops_commits(make_storage: MakeStorage, monkeypat
     monkeypatch.setattr(_preemption, "_deadline", time.monotonic() - 1)  # a reclaim notice's window, over
     monkeypatch.setattr(_preemption, "_terminated", False)  # and no SIGTERM yet: the task runs on
     storage = TakenOnce(make_storage(), fail_at=0)
-    assert Checkpoint(storage, attempt=1).write(b"still saving").sequence == 1  # type: ignore[arg-type]
+    assert Checkpoint(storage, attempt=1).write(b"still saving").sequence == 2  # type: ignore[arg-type]
 
 
 def test_data_stays_after_an_ambiguous_manifest_put(make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -83,7 +83,7 @@ M = [
         "gang gives its id back",
         "sdk/spotrun/_checkpoint.py",
         "            self._abandon(prefix)\n            # Said where",
-        "            self._abandon(prefix)\n            self._next -= 1\n            # Said where",
+        "            self._abandon(prefix)\n            self._calls -= 1\n            # Said where",
         "stays_in_step",
     ),
     (
@@ -110,9 +110,16 @@ M = [
     (
         "sweep deletes any older group",
         "sdk/spotrun/_checkpoint.py",
-        "        return owner[0] < self.attempt or (owner == (self.attempt, self._writer) and self._in_flight <= 1)",
-        "        return owner[0] <= self.attempt",
+        "        if owner == (self.attempt, self._writer):\n            return self._in_flight <= 1\n        if owner[0] >= self.attempt:\n            return False",
+        "        if owner[0] <= self.attempt:\n            return True",
         "two_writers",
+    ),
+    (
+        "a zombie's fresh upload swept",
+        "sdk/spotrun/_checkpoint.py",
+        "        return written is None or time.time() - written > ABANDONED_AFTER",
+        "        return True",
+        "incomplete_uploads",
     ),
     (
         "no multipart abort",

@@ -122,6 +122,10 @@ class FailingStorage:
         self._tick("delete")
         self.inner.delete(keys)
 
+    def newest(self, prefix: str) -> float | None:
+        self._tick("newest")
+        return self.inner.newest(prefix)
+
     def list_uploads(self, prefix: str) -> list[tuple[str, str]]:
         self._tick("list_uploads")
         return self.inner.list_uploads(prefix)

@@ -64,6 +64,11 @@ BYTES_NAME = "checkpoint.bin"
 COMMIT_TRIES = 20
 SNAPSHOT_TRIES = 3  # scans of a directory that keeps changing while it is saved, before giving up
 SWEEP_EVERY = 20  # commits between sweeps for data that no manifest references
+# An earlier attempt's data is swept only once untouched this long: a zombie of that attempt (a pod on
+# a partitioned node) may still be uploading it, and then commit; an upload stalled longer than this
+# between its last object and its manifest is one whose writer is gone. Its checkpoint would rank below
+# this attempt's anyway; the wait keeps it whole.
+ABANDONED_AFTER = 3600.0
 
 
 class Checkpoint:
@@ -121,7 +126,8 @@ class Checkpoint:
         # Reentrant: an on_preemption callback may commit while the main thread is inside a commit.
         self._lock = threading.RLock()
         self._in_flight = 0  # commits under way in this process (one may run inside another)
-        self._next: int | None = None  # a gang's next sequence: every collective call takes one, on every rank
+        self._base: int | None = None  # a gang's highest committed id of this attempt when it started
+        self._calls = 0  # a gang's collective commit calls so far: each takes an id (see `_gang_sequence`)
         self._highest = 0  # the highest sequence of this attempt this object has seen committed
         self._writer = new_nonce()[:8]  # names this object's uploads: a sweep deletes only its own in this attempt
         self._manifests: dict[tuple[str, str], Manifest] = {}  # manifests are immutable: cached by (uri, id)
@@ -293,16 +299,18 @@ class Checkpoint:
     # ----- commit --------------------------------------------------------------------------------
 
     def _gang_sequence(self) -> int:
-        """A gang's next id. Every collective call takes one on every rank, committed or not, so
-        that the ranks' ids never drift apart: a rank whose upload failed stays in step."""
+        """A gang's next id: this attempt's highest committed id when the rank started (listed once)
+        plus the number of collective calls so far. Every call takes one on every rank, committed or
+        not, and even when the listing fails, so that the ranks' ids never drift apart."""
         with self._lock:
-            if self._next is None:
-                # Committed ids only: a rank's first id is taken before it writes its part, so the
-                # gang cannot commit that id before every rank has taken it.
-                own = [p for p in (parse_id(i) for i in self._ids(self.storage)) if p and p[0] == self.attempt]
-                self._next = max((s for _, s in own), default=0) + 1
-            self._next += 1
-            return self._next - 1
+            self._calls += 1
+            calls = self._calls
+        if self._base is None:
+            # Committed ids only: a rank's first id is taken before it writes its part, so the gang
+            # cannot commit that id before every rank has taken it.
+            own = [p for p in (parse_id(i) for i in self._ids(self.storage)) if p and p[0] == self.attempt]
+            self._base = max((s for _, s in own), default=0)
+        return self._base + calls
 
     def _claim(self) -> int:
         """The sequence for a manifest about to be created: above every one of this attempt committed
@@ -639,14 +647,19 @@ class Checkpoint:
         stale = [key for key in self._unrestorable.get(self.storage.uri, []) if key < mine]
         if stale:
             self.storage.delete(stale)
+        swept: dict[str, bool] = {}
+
+        def abandoned(group: str) -> bool:
+            if group not in swept:
+                swept[group] = group not in referenced and self._abandoned(group)
+            return swept[group]
+
         for group in self.storage.list_dirs(DATA):
-            if group in referenced or not self._abandoned(group):
-                continue
-            self.storage.delete([key for key, _ in self.storage.list(group)])
-            log.info("Deleted uncommitted data %s from %s", group, self.storage.uri)
+            if abandoned(group):
+                self.storage.delete([key for key, _ in self.storage.list(group)])
+                log.info("Deleted uncommitted data %s from %s", group, self.storage.uri)
         for key, upload in self.storage.list_uploads(DATA):
-            group = _data_dir(key)
-            if group not in referenced and self._abandoned(group):
+            if abandoned(_data_dir(key)):
                 self.storage.abort_upload(key, upload)
                 log.info("Aborted the incomplete upload of %s in %s", key, self.storage.uri)
         if not self.gang:
@@ -680,15 +693,20 @@ class Checkpoint:
         return owner[0] < self.attempt or self.gang is not None or owner[1] == self._writer
 
     def _abandoned(self, group: str) -> bool:
-        """Whether the unreferenced data under `group` is provably abandoned: an earlier attempt's (the
-        operator starts an attempt once the one before has ended; a zombie of it can only add
-        checkpoints that rank below this attempt's), or this writer's own while none of its commits is
-        in flight. Another writer's of this attempt (a sidecar's) may be an upload in flight: it waits
-        for the next attempt's sweep."""
+        """Whether the unreferenced data under `group` is provably abandoned: this writer's own while
+        none of its commits is in flight, or an earlier attempt's untouched for ABANDONED_AFTER (the
+        operator starts an attempt once the one before has ended, but a zombie of it on a partitioned
+        node may still commit). Another writer's of this attempt (a sidecar's) may be an upload in
+        flight: it waits for the next attempt's sweep."""
         owner = self._owner(group)
         if owner is None:
             return False
-        return owner[0] < self.attempt or (owner == (self.attempt, self._writer) and self._in_flight <= 1)
+        if owner == (self.attempt, self._writer):
+            return self._in_flight <= 1
+        if owner[0] >= self.attempt:
+            return False
+        written = self.storage.newest(group)
+        return written is None or time.time() - written > ABANDONED_AFTER
 
     # ----- reading ----------------------------------------------------------------------------------
 

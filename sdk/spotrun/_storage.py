@@ -86,6 +86,10 @@ class Storage(Protocol):
     def delete(self, keys: Sequence[str]) -> None:
         """Deletes the keys; missing ones are not an error."""
 
+    def newest(self, prefix: str) -> float | None:
+        """When the newest object or incomplete upload under `prefix` was written (seconds since the
+        epoch), or None when there is none."""
+
     def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
         """(key, upload id) of every upload under `prefix` that was begun and never completed: on S3
         its incomplete multipart uploads, whose parts no listing shows and which cost storage until
@@ -246,6 +250,16 @@ class LocalStorage:
                 except OSError:
                     break
                 parent = parent.parent
+
+    def newest(self, prefix: str) -> float | None:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        times = []
+        for path in _walk(start):
+            if path.relative_to(self.root).as_posix().startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    times.append(path.stat().st_mtime)
+        return max(times, default=None)
 
     def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -580,6 +594,19 @@ class S3Storage:
             for page in pages:
                 found.extend(item["Prefix"][strip:] for item in page.get("CommonPrefixes", []))
         return sorted(found)
+
+    def newest(self, prefix: str) -> float | None:
+        times: builtins.list[float] = []
+        with self._errors("listing", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
+                times.extend(item["LastModified"].timestamp() for item in page.get("Contents", []))
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            ):
+                times.extend(item["Initiated"].timestamp() for item in page.get("Uploads", []))
+        return max(times, default=None)
 
     def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
         found: builtins.list[tuple[str, str]] = []
