@@ -22,7 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from spotrun import TransientStorageError
 from spotrun._storage import Storage
@@ -290,3 +290,22 @@ class FaultyStorage:
         self.inner.delete(keys)
         self.journal.add(Effect(self.name, "delete", tuple(keys)))
         self._after(after, "delete", keys[0] if keys else "")
+
+    def __getattr__(self, name: str) -> Any:
+        """A method the Storage protocol has gained since (multipart upload listing and the like)
+        passes through too, its calls counted and faulted as the others; a method the inner
+        storage lacks stays missing, so that the SDK's `hasattr` checks see what it has."""
+        if name.startswith("_") or name == "inner":
+            raise AttributeError(name)
+        method = getattr(self.inner, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            key = args[0] if args and isinstance(args[0], str) else ""
+            after = self._before(name, key)
+            result = method(*args, **kwargs)
+            self._after(after, name, key)
+            return result
+
+        return call

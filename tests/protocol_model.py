@@ -136,8 +136,8 @@ class Config:
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Examples and steps per machine, tuned on a 2-core machine: see the test modules for the times.
     "ci": {
-        "protocol": {"max_examples": 70, "stateful_step_count": 30},
-        "gang": {"max_examples": 12, "stateful_step_count": 6},
+        "protocol": {"max_examples": 400, "stateful_step_count": 50},
+        "gang": {"max_examples": 30, "stateful_step_count": 8},
     },
     "soak": {
         "protocol": {"max_examples": 3000, "stateful_step_count": 60},
@@ -274,6 +274,7 @@ class View:
     keys: frozenset[str]
     manifests: frozenset[str]
     intact: frozenset[str]
+    sound: frozenset[str]  # committed ids whose manifest is there as committed (their objects aside)
 
 
 def _sha(data: bytes) -> str:
@@ -320,14 +321,17 @@ class Model:
     def look(self) -> View:
         keys = frozenset(key for key, _ in self.inner.list(""))
         manifests = frozenset(cid for key in keys if (cid := id_of_manifest_key(key)))
-        intact = frozenset(c.id for c in self.committed.values() if self._intact(c, keys))
-        return View(keys, manifests, intact)
+        sound = frozenset(c.id for c in self.committed.values() if self._sound(c, keys))
+        intact = frozenset(
+            cid
+            for cid in sound
+            if all(k in keys and self.objects.get(k) == sha for k, sha in self.committed[cid].objects().items())
+        )
+        return View(keys, manifests, intact, sound)
 
-    def _intact(self, c: Committed, keys: frozenset[str]) -> bool:
+    def _sound(self, c: Committed, keys: frozenset[str]) -> bool:
         key = manifest_key(c.id)
-        if key not in keys or self.objects.get(key) != _sha(c.manifest):
-            return False
-        return all(k in keys and self.objects.get(k) == sha for k, sha in c.objects().items())
+        return key in keys and self.objects.get(key) == _sha(c.manifest)
 
     def allowed(self, before: View, after: View) -> tuple[list[Committed], Committed | None]:
         """The checkpoints a restore between `before` and `after` may return, newest first, and
@@ -348,6 +352,8 @@ class Model:
         for cid in ranked:
             c = self.committed.get(cid)
             if c is None or cid in self.ghosts:  # not committed, or gone by an outside hand: its data is garbage
+                continue
+            if manifest_key(cid) in view.keys and cid not in view.sound:  # its manifest tampered with: corrupt
                 continue
             for key in [manifest_key(cid), *c.objects()]:
                 if key in view.keys:
@@ -524,7 +530,7 @@ class _Nonces:
     def next(self) -> str:
         with self._lock:
             self._n += 1
-            return f"n{self._n:011d}"
+            return f"{self._n:08x}feed"  # unique in any prefix of 8 or more, as uuid4().hex[:12] is
 
 
 NONCES = _Nonces()
@@ -699,24 +705,31 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     @initialize(keep=st.sampled_from(KEEPS))
     def setup(self, keep: int) -> None:
+        """Attempt 1's task starts, with nothing to restore."""
         self.keep = keep
-        self._note(f"keep={keep}")
+        self.attempt = 1
+        writer = self._new_writer("task")
+        self._note(f"keep={keep}; attempt 1: {writer.name} starts")
 
-    @precondition(lambda self: self.attempt < self.config.max_attempt and len(self.writers) < self.config.max_writers)
-    @rule(restore_into=st.sampled_from((None, 0, 1)), plan=plans(ALL_FAULTS))
-    def start_attempt(self, restore_into: int | None, plan: Plan) -> None:
-        """The operator starts the next attempt's pod; the older attempt's writer, if it still
-        runs, is a zombie from now on. The new task restores first (into a workdir), or not."""
+    @precondition(lambda self: self.attempt < self.config.max_attempt)
+    @rule(restore_into=st.sampled_from((None, 0, 1)), plan=plans(ALL_FAULTS), zombies=st.booleans())
+    def start_attempt(self, restore_into: int | None, plan: Plan, zombies: bool) -> None:
+        """The operator starts the next attempt's pod, which restores first (into a workdir) or
+        not. The older attempt's processes exit, or keep running as zombies (held ones do)."""
         self._begin("start_attempt")
+        for old in self._idle_writers():
+            if not zombies or len(self.writers) >= self.config.max_writers:
+                self.writers.remove(old)
         self.attempt += 1
         writer = self._new_writer("task")
-        self._note(f"attempt {self.attempt}: {writer.name} starts")
+        zombie_names = [w.name for w in self.writers if w is not writer]
+        self._note(
+            f"attempt {self.attempt}: {writer.name} starts" + (f"; zombies {zombie_names}" if zombie_names else "")
+        )
         if restore_into is not None:
             self._restore(writer, self.workdirs[restore_into], plan)
 
-    @precondition(
-        lambda self: self.config.sidecars and self.attempt > 0 and len(self.writers) < self.config.max_writers
-    )
+    @precondition(lambda self: self.config.sidecars and len(self.writers) < self.config.max_writers)
     @rule(restore_into=st.sampled_from((None, 0, 1)), plan=plans(ALL_FAULTS))
     def start_sidecar(self, restore_into: int | None, plan: Plan) -> None:
         """Another writer of the current attempt: a sync sidecar, or a restarted process of it."""
@@ -729,14 +742,17 @@ class ProtocolMachine(RuleBasedStateMachine):
     def _idle_writers(self) -> list[Process]:
         return [w for w in self.writers if not w.held]
 
-    @precondition(lambda self: bool(self._idle_writers()))
-    @rule(pick=st.integers(0, 7))
-    def exit_writer(self, pick: int) -> None:
-        """A writer's process ends (its pod finished, or was deleted at last)."""
-        self._begin("exit_writer")
-        writer = self._idle_writers()[pick % len(self._idle_writers())]
-        self.writers.remove(writer)
-        self._note(f"{writer.name} exits")
+    def _current_task(self) -> Process | None:
+        return next((w for w in self._idle_writers() if w.role == "task" and w.attempt == self.attempt), None)
+
+    @precondition(lambda self: self._current_task() is not None)
+    @rule(kind=st.sampled_from(COMMIT_KINDS), blob=st.binary(max_size=40), edits=changes(), plan=plans(ALL_FAULTS))
+    def task_commits(self, kind: str, blob: bytes, edits: dict[str, bytes | None], plan: Plan) -> None:
+        """The current attempt's task commits (see `commit`)."""
+        self._begin("task_commits")
+        writer = self._current_task()
+        assert writer is not None
+        self._commit(writer, kind, blob, edits, plan)
 
     @precondition(lambda self: bool(self._idle_writers()))
     @rule(
@@ -747,10 +763,12 @@ class ProtocolMachine(RuleBasedStateMachine):
         plan=plans(ALL_FAULTS),
     )
     def commit(self, pick: int, kind: str, blob: bytes, edits: dict[str, bytes | None], plan: Plan) -> None:
-        """A writer commits: bytes (`write`), a stream, a file, its directory, or an incremental
-        `sync_directory` of it (after `edits`)."""
+        """A writer (the task, a sidecar, a zombie) commits: bytes (`write`), a stream, a file, its
+        directory, or an incremental `sync_directory` of it (after `edits`)."""
         self._begin("commit")
-        writer = self._idle_writers()[pick % len(self._idle_writers())]
+        self._commit(self._idle_writers()[pick % len(self._idle_writers())], kind, blob, edits, plan)
+
+    def _commit(self, writer: Process, kind: str, blob: bytes, edits: dict[str, bytes | None], plan: Plan) -> None:
         cp = writer.checkpoint
         call: Callable[[], Any]
         if kind == "write":
@@ -919,6 +937,16 @@ class ProtocolMachine(RuleBasedStateMachine):
                 if rel not in files and rel not in workdir.protected and before.get(rel, (None, 0))[0] != data
             )
 
+        # A checkpoint whose objects were damaged since, and whose files the workdir held already
+        # (untouched): a restore that checks them against its manifest need download nothing.
+        allowed += [
+            c
+            for c in self.model.committed.values()
+            if c.id in op.before.sound | after.sound
+            and c not in allowed
+            and (floor is None or order(c.id) >= order(floor.id))
+            and all(before.get(rel, (None, 0))[0] == data for rel, data in c.parts[0].files.items())
+        ]
         whole = [c for c in allowed if _holds_tree(now, c.parts[0], workdir.path)]
         matches = [c for c in whole if not extra(c)]
         if not matches:
@@ -1010,8 +1038,8 @@ class ProtocolMachine(RuleBasedStateMachine):
                     f"{floor.id if floor else 'none'} hold {[(c.id, _read_result(c.parts[0])) for c in allowed]}",
                 )
         elif call == "prev_exists":
-            if result is False and (floor is not None or (op.before.manifests and after.manifests)):
-                raise self._violation(1, f"{reader.name}'s prev_exists() is False, though {sorted(manifests)} exist")
+            if result is False and floor is not None:
+                raise self._violation(1, f"{reader.name}'s prev_exists() is False, though {floor.id} is intact")
             if result is True and not manifests:
                 raise self._violation(1, f"{reader.name}'s prev_exists() is True, though no manifest exists")
         elif call == "latest":
@@ -1201,6 +1229,7 @@ class GangMachine(RuleBasedStateMachine):
         self.keep = 2
         self.attempt = 0
         self.saves = 0
+        self.saved = False
         self.ranks: list[Process] = []
         self.trace: list[str] = []
 
@@ -1221,6 +1250,7 @@ class GangMachine(RuleBasedStateMachine):
 
     def _new_gang(self) -> None:
         self.attempt += 1
+        self.saved = False  # a restart comes after a save of this gang, or after a rank died
         self.ranks = []
         for rank in range(RANKS):
             name = f"gang{self.attempt}.rank{rank}"
@@ -1293,16 +1323,33 @@ class GangMachine(RuleBasedStateMachine):
         self.keep = keep
         self._new_gang()
 
-    @precondition(lambda self: not any(rank.dead for rank in self.ranks))
+    def _alive(self) -> bool:
+        return not any(rank.dead for rank in self.ranks)
+
+    @precondition(_alive)
+    @rule(blobs=st.tuples(st.binary(max_size=30), st.binary(max_size=30)), with_step=st.booleans())
+    def save(self, blobs: tuple[bytes, bytes], with_step: bool) -> None:
+        """Every rank saves its part of one checkpoint, with no fault: it must commit on every
+        rank, whatever failed before (invariant 5)."""
+        self._collective_save(blobs, with_step, (NO_FAULTS, NO_FAULTS))
+
+    @precondition(_alive)
     @rule(
         blobs=st.tuples(st.binary(max_size=30), st.binary(max_size=30)),
         with_step=st.booleans(),
-        plans=st.tuples(plans(GANG_FAULTS, most=1, one_in=4), plans(GANG_FAULTS, most=1, one_in=4)),
+        on=st.sampled_from(range(RANKS)),
+        injection=st.builds(Injection, at=st.integers(0, 8), fault=st.sampled_from(GANG_FAULTS)),
     )
-    def collective_save(self, blobs: tuple[bytes, bytes], with_step: bool, plans: tuple[Plan, Plan]) -> None:
+    def save_with_a_fault(self, blobs: tuple[bytes, bytes], with_step: bool, on: int, injection: Injection) -> None:
+        """A collective save with one fault at one rank's call: it may fail, never tear."""
+        plans = tuple(Plan((injection,)) if rank == on else NO_FAULTS for rank in range(RANKS))
+        self._collective_save(blobs, with_step, (plans[0], plans[1]))
+
+    def _collective_save(self, blobs: tuple[bytes, bytes], with_step: bool, plans: tuple[Plan, Plan]) -> None:
         """Every rank saves its part of one checkpoint (write, with the same step or none)."""
         self._begin("collective_save")
         self.saves += 1
+        self.saved = True
         step = self.saves if with_step else None
         parts = tuple(Tree({_checkpoint.BYTES_NAME: blob}) for blob in blobs)
         leader = self.ranks[0].name
@@ -1337,8 +1384,8 @@ class GangMachine(RuleBasedStateMachine):
                 + "; ".join(f"{r.name} {o}" for r, o in zip(self.ranks, outcomes, strict=True)),
             )
 
-    @precondition(lambda self: self.attempt < 3 * self.config.max_attempt)
-    @rule(plans=st.tuples(plans(GANG_FAULTS, most=1, one_in=4), plans(GANG_FAULTS, most=1, one_in=4)))
+    @precondition(lambda self: self.attempt < 3 * self.config.max_attempt and (self.saved or not self._alive()))
+    @rule(plans=st.tuples(plans(GANG_FAULTS, most=1, one_in=3), plans(GANG_FAULTS, most=1, one_in=3)))
     def restart(self, plans: tuple[Plan, Plan]) -> None:
         """The operator restarts the whole gang as the next attempt; its ranks read their parts."""
         self._begin("restart")
