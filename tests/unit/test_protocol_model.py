@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from spotrun._storage import LocalStorage, Storage
 
-from tests.protocol_model import GangMachine, ProtocolMachine, machine_for, profile_settings, run
+from tests.gang_model import GangMachine
+from tests.harness import machine_for, profile_settings, run
+from tests.protocol_model import ProtocolMachine
 
 
 def local(scratch: Path) -> Storage:
