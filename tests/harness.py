@@ -52,10 +52,12 @@ class Config:
     sidecars: bool = True  # a second writer of the same attempt
     faults: bool = True  # injected storage faults
     holds: bool = True  # SLOW faults hold a process mid-call while others act
-    coarse_mtimes: bool = False  # a same-size rewrite keeps its mtime (a filesystem of coarse timestamps)
-    max_writers: int = 4
+    # A same-size rewrite keeps its mtime, as one within a tick of a coarse clock does (its ctime
+    # still moves: utime sets it); off by default: it fails an SDK that trusts size and mtime alone.
+    coarse_mtimes: bool = False
+    max_writers: int = 4  # writer processes at once: tasks, zombies, sidecars
     max_attempt: int = 5
-    gang_timeout: float = 1.0
+    gang_timeout: float = 2.0  # a gang's wait for its other rank: a fault-free save must commit within it
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:

@@ -14,7 +14,7 @@ from spotrun._storage import S3Storage, Storage
 
 from localcluster.cluster import Cluster
 from tests.gang_model import GangMachine
-from tests.harness import machine_for, profile_settings, run
+from tests.harness import Config, machine_for, profile_settings, run
 from tests.protocol_model import ProtocolMachine
 
 pytestmark = pytest.mark.integration
@@ -55,5 +55,5 @@ def test_the_protocol_holds_under_faults_on_s3(
 def test_a_gang_commits_together_under_faults_on_s3(
     s3_locations: Callable[[Path], Storage], say: Callable[[str], None]
 ) -> None:
-    machine = machine_for(GangMachine, s3_locations)
+    machine = machine_for(GangMachine, s3_locations, Config.from_env(gang_timeout=3.0))
     run(machine, name="gang/s3", settings=profile_settings("gang", scale=S3_SCALE * 2), say=say)

@@ -139,3 +139,14 @@ def test_a_sweep_leaves_a_zombies_commit_whole() -> None:
         ("release", {"pick": 0, "kill": False}),
     ]
     replay(PROTOCOL, steps, invariant="protocol_holds")
+
+
+def test_an_incremental_sync_sees_a_same_size_rewrite_within_one_tick() -> None:
+    """Found by the harness: `sync_directory` took a file whose size and mtime had not changed for
+    unchanged, and committed its previous object (a rewrite within one tick of a coarse clock)."""
+    coarse = machine_for(ProtocolMachine, local, Config(coarse_mtimes=True))
+
+    def sync(data: bytes) -> tuple[str, dict[str, Any]]:
+        return ("task_commits", {"kind": "sync", "blob": b"", "edits": {"model.bin": data}, "plan": NO_FAULTS})
+
+    replay(coarse, [*SETUP, sync(b"a" * 30), sync(b"b" * 30), restore("fresh")], invariant="protocol_holds")
