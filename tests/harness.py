@@ -128,8 +128,9 @@ class RunStats:
         minutes = max(elapsed / 60, 1e-9)
         faults = ", ".join(f"{f.value} {n}" for f, n in sorted(self.tally.faults.items(), key=lambda x: x[0].value))
         return (
-            f"{self.name}: {self.examples} examples, {self.steps} steps, {self.tally.calls} storage calls and "
-            f"{self.tally.total} faults injected ({faults or 'none'}) in {elapsed:.1f}s: "
+            f"{self.name}: {self.examples} examples run (shrinking's included), {self.steps} steps, "
+            f"{self.tally.calls} storage calls and {self.tally.total} faults injected ({faults or 'none'}) "
+            f"in {elapsed:.1f}s: "
             f"{self.examples / minutes:.0f} examples/min, {self.steps / minutes:.0f} steps/min, "
             f"{self.tally.total / minutes:.0f} faults/min; operations: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))

@@ -80,6 +80,26 @@ def test_a_gang_saves_again_after_a_rank_failed_to_upload(with_step: bool) -> No
     replay(GANG, steps, invariant="retention_keeps_the_newest")
 
 
+def test_a_gang_saves_again_after_rank_0_failed_before_taking_an_id() -> None:
+    """Found by the harness: rank 0's first save failed listing the ids (before it took one), rank 1's
+    took id 1; at the next save rank 0 took id 1 again and committed it with rank 1's part of the
+    failed save (no step tells them apart): a torn gang checkpoint, and rank 1 waited for id 2."""
+    steps: Steps = [
+        *SETUP,
+        (
+            "save_with_a_fault",
+            {
+                "blobs": (b"rank 0 at 1", b"rank 1 at 1"),
+                "with_step": False,
+                "on": 0,
+                "injection": Injection(0, Fault.TRANSIENT),  # rank 0's listing of the ids
+            },
+        ),
+        ("save", {"blobs": (b"rank 0 at 2", b"rank 1 at 2"), "with_step": False}),
+    ]
+    replay(GANG, steps, invariant="retention_keeps_the_newest")
+
+
 def _forms(kind: str) -> int:
     return {
         "escape": len(ESCAPES),
