@@ -146,6 +146,25 @@ def test_two_writers_of_one_attempt_commit_in_order() -> None:
     replay(PROTOCOL, steps, invariant="protocol_holds")
 
 
+def test_a_sidecars_sweep_leaves_the_tasks_upload_in_flight() -> None:
+    """Defect 5, its second half: a new sidecar's first commit swept data/ and deleted the task's
+    upload in flight (an older id of the same attempt, referenced by no manifest yet); the task's
+    manifest then named deleted data."""
+    held = Plan((Injection(2, Fault.SLOW),))  # the task's commit, its data uploaded, before its manifest
+    model = {"model.bin": b"large enough to be an object, not inline"}
+    sidecar = ("start_sidecar", {"restore_into": None, "plan": NO_FAULTS})
+    steps: Steps = [
+        *SETUP,
+        sidecar,
+        ("task_commits", {"kind": "dir", "blob": b"", "edits": model, "plan": held}),
+        ("commit", {"pick": 0, "kind": "write", "blob": b"sidecar 1", "edits": {}, "plan": NO_FAULTS}),
+        sidecar,
+        ("commit", {"pick": 1, "kind": "write", "blob": b"sidecar 2", "edits": {}, "plan": NO_FAULTS}),
+        ("release", {"pick": 0, "kill": False}),
+    ]
+    replay(PROTOCOL, steps, invariant="protocol_holds")
+
+
 def test_a_sweep_leaves_a_zombies_commit_whole() -> None:
     """Found by the harness: attempt 2's first commit swept data/ after listing the manifests; a
     zombie of attempt 1 committed in between, and the sweep deleted its data under its manifest
