@@ -1,0 +1,37 @@
+"""The checkpoint protocol's model-based test against a local directory (tests/protocol_model.py).
+
+`make test-unit` runs the bounded `ci` profile; HYPOTHESIS_PROFILE=soak runs many more examples.
+The seed is printed first and the statistics last, whatever pytest captures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from spotrun._storage import LocalStorage, Storage
+
+from tests.gang_model import GangMachine
+from tests.harness import machine_for, profile_settings, run
+from tests.protocol_model import ProtocolMachine
+
+
+def local(scratch: Path) -> Storage:
+    return LocalStorage(scratch / "store")
+
+
+@pytest.fixture
+def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        with capsys.disabled():
+            print(f"\n{line}", flush=True)
+
+    return write
+
+
+def test_the_protocol_holds_under_faults(say: Callable[[str], None]) -> None:
+    run(machine_for(ProtocolMachine, local), name="protocol/local", settings=profile_settings("protocol"), say=say)
+
+
+def test_a_gang_commits_together_under_faults(say: Callable[[str], None]) -> None:
+    run(machine_for(GangMachine, local), name="gang/local", settings=profile_settings("gang"), say=say)
