@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-mutations test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-soak test-mutations test-without-cluster test-with-cluster test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,8 +90,20 @@ format: $(STAMP) ## Apply ruff's fixes and formatting.
 test-unit: $(STAMP) ## Unit tests and flytekit's own checkpoint tests (tests/compat): no cluster, seconds.
 	$(PY) -m pytest tests/unit tests/compat
 
+test-soak: $(STAMP) build ## The checkpoint protocol's model under faults, for a night: HYPOTHESIS_PROFILE=soak, a directory and S3.
+	HYPOTHESIS_PROFILE=soak $(PY) -m pytest tests/unit/test_protocol_model.py tests/integration/test_protocol_model_s3.py -p no:randomly
+
 test-mutations: $(STAMP) ## Revert each checkpoint-protocol fix in turn: its tests must fail (about 2 minutes).
 	$(PY) -m tests.mutations
+
+# The integration tests that need S3 alone, on a private versitygw, and so no cluster.
+S3_ONLY := tests/integration/test_checkpoint_s3.py tests/integration/test_protocol_model_s3.py tests/integration/test_bad_input_cli_s3.py
+
+test-without-cluster: $(STAMP) build
+	$(PY) -m pytest tests/unit tests/compat $(S3_ONLY)
+
+test-with-cluster: $(STAMP) build
+	$(PY) -m pytest tests/integration $(addprefix --ignore=,$(S3_ONLY))
 
 test-integration: $(STAMP) build ## Integration tests against the local cluster (started by the tests).
 	$(PY) -m pytest tests/integration
@@ -108,15 +120,16 @@ test-real: $(STAMP) build-real torch ## tests/e2e on real nodes with the built i
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
 
-# The unit tests (CPU: the protocol model, no cluster) run beside the integration tests (mostly waiting on
-# the local cluster's controllers and timers), each with its output kept together. tests/e2e runs on real
+# The unit tests and the S3-only integration tests (CPU: the protocol model; a private versitygw, no
+# cluster) run beside the cluster's integration tests (mostly waiting on its controllers and timers),
+# each with its output kept together. tests/e2e runs on real
 # nodes (three disruptions) and on kind, not again on process nodes: `make test-e2e` does that alone.
 test: $(STAMP) ## The whole suite: lint, unit beside integration, tests/e2e on real nodes and on kind. CI runs this.
 	$(MAKE) --no-print-directory -j2 torch toolchain
 	$(PY) -m pip check
 	$(MAKE) lint
-	@echo "make test: $$(date -u +%T) unit and integration, side by side"
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-integration
+	@echo "make test: $$(date -u +%T) unit and S3-only beside the cluster's integration tests"
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-without-cluster test-with-cluster
 	@echo "make test: $$(date -u +%T) tests/e2e on real nodes"
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
 	@echo "make test: $$(date -u +%T) the demo and tests/e2e on kind"

@@ -17,12 +17,10 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +35,8 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from spotrun import Checkpoint, S3Storage  # noqa: E402
 
-from localcluster import toolchain  # noqa: E402
 from localcluster.cluster import Cluster  # noqa: E402
+from localcluster.s3server import private_s3  # noqa: E402
 
 # The SDK's transfer settings; the boto3 baseline gets the very same.
 TRANSFER = {"multipart_threshold": 8 << 20, "multipart_chunksize": 8 << 20, "max_concurrency": 10}
@@ -207,52 +205,12 @@ def s3_server(state_dir: Path | None) -> Iterator[dict[str, str]]:
     if cluster.running():
         yield cluster.env_vars()
         return
-    binary = toolchain.path_of("versitygw")
-    if not binary.exists():
-        raise SystemExit(f"no S3 server: start the local cluster (`make up`) or build {binary} (`make build`)")
-    root = Path(tempfile.mkdtemp(prefix="spotrun-bench-s3-"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench-secret",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "LOCALCLUSTER_BUCKET": "bench",
-    }
-    (root / "data").mkdir()
-    server = subprocess.Popen(
-        [
-            str(binary),
-            "--access=bench",
-            "--secret=bench-secret",
-            "--region=us-east-1",
-            f"--port=127.0.0.1:{port}",
-            "--health=/health",
-            "--quiet",
-            "posix",
-            str(root / "data"),
-        ],
-    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{env['AWS_ENDPOINT_URL']}/health", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the benchmark's versitygw did not start") from None
-                time.sleep(0.1)
-        os.environ.update(env)
-        raw_client().create_bucket(Bucket="bench")
-        yield env
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
+        with private_s3("bench") as env:
+            os.environ.update(env)
+            yield env
+    except RuntimeError as err:
+        raise SystemExit(f"no S3 server: start the local cluster (`make up`), or: {err}") from None
 
 
 def run(args: argparse.Namespace, server_env: dict[str, str]) -> None:

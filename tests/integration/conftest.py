@@ -11,6 +11,7 @@ import pytest
 
 from localcluster.cluster import Cluster, marked_processes
 from localcluster.kube import ApiError, Client
+from localcluster.s3server import private_s3
 from tests.integration import helpers
 from tests.integration.operator_fixtures import (  # noqa: F401 - fixtures for every module
     no_other_operator,
@@ -38,6 +39,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         started.down()
     leftovers = list(marked_processes(started.dir))
     assert not leftovers, f"`down` left processes of the cluster running: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def s3_env_vars(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The AWS_* variables and LOCALCLUSTER_BUCKET of a real S3 server: the cluster's when this session
+    runs one (or names one), else a private versitygw of its own, so that the S3-only modules run
+    without a cluster (make test runs them beside the unit tests)."""
+    wants_cluster = os.environ.get("LOCALCLUSTER_STATE_DIR") or any(
+        "cluster" in getattr(item, "fixturenames", ()) for item in request.session.items
+    )
+    if wants_cluster:
+        yield request.getfixturevalue("cluster").env_vars()
+        return
+    with private_s3("spotrun") as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.cluster import Cluster
-
 pytestmark = pytest.mark.integration
 
 
@@ -26,9 +24,9 @@ pytestmark = pytest.mark.integration
 )
 @pytest.mark.parametrize("command", ["list", "download"])
 def test_bad_s3_settings_say_what_to_fix(
-    cluster: Cluster, tmp_path: Path, bucket: str | None, secret: str | None, says: str, command: str
+    s3_env_vars: dict[str, str], tmp_path: Path, bucket: str | None, secret: str | None, says: str, command: str
 ) -> None:
-    env = {**os.environ, **cluster.env_vars()}
+    env = {**os.environ, **s3_env_vars}
     if secret is not None:
         env["AWS_SECRET_ACCESS_KEY"] = secret
     uri = f"s3://{bucket or env['LOCALCLUSTER_BUCKET']}/tests/bad-input"

@@ -10,7 +10,6 @@ from botocore.config import Config
 from spotrun import Checkpoint, PermanentStorageError
 from spotrun._storage import AlreadyExistsError, S3Storage
 
-from localcluster.cluster import Cluster
 from tests.gang_cases import *  # noqa: F403 - and a gang's
 from tests.hardening_cases import *  # noqa: F403 - and a hostile writer's, a crashing task's, a second writer's
 from tests.protocol_cases import *  # noqa: F403 - the shared cases are this module's tests
@@ -20,8 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def s3_env(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = cluster.env_vars()
+def s3_env(s3_env_vars: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = s3_env_vars
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, env[name])
     return env

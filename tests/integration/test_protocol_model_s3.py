@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from spotrun._storage import S3Storage, Storage
 
-from localcluster.cluster import Cluster
 from tests.gang_model import GangMachine
 from tests.harness import Config, machine_for, profile_settings, run
 from tests.protocol_model import ProtocolMachine
@@ -24,9 +23,9 @@ S3_SCALE = 0.25
 
 
 @pytest.fixture
-def s3_locations(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Storage]:
-    """A new, empty prefix of the cluster's bucket per example, over one S3 client."""
-    env = cluster.env_vars()
+def s3_locations(s3_env_vars: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Storage]:
+    """A new, empty prefix of the S3 server's bucket per example, over one S3 client."""
+    env = s3_env_vars
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, env[name])
     bucket = env["LOCALCLUSTER_BUCKET"]
