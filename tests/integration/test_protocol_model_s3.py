@@ -14,7 +14,7 @@ from spotrun._storage import S3Storage, Storage
 
 from localcluster.cluster import Cluster
 from tests.gang_model import GangMachine
-from tests.harness import Config, machine_for, profile_settings, run
+from tests.harness import Config, machine_for, profile, profile_settings, run
 from tests.protocol_model import ProtocolMachine
 
 pytestmark = pytest.mark.integration
@@ -45,6 +45,7 @@ def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
     return write
 
 
+@pytest.mark.timeout(0 if profile() == "soak" else 1200)
 def test_the_protocol_holds_under_faults_on_s3(
     s3_locations: Callable[[Path], Storage], say: Callable[[str], None]
 ) -> None:
@@ -52,6 +53,7 @@ def test_the_protocol_holds_under_faults_on_s3(
     run(machine, name="protocol/s3", settings=profile_settings("protocol", scale=S3_SCALE), say=say)
 
 
+@pytest.mark.timeout(0 if profile() == "soak" else 1200)
 def test_a_gang_commits_together_under_faults_on_s3(
     s3_locations: Callable[[Path], Storage], say: Callable[[str], None]
 ) -> None:
