@@ -77,8 +77,8 @@ class Config:
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Examples and steps per machine, tuned on a 2-core machine: see the test modules for the times.
     "ci": {
-        "protocol": {"max_examples": 400, "stateful_step_count": 50},
-        "gang": {"max_examples": 30, "stateful_step_count": 8},
+        "protocol": {"max_examples": 250, "stateful_step_count": 50},
+        "gang": {"max_examples": 20, "stateful_step_count": 8},
     },
     # Hours: about 20 minutes of the protocol machine per 1,000 examples on a loaded 2-core machine.
     "soak": {
