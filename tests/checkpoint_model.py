@@ -10,6 +10,7 @@ there as committed (`sound`), and which with every object too (`intact`). The ha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -138,7 +139,12 @@ class Committed:
 
     def objects(self) -> dict[str, str]:
         """key -> sha256 of every object its manifest names (none for files kept in the manifest)."""
-        return {f["key"]: f["sha256"] for f in json.loads(self.manifest)["files"] if f.get("key")}
+        return dict(_objects_of(self.manifest))
+
+
+@functools.lru_cache(maxsize=4096)
+def _objects_of(manifest: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple((f["key"], f["sha256"]) for f in json.loads(manifest)["files"] if f.get("key"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +189,7 @@ class Model:
         self.attempts: dict[str, int] = {}  # process -> its attempt (the machines register their processes)
         self.step = 0
         self._seq = 0
+        self._view: tuple[int, View] | None = None  # the last view, and the journal's place it was taken at
 
     def absorb(self) -> None:
         for effect in self.journal.new():
@@ -207,7 +214,15 @@ class Model:
                 if cid and outside:
                     self.ghosts.add(cid)
 
+    def invalidate(self) -> None:
+        """The next `look` lists the storage again (the model changed with no call: a rewritten manifest)."""
+        self._view = None
+
     def look(self) -> View:
+        """The storage now. Only journaled calls change it, so a view stands until the next one."""
+        self.absorb()
+        if self._view is not None and self._view[0] == self._seq:
+            return self._view[1]
         keys = frozenset(key for key, _ in self.inner.list(""))
         manifests = frozenset(cid for key in keys if (cid := id_of_manifest_key(key)))
         sound = frozenset(c.id for c in self.committed.values() if self._sound(c, keys))
@@ -216,7 +231,9 @@ class Model:
             for cid in sound
             if all(k in keys and self.objects.get(k) == sha for k, sha in self.committed[cid].objects().items())
         )
-        return View(keys, manifests, intact, sound)
+        view = View(keys, manifests, intact, sound)
+        self._view = (self._seq, view)
+        return view
 
     def _sound(self, c: Committed, keys: frozenset[str]) -> bool:
         key = manifest_key(c.id)

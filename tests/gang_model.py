@@ -36,7 +36,15 @@ from tests.faults import NO_FAULTS, Crash, Fault, FaultyStorage, Injection, Jour
 from tests.harness import KEEPS, NONCES, Config, RunStats, plans
 from tests.processes import OP_TIMEOUT, Outcome, Process
 
-GANG_FAULTS = (Fault.TRANSIENT, Fault.LOST_RESPONSE, Fault.CRASH_BEFORE, Fault.CRASH_AFTER)
+# A crash costs the other rank a wait of the whole gang timeout: half as likely as the others.
+GANG_FAULTS = (
+    Fault.TRANSIENT,
+    Fault.LOST_RESPONSE,
+    Fault.TRANSIENT,
+    Fault.LOST_RESPONSE,
+    Fault.CRASH_BEFORE,
+    Fault.CRASH_AFTER,
+)
 RANKS = 2
 
 

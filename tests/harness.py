@@ -6,6 +6,7 @@ last, whatever pytest captures. Environment:
 
     HYPOTHESIS_PROFILE        ci (default: bounded, about a minute) or soak (many more examples)
     SPOTRUN_HARNESS_SEED      the seed to run (to reproduce a failure: the one it printed)
+    SPOTRUN_HARNESS_EXAMPLES  examples per machine, instead of the profile's
     SPOTRUN_HARNESS_BLOB      a failure's @reproduce_failure blob, to replay that very example
     SPOTRUN_HARNESS_WITHOUT   parts to turn off (Config's fields, comma-separated), e.g. hostile,sidecars
     SPOTRUN_HARNESS_WITH      parts to turn on that are off by default: coarse_mtimes
@@ -37,6 +38,7 @@ StorageFactory = Callable[[Path], Storage]  # a handle on a new, empty location 
 M = TypeVar("M", bound=RuleBasedStateMachine)
 
 KEEPS = (2, 3)
+RERUN_VARIABLES = ("SPOTRUN_HARNESS_EXAMPLES", "SPOTRUN_HARNESS_WITHOUT", "SPOTRUN_HARNESS_WITH")
 INLINE_MAX = 24  # small, so that small checkpoints go inside their manifest and the rest to data/
 
 
@@ -75,25 +77,31 @@ class Config:
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Examples and steps per machine, tuned on a 2-core machine: see the test modules for the times.
     "ci": {
-        "protocol": {"max_examples": 400, "stateful_step_count": 50},
-        "gang": {"max_examples": 30, "stateful_step_count": 8},
+        "protocol": {"max_examples": 250, "stateful_step_count": 50},
+        "gang": {"max_examples": 20, "stateful_step_count": 8},
     },
+    # Hours: about 20 minutes of the protocol machine per 1,000 examples on a loaded 2-core machine.
     "soak": {
-        "protocol": {"max_examples": 3000, "stateful_step_count": 60},
-        "gang": {"max_examples": 300, "stateful_step_count": 12},
+        "protocol": {"max_examples": 20_000, "stateful_step_count": 80},
+        "gang": {"max_examples": 1_000, "stateful_step_count": 12},
     },
 }
 
 
+def profile() -> str:
+    """HYPOTHESIS_PROFILE when it names one of this harness's profiles (ci, soak); else ci, so that
+    a profile of other hypothesis tests leaves this harness bounded."""
+    name = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    return name if name in PROFILES else "ci"
+
+
 def profile_settings(machine: str, *, scale: float = 1.0) -> settings:
-    """The settings of `machine` ("protocol" or "gang") under HYPOTHESIS_PROFILE (ci by default);
-    `scale` shrinks the example count for a slower storage."""
-    profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-    if profile not in PROFILES:
-        raise ValueError(f"HYPOTHESIS_PROFILE={profile!r}: this harness knows {', '.join(PROFILES)}")
-    chosen = PROFILES[profile][machine]
+    """The settings of `machine` ("protocol" or "gang") under HYPOTHESIS_PROFILE; `scale` shrinks
+    the example count for a slower storage. SPOTRUN_HARNESS_EXAMPLES sets the count (before scale)."""
+    chosen = PROFILES[profile()][machine]
+    examples = int(os.environ.get("SPOTRUN_HARNESS_EXAMPLES") or chosen["max_examples"])
     return settings(
-        max_examples=max(1, int(chosen["max_examples"] * scale)),
+        max_examples=max(1, int(examples * scale)),
         stateful_step_count=chosen["stateful_step_count"],
         deadline=None,  # a step is many storage calls, and gangs wait out timeouts
         database=None,  # a run reproduces from its printed seed; nothing is written into the repository
@@ -194,7 +202,7 @@ def run(machine: type[RuleBasedStateMachine], *, name: str, settings: settings, 
     """Runs `machine` with a seed it prints first (SPOTRUN_HARNESS_SEED, or a new one) and its
     statistics last; a failure carries the seed in a note."""
     seed = int(os.environ.get("SPOTRUN_HARNESS_SEED") or random.SystemRandom().randrange(2**32))
-    profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+    chosen = profile()
     stats = RunStats(name)
     machine.stats = stats
     hypothesis.seed(seed)(machine)
@@ -202,16 +210,19 @@ def run(machine: type[RuleBasedStateMachine], *, name: str, settings: settings, 
     if blob:
         hypothesis.reproduce_failure(hypothesis.__version__, blob.encode())(machine)
     config = getattr(machine, "config", None)
+    rerun = " ".join(
+        [f"SPOTRUN_HARNESS_SEED={seed}", f"HYPOTHESIS_PROFILE={chosen}"]
+        + [f"{v}={os.environ[v]}" for v in RERUN_VARIABLES if os.environ.get(v)]
+    )
     say(
-        f"{name}: seed {seed}, profile {profile} ({settings.max_examples} examples of up to "
-        f"{settings.stateful_step_count} steps); rerun with SPOTRUN_HARNESS_SEED={seed} HYPOTHESIS_PROFILE={profile}"
-        + (f"; {config}" if config != Config() else "")
+        f"{name}: seed {seed}, profile {chosen} ({settings.max_examples} examples of up to "
+        f"{settings.stateful_step_count} steps); rerun with {rerun}" + (f"; {config}" if config != Config() else "")
     )
     try:
         with sdk_settings():
             run_state_machine_as_test(machine, settings=settings)
     except BaseException as err:
-        err.add_note(f"{name}: seed {seed}; rerun with SPOTRUN_HARNESS_SEED={seed} HYPOTHESIS_PROFILE={profile}")
+        err.add_note(f"{name}: seed {seed}; rerun with {rerun}")
         raise
     finally:
         say(stats.summary())

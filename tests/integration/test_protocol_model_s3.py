@@ -13,7 +13,7 @@ import pytest
 from spotrun._storage import S3Storage, Storage
 
 from tests.gang_model import GangMachine
-from tests.harness import Config, machine_for, profile_settings, run
+from tests.harness import Config, machine_for, profile, profile_settings, run
 from tests.protocol_model import ProtocolMachine
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,7 @@ def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
     return write
 
 
+@pytest.mark.timeout(0 if profile() == "soak" else 1200)
 def test_the_protocol_holds_under_faults_on_s3(
     s3_locations: Callable[[Path], Storage], say: Callable[[str], None]
 ) -> None:
@@ -51,6 +52,7 @@ def test_the_protocol_holds_under_faults_on_s3(
     run(machine, name="protocol/s3", settings=profile_settings("protocol", scale=S3_SCALE), say=say)
 
 
+@pytest.mark.timeout(0 if profile() == "soak" else 1200)
 def test_a_gang_commits_together_under_faults_on_s3(
     s3_locations: Callable[[Path], Storage], say: Callable[[str], None]
 ) -> None:

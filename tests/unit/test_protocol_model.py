@@ -12,7 +12,7 @@ import pytest
 from spotrun._storage import LocalStorage, Storage
 
 from tests.gang_model import GangMachine
-from tests.harness import machine_for, profile_settings, run
+from tests.harness import machine_for, profile, profile_settings, run
 from tests.protocol_model import ProtocolMachine
 
 
@@ -29,9 +29,15 @@ def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
     return write
 
 
+# pyproject's pytest timeout bounds a ci run, shrinking included; a soak runs for hours.
+LIMIT = pytest.mark.timeout(0 if profile() == "soak" else 1200)
+
+
+@LIMIT
 def test_the_protocol_holds_under_faults(say: Callable[[str], None]) -> None:
     run(machine_for(ProtocolMachine, local), name="protocol/local", settings=profile_settings("protocol"), say=say)
 
 
+@LIMIT
 def test_a_gang_commits_together_under_faults(say: Callable[[str], None]) -> None:
     run(machine_for(GangMachine, local), name="gang/local", settings=profile_settings("gang"), say=say)
