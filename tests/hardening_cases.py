@@ -498,7 +498,10 @@ def test_a_sidecars_incremental_commit_survives_the_tasks_retention(
     assert tree(restored) == tree(work)
 
 
-def test_a_rejected_checkpoints_data_stays_after_the_next_attempts_commits(make_storage: MakeStorage) -> None:
+def test_a_rejected_checkpoints_data_stays_after_the_next_attempts_commits(
+    make_storage: MakeStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_checkpoint, "ABANDONED_AFTER", -1.0)  # attempt 1's data is old enough to sweep
     together(gang(make_storage, attempt=1), lambda r, cp: cp.write(f"old {r}".encode(), step=1))
     together(gang(make_storage, attempt=1), lambda r, cp: cp.write(f"new {r}".encode(), step=2))
     body = json.loads(make_storage().get(manifest_key("000001-000002")))
