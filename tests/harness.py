@@ -78,7 +78,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Examples and steps per machine, tuned on a 2-core machine: see the test modules for the times.
     "ci": {
         "protocol": {"max_examples": 250, "stateful_step_count": 50},
-        "gang": {"max_examples": 20, "stateful_step_count": 8},
+        "gang": {"max_examples": 30, "stateful_step_count": 10},
     },
     # Hours: about 20 minutes of the protocol machine per 1,000 examples on a loaded 2-core machine.
     "soak": {
