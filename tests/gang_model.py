@@ -177,22 +177,25 @@ class GangMachine(RuleBasedStateMachine):
         return not any(rank.dead for rank in self.ranks)
 
     @precondition(_alive)
-    @rule(blobs=st.tuples(st.binary(max_size=30), st.binary(max_size=30)), with_step=st.booleans())
-    def save(self, blobs: tuple[bytes, bytes], with_step: bool) -> None:
-        """Every rank saves its part of one checkpoint, with no fault: it must commit on every
-        rank, whatever failed before (invariant 5)."""
-        self._collective_save(blobs, with_step, (NO_FAULTS, NO_FAULTS))
-
-    @precondition(_alive)
     @rule(
         blobs=st.tuples(st.binary(max_size=30), st.binary(max_size=30)),
         with_step=st.booleans(),
-        on=st.sampled_from(range(RANKS)),
-        injection=st.builds(Injection, at=st.integers(0, 8), fault=st.sampled_from(GANG_FAULTS)),
+        # Half the saves have one fault, at one rank's call: early calls (the ids' listing, the
+        # upload, the part) more often than retention's. One rule for both, so that an example
+        # (of which hypothesis turns some rules off) has both, and a clean save follows a faulty one.
+        fault=st.none()
+        | st.tuples(
+            st.sampled_from(range(RANKS)),
+            st.builds(Injection, at=st.integers(0, 3) | st.integers(0, 8), fault=st.sampled_from(GANG_FAULTS)),
+        ),
     )
-    def save_with_a_fault(self, blobs: tuple[bytes, bytes], with_step: bool, on: int, injection: Injection) -> None:
-        """A collective save with one fault at one rank's call: it may fail, never tear."""
-        plans = tuple(Plan((injection,)) if rank == on else NO_FAULTS for rank in range(RANKS))
+    def save(self, blobs: tuple[bytes, bytes], with_step: bool, fault: tuple[int, Injection] | None) -> None:
+        """Every rank saves its part of one checkpoint (write, with the same step or none). With
+        a fault it may fail, never tear; without one it must commit on every rank, whatever
+        failed before (invariant 5)."""
+        plans = [NO_FAULTS] * RANKS
+        if fault is not None:
+            plans[fault[0]] = Plan((fault[1],))
         self._collective_save(blobs, with_step, (plans[0], plans[1]))
 
     def _collective_save(self, blobs: tuple[bytes, bytes], with_step: bool, plans: tuple[Plan, Plan]) -> None:

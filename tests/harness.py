@@ -59,7 +59,9 @@ class Config:
     coarse_mtimes: bool = False
     max_writers: int = 4  # writer processes at once: tasks, zombies, sidecars
     max_attempt: int = 5
-    gang_timeout: float = 2.0  # a gang's wait for its other rank: a fault-free save must commit within it
+    # A gang's wait for its other rank: a fault-free save must commit within it, and a rank that
+    # failed without a word costs the other this much.
+    gang_timeout: float = 1.5
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -77,8 +79,8 @@ class Config:
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Examples and steps per machine, tuned on a 2-core machine: see the test modules for the times.
     "ci": {
-        "protocol": {"max_examples": 250, "stateful_step_count": 50},
-        "gang": {"max_examples": 20, "stateful_step_count": 8},
+        "protocol": {"max_examples": 200, "stateful_step_count": 50},
+        "gang": {"max_examples": 20, "stateful_step_count": 10},
     },
     # Hours: about 20 minutes of the protocol machine per 1,000 examples on a loaded 2-core machine.
     "soak": {

@@ -18,6 +18,8 @@ OP_TIMEOUT = 120.0  # seconds a call may run before the harness calls it hung
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
+    """What a call returned, or raised (Crash included)."""
+
     result: Any = None
     error: BaseException | None = None
 
@@ -31,7 +33,7 @@ class Op:
 
     kind: str
     check: Callable[[Op, Outcome], None]
-    started: int
+    started: int  # the machine step it began in
     before: View
 
 

@@ -66,15 +66,14 @@ def test_a_gang_saves_again_after_a_rank_failed_to_upload(with_step: bool) -> No
     steps: Steps = [
         *SETUP,
         (
-            "save_with_a_fault",
+            "save",
             {
                 "blobs": (b"rank 0 at 1", b"rank 1 at 1"),
                 "with_step": with_step,
-                "on": 1,
-                "injection": Injection(1, Fault.TRANSIENT),  # rank 1's data put, after listing the ids
+                "fault": (1, Injection(1, Fault.TRANSIENT)),  # rank 1's data put, after listing the ids
             },
         ),
-        ("save", {"blobs": (b"rank 0 at 2", b"rank 1 at 2"), "with_step": with_step}),
+        ("save", {"blobs": (b"rank 0 at 2", b"rank 1 at 2"), "with_step": with_step, "fault": None}),
         ("restart", {"plans": (NO_FAULTS, NO_FAULTS)}),
     ]
     replay(GANG, steps, invariant="retention_keeps_the_newest")
@@ -87,15 +86,14 @@ def test_a_gang_saves_again_after_rank_0_failed_before_taking_an_id() -> None:
     steps: Steps = [
         *SETUP,
         (
-            "save_with_a_fault",
+            "save",
             {
                 "blobs": (b"rank 0 at 1", b"rank 1 at 1"),
                 "with_step": False,
-                "on": 0,
-                "injection": Injection(0, Fault.TRANSIENT),  # rank 0's listing of the ids
+                "fault": (0, Injection(0, Fault.TRANSIENT)),  # rank 0's listing of the ids
             },
         ),
-        ("save", {"blobs": (b"rank 0 at 2", b"rank 1 at 2"), "with_step": False}),
+        ("save", {"blobs": (b"rank 0 at 2", b"rank 1 at 2"), "with_step": False, "fault": None}),
     ]
     replay(GANG, steps, invariant="retention_keeps_the_newest")
 
