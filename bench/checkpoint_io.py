@@ -205,12 +205,13 @@ def s3_server(state_dir: Path | None) -> Iterator[dict[str, str]]:
     if cluster.running():
         yield cluster.env_vars()
         return
-    try:
-        with private_s3("bench") as env:
-            os.environ.update(env)
-            yield env
-    except RuntimeError as err:
-        raise SystemExit(f"no S3 server: start the local cluster (`make up`), or: {err}") from None
+    with contextlib.ExitStack() as stack:
+        try:  # only the server's start: an error of the benchmark itself passes as it is
+            env = stack.enter_context(private_s3("bench"))
+        except RuntimeError as err:
+            raise SystemExit(f"no S3 server: start the local cluster (`make up`), or: {err}") from None
+        os.environ.update(env)
+        yield env
 
 
 def run(args: argparse.Namespace, server_env: dict[str, str]) -> None:

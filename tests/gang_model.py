@@ -15,25 +15,20 @@ lands on the same call every run. Invariants (numbered as in tests.protocol_mode
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant, precondition, rule
 from spotrun import Checkpoint, SpotrunError, _checkpoint, _gang
-from spotrun._storage import Storage
 
-from tests.checkpoint_model import Committed, Model, Tree, Violation, read_result, sha256
-from tests.faults import NO_FAULTS, Crash, Fault, FaultyStorage, Injection, Journal, Plan
-from tests.harness import KEEPS, NONCES, Config, RunStats, plans
+from tests.checkpoint_model import Committed, Tree, Violation, read_result, sha256
+from tests.faults import NO_FAULTS, Crash, Fault, FaultyStorage, Injection, Plan
+from tests.harness import KEEPS, OnStorage, RunStats, plans
 from tests.processes import OP_TIMEOUT, Outcome, Process
 
 # A crash costs the other rank a wait of the whole gang timeout: half as likely as the others.
@@ -55,39 +50,22 @@ def not_polling(method: str, key: str) -> bool:
     return not (method == "list" and key.startswith("parts/"))
 
 
-class GangMachine(RuleBasedStateMachine):
+class GangMachine(OnStorage):
     """A 2-rank gang: collective saves with faults on either rank, and restarts as a new attempt's
     gang that reads its parts back. Ranks run on threads of their own, as a gang's pods do, and
     wait for each other up to `Config.gang_timeout`."""
 
-    config: ClassVar[Config] = Config()
     stats: ClassVar[RunStats] = RunStats("gang")
-
-    def make_storage(self, scratch: Path) -> Storage:
-        """A handle on a new, empty location; `machine_for` gives it."""
-        raise NotImplementedError
+    scratch_prefix: ClassVar[str] = "spotrun-gang-model-"
 
     def __init__(self) -> None:
         super().__init__()
-        NONCES.reset()
-        self.stats.examples += 1
-        self.scratch = Path(tempfile.mkdtemp(prefix="spotrun-gang-model-"))
-        self.inner = self.make_storage(self.scratch)
-        self.journal = Journal()
-        self.model = Model(self.inner, self.journal)
         self.keep = 2
         self.attempt = 0
         self.saves = 0
         self.saved = False
         self.ranks: list[Process] = []
         self.trace: list[str] = []
-
-    def teardown(self) -> None:
-        with contextlib.suppress(Exception):
-            keys = [key for key, _ in self.inner.list("")]
-            if keys:
-                self.inner.delete(keys)
-        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _violation(self, number: int, message: str) -> Violation:
         return Violation(number, message, self.trace)

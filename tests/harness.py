@@ -18,12 +18,14 @@ import contextlib
 import dataclasses
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, settings
@@ -32,7 +34,8 @@ from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 from spotrun import _checkpoint, _gang
 from spotrun._storage import Storage
 
-from tests.faults import NO_FAULTS, Fault, Injection, Plan, Tally
+from tests.checkpoint_model import Model
+from tests.faults import NO_FAULTS, Fault, Injection, Journal, Plan, Tally
 
 StorageFactory = Callable[[Path], Storage]  # a handle on a new, empty location (given a scratch directory)
 M = TypeVar("M", bound=RuleBasedStateMachine)
@@ -186,6 +189,39 @@ class _Nonces:
 
 
 NONCES = _Nonces()
+
+
+# ----- what both machines share ---------------------------------------------------------------------------
+
+
+class OnStorage(RuleBasedStateMachine):
+    """A machine over a new, empty storage location per example: the journal of every call that took
+    effect there, and the model built from it. `machine_for` gives `make_storage` and `config`;
+    teardown empties the location and removes the example's scratch directory."""
+
+    config: ClassVar[Config] = Config()
+    stats: ClassVar[RunStats]
+    scratch_prefix: ClassVar[str]
+
+    def make_storage(self, scratch: Path) -> Storage:
+        """A handle on a new, empty location; `machine_for` gives it."""
+        raise NotImplementedError
+
+    def __init__(self) -> None:
+        super().__init__()
+        NONCES.reset()
+        self.stats.examples += 1
+        self.scratch = Path(tempfile.mkdtemp(prefix=self.scratch_prefix))
+        self.inner = self.make_storage(self.scratch)
+        self.journal = Journal()
+        self.model = Model(self.inner, self.journal)
+
+    def teardown(self) -> None:
+        with contextlib.suppress(Exception):
+            keys = [key for key, _ in self.inner.list("")]
+            if keys:
+                self.inner.delete(keys)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 # ----- running a machine ----------------------------------------------------------------------------------

@@ -47,19 +47,16 @@ import dataclasses
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import initialize, invariant, precondition, rule
 from spotrun import Checkpoint, CheckpointInfo, CheckpointUsageError, NoIntactCheckpointError, SpotrunError, _checkpoint
-from spotrun._storage import Storage
 
 from tests.checkpoint_model import (
     Committed,
-    Model,
     Tree,
     Violation,
     diff,
@@ -70,8 +67,8 @@ from tests.checkpoint_model import (
     read_tree,
     tree_diff,
 )
-from tests.faults import NO_FAULTS, Crash, Fault, FaultyStorage, Journal, Plan
-from tests.harness import KEEPS, NONCES, Config, RunStats, plans
+from tests.faults import NO_FAULTS, Crash, Fault, FaultyStorage, Plan
+from tests.harness import KEEPS, OnStorage, RunStats, plans
 from tests.hostile import Hostile, HostileAct, Target, hostile_acts, newest_of
 from tests.processes import Op, Outcome, Process
 
@@ -102,25 +99,15 @@ class Workdir:
     busy: bool = False  # a held restore targets it
 
 
-class ProtocolMachine(RuleBasedStateMachine):
+class ProtocolMachine(OnStorage):
     """Writers of old and new attempts, sidecars, readers, rewrites and hostile writes, over one
     storage location; see the module's docstring for the invariants."""
 
-    config: ClassVar[Config] = Config()
     stats: ClassVar[RunStats] = RunStats("protocol")
-
-    def make_storage(self, scratch: Path) -> Storage:
-        """A handle on a new, empty location; `machine_for` gives it."""
-        raise NotImplementedError
+    scratch_prefix: ClassVar[str] = "spotrun-model-"
 
     def __init__(self) -> None:
         super().__init__()
-        NONCES.reset()
-        self.stats.examples += 1
-        self.scratch = Path(tempfile.mkdtemp(prefix="spotrun-model-"))
-        self.inner = self.make_storage(self.scratch)
-        self.journal = Journal()
-        self.model = Model(self.inner, self.journal)
         self.sandbox = self.scratch / "sandbox"
         self.dirs = self.sandbox / "outer" / "dirs"  # restores go three levels below the sandbox
         self.dirs.mkdir(parents=True)
@@ -154,11 +141,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         for process in self.writers + self.readers:
             if process.held:
                 process.release(kill=True)
-        with contextlib.suppress(Exception):
-            keys = [key for key, _ in self.inner.list("")]
-            if keys:
-                self.inner.delete(keys)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        super().teardown()
 
     # ----- helpers -------------------------------------------------------------------------------------
 

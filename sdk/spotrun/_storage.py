@@ -218,13 +218,19 @@ class LocalStorage:
             raise NotFoundError(f"{self.uri}/{key} does not exist", key=key) from err
         return size, digest.hexdigest()
 
-    def list(self, prefix: str) -> list[tuple[str, int]]:
+    def _under(self, prefix: str) -> Iterator[tuple[str, Path]]:
+        """(key, path) of every file whose key starts with `prefix`, the temporary ones of writes
+        under way (`.tmp-*`) included."""
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base if base else self.root
-        found = []
-        for path in _walk(start):
+        for path in _walk(self.root / base if base else self.root):
             key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and not path.name.startswith(".tmp-"):
+            if key.startswith(prefix):
+                yield key, path
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        found = []
+        for key, path in self._under(prefix):
+            if not path.name.startswith(".tmp-"):
                 with contextlib.suppress(FileNotFoundError):
                     found.append((key, path.stat().st_size))
         return sorted(found)
@@ -252,24 +258,14 @@ class LocalStorage:
                 parent = parent.parent
 
     def newest(self, prefix: str) -> float | None:
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base if base else self.root
         times = []
-        for path in _walk(start):
-            if path.relative_to(self.root).as_posix().startswith(prefix):
-                with contextlib.suppress(FileNotFoundError):
-                    times.append(path.stat().st_mtime)
+        for _, path in self._under(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                times.append(path.stat().st_mtime)
         return max(times, default=None)
 
     def list_uploads(self, prefix: str) -> builtins.list[tuple[str, str]]:
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = self.root / base if base else self.root
-        found = []
-        for path in _walk(start):
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and path.name.startswith(".tmp-"):
-                found.append((key, ""))
-        return sorted(found)
+        return sorted((key, "") for key, path in self._under(prefix) if path.name.startswith(".tmp-"))
 
     def abort_upload(self, key: str, upload: str) -> None:
         self._check_writable()

@@ -35,15 +35,6 @@ def s3_locations(s3_env_vars: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
     return lambda _scratch: S3Storage(bucket, f"model/{run_id}/{next(counter)}", client=client)
 
 
-@pytest.fixture
-def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
-    def write(line: str) -> None:
-        with capsys.disabled():
-            print(f"\n{line}", flush=True)
-
-    return write
-
-
 @pytest.mark.timeout(0 if profile() == "soak" else 1200)
 def test_the_protocol_holds_under_faults_on_s3(
     s3_locations: Callable[[Path], Storage], say: Callable[[str], None]

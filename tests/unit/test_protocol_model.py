@@ -22,15 +22,6 @@ def local(scratch: Path) -> Storage:
     return LocalStorage(scratch / "store")
 
 
-@pytest.fixture
-def say(capsys: pytest.CaptureFixture[str]) -> Callable[[str], None]:
-    def write(line: str) -> None:
-        with capsys.disabled():
-            print(f"\n{line}", flush=True)
-
-    return write
-
-
 # pyproject's pytest timeout bounds a ci run, shrinking included; a soak runs for hours.
 LIMIT = pytest.mark.timeout(0 if profile() == "soak" else 1200)
 
