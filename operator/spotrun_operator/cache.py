@@ -152,14 +152,26 @@ class Store:
         with self._lock:
             return self._items.pop(key, None)
 
-    def replace(self, objects: Iterable[Obj]) -> tuple[list[Obj], list[Obj]]:
-        """After a (re)list: the store holds `objects`. Returns (stored before, stored now)."""
+    def replace(self, objects: Iterable[Obj], version: str = "") -> tuple[list[Obj], list[Obj]]:
+        """After a (re)list at resourceVersion `version`: the store holds `objects`, and keeps what the
+        list cannot know. Returns (stored before, stored now).
+
+        A list is a snapshot, and may be older than what the store holds: the operator's own writes
+        (put at once) and what the watch saw after the snapshot. A stored object newer than the list's
+        version that the list lacks was created (or changed) after it: it is kept until a watch event
+        or a later list says otherwise, as client-go's mutation cache keeps a controller's own writes.
+        Dropping it would read as "gone", and a pass would count a live pod as deleted."""
         fresh = {key_of(o): o for o in objects}
+        listed = _version({"metadata": {"resourceVersion": version}})
         with self._lock:
             before = list(self._items.values())
             for key, obj in fresh.items():
                 old = self._items.get(key)
-                if old is not None and not newer(obj, old):  # the same version: keep it, unchanged
+                if old is not None and not newer(obj, old):  # the same version or newer: keep it, unchanged
+                    fresh[key] = old
+            for key, old in self._items.items():
+                stored = _version(old)
+                if key not in fresh and listed is not None and stored is not None and stored > listed:
                     fresh[key] = old
             self._items = fresh
             return before, list(fresh.values())
@@ -222,8 +234,8 @@ class PodStore(Store):
                 self._index(old, add=False)
             return old
 
-    def replace(self, objects: Iterable[Obj]) -> tuple[list[Obj], list[Obj]]:
-        before, now = super().replace(objects)
+    def replace(self, objects: Iterable[Obj], version: str = "") -> tuple[list[Obj], list[Obj]]:
+        before, now = super().replace(objects, version)
         with self._lock:
             self._by_taskrun, self._by_node = {}, {}
             for pod in self._items.values():
@@ -282,7 +294,7 @@ class Informer:
 
     def _relist(self) -> None:
         items, self.version = self._list(self.kind, self.namespace, self.selector, trim=self._trim)
-        before, now = self.store.replace(items)
+        before, now = self.store.replace(items, self.version)
         old = {key_of(o): o for o in before}
         for obj in now:
             previous = old.pop(key_of(obj), None)

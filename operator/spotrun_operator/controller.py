@@ -318,8 +318,10 @@ class Controller:
             metrics.forget(namespace, name)
             return None
         pods = self.pods.of_taskrun(namespace, name)
-        if unseen_attempts(taskrun, pods):
-            # The cache lacks the pod of an attempt not yet counted: behind, or the pod is gone.
+        listed = bool(unseen_attempts(taskrun, pods))
+        if listed:
+            # The cache lacks a pod (a gang's rank) of an attempt not yet counted: behind, or the pod
+            # is gone. One LIST of the TaskRun's pods tells; only then may the pass count it gone.
             metrics.POD_REREADS.inc()
             pods = [trim_pod(p) for p in self.api.list_pods(namespace, name)]
             for pod in pods:
@@ -334,6 +336,7 @@ class Controller:
             resume_from=self._resume_from(taskrun),
             node_info=lambda name: self.node_store.get(("", name)),
             checkpoints=StoredCheckpoints(checkpoint_uri(taskrun, self.config)),
+            listed=listed,
         )
         by_name = {p["metadata"]["name"]: p for p in pods}
         if decision.create is not None:

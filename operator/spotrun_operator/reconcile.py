@@ -98,14 +98,19 @@ def _parse(text: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[int]:
-    """The attempts not yet counted that have no pod among `pods`. From a watch cache, such a pod is
-    either not seen yet or truly gone (only the operator lets go of its finalizer, once counted, so
-    gone means deleted by force); a pass looks it up live before it counts it as vanished."""
+def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[tuple[int, int]]:
+    """The (attempt, rank) pairs of attempts not yet counted that have no pod among `pods` (rank 0
+    for a single pod). Every rank of an attempt that status names was created before status named
+    it, so from a watch cache such a pod is either not seen yet (a relist, events reordered after a
+    leader handover) or truly gone (only the operator lets go of its finalizer, once counted, so gone
+    means deleted by force); a pass looks it up live before it counts it as vanished. Per rank: a
+    gang's missing rank 1 beside a live rank 0 would otherwise count as an interruption."""
     st: Obj = taskrun.get("status") or {}
     uid = taskrun["metadata"]["uid"]
-    seen = {attempt_of(p) for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])}
-    return [n for n in range(int(st.get("accountedAttempt", 0)) + 1, int(st.get("attempt", 0)) + 1) if n not in seen]
+    ours = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+    seen = {(attempt_of(p), gang.rank_of(p)) for p in ours}
+    first, last = int(st.get("accountedAttempt", 0)) + 1, int(st.get("attempt", 0))
+    return [(n, r) for n in range(first, last + 1) for r in range(replicas(taskrun)) if (n, r) not in seen]
 
 
 def decide(
@@ -118,12 +123,16 @@ def decide(
     resume_from: str | None = "",
     node_info: Callable[[str], Obj | None] | None = None,
     checkpoints: Checkpoints | None = None,
+    listed: bool = False,
 ) -> Decision:
-    """One pass. `nodes`: every Node's name, and whether it is Ready. `resume_from`: the resolved
-    resumeFrom source ("" when there is none), or None when spec.checkpoint.resumeFrom.taskRun names a
-    TaskRun that cannot be found (deleted by its TTL). `node_info(name)`: a Node as the cache keeps it
-    (taints, unschedulable, instanceType, spot). `checkpoints`: storage, read only when needed (an
-    attempt was counted, or a drain waits for a fresh checkpoint).
+    """One pass. `pods`: the TaskRun's pods, from the watch cache, or read live when `listed`: only
+    then is a pod missing from them gone (a cache may lag: an uncounted attempt whose pod the cache
+    lacks stays uncounted; see unseen_attempts). `nodes`: every Node's name, and whether it is
+    Ready. `resume_from`: the resolved resumeFrom source ("" when there is none), or None when
+    spec.checkpoint.resumeFrom.taskRun names a TaskRun that cannot be found (deleted by its TTL).
+    `node_info(name)`: a Node as the cache keeps it (taints, unschedulable, instanceType, spot).
+    `checkpoints`: storage, read only when needed (an attempt was counted, or a drain waits for a
+    fresh checkpoint).
 
     The steps, in order: count what ended (with its lost work and cost), let go of counted pods,
     tell a live pod of a notice or drain; then the first of these that applies ends the pass: a
@@ -134,6 +143,7 @@ def decide(
     resumeFrom source, a refused create not due again; else the next attempt is created.
     """
     step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
+    step.listed = listed
     step.count_ended_attempts()
     step.settle_accounts()
     step.release_counted_pods()
@@ -205,6 +215,7 @@ class _Pass:
         st["attempt"] = self.attempt
         self.unfinished: list[Obj] = []
         self.live: list[Obj] = []
+        self.listed = False  # whether the pods were read live: only then is a missing one gone
 
     @property
     def last(self) -> Obj:
@@ -342,6 +353,8 @@ class _Pass:
     def _own_outcome(self, pod: Obj | None) -> tuple[str, Any] | None:
         """One pod's (kind, outcome), the operator's stops taken into account; None while it runs."""
         key = (pod or {}).get("metadata", {}).get("name", "")
+        if pod is None and not self.listed:
+            return None  # never "gone" from a cache: not seen yet, until a live read says so
         if pod is None or key not in self._outcomes:
             node_exists, node_ready = self._node(pod)
             rules = (self.spec.get("failurePolicy") or {}).get("rules") or []

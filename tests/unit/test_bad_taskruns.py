@@ -406,7 +406,7 @@ def test_the_names_refused_in_env_are_those_the_operator_sets() -> None:
 def test_a_spec_made_bad_while_it_ran_fails_at_the_next_attempt_and_drops_its_budget() -> None:
     tr = taskrun(container(env=env("SPOTRUN_ATTEMPT")))
     tr["status"] = {"attempt": 1, "phase": "Running", "podName": "train-a1", "disruptionBudget": "train"}
-    d = decide(tr, [], NODES, NOW, CONFIG)  # attempt 1's pod is gone: an interruption, to be replaced
+    d = decide(tr, [], NODES, NOW, CONFIG, listed=True)  # attempt 1's pod is gone: an interruption, to be replaced
     assert d.status["interruptions"] == 1
     assert created_nothing(d)
     assert d.delete_budget == "train"

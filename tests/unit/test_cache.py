@@ -54,6 +54,29 @@ def test_a_relist_drops_what_is_gone_and_keeps_newer_own_writes() -> None:
     assert store.get(("ns", "a")) is None
 
 
+def test_a_relist_from_an_older_snapshot_does_not_drop_a_newer_pod() -> None:
+    store = PodStore()
+    store.put(trim_pod(pod("t-a1-r0", 10, "t", node="n1")))
+    store.put(trim_pod(pod("t-a1-r1", 12, "t", node="n2")))  # created by the operator after the list's snapshot
+    store.put(trim_pod(pod("old", 4, "t")))
+    _, now = store.replace([trim_pod(pod("t-a1-r0", 10, "t", node="n1"))], "11")
+    assert {p["metadata"]["name"] for p in now} == {"t-a1-r0", "t-a1-r1"}  # "old" (4 <= 11) is gone
+    assert [p["metadata"]["name"] for p in store.of_taskrun("ns", "t")] == ["t-a1-r0", "t-a1-r1"]
+    assert store.taskruns_on_node("n2") == {("ns", "t")}
+    # A later list that knows the pod's version and lacks it says it is gone.
+    store.replace([trim_pod(pod("t-a1-r0", 10, "t", node="n1"))], "12")
+    assert [p["metadata"]["name"] for p in store.of_taskrun("ns", "t")] == ["t-a1-r0"]
+
+
+def test_an_informers_relist_keeps_what_the_operator_wrote_after_the_lists_snapshot() -> None:
+    store = PodStore()
+    store.put(trim_pod(pod("t-a1", 20, "t")))  # the operator's create, from its response
+    lists = iter([([trim_pod(pod("u-a1", 5, "u"))], "15")])
+    informer = Informer("pods", store, lambda *a, **k: next(lists), lambda *a: iter(()))
+    informer._relist()
+    assert {p["metadata"]["name"] for p in store.values()} == {"t-a1", "u-a1"}
+
+
 def test_the_pod_store_indexes_pods_by_taskrun_and_node_and_follows_moves() -> None:
     store = PodStore()
     store.put(trim_pod(pod("t-a1", 1, "t")))

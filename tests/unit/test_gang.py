@@ -9,7 +9,7 @@ import pytest
 from spotrun_operator import accounting, gang, names
 from spotrun_operator.classify import Outcome
 from spotrun_operator.podbuild import build_service
-from spotrun_operator.reconcile import decide, refused
+from spotrun_operator.reconcile import decide, refused, unseen_attempts
 
 from tests.unit.test_reconcile import CONFIG, NODES, NOW, apply, pod_of, running, taskrun
 from tests.unit.test_reconcile_disruption import LATER, Stored, checkpoint, noticed
@@ -151,8 +151,8 @@ def test_a_gang_created_part_way_is_completed_not_counted() -> None:
     assert d.status["interruptions"] == 1
     assert [p["metadata"]["name"] for p in d.pods] == ["train-a2-r1"]
     assert d.status["attempt"] == 2
-    # Once status names attempt 2, a rank without a pod is one that went: an interruption.
-    gone = decide(apply(tr, d), [*old, rank(running(2), 0)], NODES, NOW, CONFIG)
+    # Once status names attempt 2, a rank without a pod in a live read is one that went: an interruption.
+    gone = decide(apply(tr, d), [*old, rank(running(2), 0)], NODES, NOW, CONFIG, listed=True)
     assert gone.status["interruptions"] == 2
     assert gone.stop == [("train-a2-r0", names.REASON_GANG_ENDED)]
 
@@ -233,3 +233,40 @@ def test_a_drain_of_one_ranks_node_waits_for_a_fresh_checkpoint_then_moves_the_g
     fresh = Stored(checkpoint(1, 3, "t"), checkpoint(1, 4, "t2"))
     second = decide(apply(tr, first), told, NODES, LATER, CONFIG, node_info=facts.get, checkpoints=fresh)
     assert sorted(second.stop) == [("train-a1-r0", names.REASON_GANG_ENDED), ("train-a1-r1", "Drained")]
+
+
+@pytest.mark.parametrize(
+    ("status", "pods", "listed", "interruptions", "stopped"),
+    [
+        # A relist or events reordered after a leader handover: the cache lacks rank 1 of a running gang.
+        ({"attempt": 1, "phase": "Running"}, [rank(running(1), 0)], False, 0, []),
+        ({"attempt": 1, "phase": "Running"}, [], False, 0, []),  # the cache lacks the whole gang
+        # A live read that lacks it: rank 1 is gone, the attempt is an interruption and rank 0 stops.
+        ({"attempt": 1, "phase": "Running"}, [rank(running(1), 0)], True, 1, ["train-a1-r0"]),
+        # Counted attempts are not looked for: their pods may be gone.
+        (
+            {"attempt": 2, "accountedAttempt": 1, "interruptions": 1},
+            [rank(running(2), 0), rank(running(2), 1)],
+            False,
+            1,
+            [],
+        ),
+    ],
+)
+def test_a_gang_rank_missing_from_the_cache_is_never_counted_without_a_live_read(
+    status: Obj, pods: list[Obj], listed: bool, interruptions: int, stopped: list[str]
+) -> None:
+    tr = taskrun(status, replicas=2)
+    d = decide(tr, pods, NODES, NOW, CONFIG, listed=listed)
+    assert d.status["interruptions"] == interruptions
+    assert [name for name, _ in d.stop] == stopped
+    assert d.pods == []
+    if not listed:
+        assert d.status.get("accountedAttempt", 0) == status.get("accountedAttempt", 0)
+
+
+def test_every_rank_of_an_uncounted_attempt_the_cache_lacks_is_looked_up_live() -> None:
+    tr = taskrun({"attempt": 2, "accountedAttempt": 1}, replicas=3)
+    assert unseen_attempts(tr, [rank(running(2), 0), rank(running(2), 2)]) == [(2, 1)]
+    assert unseen_attempts(tr, [rank(running(2), r) for r in range(3)]) == []
+    assert unseen_attempts(tr, []) == [(2, 0), (2, 1), (2, 2)]

@@ -469,13 +469,13 @@ def test_unset_budgets_take_the_operators_defaults() -> None:
 def test_an_attempt_not_yet_counted_without_its_pod_in_the_cache_is_looked_up_live() -> None:
     assert unseen_attempts(taskrun(), []) == []  # nothing created yet
     created = taskrun({"attempt": 1, "accountedAttempt": 0})
-    assert unseen_attempts(created, []) == [1]  # created, not seen yet (or gone)
+    assert unseen_attempts(created, []) == [(1, 0)]  # created, not seen yet (or gone)
     assert unseen_attempts(created, [running(1)]) == []
     counted = taskrun({"attempt": 2, "accountedAttempt": 1})
     assert unseen_attempts(counted, [running(2)]) == []  # attempt 1 is counted: its pod may be gone
     foreign = running(2)
     foreign["metadata"]["ownerReferences"][0]["uid"] = "an-earlier-taskrun-of-this-name"
-    assert unseen_attempts(counted, [foreign]) == [2]
+    assert unseen_attempts(counted, [foreign]) == [(2, 0)]
 
 
 def test_each_attempt_records_the_checkpoint_it_started_from() -> None:
@@ -521,8 +521,8 @@ def test_an_attempt_that_found_no_intact_checkpoint_shows_as_a_condition_until_a
     assert condition["message"].startswith("attempt 2: every committed checkpoint")
     assert ("Warning", "NoIntactCheckpoint", condition["message"]) in d.events
     assert d.status["checkpoint"]["unrestorable"] == record
-    again = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(record))
+    again = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(record), listed=True)
     assert not [e for e in again.events if e[1] == "NoIntactCheckpoint"]  # an Event only when it flips
-    cleared = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(None))
+    cleared = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(None), listed=True)
     (condition,) = [c for c in cleared.status["conditions"] if c["type"] == "CheckpointsCorrupt"]
     assert condition["status"] == "False"
