@@ -80,6 +80,14 @@ def pending_cause(pod: Obj) -> tuple[str, str] | None:
     return None
 
 
+def task_started(pod: Obj | None) -> bool:
+    """Whether a container of the pod's task ever ran (running now, or ended after it started): a pod
+    the kubelet refused at admission, or that was gone before it started, made no progress."""
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    states = [s.get("state") or {} for s in statuses]
+    return any("running" in st or (st.get("terminated") or {}).get("startedAt") for st in states)
+
+
 def record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, now: datetime.datetime) -> Obj:
     """An attempt's history entry. endTime is when its pod ended (its last container's finish, else
     its deletion), at most now; startTime when the kubelet started it."""

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from spotrun_operator import names
+from spotrun_operator import memory, names
 
 Obj = dict[str, Any]
 
@@ -106,6 +106,14 @@ def _exits(terminations: Sequence[tuple[str, Obj]]) -> list[tuple[str, Obj]]:
     return [(n, t) for n, t in terminations if t.get("reason") != LOST]
 
 
+def rejected_at_admission(pod: Obj) -> bool:
+    """Whether the kubelet's admission refused the pod for its node's sake (see ADMISSION_REJECTIONS):
+    the node it was bound to is one to avoid for a while."""
+    if pod.get("status", {}).get("phase") != "Failed" or not pod.get("spec", {}).get("nodeName"):
+        return False
+    return _rejected_at_admission(pod)
+
+
 def _rejected_at_admission(pod: Obj) -> bool:
     reason = str(pod.get("status", {}).get("reason") or "")
     if not (reason.startswith(OUT_OF) or reason in ADMISSION_REJECTIONS):
@@ -153,6 +161,7 @@ def classify(
     node_exists: bool = True,
     node_ready: bool = True,
     rules: Sequence[Obj] = (),
+    memory_policy: bool = False,
 ) -> Outcome | None:
     """The outcome of a pod that ended or vanished; None while it still runs.
 
@@ -161,6 +170,9 @@ def classify(
     saw `preempted()` and returned) keeps its success; a pod not yet terminal counts at once only
     when its node is gone (`node_exists`), or when it is being deleted or disrupted on a node that
     is not Ready (`node_ready`): its kubelet is dead, and nothing will finish its grace period.
+    With `memory_policy` (spec.resources.onOOMKilled), an eviction under memory pressure that names
+    a container using more than its request is a failure, as an OOM kill is: the next attempt gets
+    more memory; without one it stays an interruption (the node's pressure, not the task's limit).
     """
     if pod is None:
         return Outcome(names.OUTCOME_INTERRUPTED, names.INTERRUPTION_POD_DELETED, message="the pod disappeared")
@@ -196,6 +208,11 @@ def classify(
         message = "the pod's node no longer exists" if not node_exists else "the pod's node is not Ready"
         return Outcome(names.OUTCOME_INTERRUPTED, reason, message=message)
     # From here on the pod is Failed.
+    over_request = memory.evicted_over_request(pod) if memory_policy else []
+    if over_request:
+        # Before the DisruptionTarget (TerminationByKubelet): the task used more than it asked for.
+        message = f"evicted under memory pressure: container {over_request[0]} used more memory than it requested"
+        return Outcome(names.OUTCOME_FAILED, memory.EVICTED, message=f"{message}; {status.get('message', '')}".strip())
     if _evicted_over_own_limit(pod):
         # Before the rules: the containers' 137 is the eviction's kill, not an exit of the task.
         return Outcome(names.OUTCOME_FAILED, "Evicted", message=status.get("message", ""))

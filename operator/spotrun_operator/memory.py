@@ -34,6 +34,12 @@ _SUFFIXES: dict[str, int | decimal.Decimal] = {
     "Ei": 2**60,
 }
 OOM_KILLED = "OOMKilled"
+EVICTED = "Evicted"
+# The kubelet's eviction message names each container that used more than its request of the
+# starved resource (pkg/kubelet/eviction/helpers.go, containerMessageFmt: "Container %s was using
+# %s, request is %s, has larger consumption of %v. "). Under memory pressure the kubelet evicts such
+# pods first: the task outgrew its memory, as with an OOM kill.
+_OVER_REQUEST = re.compile(r"Container (\S+) was using (\S+), request is (\S+), has larger consumption of memory\.")
 
 
 def parse_quantity(value: str | int | float) -> int:
@@ -62,10 +68,25 @@ def format_bytes(count: int) -> str:
 
 
 def oom_killed(pod: Obj | None) -> bool:
-    """Whether a container of the pod was killed for exceeding its memory (the kubelet's OOMKilled)."""
+    """Whether a container of the pod was killed for exceeding its memory: the kubelet's OOMKilled, or
+    an eviction under memory pressure that names a container using more than its request."""
     status = (pod or {}).get("status") or {}
     entries = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-    return any(((e.get("state") or {}).get("terminated") or {}).get("reason") == OOM_KILLED for e in entries)
+    killed = any(((e.get("state") or {}).get("terminated") or {}).get("reason") == OOM_KILLED for e in entries)
+    return killed or bool(evicted_over_request(pod))
+
+
+def evicted_over_request(pod: Obj | None) -> list[str]:
+    """The containers that a memory-pressure eviction of the pod names as using more memory than they
+    requested (empty: not such an eviction). The message is the pod's, and its DisruptionTarget's."""
+    status = (pod or {}).get("status") or {}
+    if status.get("reason") != EVICTED:
+        return []
+    texts = [str(status.get("message") or "")]
+    texts += [
+        str(c.get("message") or "") for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"
+    ]
+    return sorted({m.group(1) for text in texts for m in _OVER_REQUEST.finditer(text)})
 
 
 def _scaled(value: Any, times: float, ceiling: int | None) -> Any:

@@ -136,6 +136,26 @@ def build_pods(
     ]
 
 
+HOSTNAME = "kubernetes.io/hostname"
+
+
+def avoid_nodes(pod_spec: Obj, nodes: list[str]) -> Obj:
+    """The pod spec kept off `nodes` (ones that rejected an earlier attempt's pod at admission): a
+    required node anti-affinity, kubernetes.io/hostname NotIn them, ANDed into every term of the
+    template's own required node affinity (its terms are ORed: each must exclude them)."""
+    if not nodes:
+        return pod_spec
+    spec = copy.deepcopy(pod_spec)
+    node_affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    required = node_affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).append({"key": HOSTNAME, "operator": "NotIn", "values": list(nodes)})
+    return spec
+
+
 def build_pod(
     taskrun: Obj,
     attempt: int,

@@ -21,6 +21,35 @@ def backoff_seconds(spec: Obj, failures: int) -> float:
     return min(initial * factor ** min(failures - 1, 64), ceiling)
 
 
+INTERRUPTION_BACKOFF = (5.0, 300.0)  # first wait and cap, doubling per interruption in a row after the first
+
+
+def interruption_backoff_seconds(in_a_row: int) -> float:
+    """Delay before the attempt that follows `in_a_row` interruptions in a row of attempts whose task
+    never started (a node that rejects every pod): the first is replaced at once, then 5 s, 10 s, ...
+    up to 5 min, so that a broken node cannot use up maxInterruptions in a minute."""
+    if in_a_row <= 1:
+        return 0.0
+    first, cap = INTERRUPTION_BACKOFF
+    return float(min(first * 2 ** min(in_a_row - 2, 64), cap))
+
+
+AVOID_SECONDS = 1800  # a node that rejected a pod is avoided this long
+MOST_AVOIDED = 8  # nodes avoided at once: the newest rejections
+
+
+def avoid_node(avoided: list[Obj], node: str, until: str) -> list[Obj]:
+    """status.avoidNodes with `node` avoided until `until` (ISO time): one entry per node, the newest
+    MOST_AVOIDED kept, so that the list stays bounded however many nodes reject."""
+    kept = [e for e in avoided if e.get("node") != node] + [{"node": node, "until": until}]
+    return kept[-MOST_AVOIDED:]
+
+
+def avoided_nodes(avoided: list[Obj], now: str) -> list[str]:
+    """The nodes still avoided at `now` (ISO times compare as text: both are UTC, to the second)."""
+    return [str(e["node"]) for e in avoided if str(e.get("until", "")) > now]
+
+
 def exhausted_budget(
     spec: Obj, failures: int, interruptions: int, default_retries: int = 0, default_max_interruptions: int = 20
 ) -> tuple[str, str] | None:

@@ -24,10 +24,12 @@ from spotrun_operator.attempts import (
     record,
     result,
     stopped_outcome,
+    task_started,
 )
-from spotrun_operator.classify import classify
+from spotrun_operator.classify import classify, rejected_at_admission
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import (
+    avoid_nodes,
     build_budget,
     build_pods,
     build_service,
@@ -45,6 +47,7 @@ REASON_INVALID_TEMPLATE = names.REASON_INVALID_TEMPLATE
 REASON_INVALID_MEMORY_POLICY = names.REASON_INVALID_MEMORY_POLICY
 REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
 PENDING_ACCOUNT = "accountPending"  # on an attempt counted before its pod ended
+IN_A_ROW = "interruptionsInARow"  # interruptions in a row of attempts whose task never started
 PROGRESS_UNREADABLE = "progressUnreadable"  # a due progress deadline could not be checked
 QUIET_OUTCOMES = (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED, names.OUTCOME_RESCHEDULED)  # Events of type Normal
 
@@ -303,11 +306,16 @@ class _Pass:
                     st["oomKills"] = int(st.get("oomKills", 0)) + 1
             elif kind == names.OUTCOME_INTERRUPTED:
                 st["interruptions"] += 1
+                self._avoid_rejecting_nodes(n)
             elif kind == names.OUTCOME_RESCHEDULED:
                 st["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": n}
                 after = ((self.spec.get("capacity") or {}).get("fallback") or {}).get("afterPendingSeconds")
                 message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
+            if kind == names.OUTCOME_INTERRUPTED and not task_started(pod):
+                st[IN_A_ROW] = int(st.get(IN_A_ROW, 0)) + 1  # no progress: the next attempt backs off
+            else:
+                st.pop(IN_A_ROW, None)
             entry = record(pod, n, outcome, kind, self.now)
             if self.size > 1:
                 entry["replicas"] = self.size
@@ -339,6 +347,16 @@ class _Pass:
             )
         st["attempts"] = history[-HISTORY:]
 
+    def _avoid_rejecting_nodes(self, attempt: int) -> None:
+        """The nodes whose kubelet refused one of the attempt's pods at admission (a broken device
+        plugin, resources it does not have) are avoided by the next attempts for a while, so that one
+        bad node does not take every replacement and use up the interruption budget."""
+        until = iso(self.now + datetime.timedelta(seconds=policy.AVOID_SECONDS))
+        for pod in self._pods(attempt):
+            if rejected_at_admission(pod):
+                node = str(pod["spec"]["nodeName"])
+                self.st["avoidNodes"] = policy.avoid_node(list(self.st.get("avoidNodes") or []), node, until)
+
     def _pods(self, attempt: int) -> list[Obj]:
         return list(self.gangs.get(attempt, {}).values())
 
@@ -358,7 +376,8 @@ class _Pass:
         if pod is None or key not in self._outcomes:
             node_exists, node_ready = self._node(pod)
             rules = (self.spec.get("failurePolicy") or {}).get("rules") or []
-            raw = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules)
+            on_oom = (self.spec.get("resources") or {}).get("onOOMKilled") is not None
+            raw = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules, memory_policy=on_oom)
             ended = None if raw is None else stopped_outcome(pod, after_notice(pod, raw))
             if pod is None:
                 return ended
@@ -762,19 +781,26 @@ class _Pass:
         return True
 
     def back_off(self) -> bool:
-        """After a failure, the retry waits; the status names when it is due, not a countdown, so it
-        stays the same while it waits."""
+        """After a failure, the retry waits; after interruptions in a row of attempts that never
+        started their task (a node that rejects every pod), so does the next attempt. The status
+        names when it is due, not a countdown, so it stays the same while it waits."""
         last, st = self.last, self.st
-        if last.get("kind") != names.OUTCOME_FAILED:
+        if last.get("kind") == names.OUTCOME_FAILED:
+            delay = policy.backoff_seconds(self.spec, st["failures"])
+            ended = "failed"
+        elif last.get("kind") == names.OUTCOME_INTERRUPTED:
+            in_a_row = int(st.get(IN_A_ROW, 0))
+            delay = policy.interruption_backoff_seconds(in_a_row)
+            ended = f"was interrupted before its task started, {in_a_row} in a row"
+        else:
             return False
-        delay = policy.backoff_seconds(self.spec, st["failures"])
         due = (_parse(st.get("lastEndTime")) or self.now) + datetime.timedelta(seconds=delay)
         wait = (due - self.now).total_seconds()
         if wait <= 0:
             return False
         st["phase"] = names.BACKOFF
         st["retryAfter"] = iso(due)
-        st["message"] = f"attempt {last['attempt']} failed ({last.get('reason')}); retrying at {st['retryAfter']}"
+        st["message"] = f"attempt {last['attempt']} {ended} ({last.get('reason')}); retrying at {st['retryAfter']}"
         set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], self.now)
         if self.phase != names.BACKOFF:
             self.decision.events.append(("Normal", names.REASON_BACKOFF, st["message"]))
@@ -874,9 +900,14 @@ class _Pass:
         st = self.st
         pods = build_pods(self.taskrun, next_attempt, capacity, self.config, resume_from=source, ranks=ranks)
         on_oom = (self.spec.get("resources") or {}).get("onOOMKilled")
+        avoided = policy.avoided_nodes(list(st.get("avoidNodes") or []), iso(self.now))
+        if avoided:
+            st["avoidNodes"] = [e for e in st["avoidNodes"] if e["node"] in avoided]
+        else:
+            st.pop("avoidNodes", None)
         try:
             for pod in pods:
-                pod["spec"] = memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom)
+                pod["spec"] = avoid_nodes(memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom), avoided)
         except ValueError as err:
             self._finish(names.FAILED, REASON_INVALID_MEMORY_POLICY, f"spec.resources.onOOMKilled: {err}")
             return

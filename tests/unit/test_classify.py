@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spotrun_operator.classify import classify
+from spotrun_operator.classify import classify, rejected_at_admission
 
 CAPTURED = Path(__file__).resolve().parent / "pod_statuses"
 
@@ -364,3 +364,45 @@ def test_a_running_pod_its_restarted_kubelet_rejects_is_an_interruption() -> Non
     outcome = classify(pod)
     assert outcome is not None
     assert (outcome.kind, outcome.reason) == ("Interrupted", "OutOfnvidia.com/gpu")
+
+
+@pytest.mark.parametrize(
+    ("memory_policy", "kind", "reason"),
+    [
+        (True, "Failed", "Evicted"),  # onOOMKilled: the task outgrew its request, as with an OOM kill
+        (False, "Interrupted", "TerminationByKubelet"),  # no memory policy: the node's pressure
+    ],
+)
+def test_a_memory_pressure_eviction_of_a_container_over_its_request_follows_the_memory_policy(
+    memory_policy: bool, kind: str, reason: str
+) -> None:
+    pod = captured(f"{UPSTREAM}/evicted-node-memory-pressure")
+    outcome = classify(pod, memory_policy=memory_policy)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason, outcome.fatal) == (kind, reason, False)
+    if memory_policy:
+        assert outcome.message.startswith("evicted under memory pressure: container main used more memory")
+
+
+def test_a_pressure_eviction_for_another_resource_stays_an_interruption_whatever_the_memory_policy() -> None:
+    pod = captured(f"{UPSTREAM}/evicted-node-disk-pressure-no-condition")
+    outcome = classify(pod, memory_policy=True)
+    assert outcome is not None
+    assert (outcome.kind, outcome.reason) == ("Interrupted", "Evicted")
+
+
+@pytest.mark.parametrize(
+    ("name", "rejected"),
+    [
+        (f"{UPSTREAM}/unexpected-admission-error", True),
+        (f"{UPSTREAM}/outofnvidia-gpu", True),
+        (f"{UPSTREAM}/outofmemory", True),
+        (f"{UPSTREAM}/node-affinity", True),
+        ("real/outofcpu", True),
+        (f"{UPSTREAM}/evicted-node-memory-pressure", False),  # it ran: evicted, not refused
+        ("preempted", False),
+        ("exit-3", False),
+    ],
+)
+def test_a_node_that_refused_a_pod_at_admission_is_told_apart(name: str, rejected: bool) -> None:
+    assert rejected_at_admission(captured(name)) is rejected

@@ -123,6 +123,31 @@ def test_the_memory_a_pod_ran_with_lists_only_containers_with_memory_set() -> No
 def test_an_oom_kill_is_read_from_the_pod_as_the_real_kubelet_wrote_it() -> None:
     oom = json.loads((CAPTURED / "real" / "oomkilled.json").read_text())
     assert memory.oom_killed(oom)
-    for other in ("real/exit-1", "real/preempted", "real/succeeded", "upstream/evicted-node-memory-pressure"):
+    for other in (
+        "real/exit-1",
+        "real/preempted",
+        "real/succeeded",
+        "upstream/evicted-node-disk-pressure-no-condition",
+    ):
         assert not memory.oom_killed(json.loads((CAPTURED / f"{other}.json").read_text())), other
     assert not memory.oom_killed(None)
+
+
+def test_a_memory_pressure_eviction_of_a_container_over_its_request_is_read_as_an_oom_kill() -> None:
+    evicted = json.loads((CAPTURED / "upstream" / "evicted-node-memory-pressure.json").read_text())
+    assert memory.evicted_over_request(evicted) == ["main"]  # "Container main was using 6Gi, request is 1Gi, ..."
+    assert memory.oom_killed(evicted)
+    # Only the DisruptionTarget carries the message (a status written without it): still read.
+    evicted["status"]["message"] = ""
+    assert memory.evicted_over_request(evicted) == ["main"]
+    # Memory pressure, but no container over its request (all BestEffort within it, or none named).
+    evicted["status"]["conditions"] = []
+    evicted["status"]["message"] = (
+        "The node was low on resource: memory. Threshold quantity: 100Mi, available: 51200Ki. "
+    )
+    assert not memory.oom_killed(evicted)
+    # A container over its request of another resource is no memory matter.
+    evicted["status"]["message"] += (
+        "Container main was using 9Gi, request is 1Gi, has larger consumption of ephemeral-storage. "
+    )
+    assert not memory.oom_killed(evicted)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from spotrun_operator.config import Config
 from spotrun_operator.reconcile import Decision, decide, refused, unseen_attempts
 from spotrun_operator.status import changed
@@ -526,3 +527,124 @@ def test_an_attempt_that_found_no_intact_checkpoint_shows_as_a_condition_until_a
     cleared = decide(apply(tr, d), pods, NODES, NOW, CONFIG, checkpoints=Stored(None), listed=True)
     (condition,) = [c for c in cleared.status["conditions"] if c["type"] == "CheckpointsCorrupt"]
     assert condition["status"] == "False"
+
+
+def rejected(attempt: int, node: str, captured: str = "upstream/unexpected-admission-error") -> Obj:
+    """Attempt `attempt`'s pod, refused by the kubelet of `node` at admission (never started)."""
+    return pod_of(attempt, captured, node=node)
+
+
+@pytest.mark.parametrize(
+    ("in_a_row", "wait"),
+    [(1, None), (2, 5), (3, 10), (4, 20), (9, 300), (40, 300)],  # the first at once, then doubling, capped
+)
+def test_interruptions_in_a_row_of_attempts_that_never_started_back_off(in_a_row: int, wait: int | None) -> None:
+    before = {"attempt": in_a_row, "accountedAttempt": in_a_row - 1, "interruptionsInARow": in_a_row - 1}
+    tr = taskrun({**before, "phase": "Pending", "interruptions": in_a_row - 1}, maxInterruptions=100)
+    d = decide(tr, [rejected(in_a_row, f"spot-{in_a_row}")], NODES, NOW, CONFIG)
+    assert (d.status["interruptions"], d.status["interruptionsInARow"]) == (in_a_row, in_a_row)
+    if wait is None:
+        assert d.create is not None
+        return
+    assert d.create is None
+    assert d.status["phase"] == "Backoff"
+    assert d.status["retryAfter"] == (NOW + datetime.timedelta(seconds=wait)).isoformat().replace("+00:00", "Z")
+    assert f"attempt {in_a_row} was interrupted before its task started, {in_a_row} in a row" in d.status["message"]
+    assert d.requeue_after == wait
+    assert ("Normal", "BackoffLimitNotReached", d.status["message"]) in d.events
+    due = decide(apply(tr, d), [], NODES, NOW + datetime.timedelta(seconds=wait), CONFIG)
+    assert due.create is not None
+
+
+def test_an_interruption_of_a_task_that_ran_is_replaced_at_once_and_ends_the_row() -> None:
+    tr = taskrun(
+        {"attempt": 5, "accountedAttempt": 4, "phase": "Running", "interruptions": 4, "interruptionsInARow": 4}
+    )
+    d = decide(tr, [pod_of(5, "preempted")], NODES, NOW, CONFIG)
+    assert d.status["interruptions"] == 5
+    assert "interruptionsInARow" not in d.status
+    assert d.create is not None
+
+
+def test_a_node_that_refused_a_pod_at_admission_is_avoided_by_the_next_attempts_for_a_while() -> None:
+    late = NOW + datetime.timedelta(minutes=35)  # spot-1's 30 min are over, spot-2's not
+    tr = taskrun({"attempt": 1, "phase": "Pending"})
+    d = decide(tr, [rejected(1, "spot-1")], NODES, NOW, CONFIG)
+    assert d.status["avoidNodes"] == [{"node": "spot-1", "until": "2026-11-27T12:30:00Z"}]
+    (term,) = d.pods[0]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["spot-1"]} in term["matchExpressions"]
+    # The next one refused on another node: both avoided, each until its own time.
+    later = NOW + datetime.timedelta(minutes=20)
+    again = decide(apply(tr, d), [rejected(2, "spot-2", "real/outofcpu")], NODES, later, CONFIG)
+    assert [e["node"] for e in again.status["avoidNodes"]] == ["spot-1", "spot-2"]
+    assert again.status["phase"] == "Backoff"  # the second in a row
+    after = decide(apply(tr, again), [], NODES, later + datetime.timedelta(seconds=5), CONFIG)
+    assert _avoided(after) == ["spot-1", "spot-2"]
+    # Past its time a node is tried again, and left out of status.
+    avoided = again.status["avoidNodes"]
+    past = decide(taskrun({"attempt": 2, "accountedAttempt": 2, "avoidNodes": avoided}), [], NODES, late, CONFIG)
+    assert [e["node"] for e in past.status["avoidNodes"]] == ["spot-2"]
+    assert _avoided(past) == ["spot-2"]
+
+
+def _avoided(d: Decision) -> list[str]:
+    affinity = (d.pods[0]["spec"].get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    found = [e for t in terms for e in t.get("matchExpressions") or [] if e["key"] == "kubernetes.io/hostname"]
+    return [v for e in found for v in e["values"]]
+
+
+def test_the_avoided_nodes_are_bounded_and_kept_in_every_term_of_the_templates_own_affinity() -> None:
+    own = {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}, {}]}
+    template = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": own}}}
+    tr = taskrun({"attempt": 1, "phase": "Pending"})
+    tr["spec"]["template"]["spec"].update(copy.deepcopy(template))
+    avoid = [{"node": f"n{i}", "until": "2026-11-27T13:00:00Z"} for i in range(8)]
+    tr["status"]["avoidNodes"] = avoid
+    d = decide(tr, [rejected(1, "spot-1")], NODES, NOW, CONFIG)
+    assert [e["node"] for e in d.status["avoidNodes"]] == [*(f"n{i}" for i in range(1, 8)), "spot-1"]
+    terms = d.pods[0]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert len(terms) == 2
+    for term in terms:
+        assert term["matchExpressions"][-1]["values"] == [*(f"n{i}" for i in range(1, 8)), "spot-1"]
+    assert tr["spec"]["template"]["spec"]["affinity"] == template["affinity"]  # the template is not changed
+
+
+def test_a_failure_or_preemption_avoids_no_node() -> None:
+    for pod in (pod_of(1, "exit-3"), pod_of(1, "preempted")):
+        d = decide(taskrun({"attempt": 1, "phase": "Running"}), [pod], NODES, NOW, CONFIG)
+        assert "avoidNodes" not in d.status
+
+
+def memory_pressure_evicted(attempt: int) -> Obj:
+    pod = pod_of(attempt, "upstream/evicted-node-memory-pressure")
+    pod["spec"]["containers"] = [{"name": "task", "resources": {"requests": {"memory": "1Gi"}}}]
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("on_oom", "failures", "interruptions", "oom_kills"),
+    [({"factor": 2}, 1, 0, 1), (None, 0, 1, 0)],
+)
+def test_a_memory_pressure_eviction_over_the_request_is_an_oom_kill_under_the_memory_policy(
+    on_oom: Obj | None, failures: int, interruptions: int, oom_kills: int
+) -> None:
+    resources = {"onOOMKilled": on_oom} if on_oom else {}
+    tr = taskrun({"attempt": 1, "phase": "Running"}, resources=resources)
+    tr["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"memory": "1Gi"}}
+    d = decide(tr, [memory_pressure_evicted(1)], NODES, NOW, CONFIG)
+    st = d.status
+    assert (st["failures"], st["interruptions"], st.get("oomKills", 0)) == (failures, interruptions, oom_kills)
+    if on_oom is None:
+        assert d.create is not None  # an interruption: replaced at once, with the same memory
+        assert d.create["spec"]["containers"][0]["resources"]["requests"]["memory"] == "1Gi"
+        return
+    assert st["attempts"][0]["reason"] == "Evicted"
+    assert st["phase"] == "Backoff"
+    retry = decide(apply(tr, d), [memory_pressure_evicted(1)], NODES, NOW + datetime.timedelta(seconds=10), CONFIG)
+    assert retry.create is not None
+    assert retry.create["spec"]["containers"][0]["resources"]["requests"]["memory"] == "2Gi"
