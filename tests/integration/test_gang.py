@@ -8,6 +8,8 @@ runs in tests/e2e.
 from __future__ import annotations
 
 import datetime
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from spotrun._manifest import Manifest, manifest_key
 
 from localcluster.cluster import Cluster
 from localcluster.kube import Client
-from tests.integration.operator_fixtures import create_taskrun, steps_taskrun, wait_phase, wait_step
+from tests.integration.operator_fixtures import Operator, create_taskrun, steps_taskrun, wait_phase, wait_step
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +82,34 @@ def test_a_gang_restarts_together_and_every_rank_resumes_from_the_same_checkpoin
     )
     ended = datetime.datetime.fromisoformat(attempt["endTime"].replace("Z", "+00:00"))
     assert began >= ended - datetime.timedelta(seconds=1), (began, ended)
+
+
+def test_a_rank_missing_from_a_stale_cache_is_looked_up_live_not_counted_as_an_interruption(
+    operator: Operator, cluster: Cluster, kube: Client, task_namespace: str, spot_pool: None, tmp_path: Path
+) -> None:
+    """The operator restarts and its pod informer's first list lacks rank 1 (a seam in the test:
+    tests/integration/seams/sitecustomize.py): the pass must read the TaskRun's pods live before it
+    counts rank 1 gone, so the gang runs on as attempt 1, with no interruption."""
+    name = "stale"
+    create_taskrun(kube, task_namespace, steps_taskrun(name, steps=24, step_seconds=0.4, replicas=2))
+    wait_step(kube, task_namespace, name, 3)
+    hidden = tmp_path / "hidden"
+    seams = Path(__file__).resolve().parent / "seams"
+    stale = Operator(
+        cluster,
+        operator.kubeconfig,
+        tmp_path / "stale-operator.log",
+        PYTHONPATH=os.pathsep.join([str(seams), os.environ.get("PYTHONPATH", "")]),
+        SPOTRUN_TEST_HIDE_POD=f"{name}-a1-r1",
+        SPOTRUN_TEST_HIDDEN=str(hidden),
+    )
+    operator.stop()
+    try:
+        stale.start()
+        final = wait_phase(kube, task_namespace, name, "Succeeded", "Failed", timeout=120)
+    finally:
+        stale.stop()
+        operator.start()
+    assert hidden.read_text() == f"{name}-a1-r1", "the seam did not hide rank 1"
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert (final["attempt"], final["interruptions"], final["failures"]) == (1, 0, 0)
