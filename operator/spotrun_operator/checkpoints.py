@@ -1,4 +1,4 @@
-"""The operator's reads of checkpoint storage: beside the passes, never inside one.
+"""The operator's reads of checkpoint storage: confined to the prefix it assigned, and never inside a pass.
 
 What a pass learns of a TaskRun's checkpoints (the newest one for status, the time of the last
 commit for lost work, a fresh one for a drain, a commit for the progress deadline) comes from a
@@ -13,12 +13,19 @@ lands, at most HOLD_SECONDS later, so that lost work is measured from the checkp
 truly committed last. While storage does not answer (a read failed or has been under way longer
 than HOLD_SECONDS), nothing is held: the pass goes on as when storage cannot be read (lost work
 as an upper bound, a drain waits for its timeout), and recovery is as fast as with S3 up.
+
+Only the prefix the operator assigned (its checkpoint prefix + NAMESPACE/NAME/) is read, with its
+own credentials, exactly as only that one is deleted (handlers._delete_checkpoints): a TaskRun's
+author chooses spec.checkpoint.uri and must not be able to have another tenant's newest checkpoint
+copied into their status. A TaskRun with a URI of its own is never read; its status says so (the
+CheckpointsRead condition) and it is passed as one whose storage cannot be read.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import logging
 import os
 import queue
@@ -32,7 +39,8 @@ from botocore.config import Config as BotoConfig
 from spotrun import Checkpoint, open_storage
 
 from spotrun_operator.config import Config
-from spotrun_operator.podbuild import checkpoint_uri
+from spotrun_operator.podbuild import assigned_uri, checkpoint_uri
+from spotrun_operator.status import set_condition
 
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.checkpoints")
@@ -44,9 +52,12 @@ QUEUED = 1000  # reads waiting for a thread; beyond that a request is dropped (i
 ENTRIES = 20000  # TaskRuns whose last read is kept; the least recently asked go first
 CONNECT_TIMEOUT, READ_TIMEOUT = 2.0, 5.0  # per request, one try: a hanging S3 holds a thread ~7 s
 
+COND_CHECKPOINTS_READ = "CheckpointsRead"
+REASON_NOT_ASSIGNED = "URINotAssigned"
+
 
 class NotRead(Exception):
-    """Storage was not read for this pass (not yet, or not answering)."""
+    """Storage was not read for this pass (not yet, not answering, or not ours to read)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +137,8 @@ class CheckpointCache:
     # ----- what a pass sees -------------------------------------------------------------------------
 
     def view(self, key: Hashable, taskrun: Obj, config: Config) -> View:
-        uri = checkpoint_uri(taskrun, config)
-        return View(self, key, uri, bool(uri), "")
+        uri, assigned = checkpoint_uri(taskrun, config), assigned_uri(taskrun, config)
+        return View(self, key, uri, bool(uri) and uri == assigned, assigned)
 
     def _serve(self, key: Hashable, uri: str) -> Snapshot:
         """The snapshot a pass may use now, or NotRead (and a read requested)."""
@@ -223,6 +234,8 @@ class View:
         self.cache, self.key, self.uri, self.readable, self.assigned = cache, key, uri, readable, assigned
 
     def _snapshot(self) -> Snapshot:
+        if not self.readable:
+            raise NotRead(f"{self.uri} is not the prefix the operator assigned")
         return self.cache._serve(self.key, self.uri)
 
     def latest(self) -> Obj | None:
@@ -239,6 +252,23 @@ class View:
         """After decide(): seconds to wait for a read this pass asked for (its decision is to be
         dropped), or None to apply it."""
         return self.cache._hold(self.key) if self.readable and self.uri else None
+
+    def explain(self, status: Obj, now: datetime.datetime) -> None:
+        """A URI of the TaskRun's own: status shows none of its checkpoints, and says why."""
+        conditions = status.get("conditions") or []
+        if self.readable or not self.uri:
+            if any(c.get("type") == COND_CHECKPOINTS_READ for c in conditions):
+                status["conditions"] = [c for c in conditions if c.get("type") != COND_CHECKPOINTS_READ]
+            return
+        # What an earlier operator may have copied from that prefix goes too.
+        status["checkpoint"] = {k: v for k, v in (status.get("checkpoint") or {}).items() if k in ("uri", "resumeFrom")}
+        message = (
+            f"not reading {self.uri}: the operator reads checkpoints only under the prefix it assigned "
+            f"({self.assigned or 'none configured'}), with its own credentials. Status shows no checkpoint of "
+            "it, a drain waits its full checkpoint timeout, lost work is an upper bound (lostSecondsEstimated) "
+            "and progressDeadlineSeconds is not enforced; the task itself reads and writes it as before"
+        )
+        set_condition(status, COND_CHECKPOINTS_READ, False, REASON_NOT_ASSIGNED, message, now)
 
 
 # ----- storage ----------------------------------------------------------------------------------------

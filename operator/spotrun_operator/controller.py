@@ -343,6 +343,7 @@ class Controller:
         # TaskRun passed again when the read lands (a second at most, and never while S3 hangs).
         if (hold := checkpoints.hold()) is not None:
             return hold
+        checkpoints.explain(decision.status, now)
         by_name = {p["metadata"]["name"]: p for p in pods}
         if decision.create is not None:
             try:

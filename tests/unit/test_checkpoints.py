@@ -1,5 +1,5 @@
-"""The operator's reads of checkpoint storage (checkpoints.py): beside the passes, never in one.
-Storage is a stub whose reads hang until released."""
+"""The operator's reads of checkpoint storage (checkpoints.py): beside the passes, never in one, and
+only under the prefix the operator assigned. Storage is a stub whose reads hang until released."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from spotrun_operator import checkpoints
 from spotrun_operator.checkpoints import CheckpointCache, NotRead, Snapshot
 from spotrun_operator.reconcile import Decision, decide
 
-from tests.unit.test_reconcile import CONFIG, NODES, NOW, pod_of, taskrun
+from tests.unit.test_reconcile import CONFIG, NODES, NOW, apply, pod_of, taskrun
 
 Obj = dict[str, Any]
 KEY = ("ml", "train")
@@ -78,7 +78,10 @@ def one_pass(cache: CheckpointCache, tr: Obj, pods: list[Obj]) -> tuple[Decision
     """What Controller.sync does with storage: decide, then hold or apply (and explain)."""
     view = cache.view(KEY, tr, CONFIG)
     decision = decide(tr, pods, NODES, NOW, CONFIG, checkpoints=view)
-    return decision, view.hold()
+    hold = view.hold()
+    if hold is None:
+        view.explain(decision.status, NOW)
+    return decision, hold
 
 
 PREEMPTED = taskrun({"attempt": 1, "phase": "Running"})
@@ -214,5 +217,71 @@ def test_a_read_that_landed_a_moment_ago_is_served_and_an_older_one_is_read_agai
         clock.now += checkpoints.FRESH_SECONDS
         with pytest.raises(NotRead):  # stale: read again, not served as if read now
             cache.view(KEY, PREEMPTED, CONFIG).latest()
+    finally:
+        cache.stop()
+
+
+# ----- defect 4: only the prefix the operator assigned is read ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "read"),
+    [
+        (None, True),  # the assigned prefix: s3://bucket/runs/ml/train/
+        ("s3://bucket/runs/ml/train", True),  # written out, the same prefix
+        ("s3://bucket/runs/other-tenant/their-run/", False),  # another tenant's assigned prefix
+        ("s3://bucket/runs/ml/", False),  # above the assigned one: every TaskRun of the namespace
+        ("s3://bucket/runs/ml/train/deeper/", False),
+        ("s3://their-bucket/anything/", False),
+        ("/var/lib/operator-secrets", False),  # a path on the operator's own disk
+    ],
+)
+def test_a_taskrun_is_read_only_under_the_prefix_the_operator_assigned(uri: str | None, read: bool) -> None:
+    storage, woken = Hanging(), Woken()
+    storage.release.set()
+    cache = cache_of(storage, woken)
+    try:
+        tr = taskrun({"attempt": 1, "phase": "Running"}, checkpoint={"keep": 3, **({"uri": uri} if uri else {})})
+        with pytest.raises(NotRead):
+            cache.view(KEY, tr, CONFIG).latest()
+        if read:
+            assert woken.event.wait(5)
+            assert storage.opened == ["s3://bucket/runs/ml/train/"]
+        else:
+            assert not woken.event.wait(0.2)
+            assert storage.opened == []
+    finally:
+        cache.stop()
+
+
+def test_a_taskrun_naming_another_tenants_prefix_gets_nothing_of_it_in_its_status() -> None:
+    storage, woken = Hanging(), Woken()
+    storage.release.set()
+    cache = cache_of(storage, woken)
+    try:
+        theirs = "s3://bucket/runs/other-tenant/their-run/"
+        # What an operator before this fix had copied into status from that prefix.
+        copied = {"uri": theirs, **NEWEST, "unrestorable": {"attempt": 1, "message": "theirs"}}
+        tr = taskrun({"attempt": 1, "phase": "Running", "checkpoint": copied}, checkpoint={"uri": theirs})
+        decision, hold = one_pass(cache, tr, PODS)
+        assert hold is None  # never held: nothing is read for it
+        assert decision.create is not None
+        assert decision.status["checkpoint"] == {"uri": theirs}
+        assert "startCheckpoint" not in decision.status
+        (counted,) = decision.status["attempts"]
+        assert counted["lostSecondsEstimated"] is True
+        (condition,) = [c for c in decision.status["conditions"] if c["type"] == "CheckpointsRead"]
+        assert (condition["status"], condition["reason"]) == ("False", "URINotAssigned")
+        assert "s3://bucket/runs/ml/train/" in condition["message"]
+        assert storage.opened == []
+        # The condition goes once the TaskRun is back on the assigned prefix (an edit of a stored one).
+        ours = apply(tr, decision)
+        ours["spec"]["checkpoint"].pop("uri")
+        again, hold = one_pass(cache, ours, [])
+        if hold is not None:
+            assert woken.event.wait(5)
+            again, hold = one_pass(cache, ours, [])
+        assert hold is None
+        assert all(c["type"] != "CheckpointsRead" for c in again.status.get("conditions", []))
     finally:
         cache.stop()
