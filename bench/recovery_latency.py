@@ -13,16 +13,27 @@ is seen created.
 On real nodes (kubelet, containerd, runc) both run the Spotrun image; `--disruption reclaim` taints,
 cordons and evicts through the Eviction API (Karpenter's and the AWS Node Termination Handler's
 path) instead of the graceful node shutdown.
+
+`--s3-stopped` measures the TaskRun alone, first with S3 running, then with the S3 server stopped
+(SIGSTOP: it hangs, it does not refuse), in the same run, and prints the ratio: the operator reads
+storage beside its passes, so that the next attempt never waits on S3 (lost work is then an
+upper bound, lostSecondsEstimated). SIGCONT is sent whatever happens.
+
+    python -m localcluster up && python bench/recovery_latency.py --s3-stopped [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +113,18 @@ def job(name: str, real: bool) -> Obj:
     }
 
 
-def one_round(cluster: Cluster, watch: PodWatch, owner: str, disruption: str) -> float:
-    """Preempts the node of `owner`'s live pod; seconds from it seen terminal to its replacement seen created."""
+def one_round(
+    cluster: Cluster, watch: PodWatch, owner: str, disruption: str, *, from_disruption: bool = False
+) -> float:
+    """Preempts the node of `owner`'s live pod; seconds from it seen terminal (or, `from_disruption`,
+    from the preemption's start) to its replacement seen created."""
     kube = cluster.admin()
     live = wait_for(lambda: (pods := watch.live(owner)) and len(pods) == 1 and pods, 120, f"one live pod of {owner}")
     old = live[0]
     path = f"/api/v1/namespaces/{watch.namespace}/pods/{old}"
     wait_for(lambda: kube.get(path).get("status", {}).get("phase") == "Running", 60, f"{old} to run")
     node = kube.get(path)["spec"]["nodeName"]
+    disrupted = time.monotonic()
     if disruption == "reclaim":
         cluster.reclaim_node(node)
     else:
@@ -123,17 +138,56 @@ def one_round(cluster: Cluster, watch: PodWatch, owner: str, disruption: str) ->
     cluster.add_node(node, "spot")  # the autoscaler brings the capacity back
     # Negative: the replacement was created before the old pod ended (its node was already not
     # ready, as during a graceful node shutdown, and the operator does not wait for it).
-    return watch.created[replacement] - ended
+    return watch.created[replacement] - (disrupted if from_disruption else ended)
 
 
 def measure(cluster: Cluster, watch: PodWatch, owner: str, rounds: int, disruption: str) -> list[float]:
     return [one_round(cluster, watch, owner, disruption) for _ in range(rounds)]
 
 
+@contextlib.contextmanager
+def s3_stopped(cluster: Cluster) -> Iterator[None]:
+    """The cluster's S3 server stopped (SIGSTOP): connections are accepted by the kernel and never answered."""
+    pid = cluster._pid("versitygw")
+    if pid is None:
+        raise SystemExit("the local cluster's S3 server (versitygw) is not running")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def compare_s3_stopped(cluster: Cluster, watch: PodWatch, kube: Client, namespace: str, rounds: int) -> None:
+    """The TaskRun's recovery with S3 running, then with S3 stopped, in one run; prints the ratio."""
+    body = steps_taskrun("bench", steps=100000, step_seconds=1, maxInterruptions=1000)
+    body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 1
+    kube.create(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns", body)
+    # From the preemption's start: with a 1 s grace the replacement often comes before the old pod
+    # is seen terminal (its node is not Ready first), and a ratio of such differences means nothing.
+    running = [one_round(cluster, watch, "bench", "preempt", from_disruption=True) for _ in range(rounds)]
+    with s3_stopped(cluster):
+        stopped = [one_round(cluster, watch, "bench", "preempt", from_disruption=True) for _ in range(rounds)]
+    kube.delete(f"/apis/spotrun.dev/v1alpha1/namespaces/{namespace}/taskruns/bench")
+    print(
+        f"TaskRun recovery, `node preempt` (1 s grace) -> replacement seen created, S3 running vs S3 stopped "
+        f"(SIGSTOP), {rounds} rounds each\n"
+    )
+    print(f"{'round':>5} {'S3 running':>11} {'S3 stopped':>11}")
+    for n, (a, b) in enumerate(zip(running, stopped, strict=True), 1):
+        print(f"{n:>5} {a:10.2f}s {b:10.2f}s")
+    ratio = statistics.median(stopped) / max(abs(statistics.median(running)), 1e-3)
+    print(
+        f"\np50 S3 running {statistics.median(running):.2f}s, S3 stopped {statistics.median(stopped):.2f}s "
+        f"(max {max(stopped):.2f}s); stopped/running {ratio:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--disruption", choices=["preempt", "reclaim"], default="preempt")
+    parser.add_argument("--s3-stopped", action="store_true", help="the TaskRun with S3 running, then stopped")
     parser.add_argument("--state-dir", type=Path, help="the cluster's state directory (default .localcluster)")
     args = parser.parse_args()
     cluster = Cluster(args.state_dir)
@@ -144,6 +198,14 @@ def main() -> None:
     operator = install(cluster, kube, Path(tempfile.mkdtemp(prefix="spotrun-bench-")))
     operator.start()
     watch = PodWatch(kube, namespace)
+    if args.s3_stopped:
+        try:
+            compare_s3_stopped(cluster, watch, kube, namespace, args.rounds)
+        finally:
+            watch.stop()
+            operator.stop()
+            kube.delete(f"/api/v1/namespaces/{namespace}")
+        return
     try:
         body = steps_taskrun("bench", steps=100000, step_seconds=1, maxInterruptions=1000)
         template = body["spec"]["template"]["spec"]

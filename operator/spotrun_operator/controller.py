@@ -21,8 +21,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from spotrun import Checkpoint, S3Storage, open_storage
-
 from spotrun_operator import metrics, names
 from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, transient
 from spotrun_operator.attempts import finished
@@ -37,6 +35,7 @@ from spotrun_operator.cache import (
     trim_taskrun,
     wait_synced,
 )
+from spotrun_operator.checkpoints import CheckpointCache
 from spotrun_operator.config import Config
 from spotrun_operator.podbuild import checkpoint_uri
 from spotrun_operator.reconcile import decide, refused, unseen_attempts
@@ -142,6 +141,7 @@ class Controller:
         self.nodes = Nodes(self.node_store)
         self.queue = WorkQueue()
         self.events = Events(events_api or api)
+        self.checkpoints = CheckpointCache(self.queue.add)  # storage is read beside the passes, never in one
         self._failures: dict[Key, int] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -205,6 +205,7 @@ class Controller:
         metrics.QUEUE_DEPTH.set_function(lambda: len(self.queue))
         metrics.SCHEDULED.set_function(self.queue.scheduled)
         self.events.start()
+        self.checkpoints.start()
         for key in self.taskruns.all_keys():
             self.queue.add(key)
         for n in range(self.workers):
@@ -224,6 +225,7 @@ class Controller:
         for informer in self.informers:
             informer.stop()
         self.events.stop()
+        self.checkpoints.stop()
 
     def alive(self) -> bool:
         return all(i.thread.is_alive() for i in self.informers) and all(t.is_alive() for t in self._threads)
@@ -316,6 +318,7 @@ class Controller:
         if taskrun is None or taskrun["metadata"].get("deletionTimestamp"):
             self.release_pods(namespace, name)
             metrics.forget(namespace, name)
+            self.checkpoints.forget(key)
             return None
         pods = self.pods.of_taskrun(namespace, name)
         listed = bool(unseen_attempts(taskrun, pods))
@@ -327,6 +330,7 @@ class Controller:
             for pod in pods:
                 self.pods.put(pod)
         now = datetime.datetime.now(datetime.UTC)
+        checkpoints = self.checkpoints.view(key, taskrun, self.config)
         decision = decide(
             taskrun,
             pods,
@@ -335,9 +339,14 @@ class Controller:
             self.config,
             resume_from=self._resume_from(taskrun),
             node_info=lambda name: self.node_store.get(("", name)),
-            checkpoints=StoredCheckpoints(checkpoint_uri(taskrun, self.config)),
+            checkpoints=checkpoints,
             listed=listed,
         )
+        # The pass asked storage, and a read is on its way: this decision is dropped, and the
+        # TaskRun passed again when the read lands (a second at most, and never while S3 hangs).
+        if (hold := checkpoints.hold()) is not None:
+            return hold
+        checkpoints.explain(decision.status, now)
         by_name = {p["metadata"]["name"]: p for p in pods}
         if decision.create is not None:
             try:
@@ -402,63 +411,3 @@ class Controller:
             log.info("Deleted TaskRun %s/%s: ttlSecondsAfterFinished passed", namespace, name)
             self.api.delete_taskrun(namespace, name)
         return decision.requeue_after
-
-
-class _S3:
-    """One S3 client for every TaskRun's status read (making a boto3 client costs tens of ms of CPU),
-    with two tries: the newest checkpoint in status is informative, and a slow S3 must not hold a
-    worker for long."""
-
-    _lock = threading.Lock()
-    _client: Any = None
-
-    @classmethod
-    def client(cls) -> Any:
-        with cls._lock:
-            if cls._client is None:
-                cls._client = S3Storage("any-bucket", "", read_only=True, max_attempts=2).client
-            return cls._client
-
-
-def _info(info: Any) -> Obj:
-    return {"id": info.id, "step": info.step, "attempt": info.attempt, "time": info.time.isoformat(), "size": info.size}
-
-
-class StoredCheckpoints:
-    """reconcile.Checkpoints on the TaskRun's storage: read only when a pass asks (an attempt was
-    counted, a drain waits), through one shared client."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self._checkpoint: Checkpoint | None = None
-
-    def _open(self) -> Checkpoint:
-        if self._checkpoint is None:
-            shared = {"client": _S3.client()} if self.uri.startswith("s3://") else {}
-            self._checkpoint = Checkpoint(open_storage(self.uri, read_only=True, **shared))
-        return self._checkpoint
-
-    def latest(self) -> Obj | None:
-        if not self.uri:
-            return None
-        try:
-            info = self._open().latest()
-            # From the same listing; a GET only when an attempt left one.
-            record = self._open().unrestorable() if info is not None else None
-        except Exception as err:
-            log.warning("Reading the newest checkpoint of %s failed: %s", self.uri, err)
-            raise
-        if info is None:
-            return None
-        found = _info(info)
-        if record:
-            found["unrestorable"] = {"attempt": record.get("attempt"), "message": str(record.get("message", ""))}
-        return found
-
-    def newest_of(self, attempt: int) -> Obj | None:
-        if not self.uri:
-            return None
-        for info in self._open().list():
-            if info.attempt <= attempt:
-                return _info(info)
-        return None
