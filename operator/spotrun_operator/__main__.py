@@ -2,9 +2,11 @@
 
 The operator's life: the informers fill the caches at once (a standby keeps them warm too), the
 replica stands by until it holds the leader Lease, then the controller's workers and kopf (the
-checkpoint-deletion handler) start. SIGTERM: the passes under way finish, the Lease is given up,
-and a standby takes over on its next try. A leader that loses the Lease exits at once (status 1),
-so that it never writes while another replica leads; its Deployment starts it again as a standby.
+checkpoint-deletion handler) start. SIGTERM: the passes under way finish, kopf and the Events
+thread stop, and only then is the Lease given up (a standby takes over on its next try); if they do
+not stop within STOP_TIMEOUT, the process exits without giving it up and the standby waits out the
+Lease's duration. A leader that loses the Lease exits at once (status 1), so that it never writes
+while another replica leads; its Deployment starts it again as a standby.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -25,13 +28,14 @@ from typing import Any
 import kopf
 
 from spotrun_operator import cleanup, handlers, metrics, names
-from spotrun_operator.api import Api
+from spotrun_operator.api import Api, lease_api
 from spotrun_operator.config import Config, ConfigError
 from spotrun_operator.controller import Controller
 from spotrun_operator.leader import Elector
 
 log = logging.getLogger("spotrun.operator")
 EVENTS_QPS = 20
+STOP_TIMEOUT = 15.0  # for the writers to stop on SIGTERM, within the pod's default grace of 30 s
 
 
 class _JsonFormatter(logging.Formatter):
@@ -106,7 +110,7 @@ def run(config: Config, liveness: str) -> int:
     if config.leader_election:
         # Its own client and rate limiter: a renewal never waits behind the workers' requests.
         elector = Elector(
-            Api(qps=5, burst=10, pool=2, user_agent=agent),
+            lease_api(agent),
             config.lease_namespace,
             config.lease_name,
             identity,
@@ -129,13 +133,13 @@ def run(config: Config, liveness: str) -> int:
     )
     while elector is not None and not elector.leading.wait(0.5):
         if terminating.is_set():
-            elector.release()
+            elector.stop(release=True)
             return 0
     while not controller.synced(timeout=0.5):
         if terminating.is_set():
-            return _stop(controller, elector)
+            return _stop(controller, elector, None)
     if terminating.is_set():  # told to stop just as the Lease came: lead no further
-        return _stop(controller, elector)
+        return _stop(controller, elector, None)
     controller.start_workers()
     log.info("Reconciling %d TaskRuns with %d workers", len(controller.taskruns), config.workers)
     # kopf in a thread of its own (kopf's "embedding"): it then leaves the signals to this one, and
@@ -145,11 +149,9 @@ def run(config: Config, liveness: str) -> int:
     while not terminating.wait(1.0):
         if not kopf_thread.is_alive():
             log.error("kopf stopped; exiting")
-            _stop(controller, elector)
+            _stop(controller, elector, None)
             return 1
-    status = _stop(controller, elector)
-    kopf_thread.join(5.0)
-    return status
+    return _stop(controller, elector, kopf_thread)
 
 
 class _SignalsAreOurs(logging.Filter):
@@ -171,19 +173,38 @@ def _run_kopf(config: Config, stop: threading.Event) -> None:
     )
 
 
-def _stop(controller: Controller, elector: Elector | None) -> int:
-    """The passes under way finish, then the Lease is given up: a standby takes over at its next try."""
-    controller.stop()
+def _stop(controller: Controller, elector: Elector | None, kopf_thread: threading.Thread | None) -> int:
+    """Every writer stops (the passes under way finish; kopf, told by the same flag, and the Events
+    thread end), then the Lease is given up: a standby takes over at its next try. Given up only if
+    they all stopped within STOP_TIMEOUT: one still writing when the standby takes over would make
+    two leaders; kept, the standby waits out the Lease's duration instead. The elector renews all the
+    while, and its watchdog still ends the process at the renew deadline."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    controller.stop(timeout=0.0)  # tells them all to stop; stopped() waits for them, against one deadline
+    stopped = controller.stopped(timeout=max(0.0, deadline - time.monotonic()))
+    if kopf_thread is not None:
+        kopf_thread.join(max(0.0, deadline - time.monotonic()))
+        stopped = stopped and not kopf_thread.is_alive()
+    if not stopped:
+        log.error("Writers still ran %.0fs after SIGTERM; exited without giving up the Lease", STOP_TIMEOUT)
+        _exit_now(1)
     if elector is not None:
-        elector.release()
+        elector.stop(release=True)
     log.info("Stopped")
     return 0
 
 
 def _lost() -> None:
     """Another replica may lead now: stop writing at once."""
+    _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+    """Ends the process at once: the one way to stop every writer together (workers, kopf's handler
+    threads, the Events thread, a request stuck in a socket); Python cannot stop a thread, and an
+    orderly exit would wait for kopf's executor threads."""
     logging.shutdown()
-    os._exit(1)
+    os._exit(status)
 
 
 def _serve_liveness(url: str, healthy: Callable[[], bool]) -> None:

@@ -238,27 +238,34 @@ class Api:
 
     # ----- the leader's Lease -------------------------------------------------------------------------
 
-    def get_lease(self, namespace: str, name: str) -> Obj | None:
+    def get_lease(self, namespace: str, name: str, timeout: float) -> Obj | None:
+        """The Lease, or None; the request ends within `timeout` seconds in all."""
         try:
-            return self._json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+            answer = self.coordination.read_namespaced_lease(
+                name, namespace, _preload_content=False, _request_timeout=timeout
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
+        return self._json(answer)
 
-    def write_lease(self, namespace: str, body: Obj) -> Obj:
-        """Creates the Lease (no resourceVersion in `body`) or replaces it (with one): Conflict when
-        another replica wrote it first."""
+    def write_lease(self, namespace: str, body: Obj, timeout: float) -> Obj:
+        """Creates the Lease (no resourceVersion in `body`) or replaces it (with one), within `timeout`
+        seconds in all: Conflict when another replica wrote it first."""
+        name = body["metadata"]["name"]
         try:
             if body["metadata"].get("resourceVersion"):
                 answer = self.coordination.replace_namespaced_lease(
-                    body["metadata"]["name"], namespace, body, _preload_content=False
+                    name, namespace, body, _preload_content=False, _request_timeout=timeout
                 )
             else:
-                answer = self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+                answer = self.coordination.create_namespaced_lease(
+                    namespace, body, _preload_content=False, _request_timeout=timeout
+                )
         except ApiException as err:
             if err.status == 409:
-                raise Conflict(f"lease {namespace}/{body['metadata']['name']} was written by another replica") from err
+                raise Conflict(f"lease {namespace}/{name} was written by another replica") from err
             raise
         return self._json(answer)
 
@@ -595,3 +602,14 @@ class Api:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         answer = self._json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
         return len(answer.get("items", []))
+
+
+def lease_api(user_agent: str) -> Api:
+    """The leader election's own client: its own rate limiter, so that a renewal never waits behind
+    the workers' requests; and no urllib3 retries, so that the timeout each request is given (the
+    time left to the renew deadline) bounds it whole: a retry would start a fresh timeout."""
+    configuration = _configuration(pool=2)
+    configuration.retries = 0
+    client = _ThrottledClient(RateLimiter(5, 10), configuration)
+    client.user_agent = user_agent
+    return Api(client)
