@@ -60,6 +60,34 @@ def _message(err: ApiException) -> str:
     return str(body.get("message") or err.reason)
 
 
+def describe(err: BaseException) -> str:
+    """One line for a log: an ApiException as `HTTP 404 NotFound: <the Status's message>` (its str()
+    is the whole HTTP response, headers and body), anything else as str()."""
+    if not isinstance(err, ApiException):
+        return str(err)
+    try:
+        status = json.loads(err.body or "{}")
+    except ValueError:
+        status = {}
+    reason = (status.get("reason") if isinstance(status, dict) else None) or err.reason or ""
+    message = _message(err)
+    return f"HTTP {err.status} {reason}" + (f": {message}" if message and message != reason else "")
+
+
+class LeaseRefused(Exception):
+    """The leader's Lease cannot be taken as the cluster stands: its namespace does not exist (a 404
+    on create) or RBAC forbids it (403). Trying again cannot help: someone must act."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _lease_error(err: ApiException) -> Exception:
+    return LeaseRefused(403, _message(err)) if err.status == 403 else err
+
+
 class Gone(Exception):
     """A watch's resourceVersion is too old (HTTP 410): list again."""
 
@@ -239,7 +267,7 @@ class Api:
     # ----- the leader's Lease -------------------------------------------------------------------------
 
     def get_lease(self, namespace: str, name: str, timeout: float) -> Obj | None:
-        """The Lease, or None; the request ends within `timeout` seconds in all."""
+        """The Lease, or None; the request ends within `timeout` seconds in all. LeaseRefused on a 403."""
         try:
             answer = self.coordination.read_namespaced_lease(
                 name, namespace, _preload_content=False, _request_timeout=timeout
@@ -247,12 +275,13 @@ class Api:
         except ApiException as err:
             if err.status == 404:
                 return None
-            raise
+            raise _lease_error(err) from err
         return self._json(answer)
 
     def write_lease(self, namespace: str, body: Obj, timeout: float) -> Obj:
         """Creates the Lease (no resourceVersion in `body`) or replaces it (with one), within `timeout`
-        seconds in all: Conflict when another replica wrote it first."""
+        seconds in all: Conflict when another replica wrote it first, LeaseRefused when it cannot be
+        written as the cluster stands (a 403, or a 404 on create: no such namespace)."""
         name = body["metadata"]["name"]
         try:
             if body["metadata"].get("resourceVersion"):
@@ -266,7 +295,9 @@ class Api:
         except ApiException as err:
             if err.status == 409:
                 raise Conflict(f"lease {namespace}/{name} was written by another replica") from err
-            raise
+            if err.status == 404 and not body["metadata"].get("resourceVersion"):
+                raise LeaseRefused(404, _message(err)) from err
+            raise _lease_error(err) from err
         return self._json(answer)
 
     @staticmethod

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from spotrun_operator.api import LeaseRefused
+
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.leader")
 
@@ -95,7 +97,9 @@ class LeaseApi(Protocol):
 class Elector:
     """Tries, renews and gives up the Lease in a thread of its own, watched by a second thread.
     `leading` is set while this replica leads; `on_lost()` is called once if it stops leading while
-    it runs (the process exits: a replica that may have been replaced must not write)."""
+    it runs (the process exits: a replica that may have been replaced must not write). `refused` is
+    set, and the elector stops, when a replica not leading finds the Lease unusable as the cluster
+    stands (its namespace missing, RBAC): waiting would not help."""
 
     def __init__(
         self,
@@ -117,6 +121,7 @@ class Elector:
         self.observed = Observed()
         self.renewed_at: float | None = None  # when the last successful renewal was sent
         self.holder = ""
+        self.refused: LeaseRefused | None = None
         self._lease: Obj | None = None
         self._lost = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
@@ -166,6 +171,13 @@ class Elector:
         while not self.stopping.is_set():
             try:
                 held = self.try_once()
+            except LeaseRefused as err:
+                if not self.leading.is_set():
+                    self.refused = err
+                    self.stopping.set()
+                    return
+                log.warning("Failed to renew the Lease %s/%s: %s", self.namespace, self.name, err)
+                held = False
             except Exception as err:  # the API server is away: the watchdog ends leadership at the deadline
                 log.warning("Failed to take or renew the Lease %s/%s: %s", self.namespace, self.name, err)
                 held = False

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from spotrun_operator import __main__ as operator_main
 from spotrun_operator import leader
-from spotrun_operator.api import Conflict
+from spotrun_operator.api import Conflict, LeaseRefused
 from spotrun_operator.leader import (
     RENEW_DEADLINE,
     DeadlinePassed,
@@ -242,6 +242,20 @@ def test_a_standby_counts_the_lease_duration_from_when_its_read_returned() -> No
     assert b.try_once() is False, "b took the Lease counting from before its read returned"
     clock.now = 1005.0 + leader.DURATION
     assert b.try_once() is True
+
+
+class Refusing(Leases):
+    def write_lease(self, namespace: str, body: Obj, timeout: float) -> Obj:
+        raise LeaseRefused(404, 'namespaces "nowhere" not found')
+
+
+def test_a_standby_that_cannot_create_the_lease_stops_trying_and_says_why() -> None:
+    b = Elector(Refusing(), "nowhere", "l", "b", on_lost=lambda: None, retry=0.01)
+    b.start()
+    b.thread.join(5)
+    assert not b.thread.is_alive()
+    assert b.refused is not None
+    assert b.refused.status == 404
 
 
 class Writers:
