@@ -2,36 +2,45 @@
 
 The operator's life: the informers fill the caches at once (a standby keeps them warm too), the
 replica stands by until it holds the leader Lease, then the controller's workers and kopf (the
-checkpoint-deletion handler) start. SIGTERM: the passes under way finish, the Lease is given up,
-and a standby takes over on its next try. A leader that loses the Lease exits at once (status 1),
-so that it never writes while another replica leads; its Deployment starts it again as a standby.
+checkpoint-deletion handler) start. SIGTERM: the passes under way finish, kopf and the Events
+thread stop, and only then is the Lease given up (a standby takes over on its next try); if they do
+not stop within STOP_TIMEOUT, the process exits without giving it up and the standby waits out the
+Lease's duration. A leader that loses the Lease exits at once (status 1), so that it never writes
+while another replica leads; its Deployment starts it again as a standby. A Lease that cannot be
+taken as the cluster stands (no such namespace, RBAC) ends the process with one line saying what
+to do, as controller-runtime does.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import http.server
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from spotrun_operator import cleanup, handlers, metrics, names
-from spotrun_operator.api import Api
+from spotrun_operator.api import Api, LeaseRefused, describe, lease_api
 from spotrun_operator.config import Config, ConfigError
 from spotrun_operator.controller import Controller
 from spotrun_operator.leader import Elector
 
 log = logging.getLogger("spotrun.operator")
 EVENTS_QPS = 20
+STOP_TIMEOUT = 15.0  # for the writers to stop on SIGTERM, within the pod's default grace of 30 s
 
 
 class _JsonFormatter(logging.Formatter):
@@ -106,7 +115,7 @@ def run(config: Config, liveness: str) -> int:
     if config.leader_election:
         # Its own client and rate limiter: a renewal never waits behind the workers' requests.
         elector = Elector(
-            Api(qps=5, burst=10, pool=2, user_agent=agent),
+            lease_api(agent),
             config.lease_namespace,
             config.lease_name,
             identity,
@@ -128,14 +137,17 @@ def run(config: Config, liveness: str) -> int:
         f"standing by for the Lease {config.lease_namespace}/{config.lease_name}" if elector else "no leader election",
     )
     while elector is not None and not elector.leading.wait(0.5):
+        if elector.refused is not None:
+            log.error("%s", _refused(config, elector.refused))
+            return 1
         if terminating.is_set():
-            elector.release()
+            elector.stop(release=True)
             return 0
     while not controller.synced(timeout=0.5):
         if terminating.is_set():
-            return _stop(controller, elector)
+            return _stop(controller, elector, None)
     if terminating.is_set():  # told to stop just as the Lease came: lead no further
-        return _stop(controller, elector)
+        return _stop(controller, elector, None)
     controller.start_workers()
     log.info("Reconciling %d TaskRuns with %d workers", len(controller.taskruns), config.workers)
     # kopf in a thread of its own (kopf's "embedding"): it then leaves the signals to this one, and
@@ -145,11 +157,9 @@ def run(config: Config, liveness: str) -> int:
     while not terminating.wait(1.0):
         if not kopf_thread.is_alive():
             log.error("kopf stopped; exiting")
-            _stop(controller, elector)
+            _stop(controller, elector, None)
             return 1
-    status = _stop(controller, elector)
-    kopf_thread.join(5.0)
-    return status
+    return _stop(controller, elector, kopf_thread)
 
 
 class _SignalsAreOurs(logging.Filter):
@@ -171,19 +181,55 @@ def _run_kopf(config: Config, stop: threading.Event) -> None:
     )
 
 
-def _stop(controller: Controller, elector: Elector | None) -> int:
-    """The passes under way finish, then the Lease is given up: a standby takes over at its next try."""
-    controller.stop()
+def _stop(controller: Controller, elector: Elector | None, kopf_thread: threading.Thread | None) -> int:
+    """Every writer stops (the passes under way finish; kopf, told by the same flag, and the Events
+    thread end), then the Lease is given up: a standby takes over at its next try. Given up only if
+    they all stopped within STOP_TIMEOUT: one still writing when the standby takes over would make
+    two leaders; kept, the standby waits out the Lease's duration instead. The elector renews all the
+    while, and its watchdog still ends the process at the renew deadline."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    controller.stop(timeout=0.0)  # tells them all to stop; stopped() waits for them, against one deadline
+    stopped = controller.stopped(timeout=max(0.0, deadline - time.monotonic()))
+    if kopf_thread is not None:
+        kopf_thread.join(max(0.0, deadline - time.monotonic()))
+        stopped = stopped and not kopf_thread.is_alive()
+    if not stopped:
+        log.error("Writers still ran %.0fs after SIGTERM; exited without giving up the Lease", STOP_TIMEOUT)
+        _exit_now(1)
     if elector is not None:
-        elector.release()
+        elector.stop(release=True)
     log.info("Stopped")
     return 0
 
 
 def _lost() -> None:
     """Another replica may lead now: stop writing at once."""
+    _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+    """Ends the process at once: the one way to stop every writer together (workers, kopf's handler
+    threads, the Events thread, a request stuck in a socket); Python cannot stop a thread, and an
+    orderly exit would wait for kopf's executor threads."""
     logging.shutdown()
-    os._exit(1)
+    os._exit(status)
+
+
+def _refused(config: Config, err: LeaseRefused) -> str:
+    """One line saying what to do about a Lease that cannot be taken (controller-runtime's way)."""
+    where = f"{config.lease_namespace}/{config.lease_name}"
+    single = "or set SPOTRUN_LEADER_ELECTION=false to run a single replica without leader election"
+    if err.status == 403:
+        return (
+            f"Could not take the Lease {where} ({err}): grant the operator's ServiceAccount get, create "
+            f"and update on leases.coordination.k8s.io in namespace {config.lease_namespace} (a Role and "
+            f"RoleBinding), set SPOTRUN_LEASE_NAMESPACE to a namespace where it has them, {single}"
+        )
+    return (
+        f"Could not take the Lease {where} ({err}): create the namespace {config.lease_namespace} "
+        f"(kubectl create namespace {config.lease_namespace}), set SPOTRUN_LEASE_NAMESPACE to an existing "
+        f"namespace, {single}"
+    )
 
 
 def _serve_liveness(url: str, healthy: Callable[[], bool]) -> None:
@@ -205,8 +251,69 @@ def _serve_liveness(url: str, healthy: Callable[[], bool]) -> None:
     threading.Thread(target=server.serve_forever, name="liveness", daemon=True).start()
 
 
+_DUMP = re.compile(
+    r"\((\d+)\)\nReason: ([^\n]*)\n(?:HTTP response headers: [^\n]*\n)?(?:HTTP response body: ([^\n]*)\n?)?"
+)
+
+
+def _one_line(text: str) -> str:
+    """`text` with every ApiException str() in it (status, reason, headers, body) as one line."""
+
+    def short(match: re.Match[str]) -> str:
+        try:  # the body as the exception printed it: the repr of the bytes of a Status
+            raw = ast.literal_eval(match.group(3) or "")
+            status = json.loads(raw)
+        except (ValueError, SyntaxError, TypeError):
+            status = {}
+        if not isinstance(status, dict):
+            status = {}
+        reason = status.get("reason") or match.group(2)
+        return f"HTTP {match.group(1)} {reason}" + (f": {status['message']}" if status.get("message") else "")
+
+    return _DUMP.sub(short, text)
+
+
+class _ShortApiErrors(logging.Filter):
+    """The kubernetes client's ApiException renders as the whole HTTP response, headers and body: in
+    a log line's arguments, its message or its traceback, from any logger (kopf's too), it becomes
+    one line, `HTTP 404 NotFound: namespaces "x" not found`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(describe(a) if isinstance(a, ApiException) else a for a in record.args)
+        message = record.getMessage()
+        if "HTTP response headers" in message or "\nReason: " in message:
+            record.msg, record.args = _one_line(message), ()
+        if record.exc_info and record.exc_info[1] is not None and _api_error_in(record.exc_info[1]):
+            error = record.exc_info[1]
+            tb = record.exc_info[2]
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            at = f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})" if tb is not None else ""
+            chain: list[str] = []
+            cause = error.__cause__ or error.__context__
+            while cause is not None and len(chain) < 5:
+                chain.append(f"{type(cause).__name__}: {describe(cause)}")
+                cause = cause.__cause__ or cause.__context__
+            caused = "".join(f"; from {c}" for c in chain)
+            record.exc_text = f"{type(error).__name__}: {describe(error)}{at}{caused}"
+        return True
+
+
+def _api_error_in(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, ApiException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _logging(config: Config) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(_ShortApiErrors())
     if config.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:

@@ -60,6 +60,34 @@ def _message(err: ApiException) -> str:
     return str(body.get("message") or err.reason)
 
 
+def describe(err: BaseException) -> str:
+    """One line for a log: an ApiException as `HTTP 404 NotFound: <the Status's message>` (its str()
+    is the whole HTTP response, headers and body), anything else as str()."""
+    if not isinstance(err, ApiException):
+        return str(err)
+    try:
+        status = json.loads(err.body or "{}")
+    except ValueError:
+        status = {}
+    reason = (status.get("reason") if isinstance(status, dict) else None) or err.reason or ""
+    message = _message(err)
+    return f"HTTP {err.status} {reason}" + (f": {message}" if message and message != reason else "")
+
+
+class LeaseRefused(Exception):
+    """The leader's Lease cannot be taken as the cluster stands: its namespace does not exist (a 404
+    on create) or RBAC forbids it (403). Trying again cannot help: someone must act."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _lease_error(err: ApiException) -> Exception:
+    return LeaseRefused(403, _message(err)) if err.status == 403 else err
+
+
 class Gone(Exception):
     """A watch's resourceVersion is too old (HTTP 410): list again."""
 
@@ -238,28 +266,38 @@ class Api:
 
     # ----- the leader's Lease -------------------------------------------------------------------------
 
-    def get_lease(self, namespace: str, name: str) -> Obj | None:
+    def get_lease(self, namespace: str, name: str, timeout: float) -> Obj | None:
+        """The Lease, or None; the request ends within `timeout` seconds in all. LeaseRefused on a 403."""
         try:
-            return self._json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+            answer = self.coordination.read_namespaced_lease(
+                name, namespace, _preload_content=False, _request_timeout=timeout
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
-            raise
+            raise _lease_error(err) from err
+        return self._json(answer)
 
-    def write_lease(self, namespace: str, body: Obj) -> Obj:
-        """Creates the Lease (no resourceVersion in `body`) or replaces it (with one): Conflict when
-        another replica wrote it first."""
+    def write_lease(self, namespace: str, body: Obj, timeout: float) -> Obj:
+        """Creates the Lease (no resourceVersion in `body`) or replaces it (with one), within `timeout`
+        seconds in all: Conflict when another replica wrote it first, LeaseRefused when it cannot be
+        written as the cluster stands (a 403, or a 404 on create: no such namespace)."""
+        name = body["metadata"]["name"]
         try:
             if body["metadata"].get("resourceVersion"):
                 answer = self.coordination.replace_namespaced_lease(
-                    body["metadata"]["name"], namespace, body, _preload_content=False
+                    name, namespace, body, _preload_content=False, _request_timeout=timeout
                 )
             else:
-                answer = self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+                answer = self.coordination.create_namespaced_lease(
+                    namespace, body, _preload_content=False, _request_timeout=timeout
+                )
         except ApiException as err:
             if err.status == 409:
-                raise Conflict(f"lease {namespace}/{body['metadata']['name']} was written by another replica") from err
-            raise
+                raise Conflict(f"lease {namespace}/{name} was written by another replica") from err
+            if err.status == 404 and not body["metadata"].get("resourceVersion"):
+                raise LeaseRefused(404, _message(err)) from err
+            raise _lease_error(err) from err
         return self._json(answer)
 
     @staticmethod
@@ -595,3 +633,14 @@ class Api:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         answer = self._json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
         return len(answer.get("items", []))
+
+
+def lease_api(user_agent: str) -> Api:
+    """The leader election's own client: its own rate limiter, so that a renewal never waits behind
+    the workers' requests; and no urllib3 retries, so that the timeout each request is given (the
+    time left to the renew deadline) bounds it whole: a retry would start a fresh timeout."""
+    configuration = _configuration(pool=2)
+    configuration.retries = 0
+    client = _ThrottledClient(RateLimiter(5, 10), configuration)
+    client.user_agent = user_agent
+    return Api(client)

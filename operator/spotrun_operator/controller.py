@@ -18,6 +18,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -226,6 +227,16 @@ class Controller:
             informer.stop()
         self.events.stop()
         self.checkpoints.stop()
+
+    def stopped(self, timeout: float) -> bool:
+        """After stop(): whether every writer (the workers, the resync, the Events thread) has ended,
+        waiting for them at most `timeout` seconds in all. A leader gives its Lease up only then."""
+        deadline = time.monotonic() + timeout
+        writers = [*self._threads, self.events.thread]
+        for thread in writers:
+            if thread.ident is not None:  # started
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in writers)
 
     def alive(self) -> bool:
         return all(i.thread.is_alive() for i in self.informers) and all(t.is_alive() for t in self._threads)

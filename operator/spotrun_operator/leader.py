@@ -2,9 +2,13 @@
 
 Every replica tries every RETRY seconds. The holder renews the Lease; another replica takes it only
 when it has seen the same record, unchanged, for the Lease's duration by its own clock (so clocks
-between nodes need not agree). A leader that cannot renew within RENEW_DEADLINE stops leading:
-RENEW_DEADLINE < DURATION, so it has stopped before anyone else may take over. On SIGTERM the
-leader gives the Lease up at once (an empty holder), and a standby takes over on its next try.
+between nodes need not agree), counted from when its read of that record returned. A leader stops
+leading at RENEW_DEADLINE after its last renewal was sent, whatever its requests are doing: each
+try's requests are cut off at that deadline (client-go's context.WithTimeout(RenewDeadline)), and a
+watchdog thread of its own ends leadership then even if a request is stuck in a socket. As
+RENEW_DEADLINE < DURATION, the leader has stopped before anyone else may take over. On SIGTERM the
+leader gives the Lease up (an empty holder) once its writers have stopped, and a standby takes over
+on its next try.
 
 Worst case after a leader dies without giving it up: DURATION + 2 * RETRY = 14 s.
 """
@@ -19,12 +23,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from spotrun_operator.api import LeaseRefused
+
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.leader")
 
 DURATION = 10.0  # leaseDurationSeconds
 RENEW_DEADLINE = 7.0
 RETRY = 2.0
+WATCH_TICK = 0.25  # how often the watchdog looks again while the deadline is far or unknown
 
 
 def _micro(moment: datetime.datetime) -> str:
@@ -75,16 +82,24 @@ def released(lease: Obj, wall: datetime.datetime) -> Obj:
     return {**lease, "spec": spec}
 
 
-class LeaseApi(Protocol):
-    def get_lease(self, namespace: str, name: str) -> Obj | None: ...
+class DeadlinePassed(Exception):
+    """The try's time ran out before its next request: sending it could only renew too late."""
 
-    def write_lease(self, namespace: str, body: Obj) -> Obj: ...
+
+class LeaseApi(Protocol):
+    """Every call ends within `timeout` seconds in all (connect, send, answer), retries included."""
+
+    def get_lease(self, namespace: str, name: str, timeout: float) -> Obj | None: ...
+
+    def write_lease(self, namespace: str, body: Obj, timeout: float) -> Obj: ...
 
 
 class Elector:
-    """Tries, renews and gives up the Lease in a thread of its own. `leading` is set while this
-    replica leads; `on_lost()` is called once if it stops leading while it runs (the process exits:
-    a replica that may have been replaced must not write)."""
+    """Tries, renews and gives up the Lease in a thread of its own, watched by a second thread.
+    `leading` is set while this replica leads; `on_lost()` is called once if it stops leading while
+    it runs (the process exits: a replica that may have been replaced must not write). `refused` is
+    set, and the elector stops, when a replica not leading finds the Lease unusable as the cluster
+    stands (its namespace missing, RBAC): waiting would not help."""
 
     def __init__(
         self,
@@ -96,72 +111,124 @@ class Elector:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool, str], None] = lambda leading, holder: None,
+        retry: float = RETRY,
     ) -> None:
         self.api, self.namespace, self.name, self.identity = api, namespace, name, identity
         self.on_lost, self.on_change = on_lost, on_change
-        self._clock = clock
+        self._clock, self._retry = clock, retry
         self.leading = threading.Event()
         self.stopping = threading.Event()
         self.observed = Observed()
-        self.renewed_at = 0.0
+        self.renewed_at: float | None = None  # when the last successful renewal was sent
         self.holder = ""
+        self.refused: LeaseRefused | None = None
         self._lease: Obj | None = None
+        self._lost = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
+        self.watchdog = threading.Thread(target=self._watch, name="leader-watchdog", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+        self.watchdog.start()
+
+    def deadline(self) -> float | None:
+        """When this replica stops leading without a newer renewal (None: it has not renewed)."""
+        renewed = self.renewed_at
+        return None if renewed is None else renewed + RENEW_DEADLINE
+
+    def _left(self, deadline: float) -> float:
+        left = deadline - self._clock()
+        if left <= 0:
+            raise DeadlinePassed(f"the renew deadline passed {-left:.1f}s ago")
+        return left
 
     def try_once(self) -> bool:
-        """One try to take or renew the Lease; whether this replica holds it now."""
+        """One try to take or renew the Lease; whether this replica holds it now. Its requests end by
+        the renew deadline (a leader's) or RENEW_DEADLINE from now (a standby's)."""
         now = self._clock()
-        lease = self.api.get_lease(self.namespace, self.name)
+        mine = self.deadline() if self.holder == self.identity else None
+        deadline = mine if mine is not None else now + RENEW_DEADLINE
+        lease = self.api.get_lease(self.namespace, self.name, timeout=self._left(deadline))
+        # Observed time is when the read returned (client-go's setObservedRecord): a read that took
+        # long must not count its own duration as time the holder failed to renew.
+        seen = self._clock()
         record = record_of(lease)
         if record != self.observed.record:
-            self.observed = Observed(record, now)
+            self.observed = Observed(record, seen)
         self.holder = record[0]
         if not may_take(lease, self.identity, self.observed, now):
             return False
+        # The Lease holds from before the write was sent at most: the deadline counts from here.
+        sent = self._clock()
         wall = datetime.datetime.now(datetime.UTC)
-        self._lease = self.api.write_lease(self.namespace, claimed(lease, self.identity, self.name, wall))
+        body = claimed(lease, self.identity, self.name, wall)
+        self._lease = self.api.write_lease(self.namespace, body, timeout=self._left(deadline))
         self.observed = Observed(record_of(self._lease), self._clock())
-        self.renewed_at, self.holder = now, self.identity
+        self.renewed_at, self.holder = sent, self.identity
         return True
 
     def _run(self) -> None:
         while not self.stopping.is_set():
             try:
                 held = self.try_once()
-            except Exception as err:  # the API server is away: a leader gives up after RENEW_DEADLINE
-                log.warning("Leader election: %s", err)
+            except LeaseRefused as err:
+                if not self.leading.is_set():
+                    self.refused = err
+                    self.stopping.set()
+                    return
+                log.warning("Failed to renew the Lease %s/%s: %s", self.namespace, self.name, err)
+                held = False
+            except Exception as err:  # the API server is away: the watchdog ends leadership at the deadline
+                log.warning("Failed to take or renew the Lease %s/%s: %s", self.namespace, self.name, err)
                 held = False
             if held:
                 if not self.leading.is_set():
-                    log.info("Leading (Lease %s/%s as %s)", self.namespace, self.name, self.identity)
+                    log.info("Took the Lease %s/%s as %s; leading", self.namespace, self.name, self.identity)
                     self.leading.set()
                     self.on_change(True, self.identity)
             elif self.leading.is_set():
-                taken = self.holder not in ("", self.identity)
-                if taken or self._clock() - self.renewed_at > RENEW_DEADLINE:
-                    why = f"{self.holder} holds it" if taken else f"not renewed for {RENEW_DEADLINE:.0f}s"
-                    log.error("Lost the Lease %s/%s: %s", self.namespace, self.name, why)
-                    self.leading.clear()
-                    self.on_change(False, self.holder)
-                    self.on_lost()
+                if self.holder not in ("", self.identity):
+                    self._lose(f"{self.holder} holds it")
                     return
             else:
                 self.on_change(False, self.holder)
-            self.stopping.wait(RETRY)
+            self.stopping.wait(self._retry)
 
-    def release(self) -> None:
-        """Stops trying; a leader gives the Lease up so that a standby takes over on its next try."""
+    def _watch(self) -> None:
+        """Ends leadership at the renew deadline, apart from the elector's thread: that one may be
+        stuck in a request (a black-holed connection) for as long as the request's timeout."""
+        while not self.stopping.is_set():
+            deadline = self.deadline()
+            left = WATCH_TICK
+            if self.leading.is_set() and deadline is not None:
+                left = deadline - self._clock()
+                if left <= 0:
+                    self._lose(f"not renewed within {RENEW_DEADLINE:.0f}s")
+                    return
+            self.stopping.wait(min(left, WATCH_TICK))
+
+    def _lose(self, why: str) -> None:
+        if not self._lost.acquire(blocking=False):  # the other thread got there first
+            return
+        log.error("Lost the Lease %s/%s: %s", self.namespace, self.name, why)
+        self.leading.clear()
+        self.on_change(False, self.holder)
+        self.on_lost()
+
+    def stop(self, *, release: bool) -> None:
+        """Stops trying and watching. With `release`, a leader gives the Lease up so that a standby
+        takes over on its next try: the caller says so only once every writer has stopped (a
+        writer still running when the standby takes over would make two leaders)."""
         self.stopping.set()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(timeout=RETRY + 5)
-        if not self.leading.is_set() or self._lease is None:
+            self.thread.join(timeout=RENEW_DEADLINE)  # a try's requests end by its deadline
+        if not release or not self.leading.is_set() or self._lease is None:
             return
         self.leading.clear()
         try:
-            self.api.write_lease(self.namespace, released(self._lease, datetime.datetime.now(datetime.UTC)))
+            # Written with the resourceVersion of this replica's last renewal: if anyone wrote the
+            # Lease since, this is a Conflict and changes nothing.
+            self.api.write_lease(self.namespace, released(self._lease, datetime.datetime.now(datetime.UTC)), RETRY)
             log.info("Gave up the Lease %s/%s", self.namespace, self.name)
         except Exception as err:  # the standby then waits out the duration
-            log.warning("Giving up the Lease failed: %s", err)
+            log.warning("Failed to give up the Lease %s/%s: %s", self.namespace, self.name, err)
