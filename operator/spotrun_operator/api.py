@@ -493,6 +493,16 @@ class Api:
     # ----- events -------------------------------------------------------------------------
 
     def event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        """Posts an Event now, and never raises: events are for people, never fail a handler over one."""
+        try:
+            self.post_event(taskrun, kind, reason, message)
+        except Exception as err:
+            meta = taskrun["metadata"]
+            text = f"HTTP {err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+            log.warning("Posting event %s for TaskRun %s/%s failed: %s", reason, meta["namespace"], meta["name"], text)
+
+    def post_event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        """Posts an Event about the TaskRun; raises what the request raised (the Events thread counts it)."""
         meta = taskrun["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         body = {
@@ -517,10 +527,7 @@ class Api:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as err:  # events are for people: never fail a pass over one
-            log.warning("Posting event %s for %s/%s failed: %s", reason, meta["namespace"], meta["name"], err.reason)
+        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
 
     # ----- uninstall cleanup (`python -m spotrun_operator uninstall-cleanup`) ---------------------
 

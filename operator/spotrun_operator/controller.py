@@ -76,6 +76,14 @@ def trim_node(node: Obj, spot_labels: collections.abc.Mapping[str, str]) -> Obj:
     return trimmed
 
 
+def brief(err: BaseException) -> str:
+    """One line of an error: an ApiException's text is the whole HTTP response, headers and all."""
+    status, reason = getattr(err, "status", None), getattr(err, "reason", None)
+    if status is not None and reason is not None:
+        return f"HTTP {status} {reason}"
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def _facts(node: Obj | None) -> Obj:
     return {k: v for k, v in (node or {}).items() if k != "metadata"}
 
@@ -126,9 +134,18 @@ class Events:
         while (item := self._queue.get()) is not None:
             self._posting = 1
             try:
-                self.api.event(*item)
+                self.api.post_event(*item)
+            except Exception as err:  # a connection error as much as a refusal: the next one may pass
+                metrics.EVENTS_FAILED.inc()
+                slim, _, reason, _ = item
+                where = f"{slim['metadata']['namespace']}/{slim['metadata']['name']}"
+                log.warning("Posting event %s for TaskRun %s failed: %s", reason, where, brief(err))
             finally:
                 self._posting = 0
+
+    def alive(self) -> bool:
+        """Not started yet (a standby's), or posting."""
+        return self.thread.ident is None or self.thread.is_alive()
 
     def stop(self) -> None:
         with contextlib.suppress(queue.Full):
@@ -226,7 +243,11 @@ class Controller:
         self.events.stop()
 
     def alive(self) -> bool:
-        return all(i.thread.is_alive() for i in self.informers) and all(t.is_alive() for t in self._threads)
+        return (
+            all(i.thread.is_alive() for i in self.informers)
+            and all(t.is_alive() for t in self._threads)
+            and self.events.alive()
+        )
 
     def _resync(self) -> None:
         while not self._stopping.wait(RESYNC_SECONDS):
