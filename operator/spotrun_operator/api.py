@@ -354,60 +354,71 @@ class Api:
             raise Conflict(f"pod {namespace}/{body['metadata']['name']} exists and belongs to another owner")
         return existing
 
-    def stop_pod(self, namespace: str, name: str, reason: str) -> Obj | None:
-        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted.
-        Returns the pod as the deletion left it (None when it is gone)."""
+    def _annotate_pod(self, pod: Obj, key: str, value: str) -> Obj | None:
+        """Sets one annotation on the pod as it was read: the merge patch carries the pod's
+        resourceVersion, so a pod that changed since (it ended on its own, say) is a Conflict and the
+        pass starts over from fresh state, instead of an annotation that would recast how it ended.
+        Returns the pod as patched; None when it is gone."""
+        meta = pod["metadata"]
+        patch = {"metadata": {"annotations": {key: value}, "resourceVersion": meta["resourceVersion"]}}
         try:
-            self.core.patch_namespaced_pod(
-                name, namespace, {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}}
+            return self._json(
+                self.core.patch_namespaced_pod(
+                    meta["name"],
+                    meta["namespace"],
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                )
             )
-            return self._json(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
+        except ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"pod {meta['namespace']}/{meta['name']} changed since it was read") from err
+            if err.status != 404:
+                raise
+        return None
+
+    def stop_pod(self, pod: Obj, reason: str) -> Obj | None:
+        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted; the
+        annotation only while the pod is as read (Conflict when it changed; see _annotate_pod).
+        Returns the pod as the deletion left it (None when it is gone)."""
+        meta = pod["metadata"]
+        if self._annotate_pod(pod, names.ANNOTATION_STOPPED_BY, reason) is None:
+            return None
+        try:
+            return self._json(self.core.delete_namespaced_pod(meta["name"], meta["namespace"], _preload_content=False))
         except ApiException as err:
             if err.status != 404:
                 raise
         return None
 
-    def remove_unscheduled_pod(self, namespace: str, name: str, reason: str) -> Obj | None:
-        """Deletes a pod the scheduler has not placed (annotated with `reason` first), only if it is
-        still not placed: the delete is conditional on the resourceVersion the annotation left, so a
-        binding in between refuses it. Returns the pod as the deletion left it; None when it was
-        bound (it keeps running, and its annotation is ignored: it ran), changed, or is gone."""
+    def remove_unscheduled_pod(self, pod: Obj, reason: str) -> Obj | None:
+        """Deletes a pod the scheduler has not placed (annotated with `reason` first, while it is as
+        read: Conflict when it changed), only if it is still not placed: the delete is conditional on
+        the resourceVersion the annotation left, so a binding in between refuses it. Returns the pod as
+        the deletion left it; None when it was bound (it keeps running, and its annotation is ignored:
+        it ran), changed, or is gone."""
+        meta = pod["metadata"]
+        patched = self._annotate_pod(pod, names.ANNOTATION_STOPPED_BY, reason)
+        if patched is None or (patched.get("spec") or {}).get("nodeName"):
+            return None
+        options = kubernetes.client.V1DeleteOptions(
+            preconditions=kubernetes.client.V1Preconditions(resource_version=patched["metadata"]["resourceVersion"])
+        )
         try:
-            patched = self._json(
-                self.core.patch_namespaced_pod(
-                    name,
-                    namespace,
-                    {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}},
-                    _preload_content=False,
-                )
+            return self._json(
+                self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False)
             )
-            if (patched.get("spec") or {}).get("nodeName"):
-                return None
-            options = kubernetes.client.V1DeleteOptions(
-                preconditions=kubernetes.client.V1Preconditions(resource_version=patched["metadata"]["resourceVersion"])
-            )
-            return self._json(self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False))
         except ApiException as err:
             if err.status not in (404, 409):  # 409: it changed after the annotation; the next pass looks again
                 raise
         return None
 
-    def notify_pod(self, namespace: str, name: str, notice: str) -> Obj | None:
-        """Sets the pod's notice annotation (the SDK sees it through a downward-API volume); returns
-        the pod as patched, None when it is gone."""
-        try:
-            return self._json(
-                self.core.patch_namespaced_pod(
-                    name,
-                    namespace,
-                    {"metadata": {"annotations": {names.ANNOTATION_NOTICE: notice}}},
-                    _preload_content=False,
-                )
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
-        return None
+    def notify_pod(self, pod: Obj, notice: str) -> Obj | None:
+        """Sets the pod's notice annotation (the SDK sees it through a downward-API volume) while the pod
+        is as read (Conflict when it changed: a notice on a pod that already failed would count its
+        failure as an interruption); returns the pod as patched, None when it is gone."""
+        return self._annotate_pod(pod, names.ANNOTATION_NOTICE, notice)
 
     def create_budget(self, body: Obj) -> None:
         """Creates the TaskRun's PodDisruptionBudget; one that exists already is kept."""

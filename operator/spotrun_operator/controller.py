@@ -294,7 +294,7 @@ class Controller:
         running = [p for p in self.pods.of_taskrun(namespace, name) if not finished(p)]
         for pod in running:
             if not pod["metadata"].get("deletionTimestamp"):
-                self._keep(self.api.stop_pod(namespace, pod["metadata"]["name"], REASON_TASKRUN_DELETED))
+                self._keep(self.api.stop_pod(pod, REASON_TASKRUN_DELETED))
         return len(running)
 
     def _keep(self, pod: Obj | None) -> None:
@@ -399,15 +399,15 @@ class Controller:
                 self.events.post(taskrun, kind, reason, message)
         for pod_name, notice in decision.notify:
             log.info("Told pod %s/%s of %s", namespace, pod_name, notice)
-            self._keep(self.api.notify_pod(namespace, pod_name, notice))
+            self._keep(self.api.notify_pod(by_name[pod_name], notice))
         for pod_name in decision.force_delete:
             log.info("Force-deleted pod %s/%s: its node is gone", namespace, pod_name)
             self.api.force_delete_pod(by_name[pod_name])
         for pod_name, reason in decision.stop:
-            self._keep(self.api.stop_pod(namespace, pod_name, reason))
+            self._keep(self.api.stop_pod(by_name[pod_name], reason))
         for pod_name in decision.reschedule:
             log.info("Removing pod %s/%s: no spot capacity for it; its attempt moves to on-demand", namespace, pod_name)
-            self._keep(self.api.remove_unscheduled_pod(namespace, pod_name, names.REASON_NO_SPOT_CAPACITY))
+            self._keep(self.api.remove_unscheduled_pod(by_name[pod_name], names.REASON_NO_SPOT_CAPACITY))
         for pod_name in decision.release:
             if pod_name not in decision.force_delete:
                 self._keep(self.api.release_pod(by_name[pod_name]))
