@@ -125,9 +125,7 @@ def run(config: Config, liveness: str) -> int:
         elector.start()
     _serve_liveness(
         liveness,
-        lambda: (
-            all(i.thread.is_alive() for i in controller.informers) and (elector is None or elector.thread.is_alive())
-        ),
+        lambda: controller.alive() and (elector is None or elector.thread.is_alive()),
     )
     log.info(
         "Started as %s with capacity profile %s, checkpoint prefix %r; %s",

@@ -88,6 +88,33 @@ def _lease_error(err: ApiException) -> Exception:
     return LeaseRefused(403, _message(err)) if err.status == 403 else err
 
 
+class Taken(Exception):
+    """A child's name is held by an object that is not the TaskRun's (no owner reference with its UID):
+    it is neither adopted nor ever deleted."""
+
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        super().__init__(f"{kind} {namespace}/{name} exists and is not this TaskRun's")
+        self.kind, self.namespace, self.name = kind, namespace, name
+
+
+def owned_by(obj: Obj, uid: str) -> bool:
+    """Whether `obj` has an owner reference to the object with `uid`."""
+    return bool(uid) and any(o.get("uid") == uid for o in obj["metadata"].get("ownerReferences") or [])
+
+
+def _owner_uid(body: Obj) -> str:
+    """The UID of the owner a child is built with (its TaskRun's)."""
+    return next((str(o["uid"]) for o in body["metadata"].get("ownerReferences") or [] if o.get("uid")), "")
+
+
+def _only_if(uid: str, resource_version: str | None = None, **options: Any) -> Any:
+    """DeleteOptions that delete the object only while it is the one read (its UID, and its
+    resourceVersion when given): a namesake created since, or a change, is a 409, never a deletion."""
+    return kubernetes.client.V1DeleteOptions(
+        preconditions=kubernetes.client.V1Preconditions(uid=uid, resource_version=resource_version), **options
+    )
+
+
 class Gone(Exception):
     """A watch's resourceVersion is too old (HTTP 410): list again."""
 
@@ -348,14 +375,24 @@ class Api:
                 raise Conflict(str(err.reason)) from err
             raise
 
-    def delete_taskrun(self, namespace: str, name: str) -> None:
+    def delete_taskrun(self, namespace: str, name: str, uid: str) -> bool:
+        """Deletes the TaskRun with `uid` (the TTL after it finished); False when it is gone, or the
+        name now holds another TaskRun (a 409 on the UID precondition: not this one to delete)."""
         try:
             self.custom.delete_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.PLURAL, name, propagation_policy="Background"
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.PLURAL,
+                name,
+                body=_only_if(uid, propagation_policy="Background"),
+                _preload_content=False,
             )
         except ApiException as err:
-            if err.status != 404:
-                raise
+            if err.status in (404, 409):
+                return False
+            raise
+        return True
 
     # ----- pods ----------------------------------------------------------------------------------------
 
@@ -392,70 +429,91 @@ class Api:
             raise Conflict(f"pod {namespace}/{body['metadata']['name']} exists and belongs to another owner")
         return existing
 
-    def stop_pod(self, namespace: str, name: str, reason: str) -> Obj | None:
-        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted.
-        Returns the pod as the deletion left it (None when it is gone)."""
+    def _annotate_pod(self, pod: Obj, key: str, value: str) -> Obj | None:
+        """Sets one annotation on the pod as it was read: the merge patch carries the pod's
+        resourceVersion, so a pod that changed since (it ended on its own, say) is a Conflict and the
+        pass starts over from fresh state, instead of an annotation that would recast how it ended.
+        Returns the pod as patched; None when it is gone."""
+        meta = pod["metadata"]
+        patch = {"metadata": {"annotations": {key: value}, "resourceVersion": meta["resourceVersion"]}}
         try:
-            self.core.patch_namespaced_pod(
-                name, namespace, {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}}
+            return self._json(
+                self.core.patch_namespaced_pod(
+                    meta["name"],
+                    meta["namespace"],
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _preload_content=False,
+                )
             )
-            return self._json(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
         except ApiException as err:
+            if err.status == 409:
+                raise Conflict(f"pod {meta['namespace']}/{meta['name']} changed since it was read") from err
             if err.status != 404:
                 raise
         return None
 
-    def remove_unscheduled_pod(self, namespace: str, name: str, reason: str) -> Obj | None:
-        """Deletes a pod the scheduler has not placed (annotated with `reason` first), only if it is
-        still not placed: the delete is conditional on the resourceVersion the annotation left, so a
-        binding in between refuses it. Returns the pod as the deletion left it; None when it was
-        bound (it keeps running, and its annotation is ignored: it ran), changed, or is gone."""
+    def stop_pod(self, pod: Obj, reason: str) -> Obj | None:
+        """Deletes gracefully, annotated first so the outcome reads as stopped, not interrupted; both
+        only while the pod is as read (Conflict when it changed; see _annotate_pod). Returns the pod as
+        the deletion left it (None when it is gone, or the name holds another pod by now)."""
+        meta = pod["metadata"]
+        if self._annotate_pod(pod, names.ANNOTATION_STOPPED_BY, reason) is None:
+            return None
         try:
-            patched = self._json(
-                self.core.patch_namespaced_pod(
-                    name,
-                    namespace,
-                    {"metadata": {"annotations": {names.ANNOTATION_STOPPED_BY: reason}}},
-                    _preload_content=False,
+            return self._json(
+                self.core.delete_namespaced_pod(
+                    meta["name"], meta["namespace"], body=_only_if(meta["uid"]), _preload_content=False
                 )
             )
-            if (patched.get("spec") or {}).get("nodeName"):
-                return None
-            options = kubernetes.client.V1DeleteOptions(
-                preconditions=kubernetes.client.V1Preconditions(resource_version=patched["metadata"]["resourceVersion"])
+        except ApiException as err:
+            if err.status not in (404, 409):
+                raise
+        return None
+
+    def remove_unscheduled_pod(self, pod: Obj, reason: str) -> Obj | None:
+        """Deletes a pod the scheduler has not placed (annotated with `reason` first, while it is as
+        read: Conflict when it changed), only if it is still not placed: the delete is conditional on
+        the resourceVersion the annotation left, so a binding in between refuses it. Returns the pod as
+        the deletion left it; None when it was bound (it keeps running, and its annotation is ignored:
+        it ran), changed, or is gone."""
+        meta = pod["metadata"]
+        patched = self._annotate_pod(pod, names.ANNOTATION_STOPPED_BY, reason)
+        if patched is None or (patched.get("spec") or {}).get("nodeName"):
+            return None
+        options = _only_if(meta["uid"], patched["metadata"]["resourceVersion"])
+        try:
+            return self._json(
+                self.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=options, _preload_content=False)
             )
-            return self._json(self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False))
         except ApiException as err:
             if err.status not in (404, 409):  # 409: it changed after the annotation; the next pass looks again
                 raise
         return None
 
-    def notify_pod(self, namespace: str, name: str, notice: str) -> Obj | None:
-        """Sets the pod's notice annotation (the SDK sees it through a downward-API volume); returns
-        the pod as patched, None when it is gone."""
-        try:
-            return self._json(
-                self.core.patch_namespaced_pod(
-                    name,
-                    namespace,
-                    {"metadata": {"annotations": {names.ANNOTATION_NOTICE: notice}}},
-                    _preload_content=False,
-                )
-            )
-        except ApiException as err:
-            if err.status != 404:
-                raise
-        return None
+    def notify_pod(self, pod: Obj, notice: str) -> Obj | None:
+        """Sets the pod's notice annotation (the SDK sees it through a downward-API volume) while the pod
+        is as read (Conflict when it changed: a notice on a pod that already failed would count its
+        failure as an interruption); returns the pod as patched, None when it is gone."""
+        return self._annotate_pod(pod, names.ANNOTATION_NOTICE, notice)
 
     def create_budget(self, body: Obj) -> None:
-        """Creates the TaskRun's PodDisruptionBudget; one that exists already is kept."""
+        """Creates the TaskRun's PodDisruptionBudget; one of the TaskRun's that exists already is kept.
+        Raises Taken when the name holds a budget of another owner (a user's, say): it is not adopted."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            self.policy.create_namespaced_pod_disruption_budget(body["metadata"]["namespace"], body)
+            self.policy.create_namespaced_pod_disruption_budget(namespace, body, _preload_content=False)
+            return
         except ApiException as err:
             if err.status == 403 and "NamespaceTerminating" in str(err.body):
-                raise NamespaceTerminating(body["metadata"]["namespace"]) from err
+                raise NamespaceTerminating(namespace) from err
             if err.status != 409:
                 raise
+        existing = self._json(
+            self.policy.read_namespaced_pod_disruption_budget(name, namespace, _preload_content=False)
+        )
+        if not owned_by(existing, _owner_uid(body)):
+            raise Taken("PodDisruptionBudget", namespace, name)
 
     def create_service(self, body: Obj) -> None:
         """Creates a gang's headless Service; one of the TaskRun's that exists already is kept. Raises
@@ -472,16 +530,32 @@ class Api:
             if err.status != 409:
                 raise
         existing = self._json(self.core.read_namespaced_service(name, namespace, _preload_content=False))
-        owner = {o.get("uid") for o in body["metadata"].get("ownerReferences") or []}
-        if not owner & {o.get("uid") for o in existing["metadata"].get("ownerReferences") or []}:
-            raise Refused(409, f"Service {name} exists and is not this TaskRun's: the gang's pods need the name")
+        if not owned_by(existing, _owner_uid(body)):
+            raise Refused(
+                409,
+                f"Service {name} exists and is not this TaskRun's; the gang's pods need that name: "
+                "delete or rename that Service (the run waits for it)",
+            )
 
-    def delete_budget(self, namespace: str, name: str) -> None:
+    def delete_budget(self, namespace: str, name: str, owner: str) -> bool:
+        """Deletes the PodDisruptionBudget `name` only if it is the TaskRun's (an owner reference to
+        `owner`, its UID), with that budget's UID as a precondition; False when it is gone, or not
+        the TaskRun's (a user's budget of the same name is never deleted)."""
         try:
-            self.policy.delete_namespaced_pod_disruption_budget(name, namespace)
+            existing = self._json(
+                self.policy.read_namespaced_pod_disruption_budget(name, namespace, _preload_content=False)
+            )
+            if not owned_by(existing, owner):
+                log.warning("Kept PodDisruptionBudget %s/%s: it is not the TaskRun's", namespace, name)
+                return False
+            self.policy.delete_namespaced_pod_disruption_budget(
+                name, namespace, body=_only_if(existing["metadata"]["uid"]), _preload_content=False
+            )
         except ApiException as err:
-            if err.status != 404:
-                raise
+            if err.status in (404, 409):  # 409: replaced since the read, by a budget that is not this one
+                return False
+            raise
+        return True
 
     def release_pod(self, pod: Obj) -> Obj | None:
         """Removes Spotrun's accounting finalizer (with the pod's resourceVersion); returns the pod
@@ -518,19 +592,34 @@ class Api:
         return None
 
     def force_delete_pod(self, pod: Obj) -> None:
-        """For a pod whose node is gone: nothing else will ever finish deleting it."""
+        """For a pod whose node is gone: nothing else will ever finish deleting it. Only that pod (its
+        UID): a namesake created since is not touched."""
         self.release_pod(pod)
+        meta = pod["metadata"]
         try:
             self.core.delete_namespaced_pod(
-                pod["metadata"]["name"], pod["metadata"]["namespace"], grace_period_seconds=0
+                meta["name"],
+                meta["namespace"],
+                body=_only_if(meta["uid"], grace_period_seconds=0),
+                _preload_content=False,
             )
         except ApiException as err:
-            if err.status != 404:
+            if err.status not in (404, 409):
                 raise
 
     # ----- events -------------------------------------------------------------------------
 
     def event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        """Posts an Event now, and never raises: events are for people, never fail a handler over one."""
+        try:
+            self.post_event(taskrun, kind, reason, message)
+        except Exception as err:
+            meta = taskrun["metadata"]
+            text = f"HTTP {err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+            log.warning("Posting event %s for TaskRun %s/%s failed: %s", reason, meta["namespace"], meta["name"], text)
+
+    def post_event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        """Posts an Event about the TaskRun; raises what the request raised (the Events thread counts it)."""
         meta = taskrun["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         body = {
@@ -555,10 +644,7 @@ class Api:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        try:
-            self.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as err:  # events are for people: never fail a pass over one
-            log.warning("Posting event %s for %s/%s failed: %s", reason, meta["namespace"], meta["name"], err.reason)
+        self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
 
     # ----- uninstall cleanup (`python -m spotrun_operator uninstall-cleanup`) ---------------------
 

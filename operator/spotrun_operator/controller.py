@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from spotrun_operator import metrics, names
-from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, transient
+from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, Taken, transient
 from spotrun_operator.attempts import finished
 from spotrun_operator.cache import (
     Informer,
@@ -45,6 +45,7 @@ from spotrun_operator.workqueue import WorkQueue
 
 Obj = dict[str, Any]
 REASON_TASKRUN_DELETED = "TaskRunDeleted"  # a pod stopped so that its checkpoints can be deleted after it
+REASON_BUDGET_TAKEN = "DisruptionBudgetTaken"  # the budget's name holds one that is not the TaskRun's
 log = logging.getLogger("spotrun.controller")
 
 RESYNC_SECONDS = 600.0  # every TaskRun is passed again this often, from the caches (no request)
@@ -76,8 +77,27 @@ def trim_node(node: Obj, spot_labels: collections.abc.Mapping[str, str]) -> Obj:
     return trimmed
 
 
+def brief(err: BaseException) -> str:
+    """One line of an error: an ApiException's text is the whole HTTP response, headers and all."""
+    status, reason = getattr(err, "status", None), getattr(err, "reason", None)
+    if status is not None and reason is not None:
+        return f"HTTP {status} {reason}"
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def _facts(node: Obj | None) -> Obj:
     return {k: v for k, v in (node or {}).items() if k != "metadata"}
+
+
+def _expiry(taskrun: Obj) -> tuple[Any, ...]:
+    """What a TaskRun's TTL expiry depends on (reconcile's keep_finished): equal, and it is still due."""
+    status = taskrun.get("status") or {}
+    return (
+        taskrun["spec"].get("ttlSecondsAfterFinished"),
+        status.get("phase"),
+        status.get("completionTime"),
+        bool(taskrun["metadata"].get("deletionTimestamp")),
+    )
 
 
 class Nodes(collections.abc.Mapping[str, bool]):
@@ -126,9 +146,18 @@ class Events:
         while (item := self._queue.get()) is not None:
             self._posting = 1
             try:
-                self.api.event(*item)
+                self.api.post_event(*item)
+            except Exception as err:  # a connection error as much as a refusal: the next one may pass
+                metrics.EVENTS_FAILED.inc()
+                slim, _, reason, _ = item
+                where = f"{slim['metadata']['namespace']}/{slim['metadata']['name']}"
+                log.warning("Posting event %s for TaskRun %s failed: %s", reason, where, brief(err))
             finally:
                 self._posting = 0
+
+    def alive(self) -> bool:
+        """Not started yet (a standby's), or posting."""
+        return self.thread.ident is None or self.thread.is_alive()
 
     def stop(self) -> None:
         with contextlib.suppress(queue.Full):
@@ -239,7 +268,11 @@ class Controller:
         return not any(thread.is_alive() for thread in writers)
 
     def alive(self) -> bool:
-        return all(i.thread.is_alive() for i in self.informers) and all(t.is_alive() for t in self._threads)
+        return (
+            all(i.thread.is_alive() for i in self.informers)
+            and all(t.is_alive() for t in self._threads)
+            and self.events.alive()
+        )
 
     def _resync(self) -> None:
         while not self._stopping.wait(RESYNC_SECONDS):
@@ -286,28 +319,43 @@ class Controller:
         running = [p for p in self.pods.of_taskrun(namespace, name) if not finished(p)]
         for pod in running:
             if not pod["metadata"].get("deletionTimestamp"):
-                self._keep(self.api.stop_pod(namespace, pod["metadata"]["name"], REASON_TASKRUN_DELETED))
+                self._keep(self.api.stop_pod(pod, REASON_TASKRUN_DELETED))
         return len(running)
 
     def _keep(self, pod: Obj | None) -> None:
         if pod and pod.get("kind", "Pod") == "Pod" and "metadata" in pod:
             self.pods.put(trim_pod(pod))
 
-    def _ensure_budget(self, budget: Obj) -> bool:
-        """Creates the TaskRun's PodDisruptionBudget. Without it (no right to create one, no policy/v1)
-        the attempt still starts: a drain then evicts its pod, as with voluntary Allow."""
+    def _ensure_budget(self, taskrun: Obj, budget: Obj) -> bool:
+        """Creates the TaskRun's PodDisruptionBudget. Without it (no right to create one, no policy/v1,
+        its name taken by a budget that is not the TaskRun's) the attempt still starts: a drain then
+        evicts its pod, as with voluntary Allow. False: status must not name it (nothing deletes it)."""
+        meta = budget["metadata"]
         try:
             self.api.create_budget(budget)
         except NamespaceTerminating:
             raise
-        except Exception as err:
-            meta = budget["metadata"]
+        except Taken:
+            message = (
+                f"a drain may evict the pod without waiting for a checkpoint: PodDisruptionBudget {meta['name']} "
+                "exists and is not this TaskRun's; delete or rename it to have the TaskRun's own"
+            )
             log.warning(
-                "Creating PodDisruptionBudget %s/%s failed (%s): a drain will evict the pod without waiting for "
-                "a checkpoint; grant poddisruptionbudgets create/delete (manifests/operator/rbac.yaml)",
+                "Did not adopt PodDisruptionBudget %s/%s for TaskRun %s: %s",
                 meta["namespace"],
                 meta["name"],
-                err,
+                taskrun["metadata"]["name"],
+                message,
+            )
+            self.events.post(taskrun, "Warning", REASON_BUDGET_TAKEN, message)
+            return False
+        except Exception as err:
+            log.warning(
+                "Creating PodDisruptionBudget %s/%s failed (%s): a drain will evict the pod without waiting for "
+                "a checkpoint; grant poddisruptionbudgets get/create/delete (manifests/operator/rbac.yaml)",
+                meta["namespace"],
+                meta["name"],
+                brief(err),
             )
             return False
         return True
@@ -361,7 +409,7 @@ class Controller:
         by_name = {p["metadata"]["name"]: p for p in pods}
         if decision.create is not None:
             try:
-                if decision.budget is not None and not self._ensure_budget(decision.budget):
+                if decision.budget is not None and not self._ensure_budget(taskrun, decision.budget):
                     decision.status.pop("disruptionBudget", None)
                 refusing = "the gang's Service"
                 if decision.service is not None:
@@ -401,24 +449,36 @@ class Controller:
                 self.events.post(taskrun, kind, reason, message)
         for pod_name, notice in decision.notify:
             log.info("Told pod %s/%s of %s", namespace, pod_name, notice)
-            self._keep(self.api.notify_pod(namespace, pod_name, notice))
+            self._keep(self.api.notify_pod(by_name[pod_name], notice))
         for pod_name in decision.force_delete:
             log.info("Force-deleted pod %s/%s: its node is gone", namespace, pod_name)
             self.api.force_delete_pod(by_name[pod_name])
         for pod_name, reason in decision.stop:
-            self._keep(self.api.stop_pod(namespace, pod_name, reason))
+            self._keep(self.api.stop_pod(by_name[pod_name], reason))
         for pod_name in decision.reschedule:
             log.info("Removing pod %s/%s: no spot capacity for it; its attempt moves to on-demand", namespace, pod_name)
-            self._keep(self.api.remove_unscheduled_pod(namespace, pod_name, names.REASON_NO_SPOT_CAPACITY))
+            self._keep(self.api.remove_unscheduled_pod(by_name[pod_name], names.REASON_NO_SPOT_CAPACITY))
         for pod_name in decision.release:
             if pod_name not in decision.force_delete:
                 self._keep(self.api.release_pod(by_name[pod_name]))
         if decision.delete_budget:
             try:
-                self.api.delete_budget(namespace, decision.delete_budget)
+                self.api.delete_budget(namespace, decision.delete_budget, taskrun["metadata"]["uid"])
             except Exception as err:  # the TaskRun owns it: the garbage collector deletes it with the TaskRun
                 log.warning("Deleting PodDisruptionBudget %s/%s failed: %s", namespace, decision.delete_budget, err)
-        if decision.delete_taskrun:
+        if decision.delete_taskrun and self.delete_expired(taskrun):
             log.info("Deleted TaskRun %s/%s: ttlSecondsAfterFinished passed", namespace, name)
-            self.api.delete_taskrun(namespace, name)
         return decision.requeue_after
+
+    def delete_expired(self, taskrun: Obj) -> bool:
+        """Deletes a TaskRun whose TTL the pass found passed, as the TTL-after-finished controller does:
+        read fresh first (the cache may be behind a change of the TTL, or a new TaskRun of the same
+        name), and delete only that one, by its UID. Conflict when what the TTL depends on changed:
+        the next pass decides again on the new version."""
+        meta = taskrun["metadata"]
+        fresh = self.api.get_taskrun(meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("uid") != meta["uid"]:
+            return False  # gone, or another TaskRun by now: its own passes decide for it
+        if _expiry(fresh) != _expiry(taskrun):
+            raise Conflict(f"TaskRun {meta['namespace']}/{meta['name']} changed since its TTL was found passed")
+        return self.api.delete_taskrun(meta["namespace"], meta["name"], meta["uid"])

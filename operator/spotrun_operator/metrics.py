@@ -43,6 +43,9 @@ POD_REREADS = Counter(
     "Passes that found the pod of an attempt not yet counted missing from the watch cache, and listed the pods live.",
 )
 EVENTS_DROPPED = Counter("spotrun_events_dropped_total", "Events not posted: too many were waiting.")
+EVENTS_FAILED = Counter(
+    "spotrun_events_failed_total", "Events not posted: the request failed (refused, or no connection)."
+)
 EVENTS_WAITING = Gauge("spotrun_events_waiting", "Events not posted yet: waiting for their turn, or being posted.")
 QUEUE_DEPTH = Gauge("spotrun_workqueue_depth", "TaskRuns waiting for a pass now.")
 SCHEDULED = Gauge("spotrun_workqueue_scheduled", "TaskRuns waiting for a due time (backoff, deadline, TTL).")
