@@ -129,6 +129,7 @@ class Events:
         self._queue: queue.Queue[tuple[Obj, str, str, str] | None] = queue.Queue(maxsize=size)
         self.thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._posting = 0  # the one taken from the queue and being posted: not posted yet either
+        self._stopping = threading.Event()
         metrics.EVENTS_WAITING.set_function(lambda: self._queue.qsize() + self._posting)
 
     def start(self) -> None:
@@ -143,7 +144,7 @@ class Events:
             metrics.EVENTS_DROPPED.inc()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None and not self._stopping.is_set():
             self._posting = 1
             try:
                 self.api.post_event(*item)
@@ -160,8 +161,11 @@ class Events:
         return self.thread.ident is None or self.thread.is_alive()
 
     def stop(self) -> None:
+        """Ends the thread after the Event being posted: the ones waiting are dropped, since a replica
+        that stops leading must stop writing (a full queue must not keep it posting for minutes)."""
+        self._stopping.set()
         with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+            self._queue.put_nowait(None)  # wakes a thread waiting on an empty queue
 
 
 class Controller:

@@ -66,3 +66,25 @@ def test_liveness_covers_the_events_thread() -> None:
     ctl.events.stop()
     ctl.events.thread.join(5)
     assert not ctl.alive()
+
+
+class SlowApi(FlakyApi):
+    """Each post takes 50 ms, as Events at 20 a second do."""
+
+    def post_event(self, taskrun: Obj, kind: str, reason: str, message: str) -> None:
+        threading.Event().wait(0.05)
+        super().post_event(taskrun, kind, reason, message)
+
+
+def test_a_stopped_events_thread_drops_what_waits_instead_of_posting_it() -> None:
+    """A replica that stops leading must stop writing: a full queue of Events is dropped, not posted
+    for minutes (nor does a full queue lose the stop)."""
+    api = SlowApi()
+    events = Events(api, size=50)  # type: ignore[arg-type]
+    for n in range(60):  # ten more than fit: the queue is full
+        events.post(TASKRUN, "Normal", f"E{n}", "m")
+    events.start()
+    events.stop()
+    events.thread.join(1.0)
+    assert not events.thread.is_alive(), "the Events thread kept posting after stop()"
+    assert len(api.posted) <= 1
