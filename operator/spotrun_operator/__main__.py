@@ -126,6 +126,7 @@ def run(config: Config, liveness: str) -> int:
     _serve_liveness(
         liveness,
         lambda: controller.alive() and (elector is None or elector.thread.is_alive()),
+        lambda: [why for i in controller.informers if (why := i.unready())],
     )
     log.info(
         "Started as %s with capacity profile %s, checkpoint prefix %r; %s",
@@ -230,17 +231,28 @@ def _refused(config: Config, err: LeaseRefused) -> str:
     )
 
 
-def _serve_liveness(url: str, healthy: Callable[[], bool]) -> None:
+def _serve_liveness(url: str, healthy: Callable[[], bool], unready: Callable[[], list[str]] = list) -> None:
+    """The liveness probe at URL's path (200 while `healthy()`: a restart would not mend the rest),
+    and beside it /readyz: 200 once every watch cache is listed and none has kept failing (a missing
+    RBAC rule, an API server out of reach), else 503 with one line per cache that says why."""
     if not url:
         return
     parsed = urllib.parse.urlparse(url)
+    live = parsed.path or "/"
+    ready = live.rsplit("/", 1)[0] + "/readyz"
 
     class Probe(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            ok = self.path.split("?")[0] == (parsed.path or "/") and healthy()
-            self.send_response(200 if ok else 500)
+            path = self.path.split("?")[0]
+            if path == ready:
+                reasons = unready()
+                code, body = (503, "".join(f"{r}\n" for r in reasons)) if reasons else (200, "ok\n")
+            else:
+                ok = path == live and healthy()
+                code, body = (200, "ok\n") if ok else (500, "not healthy\n")
+            self.send_response(code)
             self.end_headers()
-            self.wfile.write(b"ok\n" if ok else b"not healthy\n")
+            self.wfile.write(body.encode())
 
         def log_message(self, *_: Any) -> None:
             return

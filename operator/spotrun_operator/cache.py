@@ -2,8 +2,13 @@
 
 An `Informer` per kind lists once, then watches from the list's resourceVersion (bookmarks on,
 the server ends each watch after WATCH_SECONDS and it goes on from the last version seen), lists
-again when its version is too old (410), and backs off on errors. Each change goes into a `Store`
-and to a callback that wakes the TaskRuns concerned. Passes read the stores and make no request.
+again when its version is too old (410), and after any other error lists again too, after a backoff
+(as client-go's reflector starts ListAndWatch over): a cache that only retries its watch would stay
+as it was for as long as the watch fails. A watch that keeps failing shows: `unready()` says so
+once it has failed for longer than UNHEALTHY_AFTER (the operator's /readyz), and the metrics
+spotrun_informer_failures_total and spotrun_informer_healthy count it. Each change goes into a
+`Store` and to a callback that wakes the TaskRuns concerned. Passes read the stores and make no
+request.
 
 Objects are trimmed to what the operator reads (`trim_pod`, `node_ready`): a Node's Ready
 condition, not its images; a pod's status and identity, not its spec; and their repeated strings
@@ -14,6 +19,8 @@ stored is ignored (resourceVersions of one kind compare as integers; KEP-5504).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import random
 import sys
@@ -22,13 +29,16 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from spotrun_operator import names
+from spotrun_operator import metrics, names
 
 Obj = dict[str, Any]
 Key = tuple[str, str]
 log = logging.getLogger("spotrun.cache")
 
 WATCH_SECONDS = 300  # the server ends a watch after this long (it picks 5-10 min itself without it)
+# How long an informer's lists and watches may keep failing before it counts as unhealthy: longer
+# than the API server takes to restart, shorter than anyone would wait for a stale cache.
+UNHEALTHY_AFTER = 60.0
 
 
 def key_of(obj: Obj) -> Key:
@@ -261,7 +271,8 @@ class Informer:
     `source` is the API module's (list_objects, watch_objects); `trim` keeps what is needed of each
     object (the lister applies it page by page); `on_change(type, old, new)` is called after every
     change the store took (also for each object a relist added, changed or dropped). `synced` is
-    set once the first list is stored.
+    set once the first list is stored. `failures` counts the lists and watches that failed since
+    the last watch that worked, `last_error` says why the last one failed.
     """
 
     def __init__(
@@ -276,21 +287,47 @@ class Informer:
         trim: Callable[[Obj], Obj] = lambda o: o,
         on_change: Callback | None = None,
         gone: type[Exception] = Exception,
+        unhealthy_after: float = UNHEALTHY_AFTER,
+        backoff: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind, self.store, self.namespace, self.selector = kind, store, namespace, selector
+        self.name = f"{kind} in {namespace}" if namespace else kind
         self._list, self._watch, self._trim = lister, watcher, trim
         self._on_change = on_change or (lambda *_: None)
         self._gone = gone
+        self._unhealthy_after, self._backoff, self._clock = unhealthy_after, backoff, clock
         self.synced = threading.Event()
         self.stopping = threading.Event()
         self.version = ""
+        self.failures = 0
+        self.last_error = ""
+        self._failing_since: float | None = None
         self.thread = threading.Thread(target=self._run, name=f"informer-{kind}-{namespace or 'all'}", daemon=True)
 
     def start(self) -> None:
+        metrics.informer_started(self.kind, self.namespace or "", self.healthy)
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def unready(self) -> str:
+        """Why this cache cannot be trusted ('' when it can): not listed yet, or its lists and
+        watches have kept failing for longer than the bound (a 403 from missing RBAC never heals)."""
+        failing_since = self._failing_since
+        if not self.synced.is_set():
+            because = f"; the last attempt failed: {self.last_error}" if self.last_error else ""
+            return f"{self.name}: not listed yet{because}"
+        if failing_since is not None and self._clock() - failing_since > self._unhealthy_after:
+            return (
+                f"{self.name}: {self.failures} lists and watches in a row failed over "
+                f"{self._clock() - failing_since:.0f}s; the last: {self.last_error}"
+            )
+        return ""
+
+    def healthy(self) -> bool:
+        return not self.unready()
 
     def _relist(self) -> None:
         items, self.version = self._list(self.kind, self.namespace, self.selector, trim=self._trim)
@@ -319,25 +356,54 @@ class Informer:
         if stored:
             self._on_change(kind, old, obj)
 
+    def _worked(self) -> None:
+        """A watch delivered or ended as the server ends it: the failures are over."""
+        if self.failures:
+            log.info("Watching %s works again after %d failures", self.name, self.failures)
+        self.failures, self._failing_since = 0, None
+
+    def _failed(self, err: Exception) -> float:
+        """Counts the failure; returns the pause before the next list (1 s doubling to 30 s, jittered)."""
+        self.failures += 1
+        self.last_error = describe(err)
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        metrics.informer_failed(self.kind, self.namespace or "")
+        return min(30.0, self._backoff * 2.0 ** min(self.failures, 6)) * random.uniform(0.8, 1.2)
+
     def _run(self) -> None:
-        failures = 0
         while not self.stopping.is_set():
             try:
                 if not self.version:
                     self._relist()
                 for kind, raw in self._watch(self.kind, self.namespace, self.selector, self.version, WATCH_SECONDS):
                     self._apply(kind, raw)
-                    failures = 0
+                    self._worked()
                     if self.stopping.is_set():
                         return
+                self._worked()
             except self._gone:
-                log.info("The %s watch is too old; listing again", self.kind)
+                log.info("The watch of %s was too old; listing again", self.name)
                 self.version = ""
-            except Exception as err:  # the API server restarts, a connection drops: go on after a pause
-                failures += 1
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
-                log.warning("Watching %s failed (%s); again in %.1fs", self.kind, err, delay)
+            except Exception as err:  # a 403, the API server restarts, a connection drops
+                delay = self._failed(err)
+                # As client-go's reflector: start over with a list, so that whatever the failed
+                # watch missed (a node added, a pod deleted) reaches the cache.
+                self.version = ""
+                log.warning("Watching %s failed (%s); listing again in %.1fs", self.name, self.last_error, delay)
                 self.stopping.wait(delay)
+
+
+def describe(err: Exception) -> str:
+    """One line for an error: the API's status, reason and message when it has them (an
+    ApiException's own text is several lines, headers included)."""
+    status = getattr(err, "status", None)
+    if not status:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    message = ""
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        message = str(json.loads(getattr(err, "body", None) or "")["message"])
+    return f"{status} {getattr(err, 'reason', '') or ''}: {message}".rstrip(": ")[:300]
 
 
 def wait_synced(informers: Iterable[Informer], timeout: float | None = None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -47,6 +48,17 @@ EVENTS_FAILED = Counter(
     "spotrun_events_failed_total", "Events not posted: the request failed (refused, or no connection)."
 )
 EVENTS_WAITING = Gauge("spotrun_events_waiting", "Events not posted yet: waiting for their turn, or being posted.")
+INFORMER_FAILURES = Counter(
+    "spotrun_informer_failures_total",
+    "Lists and watches of a watch cache that failed (each is followed by a list, after a backoff).",
+    ["kind", "namespace"],
+)
+INFORMER_HEALTHY = Gauge(
+    "spotrun_informer_healthy",
+    "1 while a watch cache is listed and its lists and watches have not kept failing for longer than "
+    "a minute; 0 otherwise (the operator's /readyz fails then too).",
+    ["kind", "namespace"],
+)
 QUEUE_DEPTH = Gauge("spotrun_workqueue_depth", "TaskRuns waiting for a pass now.")
 SCHEDULED = Gauge("spotrun_workqueue_scheduled", "TaskRuns waiting for a due time (backoff, deadline, TTL).")
 
@@ -72,6 +84,17 @@ def start(port: int) -> None:
     if port:
         start_http_server(port)
         log.info("Serving metrics on :%d/metrics", port)
+
+
+def informer_started(kind: str, namespace: str, healthy: Callable[[], bool]) -> None:
+    """The informer's series, 0 failures from the start; its health is read at each scrape, so that
+    it turns 0 when the failures have lasted long enough, not only when one more happens."""
+    INFORMER_FAILURES.labels(kind, namespace)
+    INFORMER_HEALTHY.labels(kind, namespace).set_function(lambda: 1.0 if healthy() else 0.0)
+
+
+def informer_failed(kind: str, namespace: str) -> None:
+    INFORMER_FAILURES.labels(kind, namespace).inc()
 
 
 def observe_creation(taskrun: Obj, pods: list[Obj], now: datetime.datetime) -> None:

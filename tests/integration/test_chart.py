@@ -200,3 +200,10 @@ def test_uninstall_runs_a_pre_delete_cleanup_job_as_the_operator(cluster: Cluste
     assert not [o for o in objects if o["kind"] == "Job" and o not in hooks]
     disabled = rendered_objects(cluster, "uninstallCleanup.enabled=false")
     assert not [o for o in disabled if o["kind"] == "Job"]
+
+
+def test_the_charts_operator_is_ready_only_while_its_watch_caches_are(cluster: Cluster) -> None:
+    deployment = next(o for o in rendered_objects(cluster) if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}

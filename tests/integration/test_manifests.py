@@ -121,9 +121,12 @@ def test_the_namespaced_overlay_grants_pod_rights_only_in_the_watched_namespace(
     )
     for resource in ("pods", "taskruns", "events"):
         assert not rules_for(operator_role, resource), f"cluster-wide {resource} rights in the namespaced overlay"
+    # The nodes' cache lists and watches (without watch it stays as it was at start).
+    assert {"list", "watch"} <= set(rules_for(operator_role, "nodes")[0]["verbs"])
     roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "spotrun-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(watched)
     assert all(rules_for(r, "pods") and rules_for(r, "taskruns/status") for r in roles)
+    assert all({"create", "get"} <= set(rules_for(r, "services")[0]["verbs"]) for r in roles)  # gangs
     bindings = [o for o in objects if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "spotrun-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watched)
     base = next(o for o in kustomized(cluster, "base") if o["kind"] == "ConfigMap")
@@ -142,3 +145,10 @@ def test_the_manifests_aggregate_taskrun_rights_into_edit_admin_and_view(cluster
     assert set(labelled) == {f"rbac.authorization.k8s.io/aggregate-to-{r}" for r in ("edit", "admin", "view")}
     view = next(o for o in objects if o["metadata"]["name"] == labelled["rbac.authorization.k8s.io/aggregate-to-view"])
     assert set(rules_for(view, "taskruns")[0]["verbs"]) == {"get", "list", "watch"}
+
+
+def test_the_operator_is_ready_only_while_its_watch_caches_are(cluster: Cluster) -> None:
+    deployment = next(o for o in kustomized(cluster, "base") if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
