@@ -133,9 +133,11 @@ def audit_events(path: Path, since: float) -> list[Obj]:
     return events
 
 
-def no_write_after_lease_taken(events: list[Obj], lease: str) -> list[Violation]:
+def no_write_after_lease_taken(events: list[Obj], lease: str, taskruns: Iterable[str]) -> list[Violation]:
     """A replica whose Lease another took (a successful Lease write by another identity, when the
-    answer was sent) writes nothing received after it (Lease writes aside: they are the election)."""
+    answer was sent) writes nothing received after it (Lease writes aside: they are the election).
+    Each write is told under the TaskRun whose name its object's name starts with (TASKRUNS)."""
+    known = sorted(taskruns, key=len, reverse=True)
     taken: dict[str, float] = {}  # identity -> when another took the Lease from it
     holder = ""
     for event in sorted(events, key=lambda e: _time(e.get("stageTimestamp"))):
@@ -157,10 +159,11 @@ def no_write_after_lease_taken(events: list[Obj], lease: str) -> list[Violation]
             answered = (event.get("responseStatus") or {}).get("code")
             late = received - taken[me]
             what = f"{event['verb']} {ref.get('resource')}/{ref.get('subresource') or ''} {ref.get('name', '')}"
+            name = str(ref.get("name", ""))
             found.append(
                 Violation(
                     LEASE,
-                    str(ref.get("name", "")),
+                    next((t for t in known if name.startswith(t)), name),
                     f"replica {me} sent {what} (answered {answered}) {late:.1f}s after another replica took the Lease",
                 )
             )

@@ -138,6 +138,7 @@ class Proxy:
         self._histories: dict[tuple[str, str], History] = {}
         self._rng = random.Random(seed)
         self.port = 0
+        self.watches: set[str] = set()  # the resources it has had a watch of (a replica's caches are listed)
         self.log: list[str] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -298,6 +299,7 @@ class Proxy:
             held_until = self._held_watch.pop(request.collection, 0.0)
         history = self._histories.setdefault((request.collection, request.selector), History())
         history.watched = True
+        self.watches.add(resource)
         headers = {h: incoming.headers[h] for h in PASSED_HEADERS if h in incoming.headers}
         upstream = await self._session.request(
             "GET", self.upstream + incoming.path_qs, headers=headers, timeout=ClientTimeout(total=None)

@@ -90,17 +90,20 @@ class Run:
         try:
             with self._replicas(plan, workload, replicas):
                 namesakes = self._make_namesakes(workload)
+                anchor = time.monotonic()
                 # TaskRuns keep coming while the schedule plays when the workload spaces them.
                 creator = threading.Thread(target=self._create, args=(workload,), name="creator", daemon=True)
                 creator.start()
-                truth.wait(lambda t: any(p.running for p in t.pods.values()), 90, "a pod of the run to be Running")
-                self.note("anchored: a pod is Running")
-                self._act(plan, replicas, truth)
+                if plan.anchor == schedule.RUNNING:
+                    truth.wait(lambda t: any(p.running for p in t.pods.values()), 90, "a pod of the run to be Running")
+                    anchor = time.monotonic()
+                    self.note("anchored: a pod is Running")
+                self._act(plan, replicas, truth, anchor)
                 creator.join()
                 self._settle(workload, replicas)
         finally:
             truth.stop()
-        return Report(plan, self._check(workload, truth, namesakes), self._merged_log(replicas))
+        return Report(plan, self._check(plan, workload, truth, namesakes), self._merged_log(replicas))
 
     def _create(self, workload: Workload) -> None:
         for n, body in enumerate(workload.taskruns):
@@ -111,18 +114,20 @@ class Run:
 
     @contextlib.contextmanager
     def _replicas(self, plan: Schedule, workload: Workload, replicas: list[Replica]) -> Iterator[None]:
-        election = workload.replicas > 1
+        election = max(workload.replicas, plan.replicas) > 1
         try:
             if election:
                 with contextlib.suppress(ApiError):
                     self.kube.delete(LEASE_PATH)  # a dead replica's Lease would hold up the first one
-            for name in "ab"[: workload.replicas]:
+            for name in "ab"[: max(workload.replicas, plan.replicas)]:
                 replica = Replica(self.cluster, self.base, name, plan.seed, self.workdir, election, self.started)
                 replicas.append(replica)
                 replica.process.start()
                 if election and name == "a":  # a leads, b stands by
                     self._wait(lambda: self._holder().startswith("perturb-a_"), 30)
                     self.note(f"replica a leads as {self._holder()}")
+            for replica in replicas:  # each one's caches listed before the first TaskRun
+                self._wait(lambda r=replica: {"pods", "taskruns"} <= r.proxy.watches, 60)
             yield
         finally:
             for replica in replicas:
@@ -163,8 +168,7 @@ class Run:
 
     # ----- the schedule ----------------------------------------------------------------------------
 
-    def _act(self, plan: Schedule, replicas: list[Replica], truth: Truth) -> None:
-        anchor = time.monotonic()
+    def _act(self, plan: Schedule, replicas: list[Replica], truth: Truth, anchor: float) -> None:
         pending = sorted(plan.actions, key=lambda a: a.at)
         armed: list[Action] = []
         by_name = {r.name: r for r in replicas}
@@ -236,7 +240,9 @@ class Run:
 
     # ----- the invariants -----------------------------------------------------------------------------
 
-    def _check(self, workload: Workload, truth: Truth, namesakes: list[tuple[str, str, str, str]]) -> list[Violation]:
+    def _check(
+        self, plan: Schedule, workload: Workload, truth: Truth, namesakes: list[tuple[str, str, str, str]]
+    ) -> list[Violation]:
         found = invariants.two_live_pods(truth.pods.values())
         for body in workload.taskruns:
             taskrun = get_taskrun(self.kube, self.namespace, body["metadata"]["name"])
@@ -251,9 +257,10 @@ class Run:
                 now = None
             found += invariants.namesakes_kept(owner, kind, name, uid, now)
         audit = self.cluster.logs / "audit.log"
-        if workload.replicas > 1 and audit.exists():
+        if max(workload.replicas, plan.replicas) > 1 and audit.exists():
             events = invariants.audit_events(audit, self.wall_started)
-            found += invariants.no_write_after_lease_taken(events, "spotrun-operator")
+            names = [b["metadata"]["name"] for b in workload.taskruns]
+            found += invariants.no_write_after_lease_taken(events, "spotrun-operator", names)
         return found
 
     def _merged_log(self, replicas: list[Replica]) -> list[str]:

@@ -49,16 +49,29 @@ class Action:
         return " ".join(parts) + f" [{self.replica}]"
 
 
+RUNNING = "running"  # times count from the first pod seen Running
+START = "start"  # times count from the replicas' start, before any TaskRun is made
+
+
 @dataclasses.dataclass
 class Schedule:
     scenario: str
     seed: int
     actions: list[Action]
+    anchor: str = RUNNING
 
     def __str__(self) -> str:
-        lines = [f"schedule {self.scenario} seed {self.seed} (replay: SPOTRUN_PERTURB_SEED={self.seed})"]
+        since = "the first pod Running" if self.anchor == RUNNING else "the start"
+        lines = [
+            f"schedule {self.scenario} seed {self.seed}, times after {since} (replay: SPOTRUN_PERTURB_SEED={self.seed})"
+        ]
         lines += [f"  {a}" for a in sorted(self.actions, key=lambda a: a.at)]
         return "\n".join(lines)
+
+    @property
+    def replicas(self) -> int:
+        """Operator replicas it needs: two for a handover or anything done to replica b."""
+        return 2 if any(a.kind == HANDOVER or a.replica == "b" for a in self.actions) else 1
 
     @property
     def length(self) -> float:
@@ -74,13 +87,22 @@ def seeds(default: list[int]) -> list[int]:
 
 def draw(scenario: str, seed: int) -> Schedule:
     rng = random.Random(f"{scenario}:{seed}")
-    return Schedule(scenario, seed, DRAWS[scenario](rng))
+    actions = DRAWS[scenario](rng)
+    # A handover's perturbations start before the TaskRuns: the standby's cache is made as they come.
+    return Schedule(scenario, seed, actions, START if any(a.kind == HANDOVER for a in actions) else RUNNING)
 
 
 def _stale_gang(rng: random.Random) -> list[Action]:
-    """Defect class 2: a gang rank missing from a stale cache. The pod list is answered from before
-    the newest rank's pod came (a lagging watch cache), or a rank's pod events are held while the
-    TaskRun's pass, and an operator restart mid-run lists again."""
+    """Defect class 2: a gang rank missing from a stale cache. Half the seeds: the pod list answered from
+    before the newest rank's pod came (a lagging watch cache), the watch after it held. The others:
+    rank 1's pod events held on the standby's watch while the TaskRun's pass, and the leader hands
+    over mid-run."""
+    if rng.random() < 0.5:
+        hold = rng.uniform(12.0, 16.0)
+        return [
+            Action(0.0, DELAY, "pods", seconds=hold, detail="-r1", replica="b"),
+            Action(rng.uniform(5.0, 7.0), HANDOVER, "operator", seconds=rng.uniform(2.0, 4.0)),
+        ]
     actions = [Action(rng.uniform(1.5, 4.0), STALE_RELIST, "pods", seconds=rng.uniform(3.0, 5.0))]
     if rng.random() < 0.5:
         actions.append(Action(rng.uniform(0.0, 2.0), JITTER, "taskruns", seconds=6.0, detail="0.5"))
