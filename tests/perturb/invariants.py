@@ -149,6 +149,7 @@ def no_write_after_lease_taken(events: list[Obj], lease: str, taskruns: Iterable
                 taken[holder] = _time(event.get("stageTimestamp"))
             holder = me
     found = []
+    late_writes: collections.Counter[tuple[str, str]] = collections.Counter()  # (replica, TaskRun): told once
     for event in events:
         ref = event.get("objectRef") or {}
         me = _identity(event)
@@ -160,14 +161,22 @@ def no_write_after_lease_taken(events: list[Obj], lease: str, taskruns: Iterable
             late = received - taken[me]
             what = f"{event['verb']} {ref.get('resource')}/{ref.get('subresource') or ''} {ref.get('name', '')}"
             name = str(ref.get("name", ""))
-            found.append(
-                Violation(
-                    LEASE,
-                    next((t for t in known if name.startswith(t)), name),
-                    f"replica {me} sent {what} (answered {answered}) {late:.1f}s after another replica took the Lease",
+            taskrun = next((t for t in known if name.startswith(t)), name)
+            late_writes[(me, taskrun)] += 1
+            if late_writes[(me, taskrun)] == 1:
+                found.append(
+                    Violation(
+                        LEASE,
+                        taskrun,
+                        f"replica {me} sent {what} (answered {answered}) {late:.1f}s after another replica "
+                        "took the Lease",
+                    )
                 )
-            )
-    return found
+    return [
+        dataclasses.replace(v, detail=f"{v.detail}; {n - 1} more late write(s) for it") if n > 1 else v
+        for v in found
+        for n in [next(c for (me, t), c in late_writes.items() if t == v.taskrun and me in v.detail)]
+    ]
 
 
 def _identity(event: Obj) -> str:

@@ -144,6 +144,7 @@ class Proxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name=f"proxy-{name}", daemon=True)
         self._runner: web.AppRunner | None = None
+        self._relays: list[asyncio.Server] = []
         self._session: ClientSession | None = None
         self.started = time.monotonic() if started is None else started  # the log's time origin
 
@@ -186,6 +187,42 @@ class Proxy:
                 if a.action.kind == kind and a.until > now and request.matches(a.action.target)
             ]
 
+    # ----- S3: bytes relayed, or stalled -------------------------------------------------------------
+
+    def relay_s3(self, endpoint: str) -> str:
+        """A TCP relay to the S3 server at ENDPOINT (http://host:port) that S3_STALL holds up; its URL."""
+        host, _, port = endpoint.removeprefix("http://").rstrip("/").partition(":")
+        future = asyncio.run_coroutine_threadsafe(self._start_relay(host, int(port or 80)), self._loop)
+        return f"http://127.0.0.1:{future.result(15)}"
+
+    async def _start_relay(self, host: str, port: int) -> int:
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+        server = await asyncio.start_server(connected, "127.0.0.1", 0)
+        self._relays.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        s3 = Request("GET", "s3", "", "", False, "")
+        try:
+            while chunk := await reader.read(65536):
+                if self._in_force(schedule.S3_STALL, s3):
+                    self._note("stalled S3")
+                    while self._in_force(schedule.S3_STALL, s3):
+                        await asyncio.sleep(0.05)
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
     # ----- serving -----------------------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -209,6 +246,8 @@ class Proxy:
         self.port = int(server.sockets[0].getsockname()[1])
 
     async def _shutdown(self) -> None:
+        for relay in self._relays:
+            relay.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:

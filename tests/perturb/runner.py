@@ -61,7 +61,11 @@ class Replica:
         config["clusters"][0]["cluster"] = {"server": f"http://127.0.0.1:{port}"}
         kubeconfig = workdir / f"replica-{name}.kubeconfig"
         kubeconfig.write_text(json.dumps(config))
-        env = {"SPOTRUN_LEADER_ELECTION": "true" if election else "false", "SPOTRUN_POD_NAME": f"perturb-{name}"}
+        env = {
+            "SPOTRUN_LEADER_ELECTION": "true" if election else "false",
+            "SPOTRUN_POD_NAME": f"perturb-{name}",
+            "AWS_ENDPOINT_URL": self.proxy.relay_s3(cluster.env_vars()["AWS_ENDPOINT_URL"]),
+        }
         self.process = Operator(cluster, kubeconfig, workdir / f"replica-{name}.log", **env)
         self.down_until: float | None = None  # restarting: start again at this time
 

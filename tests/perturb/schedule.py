@@ -22,13 +22,14 @@ STALE_RELIST = "stale-relist"  # as RELIST, the list answered as it was before t
 FAIL_WRITES = "fail-writes"  # writes of TARGET answered DETAIL (409, 429, 500) for SECONDS, not applied
 TIMEOUT_WRITES = "timeout-writes"  # writes of TARGET applied, their answer held 5 s and replaced by a 504
 BLACKHOLE = "blackhole"  # requests of TARGET held SECONDS, then forwarded if the client still waits
+S3_STALL = "s3-stall"  # the operator's S3 connections pass no byte for SECONDS
 RESTART = "restart"  # the replica SIGKILLed, started again after SECONDS
 HANDOVER = "handover"  # the leader SIGTERMed (it gives the Lease up), started again after SECONDS
 SUSPEND_AFTER_FAILURE = "suspend-after-failure"  # spec.suspend set as soon as a pod has failed on its own
 RESUME = "resume"  # spec.suspend unset
 DELETE_POD = "delete-pod"  # a running pod deleted by someone else (counted as an interruption)
 
-PROXY_KINDS = {DELAY, JITTER, CUT, RELIST, STALE_RELIST, FAIL_WRITES, TIMEOUT_WRITES, BLACKHOLE}
+PROXY_KINDS = {DELAY, JITTER, CUT, RELIST, STALE_RELIST, FAIL_WRITES, TIMEOUT_WRITES, BLACKHOLE, S3_STALL}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _namesake_budget(rng: random.Random) -> list[Action]:
 def _stop_after_own_failure(rng: random.Random) -> list[Action]:
     """Defect class 9: the pod watch held while the task fails on its own and a stop is asked
     (suspend); resumed later so that the run can finish."""
-    hold = rng.uniform(6.0, 8.0)
+    hold = rng.uniform(8.0, 10.0)  # the task exits at its step 3 (1.5 s) after python and the SDK start
     return [
         Action(0.0, DELAY, "pods", seconds=hold),
         Action(0.0, SUSPEND_AFTER_FAILURE, "taskruns"),
@@ -137,7 +138,19 @@ def _stop_after_own_failure(rng: random.Random) -> list[Action]:
 
 def _random(rng: random.Random) -> list[Action]:
     """Anything, a few at a time, within 20 s."""
-    kinds = [DELAY, JITTER, CUT, RELIST, STALE_RELIST, FAIL_WRITES, TIMEOUT_WRITES, BLACKHOLE, RESTART, DELETE_POD]
+    kinds = [
+        DELAY,
+        JITTER,
+        CUT,
+        RELIST,
+        STALE_RELIST,
+        FAIL_WRITES,
+        TIMEOUT_WRITES,
+        BLACKHOLE,
+        S3_STALL,
+        RESTART,
+        DELETE_POD,
+    ]
     actions = []
     for _ in range(rng.randint(3, 6)):
         kind = rng.choice(kinds)
@@ -161,6 +174,8 @@ def _random(rng: random.Random) -> list[Action]:
             actions.append(Action(at, kind, rng.choice(["pods", "taskruns"]), seconds=rng.uniform(0.5, 2.0)))
         elif kind == BLACKHOLE:
             actions.append(Action(at, kind, rng.choice(["pods", "taskruns", "*"]), seconds=rng.uniform(1.0, 8.0)))
+        elif kind == S3_STALL:
+            actions.append(Action(at, kind, "s3", seconds=rng.uniform(2.0, 10.0)))
         elif kind == RESTART:
             actions.append(Action(at, kind, "operator", seconds=rng.uniform(0.5, 3.0)))
         else:
