@@ -96,6 +96,12 @@ test-soak: $(STAMP) build ## The checkpoint protocol's model under faults, for a
 test-mutations: $(STAMP) ## Revert each checkpoint-protocol fix in turn: its tests must fail (about 2 minutes).
 	$(PY) -m tests.mutations
 
+# The operator under perturbation (tests/perturb): `make test` runs one schedule per test; this runs
+# SOAK (default 20) seeds of each, printed and replayable with SPOTRUN_PERTURB_SEED.
+.PHONY: test-perturb-soak
+test-perturb-soak: $(STAMP) build ## The operator under perturbation: SOAK=20 schedules per defect class and random ones.
+	SPOTRUN_PERTURB_SOAK=$(or $(SOAK),20) $(PY) -m pytest tests/integration/test_perturbation.py -p no:randomly
+
 # The integration tests that need S3 alone, on a private versitygw, and so no cluster.
 S3_ONLY := tests/integration/test_checkpoint_s3.py tests/integration/test_protocol_model_s3.py tests/integration/test_bad_input_cli_s3.py
 

@@ -32,7 +32,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield reused
         return
     started = Cluster(tmp_path_factory.mktemp("localcluster"))
-    started.up()
+    started.up(audit=True)  # the perturbation tests read who wrote what, and when, from the audit log
     try:
         yield started
     finally:
