@@ -1,0 +1,158 @@
+"""`make test-mutations`, the operator's half: reverts each of issue 25's fixes in turn and runs the
+tests that guard it.
+
+    python -m tests.operator_mutations [NAME ...]
+
+Each entry puts back what the code was without the fix (one or more replacements, in the working
+tree), runs its tests, and restores the files. Defects 2, 3, 5 and 9 are run through the perturbation
+harness (tests/perturb: the real operator behind a perturbing proxy, on the local cluster), the rest
+through their unit tests. A fix whose tests still pass without it guards nothing: every line must say
+CAUGHT. Exits 1 when one is MISSED or STALE.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+R = pathlib.Path(__file__).resolve().parent.parent
+OP = "operator/spotrun_operator"
+PERTURB = "tests/integration/test_perturbation.py"
+Replacement = tuple[str, str, str]  # (file, the fixed code, the code without the fix)
+
+# (name, replacements, pytest arguments)
+M: list[tuple[str, list[Replacement], list[str]]] = [
+    (
+        "2: a missing gang rank counted gone from the cache",
+        [
+            (
+                f"{OP}/reconcile.py",
+                "    return [(n, r) for n in range(first, last + 1) for r in range(replicas(taskrun)) if (n, r) not in seen]",
+                "    return [(n, 0) for n in range(first, last + 1) if n not in {a for a, _ in seen}]",
+            ),
+            (f"{OP}/reconcile.py", "        if pod is None and not self.listed:", "        if False:"),
+        ],
+        [PERTURB, "-k", "defect2"],
+    ),
+    (
+        "2: a relist drops what is newer than the list",
+        [
+            (
+                f"{OP}/cache.py",
+                "if key not in fresh and listed is not None and stored is not None and stored > listed:",
+                "if False:",
+            )
+        ],
+        ["tests/unit/test_cache.py"],
+    ),
+    (
+        "3: no watchdog on the renew deadline",
+        [(f"{OP}/leader.py", "        self.watchdog.start()", "        pass")],
+        [PERTURB, "-k", "defect3"],
+    ),
+    (
+        "5: a budget of the TaskRun's name adopted and deleted whoever owns it",
+        [
+            (
+                f"{OP}/api.py",
+                "        if not owned_by(existing, _owner_uid(body)):\n            raise Taken(",
+                "        if False:\n            raise Taken(",
+            ),
+            (f"{OP}/api.py", "            if not owned_by(existing, owner):", "            if False:"),
+        ],
+        [PERTURB, "-k", "defect5"],
+    ),
+    (
+        "9: stop annotations without the pod's resourceVersion",
+        [
+            (
+                f"{OP}/api.py",
+                '        patch = {"metadata": {"annotations": {key: value}, "resourceVersion": meta["resourceVersion"]}}',
+                '        patch = {"metadata": {"annotations": {key: value}}}',
+            )
+        ],
+        [PERTURB, "-k", "defect9"],
+    ),
+    (
+        "1: a failed watch goes on from its old version",
+        [
+            (
+                f"{OP}/cache.py",
+                '                # watch missed (a node added, a pod deleted) reaches the cache.\n                self.version = ""',
+                "                # watch missed (a node added, a pod deleted) reaches the cache.\n                pass",
+            )
+        ],
+        ["tests/unit/test_informer_health.py"],
+    ),
+    (
+        "4: any URI read with the operator's credentials",
+        [(f"{OP}/checkpoints.py", "bool(uri) and uri == assigned, assigned)", "bool(uri), assigned)")],
+        ["tests/unit/test_checkpoints.py"],
+    ),
+    (
+        "6: storage read inside the pass",
+        [
+            (
+                f"{OP}/checkpoints.py",
+                "        return self.cache._serve(self.key, self.uri)",
+                "        return self.cache._open(self.uri).read()",
+            )
+        ],
+        ["tests/unit/test_checkpoints.py"],
+    ),
+    (
+        "7: interruptions in a row without backoff",
+        [(f"{OP}/reconcile.py", "delay = policy.interruption_backoff_seconds(in_a_row)", "delay = 0.0")],
+        ["tests/unit/test_reconcile.py"],
+    ),
+    (
+        "8: the Events thread dies on a connection error",
+        [
+            (
+                f"{OP}/controller.py",
+                "            except Exception as err:  # a connection error as much as a refusal: the next one may pass",
+                "            except ApiException as err:  # noqa: F821",
+            )
+        ],
+        ["tests/unit/test_api_events.py"],
+    ),
+    (
+        "11: API errors logged with their HTTP dump",
+        [(f"{OP}/__main__.py", "    handler.addFilter(_ShortApiErrors())", "    pass")],
+        ["tests/unit/test_operator_logging.py"],
+    ),
+]
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+
+
+def main(only: list[str]) -> int:
+    missed = 0
+    for name, replacements, tests in M:
+        if only and not any(name.startswith(prefix) for prefix in only):
+            continue
+        originals = {rel: (R / rel).read_text() for rel, _, _ in replacements}
+        changed = dict(originals)
+        stale = [fixed for rel, fixed, _ in replacements if changed[rel].count(fixed) != 1]
+        if stale:
+            print(f"STALE   {name}: no longer in the code as written here: {stale[0][:60]!r}", flush=True)
+            missed += 1
+            continue
+        for rel, fixed, without in replacements:
+            changed[rel] = changed[rel].replace(fixed, without)
+        try:
+            for rel, text in changed.items():
+                (R / rel).write_text(text)
+            run = subprocess.run([*PYTEST, *tests], cwd=R, capture_output=True, text=True, check=False)
+        finally:
+            for rel, text in originals.items():
+                (R / rel).write_text(text)
+        last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
+        print(f"{'CAUGHT' if run.returncode else 'MISSED'}  {name}: {last}", flush=True)
+        missed += run.returncode == 0
+    print(f"{missed} of the reverted fixes went unnoticed" if missed else "every reverted fix was caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
