@@ -419,6 +419,31 @@ class Api:
             if err.status != 409:
                 raise
 
+    def set_budget_min_available(self, namespace: str, name: str, owner_uid: str, value: int) -> bool:
+        """Sets minAvailable of the TaskRun's PodDisruptionBudget (the eviction window opens at 0 and
+        closes at the gang's size); False when it is gone or not the TaskRun's (owner `owner_uid`),
+        which is then left alone. The write carries the resourceVersion read, so that it never lands
+        on another object of the same name created meanwhile."""
+        try:
+            read = self.policy.read_namespaced_pod_disruption_budget(name, namespace, _preload_content=False)
+            body = self._json(read)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        if owner_uid not in {o.get("uid") for o in body["metadata"].get("ownerReferences") or []}:
+            return False
+        if body.get("spec", {}).get("minAvailable") == value:
+            return True
+        patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "spec": {"minAvailable": value}}
+        try:
+            self.policy.patch_namespaced_pod_disruption_budget(name, namespace, patch, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
     def create_service(self, body: Obj) -> None:
         """Creates a gang's headless Service; one of the TaskRun's that exists already is kept. Raises
         Refused when the API server will not have it or another owner's holds the name."""

@@ -26,7 +26,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 # voluntary Checkpoint: a PodDisruptionBudget per TaskRun keeps a drain from evicting its pod.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, delete]
+  verbs: [get, create, patch, delete]  # get, patch: the eviction window (docs/consolidation.md)
 # spec.replicas > 1: a headless Service per gang gives its pods DNS names (the TaskRun owns it;
 # get: whose one of that name is, when it exists).
 - apiGroups: [""]
