@@ -369,3 +369,53 @@ def test_an_attempt_counted_before_its_pod_ended_is_accounted_once_it_has() -> N
     assert later.status["usage"]["spotSeconds"] == 60.0
     again = decide(apply(tr, later), [ended, running(2, "spot-2")], NODES, LATER, CONFIG, checkpoints=storage)
     assert again.status["lostSeconds"] == 2.0  # once, not again
+
+
+def over_time(tr: Obj, storage: Stored, commits: dict[float, Obj], seconds: list[float]) -> list[Any]:
+    """Passes at NOW + each of `seconds` on a node with no notice; `commits[t]` is committed just before t."""
+    decisions = []
+    for at in seconds:
+        if at in commits:
+            storage.infos.append(commits[at])
+        (d,) = passes(tr, running(1), storage, (at, UNCORDONED))
+        tr = apply(tr, d)
+        decisions.append(d)
+    return decisions
+
+
+def test_consolidation_never_keeps_the_budget_closed_for_the_whole_run() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"})
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:00+00:00"))
+    commits = {5.0: checkpoint(1, 2, "2026-11-27T12:00:04+00:00"), 75.0: checkpoint(1, 3, "2026-11-27T12:01:14+00:00")}
+    decisions = over_time(tr, storage, commits, [0.0, 5.0, 30.0, 75.0, 600.0])
+    assert [d.budget_min_available for d in decisions] == [1, 1, 1, 1, 1]
+    assert all("evictionWindow" not in d.status for d in decisions)
+    assert storage.reads == 0, "Never reads no storage for it"
+
+
+def test_consolidation_after_checkpoint_opens_the_budget_for_a_window_after_each_fresh_checkpoint() -> None:
+    spec = {"disruption": {"consolidation": "AfterCheckpoint", "evictionWindowSeconds": 60}}
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"}, **spec)
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:00+00:00"))  # before the operator first looked
+    commits = {5.0: checkpoint(1, 2, "2026-11-27T12:00:04+00:00"), 75.0: checkpoint(1, 3, "2026-11-27T12:01:14+00:00")}
+    decisions = over_time(tr, storage, commits, [0.0, 5.0, 30.0, 70.0, 75.0, 140.0])
+    # The first read only records what is there; each newer checkpoint opens the budget for 60 s.
+    assert [d.budget_min_available for d in decisions] == [1, 0, 0, 1, 0, 1]
+    assert [e[1] for d in decisions for e in d.events] == ["EvictionWindowOpened", "EvictionWindowOpened"]
+    assert decisions[1].status["evictionWindow"]["checkpoint"] == "00001-00002"
+    assert decisions[1].requeue_after == 5.0  # storage is read every few seconds for a fresh checkpoint
+    assert all(d.stop == [] and d.notify == [] for d in decisions)
+    # A gang's budget closes at its size, and opens to 0.
+    gang = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"}, replicas=2, **spec)
+    closed = decide(gang, [], NODES, NOW, CONFIG, checkpoints=Stored())
+    assert closed.budget_min_available == 2
+
+
+def test_a_checkpoint_of_an_earlier_attempt_opens_no_window() -> None:
+    spec = {"disruption": {"consolidation": "AfterCheckpoint"}}
+    tr = taskrun({"attempt": 2, "accountedAttempt": 1, "phase": "Running", "disruptionBudget": "train"}, **spec)
+    storage = Stored()
+    first = decide(tr, [running(2)], NODES, NOW, CONFIG, node_info=UNCORDONED, checkpoints=storage)
+    storage.infos.append(checkpoint(1, 9, "2026-11-27T12:00:01+00:00"))  # a late commit of attempt 1
+    later = decide(apply(tr, first), [running(2)], NODES, LATER, CONFIG, node_info=UNCORDONED, checkpoints=storage)
+    assert later.budget_min_available == 1
