@@ -33,10 +33,10 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from spotrun_operator import cleanup, handlers, metrics, names
-from spotrun_operator.api import Api, LeaseRefused, describe, lease_api
+from spotrun_operator.api import Api, describe, lease_api
 from spotrun_operator.config import Config, ConfigError
 from spotrun_operator.controller import Controller
-from spotrun_operator.leader import Elector
+from spotrun_operator.leader import Elector, LeaseRefused
 
 log = logging.getLogger("spotrun.operator")
 EVENTS_QPS = 20

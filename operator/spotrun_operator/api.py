@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from spotrun_operator import names
+from spotrun_operator.leader import LeaseRefused
 
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.api")
@@ -72,16 +73,6 @@ def describe(err: BaseException) -> str:
     reason = (status.get("reason") if isinstance(status, dict) else None) or err.reason or ""
     message = _message(err)
     return f"HTTP {err.status} {reason}" + (f": {message}" if message and message != reason else "")
-
-
-class LeaseRefused(Exception):
-    """The leader's Lease cannot be taken as the cluster stands: its namespace does not exist (a 404
-    on create) or RBAC forbids it (403). Trying again cannot help: someone must act."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
 
 
 def _lease_error(err: ApiException) -> Exception:
@@ -514,6 +505,31 @@ class Api:
         )
         if not owned_by(existing, _owner_uid(body)):
             raise Taken("PodDisruptionBudget", namespace, name)
+
+    def set_budget_min_available(self, namespace: str, name: str, owner_uid: str, value: int) -> bool:
+        """Sets minAvailable of the TaskRun's PodDisruptionBudget (the eviction window opens at 0 and
+        closes at the gang's size); False when it is gone or not the TaskRun's (owner `owner_uid`),
+        which is then left alone. The write carries the resourceVersion read, so that it never lands
+        on another object of the same name created meanwhile."""
+        try:
+            read = self.policy.read_namespaced_pod_disruption_budget(name, namespace, _preload_content=False)
+            body = self._json(read)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        if owner_uid not in {o.get("uid") for o in body["metadata"].get("ownerReferences") or []}:
+            return False
+        if body.get("spec", {}).get("minAvailable") == value:
+            return True
+        patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "spec": {"minAvailable": value}}
+        try:
+            self.policy.patch_namespaced_pod_disruption_budget(name, namespace, patch, _preload_content=False)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
     def create_service(self, body: Obj) -> None:
         """Creates a gang's headless Service; one of the TaskRun's that exists already is kept. Raises

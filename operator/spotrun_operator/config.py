@@ -78,7 +78,7 @@ NOTICE_TAINTS: dict[str, int] = {
 # Node taints that mean a voluntary disruption has begun (besides a cordon, spec.unschedulable):
 # the node is being drained, respecting PodDisruptionBudgets. A profile file: "drainTaints".
 DRAIN_TAINTS: tuple[str, ...] = (
-    "node.kubernetes.io/unschedulable",  # kubectl cordon / drain (the node lifecycle controller's)
+    "node.kubernetes.io/unschedulable",  # a cordon (the node lifecycle controller's): read as one, not a drain
     "karpenter.sh/disrupted",  # Karpenter: consolidation, drift, expiry, and its spot interruptions
     "ToBeDeletedByClusterAutoscaler",  # cluster-autoscaler's scale-down
 )

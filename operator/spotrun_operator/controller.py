@@ -173,6 +173,7 @@ class Controller:
         self.api, self.config, self.workers = api, config, workers
         self.taskruns, self.pods, self.node_store = Store(), PodStore(), Store()
         self.nodes = Nodes(self.node_store)
+        self._budget_floors: dict[Key, int] = {}  # the minAvailable last written to each TaskRun's budget
         self.queue = WorkQueue()
         self.events = Events(events_api or api)
         self.checkpoints = CheckpointCache(self.queue.add)  # storage is read beside the passes, never in one
@@ -364,6 +365,21 @@ class Controller:
             return False
         return True
 
+    def _set_budget_floor(self, taskrun: Obj, value: int) -> None:
+        """Opens or closes the budget's eviction window (reconcile's budget_min_available): written when
+        it differs from what this process last wrote, so once after a restart, then at each change."""
+        meta = taskrun["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if self._budget_floors.get(key) == value:
+            return
+        budget = names.budget_name(meta["name"])
+        try:
+            if self.api.set_budget_min_available(meta["namespace"], budget, meta["uid"], value):
+                log.info("Set minAvailable of PodDisruptionBudget %s/%s to %d", meta["namespace"], budget, value)
+            self._budget_floors[key] = value  # gone or not ours: nothing to write until it changes
+        except Exception as err:  # the next pass tries again: nothing was recorded
+            log.warning("Setting minAvailable of PodDisruptionBudget %s/%s failed: %s", meta["namespace"], budget, err)
+
     def _resume_from(self, taskrun: Obj) -> str | None:
         """The resumeFrom source's URI: "" when there is none, None when its TaskRun does not exist."""
         source = (taskrun["spec"].get("checkpoint") or {}).get("resumeFrom") or {}
@@ -382,6 +398,7 @@ class Controller:
             self.release_pods(namespace, name)
             metrics.forget(namespace, name)
             self.checkpoints.forget(key)
+            self._budget_floors.pop(key, None)
             return None
         pods = self.pods.of_taskrun(namespace, name)
         listed = bool(unseen_attempts(taskrun, pods))
@@ -465,6 +482,8 @@ class Controller:
         for pod_name in decision.release:
             if pod_name not in decision.force_delete:
                 self._keep(self.api.release_pod(by_name[pod_name]))
+        if decision.budget_min_available is not None and not decision.delete_budget:
+            self._set_budget_floor(taskrun, decision.budget_min_available)
         if decision.delete_budget:
             try:
                 self.api.delete_budget(namespace, decision.delete_budget, taskrun["metadata"]["uid"])

@@ -23,10 +23,19 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from spotrun_operator.api import LeaseRefused
-
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.leader")
+
+
+class LeaseRefused(Exception):
+    """The leader's Lease cannot be taken as the cluster stands: its namespace does not exist (a 404
+    on create) or RBAC forbids it (403). Trying again cannot help: someone must act."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
 
 DURATION = 10.0  # leaseDurationSeconds
 RENEW_DEADLINE = 7.0

@@ -230,7 +230,10 @@ def build_pod(
 
     annotations = _not_ours(pod_meta.get("annotations"))
     checkpoint_first = (spec.get("disruption") or {}).get("voluntary", names.VOLUNTARY_CHECKPOINT)
-    if config.profile_name == "karpenter" and checkpoint_first == names.VOLUNTARY_CHECKPOINT:
+    # Karpenter never consolidates a node with a do-not-disrupt pod: with consolidation AfterCheckpoint
+    # the budget alone decides, opened after each fresh checkpoint (docs/consolidation.md).
+    moves = (spec.get("disruption") or {}).get("consolidation") == "AfterCheckpoint"
+    if config.profile_name == "karpenter" and checkpoint_first == names.VOLUNTARY_CHECKPOINT and not moves:
         annotations[names.ANNOTATION_KARPENTER_DO_NOT_DISRUPT] = "true"
     labels = {
         **_not_ours(pod_meta.get("labels")),

@@ -87,6 +87,8 @@ class Decision:
     notify: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (pod, notice annotation)
     budget: Obj | None = None  # the PodDisruptionBudget to create (kept if it exists)
     delete_budget: str | None = None
+    # The budget's minAvailable now (None: leave it): 0 while an eviction window is open, else replicas.
+    budget_min_available: int | None = None
     reschedule: list[str] = dataclasses.field(default_factory=list)  # unscheduled pods to remove (no spot room)
 
     @property
@@ -480,13 +482,21 @@ class _Pass:
 
     def notify_live_pod(self) -> None:
         """The current attempt's pod on a node with a reclaim notice or a drain: the pod is told (its
-        notice annotation, once). On a drain with voluntary Checkpoint the pass then waits for a
-        checkpoint committed after the notice (or the timeout) and stops the pod itself: the drain
-        completes and the attempt counts as an interruption, reason Drained."""
+        notice annotation, once), and untold (the annotation emptied) when the node's notice or cordon
+        goes. On a drain taint with voluntary Checkpoint the pass then waits for a checkpoint committed
+        after the notice (or the timeout) and stops the pod itself: the drain completes and the
+        attempt counts as an interruption, reason Drained. A plain cordon stops nothing: it opens the
+        budget's eviction window instead (disruption.eviction_window), as consolidation
+        AfterCheckpoint does after every fresh checkpoint."""
+        self._notify_live_pod()
+        self._set_budget_floor()
+
+    def _notify_live_pod(self) -> None:
         st = self.st
         pod = self._noticed_pod()
         if pod is None or pod["metadata"].get("deletionTimestamp"):
             st.pop("drain", None)
+            st.pop("evictionWindow", None)  # the pod is going: the next attempt's starts closed
             return
         node = self._node_facts(pod)
         if pod.get("status", {}).get("phase") == "Running" and node:
@@ -497,6 +507,9 @@ class _Pass:
             self._drop_budget()  # switched to Allow while the attempt runs: drains evict it from now on
         notice = self._node_notice(pod)
         given = disruption.Notice.of_pod(pod)
+        if notice is None and given is not None:
+            self._withdraw_notice(pod, given)
+            given = None
         if notice is not None and given is None:
             notice = given = dataclasses.replace(notice, time=iso(self.now))
         # A gang's ranks are all told, so that they join in one final checkpoint.
@@ -515,7 +528,9 @@ class _Pass:
             )
         if given is not None:
             st["notice"] = {"attempt": self.attempt, "time": given.time, "reason": given.reason, "kind": given.kind}
-        if notice is None or notice.kind != names.NOTICE_DRAIN:
+        cordon = notice if notice is not None and notice.reason == disruption.CORDONED else None
+        self._eviction_window(pod, cordon)
+        if notice is None or notice.kind != names.NOTICE_DRAIN or cordon is not None:
             st.pop("drain", None)
             return
         timeout = notice.seconds
@@ -527,6 +542,66 @@ class _Pass:
         self.decision.events.append(
             ("Normal", names.INTERRUPTION_DRAINED, f"Stopping pod {pod['metadata']['name']} for the drain: {why}")
         )
+
+    def _withdraw_notice(self, pod: Obj, given: disruption.Notice) -> None:
+        """The node's notice or cordon went (an uncordon, a notice taint removed): the ranks' notice
+        annotations are emptied, which the operator and the SDK read as no notice, so that a task is
+        not left preempted for the rest of its attempt, and a later notice is given afresh."""
+        for told in self._current():
+            if disruption.Notice.of_pod(told) is not None and not told["metadata"].get("deletionTimestamp"):
+                self.decision.notify.append((told["metadata"]["name"], ""))
+        self.st.pop("notice", None)
+        self.decision.events.append(
+            (
+                "Normal",
+                "NoticeWithdrawn",
+                f"Withdrew the {given.kind.lower()} notice of pod {pod['metadata']['name']}: {given.reason} on node "
+                f"{pod['spec'].get('nodeName')} is gone",
+            )
+        )
+
+    def _eviction_window(self, pod: Obj, cordon: disruption.Notice | None) -> None:
+        """Keeps status.evictionWindow while a plain cordon or consolidation AfterCheckpoint wants one
+        (reading storage every few seconds for a fresh checkpoint, or when the window closes)."""
+        after = disruption.consolidation(self.spec) == disruption.CONSOLIDATION_AFTER_CHECKPOINT
+        window = self.st.get("evictionWindow")
+        wanted = self.st.get("disruptionBudget") and (cordon is not None or after or "cordoned" in (window or {}))
+        if not wanted:
+            self.st.pop("evictionWindow", None)
+            return
+        was_open = disruption.window_open(window, self.now)
+        window = disruption.eviction_window(
+            window,
+            pod["metadata"]["name"],
+            self.attempt,
+            self.latest(),
+            self.now,
+            disruption.window_seconds(self.spec),
+            cordon,
+        )
+        if cordon is None and not after:
+            self.st.pop("evictionWindow", None)  # uncordoned: nothing wants a window any more
+        else:
+            self.st["evictionWindow"] = window
+        now_open = disruption.window_open(window, self.now) and "evictionWindow" in self.st
+        if now_open and not was_open:
+            message = (
+                f"Opened the PodDisruptionBudget of pod {pod['metadata']['name']} for "
+                f"{disruption.window_seconds(self.spec)}s: checkpoint {window.get('checkpoint') or '(none)'}"
+            )
+            self.decision.events.append(("Normal", "EvictionWindowOpened", message))
+        closes = disruption.window_closes_in(window, self.now) if now_open else None
+        poll = disruption.DRAIN_POLL_SECONDS if cordon is not None else disruption.CONSOLIDATION_POLL_SECONDS
+        self._requeue(min(poll, closes) if closes is not None else poll)
+
+    def _set_budget_floor(self) -> None:
+        """The budget's minAvailable for this pass: every rank while no window is open, else none (a
+        gang's attempt ends with its first rank anyway). Stated every pass (level-based): the
+        controller writes it only when it differs from what it last wrote."""
+        if not self.st.get("disruptionBudget") or disruption.voluntary(self.spec) != names.VOLUNTARY_CHECKPOINT:
+            return
+        is_open = disruption.window_open(self.st.get("evictionWindow"), self.now)
+        self.decision.budget_min_available = 0 if is_open else self.size
 
     def _current(self) -> list[Obj]:
         """The live pods of the current attempt, in rank order."""
@@ -988,6 +1063,7 @@ def refused(
         force_delete=decision.force_delete,
         notify=decision.notify,
         delete_budget=decision.delete_budget,
+        budget_min_available=decision.budget_min_available,
         reschedule=decision.reschedule,
     )
     if decision.budget is None and "disruptionBudget" not in old:

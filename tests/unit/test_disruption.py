@@ -36,6 +36,18 @@ ALLOW = {"disruption": {"voluntary": "Allow"}}
         ({"unschedulable": True}, ALLOW, None),  # Allow: the drain evicts, as without Spotrun
         ({"taints": ["karpenter.sh/disrupted"]}, CHECKPOINT, ("Drain", "karpenter.sh/disrupted", 60)),
         ({"taints": ["ToBeDeletedByClusterAutoscaler"]}, CHECKPOINT, ("Drain", "ToBeDeletedByClusterAutoscaler", 60)),
+        # The node lifecycle controller's taint for a cordon is a cordon, not a drain.
+        (
+            {"unschedulable": True, "taints": ["node.kubernetes.io/unschedulable"]},
+            CHECKPOINT,
+            ("Drain", "Cordoned", 60),
+        ),
+        # A drain taint on a cordoned node says a drain is under way: it wins over the plain cordon.
+        (
+            {"unschedulable": True, "taints": ["karpenter.sh/disrupted"]},
+            CHECKPOINT,
+            ("Drain", "karpenter.sh/disrupted", 60),
+        ),
         # NTH taints, cordons and drains: the drain wins, bounded by the notice's 2 minutes too.
         (
             {"unschedulable": True, "taints": ["aws-node-termination-handler/spot-itn"]},

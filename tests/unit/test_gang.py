@@ -224,12 +224,12 @@ def test_a_rank_the_api_server_refused_is_created_later_and_its_gang_is_counted_
 
 def test_a_drain_of_one_ranks_node_waits_for_a_fresh_checkpoint_then_moves_the_gang() -> None:
     tr = taskrun({"attempt": 1, "phase": "Running"}, replicas=2)
-    facts = {"spot-2": {"unschedulable": True, "spot": True}}
+    facts = {"spot-2": {"taints": ["karpenter.sh/disrupted"], "spot": True}}
     pods = [rank(running(1, "spot-1"), 0), rank(running(1, "spot-2"), 1)]
     first = decide(tr, pods, NODES, NOW, CONFIG, node_info=facts.get, checkpoints=Stored(checkpoint(1, 3, "t")))
     assert sorted(name for name, _ in first.notify) == ["train-a1-r0", "train-a1-r1"]
     assert first.stop == []
-    told = [noticed(p, kind="Drain", reason="Cordoned") for p in pods]
+    told = [noticed(p, kind="Drain", reason="karpenter.sh/disrupted") for p in pods]
     fresh = Stored(checkpoint(1, 3, "t"), checkpoint(1, 4, "t2"))
     second = decide(apply(tr, first), told, NODES, LATER, CONFIG, node_info=facts.get, checkpoints=fresh)
     assert sorted(second.stop) == [("train-a1-r0", names.REASON_GANG_ENDED), ("train-a1-r1", "Drained")]

@@ -346,7 +346,7 @@ def test_the_deadline_is_forgotten_once_the_attempt_is_over() -> None:
 
 def test_while_a_drain_waits_for_its_checkpoint_the_deadline_waits_too() -> None:
     """The drain stops the pod itself (a checkpoint, or its timeout): an interruption, not a stall."""
-    facts = {"spot-1": {"ready": True, "unschedulable": True, "taints": []}}
+    facts = {"spot-1": {"ready": True, "taints": ["karpenter.sh/disrupted"]}}
     d = decide(stalling(), [started(1)], NODES, at(61), CONFIG, node_info=facts.get, checkpoints=Stored())
     assert d.stop == []
     assert d.status["drain"]["pod"] == "train-a1"

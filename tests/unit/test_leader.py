@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from spotrun_operator import __main__ as operator_main
 from spotrun_operator import leader
-from spotrun_operator.api import Conflict, LeaseRefused
+from spotrun_operator.api import Conflict
 from spotrun_operator.leader import (
     RENEW_DEADLINE,
     DeadlinePassed,
     Elector,
+    LeaseRefused,
     Observed,
     claimed,
     may_take,

@@ -79,13 +79,15 @@ def test_no_notice_without_a_signal_and_none_for_a_drain_under_allow() -> None:
     assert d.stop == []
 
 
-def test_a_drain_waits_for_a_checkpoint_committed_after_the_notice_then_stops_the_pod() -> None:
-    tr = taskrun({"attempt": 2, "accountedAttempt": 1, "phase": "Running"})
-    cordoned = nodes(spot_1={"ready": True, "unschedulable": True})
+def test_a_drain_taint_waits_for_a_checkpoint_committed_after_the_notice_then_stops_the_pod() -> None:
+    # Karpenter's drain taint on a cordoned node: a drain is under way, the operator moves the task.
+    tr = taskrun({"attempt": 2, "accountedAttempt": 1, "phase": "Running", "disruptionBudget": "train"})
+    draining = nodes(spot_1={"ready": True, "unschedulable": True, "taints": ["karpenter.sh/disrupted"]})
     storage = Stored(checkpoint(2, 1, "2026-11-27T11:59:00+00:00"))
-    first = decide(tr, [running(2)], NODES, NOW, CONFIG, node_info=cordoned, checkpoints=storage)
+    first = decide(tr, [running(2)], NODES, NOW, CONFIG, node_info=draining, checkpoints=storage)
     assert [p for p, _ in first.notify] == ["train-a2"]
-    assert json.loads(first.notify[0][1])["kind"] == "Drain"
+    told = json.loads(first.notify[0][1])
+    assert (told["kind"], told["reason"]) == ("Drain", "karpenter.sh/disrupted")
     assert first.stop == []
     assert first.requeue_after == 2.0
     assert first.status["drain"] == {
@@ -93,14 +95,125 @@ def test_a_drain_waits_for_a_checkpoint_committed_after_the_notice_then_stops_th
         "since": "2026-11-27T12:00:00Z",
         "checkpointAtNotice": "00002-00001",
     }
-    pod = noticed(running(2), "Drain", "Cordoned")
-    waiting = decide(apply(tr, first), [pod], NODES, LATER, CONFIG, node_info=cordoned, checkpoints=storage)
+    pod = noticed(running(2), "Drain", "karpenter.sh/disrupted")
+    waiting = decide(apply(tr, first), [pod], NODES, LATER, CONFIG, node_info=draining, checkpoints=storage)
     assert waiting.stop == []
     assert waiting.notify == []
     storage.infos.append(checkpoint(2, 2, "2026-11-27T12:00:04+00:00"))
-    done = decide(apply(tr, waiting), [pod], NODES, LATER, CONFIG, node_info=cordoned, checkpoints=storage)
+    done = decide(apply(tr, waiting), [pod], NODES, LATER, CONFIG, node_info=draining, checkpoints=storage)
     assert done.stop == [("train-a2", "Drained")]
     assert any("committed after the notice" in message for _, _, message in done.events)
+
+
+CORDONED = nodes(spot_1={"ready": True, "unschedulable": True, "taints": ["node.kubernetes.io/unschedulable"]})
+UNCORDONED = nodes(spot_1={"ready": True})
+
+
+def passes(tr: Obj, pod: Obj, storage: Stored, *steps: tuple[float, Any]) -> list[Any]:
+    """Passes at NOW + each step's seconds, on each step's node facts, each from the status before;
+    `pod` takes the notice annotation of the pass that gives one (the controller's patch)."""
+    decisions = []
+    for seconds, facts in steps:
+        d = decide(
+            tr, [pod], NODES, NOW + datetime.timedelta(seconds=seconds), CONFIG, node_info=facts, checkpoints=storage
+        )
+        for name, annotation in d.notify:
+            assert name == pod["metadata"]["name"]
+            pod = copy.deepcopy(pod)
+            pod["metadata"].setdefault("annotations", {})["spotrun.dev/notice"] = annotation
+        tr = apply(tr, d)
+        decisions.append(d)
+    return decisions
+
+
+@pytest.mark.parametrize(
+    ("commits_at", "floors"),
+    [
+        # A checkpoint at 4 s (after the notice at 0 s) opens the budget for 60 s; it closes at 64 s.
+        (4.0, [1, 1, 0, 0, 1, 1]),
+        # No checkpoint at all: the budget opens at the timeout (120 s after the notice), once.
+        (None, [1, 1, 1, 1, 0, 1]),
+    ],
+)
+def test_a_cordon_alone_never_stops_the_pod_and_opens_the_budget_after_a_fresh_checkpoint(
+    commits_at: float | None, floors: list[int]
+) -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"})
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:00+00:00"))
+    if commits_at is not None:  # committed by the pass after 4 s: the task's checkpoint on the notice
+        storage.infos.append(checkpoint(1, 2, "2026-11-27T12:00:04+00:00"))
+        late = storage.infos.pop()
+    decisions = []
+    pod = running(1)
+    for at in [0.0, 2.0, 5.0, 30.0, 121.0, 190.0]:
+        if commits_at is not None and at > commits_at and late not in storage.infos:
+            storage.infos.append(late)
+        (d,) = passes(tr, pod, storage, (at, CORDONED))
+        if d.notify:
+            pod = noticed(pod, "Drain", "Cordoned")
+        tr = apply(tr, d)
+        decisions.append(d)
+    assert json.loads(decisions[0].notify[0][1])["reason"] == "Cordoned"
+    assert all(d.stop == [] for d in decisions), "a cordon stops new scheduling, not the pod"
+    assert "drain" not in decisions[-1].status
+    assert [d.budget_min_available for d in decisions] == floors
+    assert sum(e[1] == "EvictionWindowOpened" for d in decisions for e in d.events) == 1
+    assert all(d.requeue_after is not None and d.requeue_after <= 2.0 for d in decisions)
+
+
+def test_an_uncordon_withdraws_the_notice_and_closes_the_budget() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"})
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:00+00:00"))
+    told, opened = passes(tr, running(1), storage, (0.0, CORDONED), (130.0, CORDONED))
+    assert [name for name, _ in told.notify] == ["train-a1"]
+    assert opened.budget_min_available == 0  # the timeout passed: open
+    pod = noticed(running(1), "Drain", "Cordoned")
+    back = decide(
+        apply(tr, opened),
+        [pod],
+        NODES,
+        NOW + datetime.timedelta(seconds=131),
+        CONFIG,
+        node_info=UNCORDONED,
+        checkpoints=storage,
+    )
+    assert back.notify == [("train-a1", "")], "the notice annotation is emptied: no notice for the SDK"
+    assert "notice" not in back.status
+    assert "evictionWindow" not in back.status
+    assert back.budget_min_available == 1
+    assert any(e[1] == "NoticeWithdrawn" for e in back.events)
+    assert back.stop == []
+    # Emptied, the annotation reads as no notice: the next pass says nothing, a new cordon tells again.
+    cleared = copy.deepcopy(pod)
+    cleared["metadata"]["annotations"]["spotrun.dev/notice"] = ""
+    quiet = decide(
+        apply(tr, back),
+        [cleared],
+        NODES,
+        NOW + datetime.timedelta(seconds=140),
+        CONFIG,
+        node_info=UNCORDONED,
+        checkpoints=storage,
+    )
+    assert quiet.notify == []
+    again = decide(
+        apply(tr, quiet),
+        [cleared],
+        NODES,
+        NOW + datetime.timedelta(seconds=150),
+        CONFIG,
+        node_info=CORDONED,
+        checkpoints=storage,
+    )
+    assert [name for name, _ in again.notify] == ["train-a1"]
+    assert again.budget_min_available == 1, "a new cordon waits for its own fresh checkpoint"
+
+
+def test_a_reclaim_notice_that_goes_is_withdrawn() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    pod = noticed(running(1))
+    d = decide(tr, [pod], NODES, NOW, CONFIG, node_info=UNCORDONED, checkpoints=Stored())
+    assert d.notify == [("train-a1", "")]
 
 
 def test_a_drain_gives_up_waiting_after_its_timeout() -> None:
@@ -256,3 +369,53 @@ def test_an_attempt_counted_before_its_pod_ended_is_accounted_once_it_has() -> N
     assert later.status["usage"]["spotSeconds"] == 60.0
     again = decide(apply(tr, later), [ended, running(2, "spot-2")], NODES, LATER, CONFIG, checkpoints=storage)
     assert again.status["lostSeconds"] == 2.0  # once, not again
+
+
+def over_time(tr: Obj, storage: Stored, commits: dict[float, Obj], seconds: list[float]) -> list[Any]:
+    """Passes at NOW + each of `seconds` on a node with no notice; `commits[t]` is committed just before t."""
+    decisions = []
+    for at in seconds:
+        if at in commits:
+            storage.infos.append(commits[at])
+        (d,) = passes(tr, running(1), storage, (at, UNCORDONED))
+        tr = apply(tr, d)
+        decisions.append(d)
+    return decisions
+
+
+def test_consolidation_never_keeps_the_budget_closed_for_the_whole_run() -> None:
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"})
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:00+00:00"))
+    commits = {5.0: checkpoint(1, 2, "2026-11-27T12:00:04+00:00"), 75.0: checkpoint(1, 3, "2026-11-27T12:01:14+00:00")}
+    decisions = over_time(tr, storage, commits, [0.0, 5.0, 30.0, 75.0, 600.0])
+    assert [d.budget_min_available for d in decisions] == [1, 1, 1, 1, 1]
+    assert all("evictionWindow" not in d.status for d in decisions)
+    assert storage.reads == 0, "Never reads no storage for it"
+
+
+def test_consolidation_after_checkpoint_opens_the_budget_for_a_window_after_each_fresh_checkpoint() -> None:
+    spec = {"disruption": {"consolidation": "AfterCheckpoint", "evictionWindowSeconds": 60}}
+    tr = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"}, **spec)
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:00+00:00"))  # before the operator first looked
+    commits = {5.0: checkpoint(1, 2, "2026-11-27T12:00:04+00:00"), 75.0: checkpoint(1, 3, "2026-11-27T12:01:14+00:00")}
+    decisions = over_time(tr, storage, commits, [0.0, 5.0, 30.0, 70.0, 75.0, 140.0])
+    # The first read only records what is there; each newer checkpoint opens the budget for 60 s.
+    assert [d.budget_min_available for d in decisions] == [1, 0, 0, 1, 0, 1]
+    assert [e[1] for d in decisions for e in d.events] == ["EvictionWindowOpened", "EvictionWindowOpened"]
+    assert decisions[1].status["evictionWindow"]["checkpoint"] == "00001-00002"
+    assert decisions[1].requeue_after == 5.0  # storage is read every few seconds for a fresh checkpoint
+    assert all(d.stop == [] and d.notify == [] for d in decisions)
+    # A gang's budget closes at its size, and opens to 0.
+    gang = taskrun({"attempt": 1, "phase": "Running", "disruptionBudget": "train"}, replicas=2, **spec)
+    closed = decide(gang, [], NODES, NOW, CONFIG, checkpoints=Stored())
+    assert closed.budget_min_available == 2
+
+
+def test_a_checkpoint_of_an_earlier_attempt_opens_no_window() -> None:
+    spec = {"disruption": {"consolidation": "AfterCheckpoint"}}
+    tr = taskrun({"attempt": 2, "accountedAttempt": 1, "phase": "Running", "disruptionBudget": "train"}, **spec)
+    storage = Stored()
+    first = decide(tr, [running(2)], NODES, NOW, CONFIG, node_info=UNCORDONED, checkpoints=storage)
+    storage.infos.append(checkpoint(1, 9, "2026-11-27T12:00:01+00:00"))  # a late commit of attempt 1
+    later = decide(apply(tr, first), [running(2)], NODES, LATER, CONFIG, node_info=UNCORDONED, checkpoints=storage)
+    assert later.budget_min_available == 1

@@ -26,7 +26,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 # voluntary Checkpoint: a PodDisruptionBudget per TaskRun keeps a drain from evicting its pod.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, create, delete]  # get: a budget of that name is adopted only if it is the TaskRun's
+  verbs: [get, create, patch, delete]  # get: adopt only the TaskRun's own; patch: eviction windows
 # spec.replicas > 1: a headless Service per gang gives its pods DNS names (the TaskRun owns it;
 # get: whose one of that name is, when it exists).
 - apiGroups: [""]
