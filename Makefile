@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-soak test-mutations test-without-cluster test-with-cluster test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-soak test-mutations test-perturb-soak test-without-cluster test-with-cluster test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -91,16 +91,16 @@ test-unit: $(STAMP) ## Unit tests and flytekit's own checkpoint tests (tests/com
 	$(PY) -m pytest tests/unit tests/compat
 
 test-soak: $(STAMP) build ## The checkpoint protocol's model under faults, for a night: HYPOTHESIS_PROFILE=soak, a directory and S3.
-	HYPOTHESIS_PROFILE=soak $(PY) -m pytest tests/unit/test_protocol_model.py tests/integration/test_protocol_model_s3.py -p no:randomly
+	HYPOTHESIS_PROFILE=soak $(PY) -m pytest tests/unit/test_protocol_model.py tests/integration/test_protocol_model_s3.py
 
-test-mutations: $(STAMP) ## Revert each checkpoint-protocol fix in turn: its tests must fail (about 2 minutes).
+test-mutations: $(STAMP) build ## Revert each checkpoint-protocol and operator fix in turn: its tests must fail (about 6 minutes).
 	$(PY) -m tests.mutations
+	$(PY) -m tests.operator_mutations
 
 # The operator under perturbation (tests/perturb): `make test` runs one schedule per test; this runs
 # SOAK (default 20) seeds of each, printed and replayable with SPOTRUN_PERTURB_SEED.
-.PHONY: test-perturb-soak
 test-perturb-soak: $(STAMP) build ## The operator under perturbation: SOAK=20 schedules per defect class and random ones.
-	SPOTRUN_PERTURB_SOAK=$(or $(SOAK),20) $(PY) -m pytest tests/integration/test_perturbation.py -p no:randomly
+	SPOTRUN_PERTURB_SOAK=$(or $(SOAK),20) $(PY) -m pytest tests/integration/test_perturbation.py
 
 # The integration tests that need S3 alone, on a private versitygw, and so no cluster.
 S3_ONLY := tests/integration/test_checkpoint_s3.py tests/integration/test_protocol_model_s3.py tests/integration/test_bad_input_cli_s3.py
