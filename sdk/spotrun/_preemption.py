@@ -1,4 +1,4 @@
-"""Preemption: interruption notices and SIGTERM mark the task preempted, count down, run callbacks."""
+"""Preemption: interruption notices (until withdrawn) and SIGTERM mark the task preempted, count down, run callbacks."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ _installed = False
 _preempted = threading.Event()
 _deadline: float | None = None
 _notice: Notice | None = None
-_terminated = False  # SIGTERM arrived: its grace period is the truth from then on
-_notice_delivered = False  # the callbacks ran (or run now) for the notice
+_terminated = False  # SIGTERM arrived: its grace period is the truth from then on, and nothing changes
+_notices = 0  # notices taken so far: a withdrawn notice given again, or a changed one, is a new one
+_delivered = 0  # the `_notices` whose callbacks ran (or run now): once per notice, not per attempt
 _callbacks: list[Callable[[], object]] = []
 _polled = False  # the task asked preempted(): it stops by itself, so SIGTERM does not end it
 _previous: dict[int, Handler] = {}  # the handler each signal had before Spotrun's: chained to
@@ -88,18 +89,60 @@ def read_notice(path: str | os.PathLike[str]) -> Notice | None:
     ignored. A value that is not JSON with a valid `time` is logged and read as a notice with reason
     `Unknown` and the grace period's seconds: being warned wrongly is cheaper than missing a warning.
     """
+    raw = _read(path)
+    return None if raw is None else _notice_of(raw, path)
+
+
+def _read(path: str | os.PathLike[str]) -> bytes | None:
+    """The file's value, stripped (b"": no notice); None when it cannot be read: missing, or its
+    `..data` swapped away as it was opened."""
     try:
         with open(path, "rb") as file:
-            raw = file.read()
+            return file.read().strip()
     except OSError:
         return None
-    if not raw.strip():
+
+
+def _notice_of(raw: bytes, path: str | os.PathLike[str]) -> Notice | None:
+    if not raw:
         return None
     try:
         return _parse(raw)
     except (ValueError, TypeError, KeyError) as err:
         log.warning("Read a malformed interruption notice in %s (%s): %r", path, err, raw[:200])
         return Notice(datetime.now(UTC), REASON_UNKNOWN, KIND_RECLAIM, grace_seconds())
+
+
+def _well_formed(raw: bytes) -> bool:
+    try:
+        _parse(raw)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What the watcher made of the file so far. `held`: the value the notice state was taken from
+    (b"": no notice). `once`: an empty or malformed value read once and not taken yet.
+
+    A well-formed notice is taken at the first read: a torn read cannot make one. An empty or
+    malformed value may be a torn read of a file rewritten in place (truncated, then written), so it
+    is taken only when the next read gives it again; a file that cannot be read changes nothing.
+    Either way a passing glitch neither withdraws the notice nor makes it a new one."""
+
+    held: bytes = b""
+    once: bytes | None = None
+
+    def after(self, raw: bytes | None) -> _Reading:
+        """The reading after one more read of the file, which gave `raw` (None: unreadable)."""
+        if raw is None:
+            return self
+        if raw == self.held:
+            return _Reading(self.held)
+        if raw == self.once or _well_formed(raw):
+            return _Reading(raw)
+        return _Reading(self.held, raw)
 
 
 def _parse(raw: bytes) -> Notice:
@@ -157,9 +200,11 @@ def _chain(signum: int, frame: FrameType | None) -> bool:
 
 
 def preempted() -> bool:
-    """True once an interruption notice came or the pod got SIGTERM (preemption, eviction,
-    deletion). Asking marks the task as one that stops by itself: SIGTERM then no longer ends the
-    process, the task does (unless on_preemption callbacks are registered)."""
+    """True while an interruption notice is in force, and for good once the pod got SIGTERM
+    (preemption, eviction, deletion). A notice withdrawn before SIGTERM (the node was uncordoned,
+    its notice taint went) makes it False again. Asking marks the task as one that stops by itself:
+    SIGTERM then no longer ends the process, the task does (unless on_preemption callbacks are
+    registered)."""
     global _polled
     install()
     _polled = True
@@ -167,8 +212,9 @@ def preempted() -> bool:
 
 
 def seconds_left() -> float:
-    """Seconds left to stop in: after SIGTERM, of the grace period; after a notice only, of the
-    notice's warning (its `seconds` less its age); before either, the whole grace period."""
+    """Seconds left to stop in: after SIGTERM, of the grace period; under a notice only, of the
+    notice's warning (its `seconds` less its age); before either, or after the notice was
+    withdrawn, the whole grace period."""
     install()
     if _deadline is None:
         return grace_seconds()
@@ -183,42 +229,50 @@ def deadline() -> float | None:
 
 
 def notice() -> Notice | None:
-    """The interruption notice the pod got (the first one), or None."""
+    """The interruption notice in force (the newest one), or None: before any, and once it was
+    withdrawn. From SIGTERM on it no longer changes."""
     install()
     return _notice
 
 
 def on_preemption(callback: Callback) -> Callback:
     """Registers `callback()` to run, in the main thread and in registration order, for example
-    to commit a checkpoint: at an interruption notice, after which the task runs on, and at
-    SIGTERM, after which the process exits with code 143 (unless SIGTERM had a handler of the
-    application's before Spotrun's, which then runs and decides, or was ignored: the process goes
-    on). So a callback may run twice, and the second commit holds the newer state. While the main
-    thread is blocked in a C call, the callbacks run when it returns, for a notice as for SIGTERM.
-    Usable as a decorator."""
+    to commit a checkpoint: at each interruption notice (a new or changed one, not at its
+    withdrawal), after which the task runs on, and at SIGTERM, after which the process exits with
+    code 143 (unless SIGTERM had a handler of the application's before Spotrun's, which then runs
+    and decides, or was ignored: the process goes on). So a callback may run more than once, and
+    the later commit holds the newer state. While the main thread is blocked in a C call, the
+    callbacks run when it returns, for a notice as for SIGTERM. Usable as a decorator."""
     install()
     _callbacks.append(callback)
     return callback
 
 
 def _watch(path: str, every: float) -> None:
-    """The `spotrun-notice` thread: reads `path` until a notice appears, then tells the main thread."""
+    """The `spotrun-notice` thread: reads `path` every `every` seconds until SIGTERM, and takes each
+    value that settles (see `_Reading`): a notice, a changed one, or none (the operator withdrew it)."""
+    reading = _Reading()
     while not _terminated:
-        found = read_notice(path)
-        if found is not None:
-            _on_notice(found)
-            return
+        now = reading.after(_read(path))
+        if now.held != reading.held:
+            found = _notice_of(now.held, path)
+            if found is None:
+                _on_withdrawn()
+            else:
+                _on_notice(found)
+        reading = now
         time.sleep(every)
 
 
 def _on_notice(found: Notice) -> None:
-    global _deadline, _notice
+    global _deadline, _notice, _notices
     with _state:
-        if _terminated or _notice is not None:
-            return  # after SIGTERM a notice is old news; a second notice changes nothing
+        if _terminated or _notice == found:
+            return  # after SIGTERM a notice is old news; the same notice again changes nothing
         age = min(max(0.0, (datetime.now(UTC) - found.time).total_seconds()), found.seconds)
         _deadline = time.monotonic() + found.seconds - age
         _notice = found
+        _notices += 1
         _preempted.set()
     log.warning(
         "Received an interruption notice (%s, %s): preempted, %.0fs left", found.reason, found.kind, seconds_left()
@@ -226,6 +280,19 @@ def _on_notice(found: Notice) -> None:
     main = threading.main_thread().ident
     if main is not None:
         signal.pthread_kill(main, NOTICE_SIGNAL)
+
+
+def _on_withdrawn() -> None:
+    global _deadline, _notice
+    with _state:
+        withdrawn = _notice
+        if _terminated or withdrawn is None:
+            return  # SIGTERM is final: the pod goes whatever the node does next
+        _deadline = None
+        _notice = None
+        _preempted.clear()
+    # A warning as the notice was: whoever saw the one in the log sees that it no longer holds.
+    log.warning("Saw the interruption notice (%s, %s) withdrawn: no longer preempted", withdrawn.reason, withdrawn.kind)
 
 
 def _run_callbacks() -> None:
@@ -237,10 +304,15 @@ def _run_callbacks() -> None:
 
 
 def _on_notice_signal(signum: int, frame: FrameType | None) -> None:
-    global _notice_delivered
-    # Not the watcher's, a repeat, or SIGTERM's callbacks ran (or run now) instead: only the chain.
-    if _notice is not None and not _notice_delivered and not _terminated:
-        _notice_delivered = True
+    global _delivered
+    # Not the watcher's, a repeat, a notice withdrawn before it came, or SIGTERM's callbacks ran (or
+    # run now) instead: only the chain. Checked and marked under the lock, so that a notice the
+    # watcher takes meanwhile is not marked as delivered: its own signal runs the callbacks again.
+    with _state:
+        due = _notice is not None and _delivered != _notices and not _terminated
+        if due:
+            _delivered = _notices
+    if due:
         _run_callbacks()
     _chain(signum, frame)
 

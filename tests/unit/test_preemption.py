@@ -6,16 +6,19 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from spotrun import _preemption
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,10 +125,14 @@ NOTICED = textwrap.dedent(
 
 
 class Task:
-    """A task in a subprocess with a notice file; its stdout lines are read with a deadline."""
+    """A task in a subprocess with a notice file in a downward-API volume; its stdout lines are read
+    with a deadline."""
 
     def __init__(self, script: str, tmp_path: Path, poll: str | None = None) -> None:
-        self.notice_file = tmp_path / "notice"
+        self.volume = tmp_path / "podinfo"
+        self.volume.mkdir()
+        self.notice_file = self.volume / "notice"  # missing until the first write_notice
+        self.writes = 0
         env = {
             **os.environ,
             "SPOTRUN_GRACE_SECONDS": "7",
@@ -157,10 +164,50 @@ class Task:
             raise AssertionError(f"no output within {timeout}s") from None
 
     def write_notice(self, text: str) -> None:
-        """Replaces the file atomically, as the kubelet's atomic writer does."""
-        temp = self.notice_file.with_name(".notice.tmp")
-        temp.write_text(text)
-        os.replace(temp, self.notice_file)
+        """Changes the value as the kubelet's atomic writer does: written into a fresh timestamped
+        directory, `..data` swapped to it by renaming a symlink over it, the old directory removed.
+        The file is a symlink through `..data`, made at the first write."""
+        self.writes += 1
+        fresh = self.volume / f"..2025_01_01_00_00_00.{self.writes:09d}"
+        fresh.mkdir()
+        (fresh / "notice").write_text(text)
+        self.point_data_at(fresh.name)
+        if not self.notice_file.is_symlink():
+            self.notice_file.symlink_to("..data/notice")
+
+    def point_data_at(self, target: str) -> None:
+        """Swaps `..data` to `target` atomically and removes the directory it pointed at before."""
+        data, temp = self.volume / "..data", self.volume / "..data_tmp"
+        old = os.readlink(data) if data.is_symlink() else None
+        temp.symlink_to(target)
+        os.replace(temp, data)
+        if old is not None and (self.volume / old).is_dir():
+            shutil.rmtree(self.volume / old)
+
+    def ask(self) -> dict[str, str]:
+        """The task's state (MONITOR): the next line must answer, not some callback."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("state\n")
+        self.proc.stdin.flush()
+        line = self.line()
+        assert line.startswith("state "), line
+        return dict(item.split("=", 1) for item in line.split()[1:])
+
+    def wait_until(self, condition: Callable[[dict[str, str]], bool], what: str) -> dict[str, str]:
+        deadline = time.monotonic() + 5
+        while True:
+            state = self.ask()
+            if condition(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not {what} within 5s: {state}")
+            time.sleep(0.02)
+
+    def wait_reads(self, n: int) -> dict[str, str]:
+        """Waits until the watcher has read the file `n` more times (and taken what it read)."""
+        start = int(self.ask()["reads"])
+        # One read more than asked: the state answered after a read's opening may predate its taking.
+        return self.wait_until(lambda state: int(state["reads"]) > start + n, f"{n} reads of the notice file")
 
     def finish(self) -> tuple[int, str]:
         _, err = self.proc.communicate(timeout=30)
@@ -187,7 +234,7 @@ def test_without_a_notice_the_task_is_not_preempted(tmp_path: Path) -> None:
     task = Task(NO_NOTICE, tmp_path, poll="0.05")
     try:
         assert task.line() == "ready"  # the file is missing: no notice
-        task.notice_file.write_text("")
+        task.write_notice("")
         deadline = time.monotonic() + 0.5  # ten reads of the empty file
         while time.monotonic() < deadline:
             assert task.proc.poll() is None
@@ -221,7 +268,6 @@ def test_a_notice_preempts_runs_the_callbacks_in_the_main_thread_and_the_task_ru
         assert task.line() == "running on after the notice"
         assert task.proc.poll() is None
 
-        task.write_notice(notice_json(age=0, seconds=30, kind="Drain"))  # a second notice changes nothing
         task.proc.send_signal(signal.SIGTERM)
         second = callback_line(task.line())
         assert second["n"] == "2"
@@ -402,3 +448,181 @@ def test_an_application_handler_of_the_notice_signal_still_runs(tmp_path: Path) 
     finally:
         task.close()
     assert code == 0, err
+
+
+# ----- withdrawn and changed notices ---------------------------------------------------------------
+
+MONITOR = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    sys.path.insert(0, {repo!r})
+
+    path, reads = os.environ["SPOTRUN_NOTICE_FILE"], 0
+
+    def count(event, args):   # every opening of the notice file, failed ones included
+        global reads
+        if event == "open" and args[0] == path:
+            reads += 1
+
+    sys.addaudithook(count)
+    import spotrun
+
+    def describe():
+        n = spotrun.notice()
+        fields = (None, None, None) if n is None else (n.reason, n.kind, f"{{n.seconds:.0f}}")
+        return (
+            f"preempted={{spotrun.preempted()}} left={{spotrun.seconds_left():.1f}} "
+            + "reason={{}} kind={{}} seconds={{}}".format(*fields)
+        )
+
+    # The application's: it returns, so the task runs on after SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: print("application sigterm", flush=True))
+    calls = []
+
+    @spotrun.on_preemption
+    def save():
+        calls.append(1)
+        print(f"callback {{len(calls)}}: {{describe()}}", flush=True)
+
+    print("ready", flush=True)
+    while sys.stdin.readline():
+        watching = "spotrun-notice" in [t.name for t in threading.enumerate()]
+        print(f"state reads={{reads}} watching={{watching}} {{describe()}}", flush=True)
+    """
+)
+
+CORDONED = json.dumps({"time": "2025-01-01T00:00:00Z", "reason": "Cordoned", "kind": "Drain", "seconds": 120})
+
+
+def noticed(state: dict[str, str]) -> tuple[str, str, str, str]:
+    return state["preempted"], state["reason"], state["kind"], state["seconds"]
+
+
+def test_a_withdrawn_notice_is_no_longer_a_preemption(tmp_path: Path) -> None:
+    task = Task(MONITOR, tmp_path, poll="0.05")
+    try:
+        assert task.line() == "ready"
+        task.write_notice(notice_json(age=0, seconds=120, kind="Drain"))
+        assert callback_line(task.line())["n"] == "1"
+        assert task.ask()["preempted"] == "True"
+        task.write_notice("")  # the operator emptied the annotation: the node was uncordoned
+        state = task.wait_until(lambda state: state["preempted"] == "False", "withdrawn")
+        assert (state["reason"], state["left"], state["watching"]) == ("None", "7.0", "True")
+        code, err = task.finish()
+    finally:
+        task.close()
+    assert code == 0, err
+    assert err.count("Saw the interruption notice (aws-node-termination-handler/spot-itn, Drain) withdrawn") == 1
+
+
+def test_a_notice_given_again_after_its_withdrawal_runs_the_callbacks_again(tmp_path: Path) -> None:
+    task = Task(MONITOR, tmp_path, poll="0.05")
+    try:
+        assert task.line() == "ready"
+        task.write_notice(CORDONED)
+        assert callback_line(task.line())["n"] == "1"
+        task.write_notice("")
+        task.wait_until(lambda state: state["preempted"] == "False", "withdrawn")
+        task.write_notice(CORDONED)  # cordoned again: the same value is a new notice after a withdrawal
+        again = callback_line(task.line())
+        assert (again["n"], again["preempted"], again["reason"]) == ("2", "True", "Cordoned")
+        assert float(again["left"]) == 0.0  # given long ago: no warning left
+        code, err = task.finish()
+    finally:
+        task.close()
+    assert code == 0, err
+    assert err.count("Received an interruption notice (Cordoned, Drain)") == 2
+
+
+def test_a_changed_notice_is_the_new_notice(tmp_path: Path) -> None:
+    task = Task(MONITOR, tmp_path, poll="0.05")
+    try:
+        assert task.line() == "ready"
+        task.write_notice(notice_json(age=0, seconds=120, kind="Drain"))
+        first = callback_line(task.line())
+        assert (first["n"], first["kind"], first["seconds"]) == ("1", "Drain", "120")
+        task.write_notice(notice_json(age=0, seconds=30, kind="Reclaim"))  # a reclaim taint came too
+        second = callback_line(task.line())
+        assert (second["n"], second["kind"], second["seconds"]) == ("2", "Reclaim", "30")
+        assert 28.0 <= float(second["left"]) <= 30.0  # the new notice's warning, not the old one's
+        code, err = task.finish()
+    finally:
+        task.close()
+    assert code == 0, err
+
+
+def test_sigterm_stays_final_when_the_notice_is_withdrawn(tmp_path: Path) -> None:
+    task = Task(MONITOR, tmp_path, poll="0.05")
+    try:
+        assert task.line() == "ready"
+        task.write_notice(CORDONED)
+        assert callback_line(task.line())["n"] == "1"
+        task.proc.send_signal(signal.SIGTERM)
+        assert callback_line(task.line())["n"] == "2"
+        assert task.line() == "application sigterm"
+        task.write_notice("")  # uncordoned: too late, the pod is going
+        state = task.wait_until(lambda state: state["watching"] == "False", "done watching after SIGTERM")
+        assert noticed(state) == ("True", "Cordoned", "Drain", "120")
+        assert 6.0 <= float(state["left"]) <= 7.0  # the grace period's
+        code, err = task.finish()
+    finally:
+        task.close()
+    assert code == 0, err
+    assert "withdrawn" not in err
+
+
+def test_an_unreadable_notice_file_keeps_the_notice(tmp_path: Path) -> None:
+    task = Task(MONITOR, tmp_path, poll="0.05")
+    try:
+        assert task.line() == "ready"
+        task.write_notice(CORDONED)
+        assert callback_line(task.line())["n"] == "1"
+        task.point_data_at("..gone")  # the symlink dangles, as when `..data` is swapped mid-open
+        assert noticed(task.wait_reads(3)) == ("True", "Cordoned", "Drain", "120")
+        task.write_notice(CORDONED)  # readable again, the same value: nothing new
+        assert noticed(task.wait_reads(3)) == ("True", "Cordoned", "Drain", "120")
+        code, err = task.finish()
+    finally:
+        task.close()
+    assert code == 0, err  # no second callback line came before the states
+    assert err.count("Received an interruption notice") == 1
+    assert "withdrawn" not in err
+
+
+NOTICE = CORDONED.encode()
+OTHER = notice_json(age=0, seconds=30).encode()
+
+
+@pytest.mark.parametrize(
+    ("held_before", "once_before", "read", "held", "once"),
+    [
+        (b"", None, NOTICE, NOTICE, None),  # a notice is taken at its first read
+        (NOTICE, None, OTHER, OTHER, None),  # and so is a changed one
+        (NOTICE, None, None, NOTICE, None),  # unreadable: nothing changes
+        (NOTICE, b"", None, NOTICE, b""),
+        (NOTICE, None, b"", NOTICE, b""),  # empty once: maybe truncated for a rewrite
+        (NOTICE, b"", NOTICE, NOTICE, None),  # it was: the notice holds
+        (NOTICE, b"", b"", b"", None),  # empty twice: withdrawn
+        (NOTICE, None, NOTICE[:20], NOTICE, NOTICE[:20]),  # torn JSON once
+        (NOTICE, NOTICE[:20], b"", NOTICE, b""),  # another torn read: still not taken
+        (b"", None, b"not JSON", b"", b"not JSON"),  # malformed: taken when read again
+        (b"", b"not JSON", b"not JSON", b"not JSON", None),
+    ],
+    ids=[
+        "notice",
+        "changed",
+        "unreadable",
+        "unreadable-after-empty",
+        "empty-once",
+        "torn-empty",
+        "withdrawn",
+        "torn-json",
+        "torn-twice",
+        "malformed-once",
+        "malformed-twice",
+    ],
+)
+def test_a_torn_or_unreadable_read_never_changes_the_notice(
+    held_before: bytes, once_before: bytes | None, read: bytes | None, held: bytes, once: bytes | None
+) -> None:
+    assert _preemption._Reading(held_before, once_before).after(read) == _preemption._Reading(held, once)
