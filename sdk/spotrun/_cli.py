@@ -403,17 +403,20 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
     _make_directory(args.dir)
-    watching = _preemption.notice_file()  # None once a notice came: one is enough
+    watching = _preemption.notice_file()
+    # The notice last committed for: the same one is not committed again, but a new one is (a cordon
+    # after an uncordon withdrew the first: its drain waits for a checkpoint newer than its notice).
+    handled: Notice | None = None
     # What `spotrun restore` left is committed already; anything else is committed on the first tick.
     last = _snapshot(args.dir) if _holds_latest(checkpoint, args.dir) else None
     pending: Notice | None = None  # a notice whose commit failed: retried at the next poll, not interval
     while True:
-        notice = pending or _wait_for_tick(stop, args.interval, watching)
+        notice = pending or _wait_for_tick(stop, args.interval, watching, handled)
         if pending is not None:
             stop.wait(_preemption.poll_seconds())
         stopping = stop.is_set()
         if notice is not None:
-            watching = None
+            handled = notice
         current = _snapshot(args.dir)
         # On a notice, commit even an unchanged directory: a drain waits for a checkpoint newer than
         # the one at its notice (unchanged files are not uploaded again: the commit is its manifest).
@@ -445,14 +448,16 @@ def _sync(args: argparse.Namespace, extra: list[str]) -> int:
             return 0
 
 
-def _wait_for_tick(stop: threading.Event, interval: float, notice_path: str | None) -> Notice | None:
+def _wait_for_tick(
+    stop: threading.Event, interval: float, notice_path: str | None, handled: Notice | None = None
+) -> Notice | None:
     """Waits `interval` seconds or until SIGTERM sets `stop`; with `notice_path`, reads it every
-    poll interval (0.5 s) and returns early with a notice as soon as one is there."""
+    poll interval (0.5 s) and returns early with a notice as soon as one other than `handled` is there."""
     deadline = time.monotonic() + interval
     while True:
         if notice_path is not None:
             notice = _preemption.read_notice(notice_path)
-            if notice is not None:
+            if notice is not None and notice != handled:
                 return notice
         left = deadline - time.monotonic()
         if left <= 0:

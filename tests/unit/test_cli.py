@@ -180,13 +180,20 @@ def test_directory_mode_sync_commits_at_once_on_an_interruption_notice(tmp_path:
         noticed = time.monotonic()
         wait_for(lambda: len(reader.list()) >= 2, 10, "a commit on the notice")
         assert time.monotonic() - noticed < 5  # long before the 60 s interval
+        # Withdrawn (an uncordon), then a new notice (a second cordon): committed for again, though
+        # nothing changed, since its drain waits for a checkpoint newer than this notice.
+        for text in ("", '{"time": "2026-12-02T11:50:00Z", "reason": "Cordoned", "kind": "Drain"}'):
+            temp.write_text(text)
+            os.replace(temp, tmp_path / "notice")
+        wait_for(lambda: len(reader.list()) >= 3, 10, "a commit on the second notice")
         sync.send_signal(signal.SIGTERM)
         _, err = sync.communicate(timeout=30)
     finally:
         sync.kill()
     assert sync.returncode == 0, err
     assert f"Committed {work} on interruption notice (example.com/reclaim)" in err
-    assert len(reader.list()) == 2  # nothing changed after the notice: SIGTERM committed nothing more
+    assert f"Committed {work} on interruption notice (Cordoned)" in err
+    assert len(reader.list()) == 3  # nothing changed after the notices: SIGTERM committed nothing more
     restored = tmp_path / "next-attempt"
     assert spotrun_cli("restore", str(restored), env={**env, "SPOTRUN_ATTEMPT": "3"}).returncode == 0
     assert tree(restored) == {"state": b"step two"}
