@@ -16,6 +16,7 @@ OUTCOME_STOPPED = "Stopped"  # the operator stopped the pod (suspend, deadline):
 # Exits of a task that stopped by itself after a notice (RecoverableError, or its own SIGTERM path):
 # the notice's interruption, not a failure of the task.
 NOTICE_EXITS = (75, 143)
+EVICTED_THROUGH_THE_API = "EvictionByEvictionAPI"  # the DisruptionTarget reason of an eviction
 
 
 def iso(moment: datetime.datetime) -> str:
@@ -116,9 +117,25 @@ def record(pod: Obj | None, attempt: int, outcome: Outcome | None, kind: str, no
 
 def after_notice(pod: Obj | None, outcome: Outcome) -> Outcome:
     """A task told of a reclaim or drain that then exits by itself (RecoverableError's 75, or 143 from
-    its SIGTERM path) stopped because of the notice: an interruption, not a failure."""
+    its SIGTERM path) stopped because of the notice: an interruption, not a failure. A pod evicted
+    through the Eviction API after a drain's notice (a kubectl drain, let through by the budget's
+    window once the task had checkpointed) was moved by the drain: Drained, as the operator's own
+    stop on a drain taint is."""
     notice = disruption.Notice.of_pod(pod)
-    if notice is None or outcome.kind != names.OUTCOME_FAILED or outcome.fatal:
+    if notice is None:
+        return outcome
+    if (
+        notice.kind == names.NOTICE_DRAIN
+        and outcome.kind == names.OUTCOME_INTERRUPTED
+        and outcome.reason == EVICTED_THROUGH_THE_API
+    ):
+        return Outcome(
+            names.OUTCOME_INTERRUPTED,
+            names.INTERRUPTION_DRAINED,
+            exit_code=outcome.exit_code,
+            message=f"evicted after a drain's notice: {notice.reason}",
+        )
+    if outcome.kind != names.OUTCOME_FAILED or outcome.fatal:
         return outcome
     if outcome.exit_code not in NOTICE_EXITS:
         return outcome

@@ -177,8 +177,9 @@ def test_a_kubectl_drain_completes_right_after_the_checkpoint_taken_on_its_notic
     assert final["phase"] == "Succeeded", final.get("message")
     first = final["attempts"][0]
     # kubectl drain is a cordon plus evictions: the cordon's notice, then the eviction let through by
-    # the budget's window once the checkpoint taken on the notice was committed, not the operator.
-    assert (first["outcome"], first["reason"]) == ("Interrupted", "EvictionByEvictionAPI"), first
+    # the budget's window once the checkpoint taken on the notice was committed, not the operator: an
+    # eviction after a drain's notice is Drained (SPEC: drains move the task, reason Drained).
+    assert (first["outcome"], first["reason"]) == ("Interrupted", "Drained"), first
     assert (first["notice"]["kind"], first["notice"]["reason"]) == ("Drain", "Cordoned")
     events = kube.get(f"/api/v1/namespaces/{task_namespace}/events")["items"]
     assert "EvictionWindowOpened" in [e["reason"] for e in events], [(e["reason"], e["message"]) for e in events]
@@ -224,7 +225,7 @@ def test_a_drain_without_a_fresh_checkpoint_goes_ahead_after_the_timeout(
     first = wait_for(
         lambda: (status(kube, task_namespace, "drain-timeout").get("attempts") or [None])[0], 60, "attempt 1 counted"
     )
-    assert (first["outcome"], first["reason"]) == ("Interrupted", "EvictionByEvictionAPI")
+    assert (first["outcome"], first["reason"]) == ("Interrupted", "Drained")
     # Nothing was committed: the whole attempt is lost.
     assert first["lostSeconds"] >= 6, first
 

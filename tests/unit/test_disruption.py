@@ -6,7 +6,9 @@ import datetime
 from typing import Any
 
 import pytest
-from spotrun_operator import disruption
+from spotrun_operator import disruption, names
+from spotrun_operator.attempts import after_notice
+from spotrun_operator.classify import Outcome
 from spotrun_operator.config import DRAIN_TAINTS, NOTICE_TAINTS
 
 Obj = dict[str, Any]
@@ -181,3 +183,22 @@ def test_the_node_cache_keeps_what_notices_drains_and_cost_need() -> None:
     }
     plain = trim_node({"metadata": {"name": "od-1"}, "status": {}}, {"spotrun.dev/capacity": "spot"})
     assert plain == {"metadata": {"name": "od-1", "resourceVersion": None}, "ready": False, "spot": False}
+
+
+@pytest.mark.parametrize(
+    ("notice_kind", "outcome", "reason"),
+    [
+        # A kubectl drain let through by the budget's window after the task checkpointed: Drained.
+        ("Drain", Outcome("Interrupted", "EvictionByEvictionAPI"), "Drained"),
+        # A reclaim notice is the cloud's: the eviction keeps its own reason.
+        ("Reclaim", Outcome("Interrupted", "EvictionByEvictionAPI"), "EvictionByEvictionAPI"),
+        ("Drain", Outcome("Interrupted", "TerminationByKubelet"), "TerminationByKubelet"),
+        (None, Outcome("Interrupted", "EvictionByEvictionAPI"), "EvictionByEvictionAPI"),
+    ],
+)
+def test_an_eviction_after_a_drains_notice_is_drained(notice_kind: str | None, outcome: Outcome, reason: str) -> None:
+    pod: dict[str, Any] = {"metadata": {"annotations": {}}}
+    if notice_kind:
+        given = disruption.Notice(notice_kind, "Cordoned", 60, "2026-12-08T00:00:00Z")
+        pod["metadata"]["annotations"][names.ANNOTATION_NOTICE] = given.annotation()
+    assert after_notice(pod, outcome).reason == reason
