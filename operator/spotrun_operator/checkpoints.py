@@ -82,7 +82,9 @@ class _Entry:
     reader: Reader | None = None
     snapshot: Snapshot | None = None
     read_at: float = float("-inf")  # when the read of `snapshot` started (monotonic)
-    started: float | None = None  # when the read under way started (None: none is)
+    started: float | None = None  # when the read under way was asked for, then begun (None: none is)
+    reading: float | None = None  # when a reader thread began the read under way (None: queued, or none)
+    failed: bool = False  # this TaskRun's last read failed: its passes are not held
     asked: float | None = None  # when a held pass first asked for a read (None: no pass is held)
 
 
@@ -106,7 +108,6 @@ class CheckpointCache:
         self._lock = threading.Lock()
         self._queue: queue.Queue[Hashable | None] = queue.Queue(maxsize=queued)
         self._threads: list[threading.Thread] = []
-        self._failed = False  # the last read that ended failed: storage is not answering
         self.reading = 0  # reads under way (at most `threads`)
 
     # ----- life -------------------------------------------------------------------------------------
@@ -162,17 +163,17 @@ class CheckpointCache:
             if entry is None or entry.asked is None:
                 return None
             waited = now - entry.asked
-            if waited < HOLD_SECONDS and entry.started is not None and self._answering(now):
+            if waited < HOLD_SECONDS and entry.started is not None and not entry.failed and self._answering(now):
                 return HOLD_SECONDS - waited
             entry.asked = None  # goes on: the next pass that asks starts afresh
             return None
 
     def _answering(self, now: float) -> bool:
-        """Whether storage answers: the last read that ended succeeded, and none has been under way
-        longer than a pass is ever held."""
-        if self._failed:
-            return False
-        return all(e.started is None or now - e.started < HOLD_SECONDS for e in self._entries.values())
+        """Whether storage answers: no read a thread has begun has taken longer than a pass is ever
+        held. Per read begun, not per read asked for: a burst's reads waiting in the queue are not S3's
+        fault; and a read that failed stops the holds of its own TaskRun only (one TaskRun's storage
+        that refuses must not cost every other its exact lost work)."""
+        return all(e.reading is None or now - e.reading < HOLD_SECONDS for e in self._entries.values())
 
     def _entry(self, key: Hashable, uri: str) -> _Entry:
         entry = self._entries.get(key)
@@ -201,7 +202,7 @@ class CheckpointCache:
             entry = self._entries.get(key)
             if entry is None:
                 return
-            entry.started = started = self._clock()  # from now: a read that lands has seen all before it
+            entry.started = entry.reading = started = self._clock()  # a read that lands has seen all before it
             uri, reader = entry.uri, entry.reader
             self.reading += 1
         snapshot: Snapshot | None = None
@@ -214,12 +215,12 @@ class CheckpointCache:
         finally:
             with self._lock:
                 self.reading -= 1
-                self._failed = snapshot is None
                 entry = self._entries.get(key)
                 mine = entry is not None and entry.uri == uri and entry.started == started
                 held = False
                 if entry is not None and mine:
-                    entry.started, entry.reader = None, reader
+                    entry.started, entry.reading, entry.reader = None, None, reader
+                    entry.failed = snapshot is None
                     if snapshot is not None:
                         entry.snapshot, entry.read_at = snapshot, started
                     held = entry.asked is not None

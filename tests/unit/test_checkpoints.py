@@ -118,6 +118,10 @@ def test_while_storage_hangs_the_next_attempt_is_created_without_waiting_for_it(
     try:
         _, hold = one_pass(cache, PREEMPTED, PODS)
         assert hold is not None  # storage answered so far: held for its read, a second at most
+        deadline = time.monotonic() + 5
+        while not storage.reading:  # a reader thread has begun it (and hangs in it)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         clock.now += checkpoints.HOLD_SECONDS
         began = time.monotonic()
         decision, hold = one_pass(cache, PREEMPTED, PODS)
@@ -284,4 +288,26 @@ def test_a_taskrun_naming_another_tenants_prefix_gets_nothing_of_it_in_its_statu
         assert hold is None
         assert all(c["type"] != "CheckpointsRead" for c in again.status.get("conditions", []))
     finally:
+        cache.stop()
+
+
+def test_a_failed_read_of_one_taskrun_still_holds_the_pass_of_another() -> None:
+    """One TaskRun whose read fails (its storage refuses) must not cost every other TaskRun its exact
+    lost work: only its own passes go on unheld."""
+    failing, storage = Hanging(fail=True), Hanging()
+    failing.release.set()
+    cache = CheckpointCache(Woken(), open_reader=lambda uri: failing if "broken" in uri else storage)
+    cache.start()
+    broken = ("ml", "broken")
+    try:
+        with pytest.raises(NotRead):
+            cache._serve(broken, "s3://bucket/taskruns/ml/broken/")
+        deadline = time.monotonic() + 5
+        while not failing.reads or cache.reading:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _, hold = one_pass(cache, PREEMPTED, PODS)
+        assert hold is not None, "a failed read of another TaskRun stopped this one's hold"
+    finally:
+        storage.release.set()
         cache.stop()
