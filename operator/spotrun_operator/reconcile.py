@@ -3,6 +3,38 @@
 Level-based: every pass recomputes from what exists. All that must survive an operator restart
 lives in the TaskRun's status (counters, the last attempt accounted for) and in the pods' labels
 and annotations, so a pass after a crash at any point reaches the same decision.
+
+A pass is the steps below, in this order (`EVERY_PASS`, then `FIRST_THAT_ENDS`; each is a `_Pass`
+method whose docstring says what it assumes from the steps before it). The first group always runs
+and only observes, counts and records; in the second, the first step that returns True ends the pass.
+
+  step                              adds to the decision            stops pods?
+  --------------------------------  ------------------------------  ------------------------------
+  count_ended_attempts              status counters, attempts, Events  no
+  settle_accounts                   lost work of pods ended late    no
+  release_counted_pods              release (finalizers)            no
+  force_delete_pods_of_gone_nodes   force_delete; sorts live pods   no
+  notify_live_pod                   notify, budget floor, window    yes: a drained attempt (Drained)
+  stop_rest_of_gangs                -                               yes: a gang's live ranks (GangEnded)
+  -- the first of these that returns True ends the pass --
+  keep_finished                     TTL delete                      yes: what is left of a finished run
+  finish_on_outcome                 Succeeded / Failed              yes: every unfinished pod (_finish)
+  suspend                           Suspended                       yes: every unfinished pod
+  deadline                          Failed, or a requeue            yes: every unfinished pod (_finish)
+  heal_live_pod (never ends)        reschedule, progressDeadline    yes: spot fallback, progress deadline
+  wait_for_force_deleted_pod        Pending                         no
+  complete_gang                     the missing ranks of a gang     no
+  show_live_pod                     Running / Pending               no
+  back_off                          Backoff                         no
+  wait_for_namesakes                Pending                         yes: an earlier namesake's pods
+  refuse_invalid_spec               Failed                          yes: every unfinished pod (_finish)
+  create_next_attempt               pods, Service, budget           no
+
+Why the order matters: stops are added by several steps into one list, and `_stop` adds a pod only
+once, so the first step to stop a pod gives its reason (a drain's Drained before a gang's GangEnded);
+heal_live_pod leaves alone a pod an earlier step is already stopping; the steps that end the run
+stop every pod force_delete_pods_of_gone_nodes left unfinished; wait_for_force_deleted_pod reads the
+force deletions of the step that made them; and nothing is created while any earlier step holds.
 """
 
 from __future__ import annotations
@@ -139,43 +171,32 @@ def decide(
     `checkpoints`: storage, read only when needed (an attempt was counted, or a drain waits for a
     fresh checkpoint).
 
-    The steps, in order: count what ended (with its lost work and cost), let go of counted pods,
-    tell a live pod of a notice or drain; then the first of these that applies ends the pass: a
-    finished run (TTL), success, a fatal rule, a spent budget, suspend, the deadline, (a live pod is
-    moved off spot that has no room, or stopped when it made no progress in time, without ending the
-    pass), a force-deleted pod not gone yet, a live pod, backoff, an earlier namesake's pods, a
+    The steps are EVERY_PASS, then FIRST_THAT_ENDS up to the first that ends the pass (the module
+    docstring has their table): count what ended (with its lost work and cost), let go of counted
+    pods, tell a live pod of a notice or drain; then the first of these that applies ends the pass:
+    a finished run (TTL), success, a fatal rule, a spent budget, suspend, the deadline, (a live pod
+    is moved off spot that has no room, or stopped when it made no progress in time, without ending
+    the pass), a force-deleted pod not gone yet, a live pod, backoff, an earlier namesake's pods, a
     spec that can never run (validate.py: the run fails before anything is created), a missing
     resumeFrom source, a refused create not due again; else the next attempt is created.
     """
-    step = _Pass(taskrun, pods, nodes, now, config, node_info or (lambda _: None), checkpoints or NoCheckpoints())
-    step.listed = listed
-    step.count_ended_attempts()
-    step.settle_accounts()
-    step.release_counted_pods()
-    step.force_delete_pods_of_gone_nodes()
-    step.notify_live_pod()
-    step.stop_rest_of_gangs()
-    for ends_the_pass in (
-        step.keep_finished,
-        step.finish_on_outcome,
-        step.suspend,
-        step.deadline,
-        step.heal_live_pod,
-        step.wait_for_force_deleted_pod,
-        lambda: step.complete_gang(resume_from),
-        step.show_live_pod,
-        step.back_off,
-        step.wait_for_namesakes,
-    ):
-        if ends_the_pass():
-            return step.decision
-    if step.refuse_invalid_spec():
-        return step.decision
-    source = step.resume_source(resume_from)
-    if source is None or step.refused_recently():
-        return step.decision
-    step.create_next_attempt(source)
-    return step.decision
+    this_pass = _Pass(
+        taskrun,
+        pods,
+        nodes,
+        now,
+        config,
+        node_info or (lambda _: None),
+        checkpoints or NoCheckpoints(),
+        resume_from=resume_from,
+        listed=listed,
+    )
+    for observe in EVERY_PASS:
+        observe(this_pass)
+    for ends_the_pass in FIRST_THAT_ENDS:
+        if ends_the_pass(this_pass):
+            break
+    return this_pass.decision
 
 
 class _Pass:
@@ -190,6 +211,9 @@ class _Pass:
         config: Config,
         node_info: Callable[[str], Obj | None],
         checkpoints: Checkpoints,
+        *,
+        resume_from: str | None,
+        listed: bool,
     ) -> None:
         self.taskrun, self.nodes, self.now, self.config = taskrun, nodes, now, config
         self.node_info, self.checkpoints = node_info, checkpoints
@@ -220,7 +244,9 @@ class _Pass:
         st["attempt"] = self.attempt
         self.unfinished: list[Obj] = []
         self.live: list[Obj] = []
-        self.listed = False  # whether the pods were read live: only then is a missing one gone
+        self.listed = listed  # whether the pods were read live: only then is a missing one gone
+        # The resolved resumeFrom source ("" when there is none; None: its TaskRun cannot be found).
+        self.resume_from = resume_from
 
     @property
     def last(self) -> Obj:
@@ -294,7 +320,11 @@ class _Pass:
     # --- what happened -------------------------------------------------------------------------
 
     def count_ended_attempts(self) -> None:
-        """Counts every attempt that ended since the last pass, in order."""
+        """Counts every attempt that ended since the last pass, in order.
+
+        Step 1. Assumes nothing: it runs on the status as last written. Adds the counters
+        (failures, interruptions, oomKills, interruptionsInARow), status.attempts, lastOutcome and
+        accountedAttempt, which every later step reads; no stops."""
         st = self.st
         history: list[Obj] = list(self.old.get("attempts") or [])
         for n in range(int(self.old.get("accountedAttempt", 0)) + 1, self.attempt + 1):
@@ -423,7 +453,10 @@ class _Pass:
             entry["lostSecondsEstimated"] = True  # storage was not readable: at most this much
 
     def settle_accounts(self) -> None:
-        """Accounts the attempts counted before their pods ended, once they have (or are gone)."""
+        """Accounts the attempts counted before their pods ended, once they have (or are gone).
+
+        Step 2. Assumes count_ended_attempts has written status.attempts (an attempt it counted
+        with its pods ended is accounted there already). Adds lost work and cost; no stops."""
         for entry in self.st.get("attempts") or []:
             if not entry.get(PENDING_ACCOUNT):
                 continue
@@ -457,7 +490,10 @@ class _Pass:
 
     def release_counted_pods(self) -> None:
         """A counted pod lets go of its accounting finalizer once it is terminal, so that its final
-        status stays readable until then. Recomputed each pass: a failed release is done again."""
+        status stays readable until then. Recomputed each pass: a failed release is done again.
+
+        Step 3. Assumes accountedAttempt is final for this pass (count_ended_attempts). Adds
+        decision.release; no stops."""
         counted = int(self.st.get("accountedAttempt", 0))
         self.decision.release = [
             p["metadata"]["name"]
@@ -471,7 +507,11 @@ class _Pass:
         """Sorts the unfinished pods: those whose node is gone are force-deleted (its process is gone
         with it; PodGC waits 40 s or more); the live ones hold up the next attempt. A pod counted while
         it is still ending on a node that is not Ready does not: its kubelet is dead and will never
-        finish it, and fencing keeps a survivor from writing over newer checkpoints."""
+        finish it, and fencing keeps a survivor from writing over newer checkpoints.
+
+        Step 4. Assumes accountedAttempt is final for this pass. Adds decision.force_delete and
+        sets self.unfinished and self.live, which every later step reads (the steps that end the run
+        stop self.unfinished); no stops."""
         counted = int(self.st.get("accountedAttempt", 0))
         unfinished = [p for p in self.all_pods if attempt_of(p) <= self.attempt and not finished(p)]
         for pod in unfinished:
@@ -487,7 +527,11 @@ class _Pass:
         after the notice (or the timeout) and stops the pod itself: the drain completes and the
         attempt counts as an interruption, reason Drained. A plain cordon stops nothing: it opens the
         budget's eviction window instead (disruption.eviction_window), as consolidation
-        AfterCheckpoint does after every fresh checkpoint."""
+        AfterCheckpoint does after every fresh checkpoint.
+
+        Step 5. Assumes self.live (force_delete_pods_of_gone_nodes). Adds decision.notify, the
+        budget's floor and status.notice / drain / evictionWindow. Stops: a drained attempt's pods,
+        before any other step can (so their reason is Drained, not GangEnded)."""
         self._notify_live_pod()
         self._set_budget_floor()
 
@@ -641,7 +685,11 @@ class _Pass:
 
     def stop_rest_of_gangs(self) -> None:
         """A gang's pod that ended other than in success ends its attempt: the ranks still running are
-        stopped gracefully (SIGTERM, their grace period to join a final checkpoint)."""
+        stopped gracefully (SIGTERM, their grace period to join a final checkpoint).
+
+        Step 6. Assumes the outcomes count_ended_attempts worked out (kept per pod). Stops: a
+        gang's live ranks once one rank has ended its attempt; a pod a drain stops already keeps its
+        reason (_stop adds a pod once)."""
         if self.size == 1:
             return
         for attempt in sorted(self.gangs):
@@ -658,7 +706,10 @@ class _Pass:
     def heal_live_pod(self) -> bool:
         """The current attempt's pod, unless it is already being stopped: a spot pod with no room
         for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
-        deadline (checked against storage first) is stopped, a failure. Never ends the pass."""
+        deadline (checked against storage first) is stopped, a failure. Never ends the pass.
+
+        Step 11. Assumes the run goes on (the steps before did not end it) and decision.stop
+        holds every stop of steps 5 and 6: a pod being stopped already is left alone."""
         current = self._current()
         pod = current[0] if current else None
         if pod is None or pod["metadata"].get("deletionTimestamp"):
@@ -744,7 +795,10 @@ class _Pass:
         return True
 
     def keep_finished(self) -> bool:
-        """A finished run stops what is left of it, and goes when its TTL has passed."""
+        """A finished run stops what is left of it, and goes when its TTL has passed.
+
+        Step 7, the first that may end the pass. Assumes self.unfinished. Stops: every
+        unfinished pod of a run whose phase was already terminal."""
         if self.phase not in names.TERMINAL_PHASES:
             return False
         reason = str(self.old.get("message", self.phase))
@@ -761,7 +815,10 @@ class _Pass:
         return True
 
     def finish_on_outcome(self) -> bool:
-        """Success, a failurePolicy Fail rule, or a spent budget end the run."""
+        """Success, a failurePolicy Fail rule, or a spent budget end the run.
+
+        Step 8. Assumes lastOutcome and the counters are this pass's (count_ended_attempts) and
+        the run was not finished before (keep_finished). Stops, through _finish, every unfinished pod."""
         last = self.last
         if last.get("kind") == names.OUTCOME_SUCCEEDED:
             return self._finish(names.SUCCEEDED, names.REASON_SUCCEEDED, f"attempt {last['attempt']} succeeded")
@@ -782,7 +839,9 @@ class _Pass:
         return False
 
     def suspend(self) -> bool:
-        """Suspended: the pod is stopped; as a batch/v1 Job's, the deadline timer stops and restarts on resume."""
+        """Suspended: the pod is stopped; as a batch/v1 Job's, the deadline timer stops and restarts on resume.
+
+        Step 9. Assumes the run has not finished (the steps before). Stops every unfinished pod."""
         st = self.st
         if not self.spec.get("suspend"):
             set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", self.now)
@@ -800,6 +859,12 @@ class _Pass:
         return True
 
     def deadline(self) -> bool:
+        """activeDeadlineSeconds, counted from the startTime status had (suspend drops it, so the
+        timer restarts on resume).
+
+        Step 10. Assumes the run is neither finished nor suspended (the steps before end the pass
+        then). Stops, through _finish, every unfinished pod once past it; else requeues for when it
+        is due, and the pass goes on."""
         deadline, start = self.spec.get("activeDeadlineSeconds"), _parse(self.old.get("startTime"))
         if deadline is None or start is None:
             return False
@@ -812,7 +877,9 @@ class _Pass:
 
     def wait_for_force_deleted_pod(self) -> bool:
         """The next attempt waits until a force-deleted pod is gone too (its deletion event starts the
-        next pass), so that two pods of one TaskRun never exist at once."""
+        next pass), so that two pods of one TaskRun never exist at once.
+
+        Step 12. Assumes decision.force_delete (step 4)."""
         if not self.decision.force_delete:
             return False
         gone = max(
@@ -828,7 +895,10 @@ class _Pass:
         )
 
     def show_live_pod(self) -> bool:
-        """A live pod: Running, or why it is not (it does not start, or it is terminating)."""
+        """A live pod: Running, or why it is not (it does not start, or it is terminating).
+
+        Step 14. Assumes self.live (step 4) and that no earlier step ended the pass. Adds
+        status only; no stops."""
         if not self.live:
             return False
         st = self.st
@@ -858,7 +928,10 @@ class _Pass:
     def back_off(self) -> bool:
         """After a failure, the retry waits; after interruptions in a row of attempts that never
         started their task (a node that rejects every pod), so does the next attempt. The status
-        names when it is due, not a countdown, so it stays the same while it waits."""
+        names when it is due, not a countdown, so it stays the same while it waits.
+
+        Step 15. Assumes no pod is live (step 14 ends the pass when one is) and lastOutcome is
+        this pass's. Adds status and a requeue; no stops."""
         last, st = self.last, self.st
         if last.get("kind") == names.OUTCOME_FAILED:
             delay = policy.backoff_seconds(self.spec, st["failures"])
@@ -885,7 +958,10 @@ class _Pass:
     def wait_for_namesakes(self) -> bool:
         """An earlier TaskRun of this name left pods: their owner is gone (a name names one TaskRun at a
         time), and the garbage collector may not notice when the name is taken again at once, so they
-        are deleted here, gracefully, and the new run's first attempt waits until they are gone."""
+        are deleted here, gracefully, and the new run's first attempt waits until they are gone.
+
+        Step 16. Assumes no pod of this run is live (step 14). Stops: an earlier namesake's pods
+        (and releases them)."""
         if not self.namesakes:
             return False
         for pod in self.namesakes:
@@ -899,7 +975,10 @@ class _Pass:
 
     def refuse_invalid_spec(self) -> bool:
         """A spec that can never run fails the run before its next attempt is built, with its first
-        problem: no pod, Service or budget is created for it (nor is one left: _finish drops the budget)."""
+        problem: no pod, Service or budget is created for it (nor is one left: _finish drops the budget).
+
+        Step 17 (complete_gang calls it too, before it creates). Assumes nothing is live and no
+        wait holds the run: it is about to create. Stops, through _finish, any unfinished pod."""
         found = validate.problems(self.taskrun, self.config)
         if not found:
             return False
@@ -942,9 +1021,12 @@ class _Pass:
         if self.st.get("disruptionBudget"):
             self.decision.delete_budget = self.st.pop("disruptionBudget")
 
-    def complete_gang(self, resolved: str | None) -> bool:
+    def complete_gang(self) -> bool:
         """A gang's attempt whose pods were not all created (the pass that began it stopped part way,
-        or the API server refused one): the missing ranks are created, as the first pods were."""
+        or the API server refused one): the missing ranks are created, as the first pods were.
+
+        Step 13. Assumes no pod is being force-deleted (step 12 waits for it) and the run goes
+        on. Adds the missing ranks' pods (or waits as create_next_attempt does); no stops."""
         pods = self.gangs.get(self.attempt, {})
         absent = gang.missing(pods, self.size) if self.size > 1 else []
         if not absent or not pods or self.attempt <= int(self.old.get("attempt", 0)):
@@ -953,22 +1035,31 @@ class _Pass:
             return False  # it is ending: the rest is not wanted any more
         if self.refuse_invalid_spec():
             return True
-        source = self.resume_source(resolved)
+        source = self.resume_source(self.resume_from)
         if source is None or self.refused_recently():
             return self.show_live_pod()
         capacity = next(iter(pods.values()))["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, "")
         self._create(self.attempt, capacity or names.CAPACITY_SPOT, source, absent)
         return True
 
-    def create_next_attempt(self, source: str) -> None:
+    def create_next_attempt(self) -> bool:
+        """Step 18, the last: every step before it found nothing that holds the run (it is not finished,
+        suspended or past its deadline, no pod of it or of a namesake is live or going, no backoff
+        is due, its spec is valid). It still waits for a resumeFrom source not found yet, a refused
+        create not due again, or an attempt not counted (a gang's, part made); else it creates the
+        next attempt, on the capacity the interruptions so far call for. Always ends the pass."""
+        source = self.resume_source(self.resume_from)
+        if source is None or self.refused_recently():
+            return True
         uncounted = int(self.st.get("accountedAttempt", 0)) < self.attempt
         if uncounted:  # never past an attempt not counted: its pods (a gang's, part made) still decide it
             self._wait(f"waiting for attempt {self.attempt} to end", names.REASON_POD_PENDING, 5.0)
-            return
+            return True
         capacity = policy.capacity_for_next_attempt(
             self.spec, self.st["interruptions"], no_spot_capacity=bool(self.st.get("capacityFallback"))
         )
         self._create(self.attempt + 1, capacity, source, None)
+        return True
 
     def _create(self, next_attempt: int, capacity: str, source: str, ranks: list[int] | None) -> None:
         """Creates attempt `next_attempt`'s pods (only `ranks` of a gang's, when given)."""
@@ -1030,6 +1121,32 @@ class _Pass:
                 f"Created pod{'s' if len(pods) > 1 else ''} {made} (attempt {next_attempt}, {capacity})",
             )
         )
+
+
+# The steps of a pass, in order (the module docstring has their table). Every one of these runs.
+EVERY_PASS: tuple[Callable[[_Pass], None], ...] = (
+    _Pass.count_ended_attempts,
+    _Pass.settle_accounts,
+    _Pass.release_counted_pods,
+    _Pass.force_delete_pods_of_gone_nodes,
+    _Pass.notify_live_pod,
+    _Pass.stop_rest_of_gangs,
+)
+# Then these, until the first that returns True: it ends the pass (create_next_attempt always does).
+FIRST_THAT_ENDS: tuple[Callable[[_Pass], bool], ...] = (
+    _Pass.keep_finished,
+    _Pass.finish_on_outcome,
+    _Pass.suspend,
+    _Pass.deadline,
+    _Pass.heal_live_pod,
+    _Pass.wait_for_force_deleted_pod,
+    _Pass.complete_gang,
+    _Pass.show_live_pod,
+    _Pass.back_off,
+    _Pass.wait_for_namesakes,
+    _Pass.refuse_invalid_spec,
+    _Pass.create_next_attempt,
+)
 
 
 def _runs(pod: Obj) -> bool:
