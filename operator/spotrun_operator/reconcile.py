@@ -48,9 +48,9 @@ from typing import Any, Protocol
 from spotrun_operator import accounting, disruption, gang, healing, memory, names, policy, validate
 from spotrun_operator.attempts import (
     OUTCOME_STOPPED,
+    Attempt,
+    PodView,
     after_notice,
-    attempt_of,
-    finished,
     iso,
     pending_cause,
     record,
@@ -142,11 +142,10 @@ def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[tuple[int, int]]:
     leader handover) or truly gone (only the operator lets go of its finalizer, once counted, so gone
     means deleted by force); a pass looks it up live before it counts it as vanished. Per rank: a
     gang's missing rank 1 beside a live rank 0 would otherwise count as an interruption."""
-    st: Obj = taskrun.get("status") or {}
+    status: Obj = taskrun.get("status") or {}
     uid = taskrun["metadata"]["uid"]
-    ours = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
-    seen = {(attempt_of(p), gang.rank_of(p)) for p in ours}
-    first, last = int(st.get("accountedAttempt", 0)) + 1, int(st.get("attempt", 0))
+    seen = {(pod.attempt, pod.rank) for pod in map(PodView.of, pods) if uid in pod.owners}
+    first, last = int(status.get("accountedAttempt", 0)) + 1, int(status.get("attempt", 0))
     return [(n, r) for n in range(first, last + 1) for r in range(replicas(taskrun)) if (n, r) not in seen]
 
 
@@ -223,16 +222,17 @@ class _Pass:
         self.st: Obj = copy.deepcopy(self.old)
         self.decision = Decision(status=self.st)
         uid = self.meta["uid"]
-        ours = [p for p in pods if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
+        # The pods, parsed once: the pass reads PodViews; only the API edge (the Decision) names raw pods.
+        views = [PodView.of(pod) for pod in pods]
+        ours = [pod for pod in views if uid in pod.owners]
         # Pods of an earlier TaskRun of this name (deleted, then created again): never adopted.
-        self.namesakes = [p for p in pods if p not in ours and names.taskrun_of(p["metadata"]) == self.meta["name"]]
+        self.namesakes = [pod for pod in views if uid not in pod.owners and pod.taskrun == self.meta["name"]]
         self.size = replicas(taskrun)  # pods per attempt: 1, or a gang's ranks
-        self.gangs: dict[int, dict[int, Obj]] = {}  # attempt -> rank -> pod
-        for pod in sorted((p for p in ours if attempt_of(p) > 0), key=lambda p: (attempt_of(p), gang.rank_of(p))):
-            self.gangs.setdefault(attempt_of(pod), {})[gang.rank_of(pod)] = pod
-        self.all_pods = [p for n in sorted(self.gangs) for p in self.gangs[n].values()]
-        # Each attempt's pod; in a gang, rank 0's (or the first there is).
-        self.by_attempt = {n: g.get(0) or next(iter(g.values())) for n, g in self.gangs.items()}
+        by_rank: dict[int, dict[int, PodView]] = {}  # attempt -> rank -> pod
+        for pod in sorted((pod for pod in ours if pod.attempt > 0), key=lambda pod: (pod.attempt, pod.rank)):
+            by_rank.setdefault(pod.attempt, {})[pod.rank] = pod
+        self.attempts = {number: Attempt(number, ranks) for number, ranks in by_rank.items()}
+        self.all_pods = [pod for number in sorted(self.attempts) for pod in self.attempts[number].pods.values()]
         self._outcomes: dict[str, tuple[str, Any] | None] = {}  # pod name -> its own (kind, outcome)
         self.phase = self.old.get("phase", names.PENDING)
         st = self.st
@@ -240,10 +240,10 @@ class _Pass:
         st.setdefault("interruptions", 0)
         st["observedGeneration"] = self.meta.get("generation", 1)
         st["checkpoint"] = {**(self.old.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
-        self.attempt = max(int(self.old.get("attempt", 0)), max(self.by_attempt, default=0))
+        self.attempt = max(int(self.old.get("attempt", 0)), max(self.attempts, default=0))
         st["attempt"] = self.attempt
-        self.unfinished: list[Obj] = []
-        self.live: list[Obj] = []
+        self.unfinished: list[PodView] = []
+        self.live: list[PodView] = []
         self.listed = listed  # whether the pods were read live: only then is a missing one gone
         # The resolved resumeFrom source ("" when there is none; None: its TaskRun cannot be found).
         self.resume_from = resume_from
@@ -253,8 +253,8 @@ class _Pass:
         result: Obj = self.st.get("lastOutcome") or {}
         return result
 
-    def _node(self, pod: Obj | None) -> tuple[bool, bool]:
-        node = (pod or {}).get("spec", {}).get("nodeName")
+    def _node(self, pod: PodView | None) -> tuple[bool, bool]:
+        node = pod.node if pod else ""
         return (not node or node in self.nodes), (not node or self.nodes.get(node, False))
 
     def latest(self) -> tuple[bool, Obj | None]:
@@ -307,8 +307,8 @@ class _Pass:
         usable = cached.get("time") and int(cached.get("attempt", 0)) <= attempt
         return (cached["time"] if usable else None), False
 
-    def _node_facts(self, pod: Obj | None) -> Obj:
-        return self.node_info((pod or {}).get("spec", {}).get("nodeName") or "") or {}
+    def _node_facts(self, pod: PodView | None) -> Obj:
+        return self.node_info(pod.node if pod else "") or {}
 
     def _wait(self, message: str, reason: str, requeue: float) -> bool:
         self.st["phase"] = names.PENDING
@@ -334,7 +334,7 @@ class _Pass:
             pod, kind, outcome = decided
             if kind == names.OUTCOME_FAILED:
                 st["failures"] += 1
-                if any(memory.oom_killed(p) for p in self._pods(n)):
+                if any(memory.oom_killed(rank_pod.raw) for rank_pod in self._pods(n)):
                     st["oomKills"] = int(st.get("oomKills", 0)) + 1
             elif kind == names.OUTCOME_INTERRUPTED:
                 st["interruptions"] += 1
@@ -344,14 +344,14 @@ class _Pass:
                 after = ((self.spec.get("capacity") or {}).get("fallback") or {}).get("afterPendingSeconds")
                 message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
-            if kind == names.OUTCOME_INTERRUPTED and not task_started(pod):
+            if kind == names.OUTCOME_INTERRUPTED and not task_started(_raw(pod)):
                 st[IN_A_ROW] = int(st.get(IN_A_ROW, 0)) + 1  # no progress: the next attempt backs off
             else:
                 st.pop(IN_A_ROW, None)
-            entry = record(pod, n, outcome, kind, self.now)
+            entry = record(_raw(pod), n, outcome, kind, self.now)
             if self.size > 1:
                 entry["replicas"] = self.size
-                entry["rank"] = gang.rank_of(pod) if pod else 0
+                entry["rank"] = pod.rank if pod else 0
             start = self.old.get("startCheckpoint") or {}
             if int(start.get("attempt", 0)) == n and start.get("id"):
                 entry["resumedFrom"] = start["id"]
@@ -367,14 +367,13 @@ class _Pass:
             st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
             st["lastEndTime"] = iso(self.now)
             if kind == names.OUTCOME_SUCCEEDED:
-                st["result"] = result(self.by_attempt.get(n))  # a gang's: rank 0's
+                st["result"] = result(self.attempts[n].lead.raw if n in self.attempts else None)  # a gang's: rank 0's
             detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
             self.decision.events.append(
                 (
                     "Normal" if kind in QUIET_OUTCOMES else "Warning",
                     f"Attempt{kind}",
-                    f"Attempt {n} ({(pod or {}).get('metadata', {}).get('name', 'pod gone')}) {kind.lower()}: "
-                    f"{outcome.reason}{detail}",
+                    f"Attempt {n} ({pod.name if pod else 'pod gone'}) {kind.lower()}: {outcome.reason}{detail}",
                 )
             )
         st["attempts"] = history[-HISTORY:]
@@ -385,32 +384,38 @@ class _Pass:
         bad node does not take every replacement and use up the interruption budget."""
         until = iso(self.now + datetime.timedelta(seconds=policy.AVOID_SECONDS))
         for pod in self._pods(attempt):
-            if rejected_at_admission(pod):
-                node = str(pod["spec"]["nodeName"])
-                self.st["avoidNodes"] = policy.avoid_node(list(self.st.get("avoidNodes") or []), node, until)
+            if rejected_at_admission(pod.raw):
+                self.st["avoidNodes"] = policy.avoid_node(list(self.st.get("avoidNodes") or []), pod.node, until)
 
-    def _pods(self, attempt: int) -> list[Obj]:
-        return list(self.gangs.get(attempt, {}).values())
+    def _ranks(self, attempt: int) -> Mapping[int, PodView]:
+        """An attempt's pods by rank (none for an attempt with no pod left)."""
+        found = self.attempts.get(attempt)
+        return found.pods if found else {}
+
+    def _pods(self, attempt: int) -> list[PodView]:
+        return list(self._ranks(attempt).values())
 
     def _ended(self, attempt: int) -> bool:
         """Whether every pod of an attempt has ended (or is gone)."""
-        return all(finished(p) for p in self._pods(attempt))
+        return all(pod.finished for pod in self._pods(attempt))
 
     def _ended_at(self, attempt: int) -> datetime.datetime | None:
-        times = [t for t in (accounting.ended_at(p) for p in self._pods(attempt)) if t is not None]
+        times = [t for t in (accounting.ended_at(pod.raw) for pod in self._pods(attempt)) if t is not None]
         return max(times) if times else None
 
-    def _own_outcome(self, pod: Obj | None) -> tuple[str, Any] | None:
+    def _own_outcome(self, pod: PodView | None) -> tuple[str, Any] | None:
         """One pod's (kind, outcome), the operator's stops taken into account; None while it runs."""
-        key = (pod or {}).get("metadata", {}).get("name", "")
+        key = pod.name if pod else ""
         if pod is None and not self.listed:
             return None  # never "gone" from a cache: not seen yet, until a live read says so
         if pod is None or key not in self._outcomes:
             node_exists, node_ready = self._node(pod)
             rules = (self.spec.get("failurePolicy") or {}).get("rules") or []
             on_oom = (self.spec.get("resources") or {}).get("onOOMKilled") is not None
-            raw = classify(pod, node_exists=node_exists, node_ready=node_ready, rules=rules, memory_policy=on_oom)
-            ended = None if raw is None else stopped_outcome(pod, after_notice(pod, raw))
+            classified = classify(
+                _raw(pod), node_exists=node_exists, node_ready=node_ready, rules=rules, memory_policy=on_oom
+            )
+            ended = None if classified is None else stopped_outcome(_raw(pod), after_notice(_raw(pod), classified))
             if pod is None:
                 return ended
             self._outcomes[key] = ended
@@ -420,9 +425,9 @@ class _Pass:
         """Each rank's own outcome. A rank with no pod is one being created while its attempt is newer
         than status says (the pass that made the others stopped part way, or the API server refused
         it) and the others run; never created once they have ended; else gone (an interruption)."""
-        pods = self.gangs.get(attempt, {})
+        pods = self._ranks(attempt)
         creating = attempt > int(self.old.get("attempt", 0))
-        others_run = not any(finished(p) for p in pods.values())
+        others_run = not any(pod.finished for pod in pods.values())
         outcomes: list[tuple[str, Any] | None] = []
         for rank in range(self.size):
             if rank in pods or not creating:
@@ -431,15 +436,15 @@ class _Pass:
                 outcomes.append(None if others_run else gang.NOT_CREATED)
         return outcomes
 
-    def _attempt_outcome(self, attempt: int) -> tuple[Obj | None, str, Any] | None:
+    def _attempt_outcome(self, attempt: int) -> tuple[PodView | None, str, Any] | None:
         """(the pod that decided it, kind, outcome) of an attempt that ended, else None."""
         if self.size == 1:
-            pod = self.by_attempt.get(attempt)
+            pod = self.attempts[attempt].lead if attempt in self.attempts else None
             ended = self._own_outcome(pod)
             return None if ended is None else (pod, *ended)
-        pods = self.gangs.get(attempt, {})
+        pods = self._ranks(attempt)
         decided = gang.combine(
-            self._rank_outcomes(attempt), lambda r: accounting.ended_at(pods[r]) if r in pods else None
+            self._rank_outcomes(attempt), lambda r: accounting.ended_at(pods[r].raw) if r in pods else None
         )
         if decided is None:
             return None
@@ -474,7 +479,7 @@ class _Pass:
                 )
             )
 
-    def _place(self, entry: Obj, pod: Obj | None) -> None:
+    def _place(self, entry: Obj, pod: PodView | None) -> None:
         """The capacity an attempt ran on (for `any`, what its node was) and the node's instance type:
         from the node, or from what the pass saw while the pod ran (the node may be gone by now)."""
         node = self._node_facts(pod)
@@ -496,11 +501,7 @@ class _Pass:
         decision.release; no stops."""
         counted = int(self.st.get("accountedAttempt", 0))
         self.decision.release = [
-            p["metadata"]["name"]
-            for p in self.all_pods
-            if attempt_of(p) <= counted
-            and finished(p)
-            and names.POD_FINALIZER in (p["metadata"].get("finalizers") or [])
+            pod.name for pod in self.all_pods if pod.attempt <= counted and pod.finished and pod.holds_finalizer
         ]
 
     def force_delete_pods_of_gone_nodes(self) -> None:
@@ -513,12 +514,12 @@ class _Pass:
         sets self.unfinished and self.live, which every later step reads (the steps that end the run
         stop self.unfinished); no stops."""
         counted = int(self.st.get("accountedAttempt", 0))
-        unfinished = [p for p in self.all_pods if attempt_of(p) <= self.attempt and not finished(p)]
+        unfinished = [pod for pod in self.all_pods if pod.attempt <= self.attempt and not pod.finished]
         for pod in unfinished:
             if not self._node(pod)[0]:
-                self.decision.force_delete.append(pod["metadata"]["name"])
-        self.unfinished = [p for p in unfinished if p["metadata"]["name"] not in self.decision.force_delete]
-        self.live = [p for p in self.unfinished if attempt_of(p) > counted or self._node(p)[1]]
+                self.decision.force_delete.append(pod.name)
+        self.unfinished = [pod for pod in unfinished if pod.name not in self.decision.force_delete]
+        self.live = [pod for pod in self.unfinished if pod.attempt > counted or self._node(pod)[1]]
 
     def notify_live_pod(self) -> None:
         """The current attempt's pod on a node with a reclaim notice or a drain: the pod is told (its
@@ -538,19 +539,17 @@ class _Pass:
     def _notify_live_pod(self) -> None:
         st = self.st
         pod = self._noticed_pod()
-        if pod is None or pod["metadata"].get("deletionTimestamp"):
+        if pod is None or pod.deleting:
             st.pop("drain", None)
             st.pop("evictionWindow", None)  # the pod is going: the next attempt's starts closed
             return
         node = self._node_facts(pod)
-        if pod.get("status", {}).get("phase") == "Running" and node:
-            st["placement"] = {"pod": pod["metadata"]["name"]} | {
-                k: node[k] for k in ("spot", "instanceType") if k in node
-            }
+        if pod.phase == "Running" and node:
+            st["placement"] = {"pod": pod.name} | {k: node[k] for k in ("spot", "instanceType") if k in node}
         if disruption.voluntary(self.spec) != names.VOLUNTARY_CHECKPOINT:
             self._drop_budget()  # switched to Allow while the attempt runs: drains evict it from now on
         notice = self._node_notice(pod)
-        given = disruption.Notice.of_pod(pod)
+        given = disruption.Notice.of_pod(pod.raw)
         if notice is None and given is not None:
             self._withdraw_notice(pod, given)
             given = None
@@ -558,16 +557,16 @@ class _Pass:
             notice = given = dataclasses.replace(notice, time=iso(self.now))
         # A gang's ranks are all told, so that they join in one final checkpoint.
         for told in self._current():
-            unaware = disruption.Notice.of_pod(told) is None and not told["metadata"].get("deletionTimestamp")
+            unaware = disruption.Notice.of_pod(told.raw) is None and not told.deleting
             if given is not None and unaware:
-                self.decision.notify.append((told["metadata"]["name"], given.annotation()))
+                self.decision.notify.append((told.name, given.annotation()))
         if notice is not None and given is notice:
             self.decision.events.append(
                 (
                     "Normal",
                     "NoticeGiven",
-                    f"Told pod {pod['metadata']['name']} of a {notice.kind.lower()} ({notice.reason} on node "
-                    f"{pod['spec'].get('nodeName')}): {notice.seconds}s",
+                    f"Told pod {pod.name} of a {notice.kind.lower()} ({notice.reason} on node "
+                    f"{pod.node}): {notice.seconds}s",
                 )
             )
         if given is not None:
@@ -578,33 +577,35 @@ class _Pass:
             st.pop("drain", None)
             return
         timeout = notice.seconds
-        st["drain"], why = disruption.drain_step(st.get("drain"), pod, self.attempt, self.latest(), self.now, timeout)
+        st["drain"], why = disruption.drain_step(
+            st.get("drain"), pod.raw, self.attempt, self.latest(), self.now, timeout
+        )
         if why is None:
             self.decision.requeue_after = min(disruption.DRAIN_POLL_SECONDS, self.decision.requeue_after or 60.0)
             return
         self._stop_attempt(pod, names.INTERRUPTION_DRAINED)
         self.decision.events.append(
-            ("Normal", names.INTERRUPTION_DRAINED, f"Stopping pod {pod['metadata']['name']} for the drain: {why}")
+            ("Normal", names.INTERRUPTION_DRAINED, f"Stopping pod {pod.name} for the drain: {why}")
         )
 
-    def _withdraw_notice(self, pod: Obj, given: disruption.Notice) -> None:
+    def _withdraw_notice(self, pod: PodView, given: disruption.Notice) -> None:
         """The node's notice or cordon went (an uncordon, a notice taint removed): the ranks' notice
         annotations are emptied, which the operator and the SDK read as no notice, so that a task is
         not left preempted for the rest of its attempt, and a later notice is given afresh."""
         for told in self._current():
-            if disruption.Notice.of_pod(told) is not None and not told["metadata"].get("deletionTimestamp"):
-                self.decision.notify.append((told["metadata"]["name"], ""))
+            if disruption.Notice.of_pod(told.raw) is not None and not told.deleting:
+                self.decision.notify.append((told.name, ""))
         self.st.pop("notice", None)
         self.decision.events.append(
             (
                 "Normal",
                 "NoticeWithdrawn",
-                f"Withdrew the {given.kind.lower()} notice of pod {pod['metadata']['name']}: {given.reason} on node "
-                f"{pod['spec'].get('nodeName')} is gone",
+                f"Withdrew the {given.kind.lower()} notice of pod {pod.name}: {given.reason} on node "
+                f"{pod.node} is gone",
             )
         )
 
-    def _eviction_window(self, pod: Obj, cordon: disruption.Notice | None) -> None:
+    def _eviction_window(self, pod: PodView, cordon: disruption.Notice | None) -> None:
         """Keeps status.evictionWindow while a plain cordon or consolidation AfterCheckpoint wants one
         (reading storage every few seconds for a fresh checkpoint, or when the window closes)."""
         after = disruption.consolidation(self.spec) == disruption.CONSOLIDATION_AFTER_CHECKPOINT
@@ -616,7 +617,7 @@ class _Pass:
         was_open = disruption.window_open(window, self.now)
         window = disruption.eviction_window(
             window,
-            pod["metadata"]["name"],
+            pod.name,
             self.attempt,
             self.latest(),
             self.now,
@@ -630,7 +631,7 @@ class _Pass:
         now_open = disruption.window_open(window, self.now) and "evictionWindow" in self.st
         if now_open and not was_open:
             message = (
-                f"Opened the PodDisruptionBudget of pod {pod['metadata']['name']} for "
+                f"Opened the PodDisruptionBudget of pod {pod.name} for "
                 f"{disruption.window_seconds(self.spec)}s: checkpoint {window.get('checkpoint') or '(none)'}"
             )
             self.decision.events.append(("Normal", "EvictionWindowOpened", message))
@@ -647,11 +648,11 @@ class _Pass:
         is_open = disruption.window_open(self.st.get("evictionWindow"), self.now)
         self.decision.budget_min_available = 0 if is_open else self.size
 
-    def _current(self) -> list[Obj]:
+    def _current(self) -> list[PodView]:
         """The live pods of the current attempt, in rank order."""
-        return [p for p in self.live if attempt_of(p) == self.attempt]
+        return [pod for pod in self.live if pod.attempt == self.attempt]
 
-    def _noticed_pod(self) -> Obj | None:
+    def _noticed_pod(self) -> PodView | None:
         """The current attempt's pod whose node has a notice or drain (a gang's first such rank), else
         its first: the one a notice is read from."""
         current = self._current()
@@ -661,27 +662,28 @@ class _Pass:
                 if self._node_notice(pod):
                     return pod
             for pod in current:
-                if disruption.Notice.of_pod(pod):
+                if disruption.Notice.of_pod(pod.raw):
                     return pod
         return current[0] if current else None
 
-    def _node_notice(self, pod: Obj) -> disruption.Notice | None:
+    def _node_notice(self, pod: PodView) -> disruption.Notice | None:
         """The reclaim notice or drain of the node `pod` is on, if it has one."""
         grace = grace_seconds((self.spec.get("template") or {}).get("spec") or {})
         taints = (self.config.notice_taints, self.config.drain_taints)
         return disruption.node_notice(self._node_facts(pod), self.spec, *taints, grace)
 
-    def _stop_attempt(self, pod: Obj, reason: str) -> None:
+    def _stop_attempt(self, pod: PodView, reason: str) -> None:
         """Stops `pod` for `reason`, and the rest of its gang for it."""
         self._stop(pod, reason)
-        for other in self._pods(attempt_of(pod)):
-            if other is not pod and not finished(other):
+        for other in self._pods(pod.attempt):
+            if other is not pod and not other.finished:
                 self._stop(other, names.REASON_GANG_ENDED)
 
-    def _stop(self, pod: Obj, reason: str) -> None:
-        name = pod["metadata"]["name"]
-        if not pod["metadata"].get("deletionTimestamp") and all(n != name for n, _ in self.decision.stop):
-            self.decision.stop.append((name, reason))
+    def _stop(self, pod: PodView, reason: str) -> None:
+        """Stops `pod` gracefully, unless it is being deleted or an earlier step stops it already
+        (whose reason stands)."""
+        if not pod.deleting and all(stopped != pod.name for stopped, _ in self.decision.stop):
+            self.decision.stop.append((pod.name, reason))
 
     def stop_rest_of_gangs(self) -> None:
         """A gang's pod that ended other than in success ends its attempt: the ranks still running are
@@ -692,12 +694,12 @@ class _Pass:
         reason (_stop adds a pod once)."""
         if self.size == 1:
             return
-        for attempt in sorted(self.gangs):
+        for attempt in sorted(self.attempts):
             ranks = self._rank_outcomes(attempt)
             if not gang.stop_the_rest(ranks):
                 continue
-            for rank, pod in self.gangs[attempt].items():
-                if ranks[rank] is None and not finished(pod):
+            for rank, pod in self.attempts[attempt].pods.items():
+                if ranks[rank] is None and not pod.finished:
                     self._stop(pod, names.REASON_GANG_ENDED)
 
     def _requeue(self, seconds: float) -> None:
@@ -712,22 +714,22 @@ class _Pass:
         holds every stop of steps 5 and 6: a pod being stopped already is left alone."""
         current = self._current()
         pod = current[0] if current else None
-        if pod is None or pod["metadata"].get("deletionTimestamp"):
+        if pod is None or pod.deleting:
             self.st.pop("progressDeadline", None)
             self.st.pop(PROGRESS_UNREADABLE, None)
             return False
         stopping = {name for name, _ in self.decision.stop}
-        if any(p["metadata"]["name"] in stopping or p["metadata"].get("deletionTimestamp") for p in current):
+        if any(rank_pod.name in stopping or rank_pod.deleting for rank_pod in current):
             return False
         for rank_pod in current:
-            give_way, wait = healing.spot_fallback(self.spec, rank_pod, self.now)
+            give_way, wait = healing.spot_fallback(self.spec, rank_pod.raw, self.now)
             if give_way:
                 # The gang moves together: its unscheduled pods are removed, its placed ones stopped.
                 for other in current:
-                    if other["spec"].get("nodeName"):
+                    if other.node:
                         self._stop(other, names.REASON_GANG_ENDED)
                     else:
-                        self.decision.reschedule.append(other["metadata"]["name"])
+                        self.decision.reschedule.append(other.name)
                 return False
             if wait is not None:
                 self._requeue(wait)
@@ -737,8 +739,8 @@ class _Pass:
             self._check_progress(pod)
         return False
 
-    def _check_progress(self, pod: Obj) -> None:
-        due = healing.progress_deadline(self.spec, pod, self.attempt, self.st.get("checkpoint"), self.now)
+    def _check_progress(self, pod: PodView) -> None:
+        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, self.st.get("checkpoint"), self.now)
         if due is None:
             self.st.pop("progressDeadline", None)
             self.st.pop(PROGRESS_UNREADABLE, None)
@@ -759,12 +761,12 @@ class _Pass:
             self._requeue(healing.STORAGE_RETRY_SECONDS)
             return
         self.st.pop(PROGRESS_UNREADABLE, None)
-        due = healing.progress_deadline(self.spec, pod, self.attempt, newest, self.now) or self.now
+        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, newest, self.now) or self.now
         self.st["progressDeadline"] = iso(due)
         if due > self.now:
             self._requeue((due - self.now).total_seconds())
             return
-        name, seconds = pod["metadata"]["name"], self.spec["progressDeadlineSeconds"]
+        name, seconds = pod.name, self.spec["progressDeadlineSeconds"]
         self._stop_attempt(pod, names.REASON_PROGRESS_DEADLINE)
         self.decision.events.append(
             (
@@ -784,7 +786,7 @@ class _Pass:
         st["phase"] = new_phase
         st["message"] = message
         st.setdefault("completionTime", iso(self.now))
-        self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
+        self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
         self._drop_budget()
         kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
         set_condition(st, kind, True, reason, message, self.now)
@@ -802,7 +804,7 @@ class _Pass:
         if self.phase not in names.TERMINAL_PHASES:
             return False
         reason = str(self.old.get("message", self.phase))
-        self.decision.stop += [(p["metadata"]["name"], reason) for p in self.unfinished]
+        self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
         self._drop_budget()
         ttl = self.spec.get("ttlSecondsAfterFinished")
         done_at = _parse(self.old.get("completionTime"))
@@ -846,7 +848,7 @@ class _Pass:
         if not self.spec.get("suspend"):
             set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", self.now)
             return False
-        self.decision.stop += [(p["metadata"]["name"], names.REASON_SUSPENDED) for p in self.unfinished]
+        self.decision.stop += [(pod.name, names.REASON_SUSPENDED) for pod in self.unfinished]
         st.pop("startTime", None)
         st.pop("progressDeadline", None)
         st.pop(PROGRESS_UNREADABLE, None)
@@ -883,13 +885,12 @@ class _Pass:
         if not self.decision.force_delete:
             return False
         gone = max(
-            (p for p in self.all_pods if p["metadata"]["name"] in self.decision.force_delete),
-            key=attempt_of,
+            (pod for pod in self.all_pods if pod.name in self.decision.force_delete),
+            key=lambda pod: pod.attempt,
         )
-        self.st["podName"] = gone["metadata"]["name"]
-        node = gone["spec"].get("nodeName")
+        self.st["podName"] = gone.name
         return self._wait(
-            f"waiting for pod {gone['metadata']['name']} to be deleted: its node {node} is gone",
+            f"waiting for pod {gone.name} to be deleted: its node {gone.node} is gone",
             names.REASON_POD_PENDING,
             1.0,
         )
@@ -902,26 +903,26 @@ class _Pass:
         if not self.live:
             return False
         st = self.st
-        newest = [p for p in self.live if attempt_of(p) == attempt_of(self.live[-1])]
+        newest = [pod for pod in self.live if pod.attempt == self.live[-1].attempt]
         # A gang: the first of its pods that does not run says why, else rank 0 speaks for it.
-        pod = next((p for p in newest if not _runs(p)), newest[0])
-        terminating = bool(pod["metadata"].get("deletionTimestamp"))
-        running = _runs(pod)
+        pod = next((rank_pod for rank_pod in newest if not rank_pod.running), newest[0])
+        terminating = pod.deleting
+        running = pod.running
         first = newest[0]  # status names rank 0's pod and node; the message, the one that does not run
         st["phase"] = names.RUNNING if running else names.PENDING
-        st["podName"] = first["metadata"]["name"]
-        st["nodeName"] = first.get("spec", {}).get("nodeName", "")
-        st["capacity"] = first["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, st.get("capacity", ""))
-        cause = None if running or terminating else pending_cause(pod)
+        st["podName"] = first.name
+        st["nodeName"] = first.node
+        st["capacity"] = first.capacity if first.capacity is not None else st.get("capacity", "")
+        cause = None if running or terminating else pending_cause(pod.raw)
         reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
         if running and self.size > 1:
             st["message"] = f"attempt {self.attempt} is running: {len(newest)} pods, rank 0 on {st['nodeName']}"
         elif running:
             st["message"] = f"attempt {self.attempt} is running on {st['nodeName']}"
         elif cause:
-            st["message"] = f"pod {pod['metadata']['name']} is not starting: {cause[0]}: {cause[1]}"
+            st["message"] = f"pod {pod.name} is not starting: {cause[0]}: {cause[1]}"
         else:
-            st["message"] = f"waiting for pod {pod['metadata']['name']} to {'terminate' if terminating else 'start'}"
+            st["message"] = f"waiting for pod {pod.name} to {'terminate' if terminating else 'start'}"
         set_condition(st, names.COND_READY, running, reason, st["message"], self.now)
         return True
 
@@ -965,11 +966,11 @@ class _Pass:
         if not self.namesakes:
             return False
         for pod in self.namesakes:
-            if not pod["metadata"].get("deletionTimestamp"):
-                self.decision.stop.append((pod["metadata"]["name"], "OwnerGone"))
-            if names.POD_FINALIZER in (pod["metadata"].get("finalizers") or []):
-                self.decision.release.append(pod["metadata"]["name"])
-        pod_name = self.namesakes[0]["metadata"]["name"]
+            if not pod.deleting:
+                self.decision.stop.append((pod.name, "OwnerGone"))
+            if pod.holds_finalizer:
+                self.decision.release.append(pod.name)
+        pod_name = self.namesakes[0].name
         message = f"waiting for pod {pod_name} of an earlier TaskRun named {self.meta['name']} to be gone"
         return self._wait(message, names.REASON_POD_PENDING, 2.0)
 
@@ -1027,18 +1028,18 @@ class _Pass:
 
         Step 13. Assumes no pod is being force-deleted (step 12 waits for it) and the run goes
         on. Adds the missing ranks' pods (or waits as create_next_attempt does); no stops."""
-        pods = self.gangs.get(self.attempt, {})
+        pods = self._ranks(self.attempt)
         absent = gang.missing(pods, self.size) if self.size > 1 else []
         if not absent or not pods or self.attempt <= int(self.old.get("attempt", 0)):
             return False
-        if any(finished(p) or p["metadata"].get("deletionTimestamp") for p in pods.values()):
+        if any(pod.finished or pod.deleting for pod in pods.values()):
             return False  # it is ending: the rest is not wanted any more
         if self.refuse_invalid_spec():
             return True
         source = self.resume_source(self.resume_from)
         if source is None or self.refused_recently():
             return self.show_live_pod()
-        capacity = next(iter(pods.values()))["metadata"].get("labels", {}).get(names.LABEL_CAPACITY, "")
+        capacity = next(iter(pods.values())).capacity
         self._create(self.attempt, capacity or names.CAPACITY_SPOT, source, absent)
         return True
 
@@ -1149,8 +1150,9 @@ FIRST_THAT_ENDS: tuple[Callable[[_Pass], bool], ...] = (
 )
 
 
-def _runs(pod: Obj) -> bool:
-    return pod.get("status", {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")
+def _raw(pod: PodView | None) -> Obj | None:
+    """The pod as the API server sent it, for the pure modules that take one (None: it is gone)."""
+    return pod.raw if pod else None
 
 
 def refused(
