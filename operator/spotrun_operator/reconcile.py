@@ -43,7 +43,7 @@ import copy
 import dataclasses
 import datetime
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from spotrun_operator import accounting, disruption, gang, healing, memory, names, policy, validate
 from spotrun_operator.attempts import (
@@ -69,7 +69,7 @@ from spotrun_operator.podbuild import (
     grace_seconds,
     replicas,
 )
-from spotrun_operator.status import set_condition
+from spotrun_operator.status import Status, set_condition
 
 Obj = dict[str, Any]
 HISTORY = 20  # attempts kept in status.attempts
@@ -79,8 +79,8 @@ REASON_INVALID_TEMPLATE = names.REASON_INVALID_TEMPLATE
 REASON_INVALID_MEMORY_POLICY = names.REASON_INVALID_MEMORY_POLICY
 REFUSAL_BACKOFF = (2.0, 300.0)  # first wait and cap, doubling per refusal in a row
 PENDING_ACCOUNT = "accountPending"  # on an attempt counted before its pod ended
-IN_A_ROW = "interruptionsInARow"  # interruptions in a row of attempts whose task never started
-PROGRESS_UNREADABLE = "progressUnreadable"  # a due progress deadline could not be checked
+IN_A_ROW: Final = "interruptionsInARow"  # interruptions in a row of attempts whose task never started
+PROGRESS_UNREADABLE: Final = "progressUnreadable"  # a due progress deadline could not be checked
 QUIET_OUTCOMES = (names.OUTCOME_SUCCEEDED, OUTCOME_STOPPED, names.OUTCOME_RESCHEDULED)  # Events of type Normal
 
 
@@ -127,6 +127,52 @@ class Decision:
     def create(self) -> Obj | None:
         """The first pod to create (rank 0's in a gang), or None."""
         return self.pods[0] if self.pods else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """The parts of a TaskRun the pass reads itself, parsed once at its start (the CRD's schema
+    has checked their types). The pure modules it calls (policy, healing, disruption, validate,
+    podbuild) read `raw`, the spec as the API server sent it."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    raw: Obj  # the spec
+    failure_rules: list[Obj]  # spec.failurePolicy.rules
+    on_oom_killed: Obj | None  # spec.resources.onOOMKilled: None when memory is not scaled
+    fallback_after_pending: Any  # spec.capacity.fallback.afterPendingSeconds, for a message
+    grace_seconds: int  # the pod template's terminationGracePeriodSeconds (or its default)
+    voluntary: str  # spec.disruption.voluntary: names.VOLUNTARY_CHECKPOINT or Allow
+    after_checkpoint: bool  # spec.disruption.consolidation is AfterCheckpoint
+    suspend: bool
+    ttl_seconds_after_finished: int | None
+    active_deadline_seconds: int | None
+    progress_deadline_seconds: int | None
+    resume_from_taskrun: str | None  # spec.checkpoint.resumeFrom.taskRun
+
+    @classmethod
+    def of(cls, taskrun: Obj) -> RunSpec:
+        meta, spec = taskrun["metadata"], taskrun["spec"]
+        return cls(
+            name=meta["name"],
+            namespace=meta.get("namespace", ""),
+            uid=meta["uid"],
+            generation=meta.get("generation", 1),
+            raw=spec,
+            failure_rules=(spec.get("failurePolicy") or {}).get("rules") or [],
+            on_oom_killed=(spec.get("resources") or {}).get("onOOMKilled"),
+            fallback_after_pending=((spec.get("capacity") or {}).get("fallback") or {}).get("afterPendingSeconds"),
+            grace_seconds=grace_seconds((spec.get("template") or {}).get("spec") or {}),
+            voluntary=disruption.voluntary(spec),
+            after_checkpoint=disruption.consolidation(spec) == disruption.CONSOLIDATION_AFTER_CHECKPOINT,
+            suspend=bool(spec.get("suspend")),
+            ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            progress_deadline_seconds=spec.get("progressDeadlineSeconds"),
+            resume_from_taskrun=((spec.get("checkpoint") or {}).get("resumeFrom") or {}).get("taskRun"),
+        )
 
 
 def _parse(text: str | None) -> datetime.datetime | None:
@@ -217,16 +263,17 @@ class _Pass:
         self.taskrun, self.nodes, self.now, self.config = taskrun, nodes, now, config
         self.node_info, self.checkpoints = node_info, checkpoints
         self._latest: tuple[bool, Obj | None] | None = None  # (read, newest) once storage was asked
-        self.meta, self.spec = taskrun["metadata"], taskrun["spec"]
-        self.old: Obj = taskrun.get("status") or {}
-        self.st: Obj = copy.deepcopy(self.old)
+        self.run = RunSpec.of(taskrun)
+        self.spec = self.run.raw  # for the pure modules
+        self.old: Status = taskrun.get("status") or {}  # as last written; never changed
+        self.st: Obj = copy.deepcopy(taskrun.get("status") or {})  # the status this pass builds
         self.decision = Decision(status=self.st)
-        uid = self.meta["uid"]
+        uid = self.run.uid
         # The pods, parsed once: the pass reads PodViews; only the API edge (the Decision) names raw pods.
         views = [PodView.of(pod) for pod in pods]
         ours = [pod for pod in views if uid in pod.owners]
         # Pods of an earlier TaskRun of this name (deleted, then created again): never adopted.
-        self.namesakes = [pod for pod in views if uid not in pod.owners and pod.taskrun == self.meta["name"]]
+        self.namesakes = [pod for pod in views if uid not in pod.owners and pod.taskrun == self.run.name]
         self.size = replicas(taskrun)  # pods per attempt: 1, or a gang's ranks
         by_rank: dict[int, dict[int, PodView]] = {}  # attempt -> rank -> pod
         for pod in sorted((pod for pod in ours if pod.attempt > 0), key=lambda pod: (pod.attempt, pod.rank)):
@@ -238,7 +285,7 @@ class _Pass:
         st = self.st
         st.setdefault("failures", 0)
         st.setdefault("interruptions", 0)
-        st["observedGeneration"] = self.meta.get("generation", 1)
+        st["observedGeneration"] = self.run.generation
         st["checkpoint"] = {**(self.old.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
         self.attempt = max(int(self.old.get("attempt", 0)), max(self.attempts, default=0))
         st["attempt"] = self.attempt
@@ -341,7 +388,7 @@ class _Pass:
                 self._avoid_rejecting_nodes(n)
             elif kind == names.OUTCOME_RESCHEDULED:
                 st["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": n}
-                after = ((self.spec.get("capacity") or {}).get("fallback") or {}).get("afterPendingSeconds")
+                after = self.run.fallback_after_pending
                 message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
             if kind == names.OUTCOME_INTERRUPTED and not task_started(_raw(pod)):
@@ -410,10 +457,12 @@ class _Pass:
             return None  # never "gone" from a cache: not seen yet, until a live read says so
         if pod is None or key not in self._outcomes:
             node_exists, node_ready = self._node(pod)
-            rules = (self.spec.get("failurePolicy") or {}).get("rules") or []
-            on_oom = (self.spec.get("resources") or {}).get("onOOMKilled") is not None
             classified = classify(
-                _raw(pod), node_exists=node_exists, node_ready=node_ready, rules=rules, memory_policy=on_oom
+                _raw(pod),
+                node_exists=node_exists,
+                node_ready=node_ready,
+                rules=self.run.failure_rules,
+                memory_policy=self.run.on_oom_killed is not None,
             )
             ended = None if classified is None else stopped_outcome(_raw(pod), after_notice(_raw(pod), classified))
             if pod is None:
@@ -546,7 +595,7 @@ class _Pass:
         node = self._node_facts(pod)
         if pod.phase == "Running" and node:
             st["placement"] = {"pod": pod.name} | {k: node[k] for k in ("spot", "instanceType") if k in node}
-        if disruption.voluntary(self.spec) != names.VOLUNTARY_CHECKPOINT:
+        if self.run.voluntary != names.VOLUNTARY_CHECKPOINT:
             self._drop_budget()  # switched to Allow while the attempt runs: drains evict it from now on
         notice = self._node_notice(pod)
         given = disruption.Notice.of_pod(pod.raw)
@@ -608,7 +657,7 @@ class _Pass:
     def _eviction_window(self, pod: PodView, cordon: disruption.Notice | None) -> None:
         """Keeps status.evictionWindow while a plain cordon or consolidation AfterCheckpoint wants one
         (reading storage every few seconds for a fresh checkpoint, or when the window closes)."""
-        after = disruption.consolidation(self.spec) == disruption.CONSOLIDATION_AFTER_CHECKPOINT
+        after = self.run.after_checkpoint
         window = self.st.get("evictionWindow")
         wanted = self.st.get("disruptionBudget") and (cordon is not None or after or "cordoned" in (window or {}))
         if not wanted:
@@ -643,7 +692,7 @@ class _Pass:
         """The budget's minAvailable for this pass: every rank while no window is open, else none (a
         gang's attempt ends with its first rank anyway). Stated every pass (level-based): the
         controller writes it only when it differs from what it last wrote."""
-        if not self.st.get("disruptionBudget") or disruption.voluntary(self.spec) != names.VOLUNTARY_CHECKPOINT:
+        if not self.st.get("disruptionBudget") or self.run.voluntary != names.VOLUNTARY_CHECKPOINT:
             return
         is_open = disruption.window_open(self.st.get("evictionWindow"), self.now)
         self.decision.budget_min_available = 0 if is_open else self.size
@@ -668,9 +717,8 @@ class _Pass:
 
     def _node_notice(self, pod: PodView) -> disruption.Notice | None:
         """The reclaim notice or drain of the node `pod` is on, if it has one."""
-        grace = grace_seconds((self.spec.get("template") or {}).get("spec") or {})
         taints = (self.config.notice_taints, self.config.drain_taints)
-        return disruption.node_notice(self._node_facts(pod), self.spec, *taints, grace)
+        return disruption.node_notice(self._node_facts(pod), self.spec, *taints, self.run.grace_seconds)
 
     def _stop_attempt(self, pod: PodView, reason: str) -> None:
         """Stops `pod` for `reason`, and the rest of its gang for it."""
@@ -766,7 +814,7 @@ class _Pass:
         if due > self.now:
             self._requeue((due - self.now).total_seconds())
             return
-        name, seconds = pod.name, self.spec["progressDeadlineSeconds"]
+        name, seconds = pod.name, self.run.progress_deadline_seconds
         self._stop_attempt(pod, names.REASON_PROGRESS_DEADLINE)
         self.decision.events.append(
             (
@@ -806,7 +854,7 @@ class _Pass:
         reason = str(self.old.get("message", self.phase))
         self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
         self._drop_budget()
-        ttl = self.spec.get("ttlSecondsAfterFinished")
+        ttl = self.run.ttl_seconds_after_finished
         done_at = _parse(self.old.get("completionTime"))
         if ttl is not None and done_at is not None:
             left = (done_at + datetime.timedelta(seconds=int(ttl)) - self.now).total_seconds()
@@ -845,7 +893,7 @@ class _Pass:
 
         Step 9. Assumes the run has not finished (the steps before). Stops every unfinished pod."""
         st = self.st
-        if not self.spec.get("suspend"):
+        if not self.run.suspend:
             set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", self.now)
             return False
         self.decision.stop += [(pod.name, names.REASON_SUSPENDED) for pod in self.unfinished]
@@ -867,7 +915,7 @@ class _Pass:
         Step 10. Assumes the run is neither finished nor suspended (the steps before end the pass
         then). Stops, through _finish, every unfinished pod once past it; else requeues for when it
         is due, and the pass goes on."""
-        deadline, start = self.spec.get("activeDeadlineSeconds"), _parse(self.old.get("startTime"))
+        deadline, start = self.run.active_deadline_seconds, _parse(self.old.get("startTime"))
         if deadline is None or start is None:
             return False
         left = (start + datetime.timedelta(seconds=int(deadline)) - self.now).total_seconds()
@@ -971,7 +1019,7 @@ class _Pass:
             if pod.holds_finalizer:
                 self.decision.release.append(pod.name)
         pod_name = self.namesakes[0].name
-        message = f"waiting for pod {pod_name} of an earlier TaskRun named {self.meta['name']} to be gone"
+        message = f"waiting for pod {pod_name} of an earlier TaskRun named {self.run.name} to be gone"
         return self._wait(message, names.REASON_POD_PENDING, 2.0)
 
     def refuse_invalid_spec(self) -> bool:
@@ -994,11 +1042,11 @@ class _Pass:
         if source is None and checkpoint.get("id"):
             return ""
         if source is None:
-            missing = ((self.spec.get("checkpoint") or {}).get("resumeFrom") or {}).get("taskRun")
+            missing = self.run.resume_from_taskrun
             # Not a failure: the source may be created after this run (one kubectl apply of both).
             message = (
                 f"waiting for spec.checkpoint.resumeFrom.taskRun {missing!r}: no TaskRun of that name in namespace "
-                f"{self.meta['namespace']}; create it, or name one that exists, or write its checkpoints' "
+                f"{self.run.namespace}; create it, or name one that exists, or write its checkpoints' "
                 "s3:// URI as spec.checkpoint.resumeFrom.uri"
             )
             if self.phase != names.PENDING or self.old.get("message") != message:
@@ -1066,7 +1114,7 @@ class _Pass:
         """Creates attempt `next_attempt`'s pods (only `ranks` of a gang's, when given)."""
         st = self.st
         pods = build_pods(self.taskrun, next_attempt, capacity, self.config, resume_from=source, ranks=ranks)
-        on_oom = (self.spec.get("resources") or {}).get("onOOMKilled")
+        on_oom = self.run.on_oom_killed
         avoided = policy.avoided_nodes(list(st.get("avoidNodes") or []), iso(self.now))
         if avoided:
             st["avoidNodes"] = [e for e in st["avoidNodes"] if e["node"] in avoided]
@@ -1086,7 +1134,7 @@ class _Pass:
         self.decision.pods = pods
         if self.size > 1:
             self.decision.service = build_service(self.taskrun)
-        if disruption.voluntary(self.spec) == names.VOLUNTARY_CHECKPOINT:
+        if self.run.voluntary == names.VOLUNTARY_CHECKPOINT:
             self.decision.budget = build_budget(self.taskrun)
             st["disruptionBudget"] = self.decision.budget["metadata"]["name"]
         else:
@@ -1104,7 +1152,7 @@ class _Pass:
         st.pop(PROGRESS_UNREADABLE, None)
         st["attempt"] = next_attempt
         st["capacity"] = capacity
-        st["podName"] = names.pod_name(self.meta["name"], next_attempt, 0 if self.size > 1 else None)
+        st["podName"] = names.pod_name(self.run.name, next_attempt, 0 if self.size > 1 else None)
         st["nodeName"] = ""
         st["phase"] = names.PENDING
         st.pop("retryAfter", None)
