@@ -175,10 +175,10 @@ class RunSpec:
         )
 
 
-def _parse(text: str | None) -> datetime.datetime | None:
-    if not text:
+def _parse(timestamp: str | None) -> datetime.datetime | None:
+    if not timestamp:
         return None
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[tuple[int, int]]:
@@ -192,7 +192,8 @@ def unseen_attempts(taskrun: Obj, pods: list[Obj]) -> list[tuple[int, int]]:
     uid = taskrun["metadata"]["uid"]
     seen = {(pod.attempt, pod.rank) for pod in map(PodView.of, pods) if uid in pod.owners}
     first, last = int(status.get("accountedAttempt", 0)) + 1, int(status.get("attempt", 0))
-    return [(n, r) for n in range(first, last + 1) for r in range(replicas(taskrun)) if (n, r) not in seen]
+    ranks = range(replicas(taskrun))
+    return [(number, rank) for number in range(first, last + 1) for rank in ranks if (number, rank) not in seen]
 
 
 def decide(
@@ -265,9 +266,9 @@ class _Pass:
         self._latest: tuple[bool, Obj | None] | None = None  # (read, newest) once storage was asked
         self.run = RunSpec.of(taskrun)
         self.spec = self.run.raw  # for the pure modules
-        self.old: Status = taskrun.get("status") or {}  # as last written; never changed
-        self.st: Obj = copy.deepcopy(taskrun.get("status") or {})  # the status this pass builds
-        self.decision = Decision(status=self.st)
+        self.written: Status = taskrun.get("status") or {}  # the status as last written; never changed
+        self.status: Obj = copy.deepcopy(taskrun.get("status") or {})  # the status this pass builds
+        self.decision = Decision(status=self.status)
         uid = self.run.uid
         # The pods, parsed once: the pass reads PodViews; only the API edge (the Decision) names raw pods.
         views = [PodView.of(pod) for pod in pods]
@@ -281,14 +282,14 @@ class _Pass:
         self.attempts = {number: Attempt(number, ranks) for number, ranks in by_rank.items()}
         self.all_pods = [pod for number in sorted(self.attempts) for pod in self.attempts[number].pods.values()]
         self._outcomes: dict[str, tuple[str, Any] | None] = {}  # pod name -> its own (kind, outcome)
-        self.phase = self.old.get("phase", names.PENDING)
-        st = self.st
-        st.setdefault("failures", 0)
-        st.setdefault("interruptions", 0)
-        st["observedGeneration"] = self.run.generation
-        st["checkpoint"] = {**(self.old.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
-        self.attempt = max(int(self.old.get("attempt", 0)), max(self.attempts, default=0))
-        st["attempt"] = self.attempt
+        self.phase_before = self.written.get("phase", names.PENDING)
+        status = self.status
+        status.setdefault("failures", 0)
+        status.setdefault("interruptions", 0)
+        status["observedGeneration"] = self.run.generation
+        status["checkpoint"] = {**(self.written.get("checkpoint") or {}), "uri": checkpoint_uri(taskrun, config)}
+        self.attempt = max(int(self.written.get("attempt", 0)), max(self.attempts, default=0))
+        status["attempt"] = self.attempt
         self.unfinished: list[PodView] = []
         self.live: list[PodView] = []
         self.listed = listed  # whether the pods were read live: only then is a missing one gone
@@ -297,8 +298,8 @@ class _Pass:
 
     @property
     def last(self) -> Obj:
-        result: Obj = self.st.get("lastOutcome") or {}
-        return result
+        outcome: Obj = self.status.get("lastOutcome") or {}
+        return outcome
 
     def _node(self, pod: PodView | None) -> tuple[bool, bool]:
         node = pod.node if pod else ""
@@ -314,8 +315,8 @@ class _Pass:
                 self._latest = (False, None)
             else:
                 self._latest = (True, newest)
-                kept = {k: v for k, v in self.st["checkpoint"].items() if k in ("uri", "resumeFrom")}
-                self.st["checkpoint"] = {**kept, **(newest or {})}
+                kept = {key: value for key, value in self.status["checkpoint"].items() if key in ("uri", "resumeFrom")}
+                self.status["checkpoint"] = {**kept, **(newest or {})}
                 self._show_unrestorable((newest or {}).get("unrestorable"))
         return self._latest
 
@@ -323,18 +324,19 @@ class _Pass:
         """The CheckpointsCorrupt condition: an attempt found checkpoints and not one intact, so it
         started over (the SDK logs it too). It clears once a later attempt has committed."""
         had = any(
-            c["type"] == names.COND_CHECKPOINTS_CORRUPT and c["status"] == "True" for c in self.st.get("conditions", [])
+            condition["type"] == names.COND_CHECKPOINTS_CORRUPT and condition["status"] == "True"
+            for condition in self.status.get("conditions", [])
         )
         if not record and not had:
             return
         if record:
             message = f"attempt {record.get('attempt')}: {record.get('message')}"
             if set_condition(
-                self.st, names.COND_CHECKPOINTS_CORRUPT, True, names.REASON_NO_INTACT_CHECKPOINT, message, self.now
+                self.status, names.COND_CHECKPOINTS_CORRUPT, True, names.REASON_NO_INTACT_CHECKPOINT, message, self.now
             ):
                 self.decision.events.append(("Warning", names.REASON_NO_INTACT_CHECKPOINT, message))
         else:
-            set_condition(self.st, names.COND_CHECKPOINTS_CORRUPT, False, "CheckpointRestored", "", self.now)
+            set_condition(self.status, names.COND_CHECKPOINTS_CORRUPT, False, "CheckpointRestored", "", self.now)
 
     def _last_commit(self, attempt: int) -> tuple[str | None, bool]:
         """(the time of the newest checkpoint committed by attempts up to `attempt`, whether that is
@@ -350,7 +352,7 @@ class _Pass:
                 older = None
             else:
                 return (older or {}).get("time"), True
-        cached = self.old.get("checkpoint") or {}
+        cached = self.written.get("checkpoint") or {}
         usable = cached.get("time") and int(cached.get("attempt", 0)) <= attempt
         return (cached["time"] if usable else None), False
 
@@ -358,9 +360,9 @@ class _Pass:
         return self.node_info(pod.node if pod else "") or {}
 
     def _wait(self, message: str, reason: str, requeue: float) -> bool:
-        self.st["phase"] = names.PENDING
-        self.st["message"] = message
-        set_condition(self.st, names.COND_READY, False, reason, message, self.now)
+        self.status["phase"] = names.PENDING
+        self.status["message"] = message
+        set_condition(self.status, names.COND_READY, False, reason, message, self.now)
         self.decision.requeue_after = min(requeue, self.decision.requeue_after or requeue)
         return True
 
@@ -372,58 +374,61 @@ class _Pass:
         Step 1. Assumes nothing: it runs on the status as last written. Adds the counters
         (failures, interruptions, oomKills, interruptionsInARow), status.attempts, lastOutcome and
         accountedAttempt, which every later step reads; no stops."""
-        st = self.st
-        history: list[Obj] = list(self.old.get("attempts") or [])
-        for n in range(int(self.old.get("accountedAttempt", 0)) + 1, self.attempt + 1):
-            decided = self._attempt_outcome(n)
+        status = self.status
+        history: list[Obj] = list(self.written.get("attempts") or [])
+        for number in range(int(self.written.get("accountedAttempt", 0)) + 1, self.attempt + 1):
+            decided = self._attempt_outcome(number)
             if decided is None:
                 break  # this attempt still runs
             pod, kind, outcome = decided
             if kind == names.OUTCOME_FAILED:
-                st["failures"] += 1
-                if any(memory.oom_killed(rank_pod.raw) for rank_pod in self._pods(n)):
-                    st["oomKills"] = int(st.get("oomKills", 0)) + 1
+                status["failures"] += 1
+                if any(memory.oom_killed(rank_pod.raw) for rank_pod in self._pods(number)):
+                    status["oomKills"] = int(status.get("oomKills", 0)) + 1
             elif kind == names.OUTCOME_INTERRUPTED:
-                st["interruptions"] += 1
-                self._avoid_rejecting_nodes(n)
+                status["interruptions"] += 1
+                self._avoid_rejecting_nodes(number)
             elif kind == names.OUTCOME_RESCHEDULED:
-                st["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": n}
+                status["capacityFallback"] = {"reason": names.REASON_NO_SPOT_CAPACITY, "attempt": number}
                 after = self.run.fallback_after_pending
-                message = f"No spot capacity for attempt {n} in {after}s: the rest of the run is on on-demand capacity"
+                message = (
+                    f"No spot capacity for attempt {number} in {after}s: the rest of the run is on on-demand capacity"
+                )
                 self.decision.events.append(("Normal", names.REASON_NO_SPOT_CAPACITY, message))
             if kind == names.OUTCOME_INTERRUPTED and not task_started(_raw(pod)):
-                st[IN_A_ROW] = int(st.get(IN_A_ROW, 0)) + 1  # no progress: the next attempt backs off
+                status[IN_A_ROW] = int(status.get(IN_A_ROW, 0)) + 1  # no progress: the next attempt backs off
             else:
-                st.pop(IN_A_ROW, None)
-            entry = record(_raw(pod), n, outcome, kind, self.now)
+                status.pop(IN_A_ROW, None)
+            attempt_record = record(_raw(pod), number, outcome, kind, self.now)
             if self.size > 1:
-                entry["replicas"] = self.size
-                entry["rank"] = pod.rank if pod else 0
-            start = self.old.get("startCheckpoint") or {}
-            if int(start.get("attempt", 0)) == n and start.get("id"):
-                entry["resumedFrom"] = start["id"]
-            self._place(entry, pod)
-            if self._ended(n):
-                self._account(entry)
+                attempt_record["replicas"] = self.size
+                attempt_record["rank"] = pod.rank if pod else 0
+            start = self.written.get("startCheckpoint") or {}
+            if int(start.get("attempt", 0)) == number and start.get("id"):
+                attempt_record["resumedFrom"] = start["id"]
+            self._place(attempt_record, pod)
+            if self._ended(number):
+                self._account(attempt_record)
             else:
                 # Counted before its pod ended (its node is gone or not Ready): it may still commit in
                 # its grace period, so its work and time are accounted once the pod has ended.
-                entry[PENDING_ACCOUNT] = True
-            history.append(entry)
-            st["accountedAttempt"] = n
-            st["lastOutcome"] = {"attempt": n, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
-            st["lastEndTime"] = iso(self.now)
+                attempt_record[PENDING_ACCOUNT] = True
+            history.append(attempt_record)
+            status["accountedAttempt"] = number
+            status["lastOutcome"] = {"attempt": number, "kind": kind, "reason": outcome.reason, "fatal": outcome.fatal}
+            status["lastEndTime"] = iso(self.now)
             if kind == names.OUTCOME_SUCCEEDED:
-                st["result"] = result(self.attempts[n].lead.raw if n in self.attempts else None)  # a gang's: rank 0's
+                lead = self.attempts[number].lead if number in self.attempts else None  # a gang's: rank 0's
+                status["result"] = result(_raw(lead))
             detail = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
             self.decision.events.append(
                 (
                     "Normal" if kind in QUIET_OUTCOMES else "Warning",
                     f"Attempt{kind}",
-                    f"Attempt {n} ({pod.name if pod else 'pod gone'}) {kind.lower()}: {outcome.reason}{detail}",
+                    f"Attempt {number} ({pod.name if pod else 'pod gone'}) {kind.lower()}: {outcome.reason}{detail}",
                 )
             )
-        st["attempts"] = history[-HISTORY:]
+        status["attempts"] = history[-HISTORY:]
 
     def _avoid_rejecting_nodes(self, attempt: int) -> None:
         """The nodes whose kubelet refused one of the attempt's pods at admission (a broken device
@@ -432,7 +437,8 @@ class _Pass:
         until = iso(self.now + datetime.timedelta(seconds=policy.AVOID_SECONDS))
         for pod in self._pods(attempt):
             if rejected_at_admission(pod.raw):
-                self.st["avoidNodes"] = policy.avoid_node(list(self.st.get("avoidNodes") or []), pod.node, until)
+                avoided = list(self.status.get("avoidNodes") or [])
+                self.status["avoidNodes"] = policy.avoid_node(avoided, pod.node, until)
 
     def _ranks(self, attempt: int) -> Mapping[int, PodView]:
         """An attempt's pods by rank (none for an attempt with no pod left)."""
@@ -475,7 +481,7 @@ class _Pass:
         than status says (the pass that made the others stopped part way, or the API server refused
         it) and the others run; never created once they have ended; else gone (an interruption)."""
         pods = self._ranks(attempt)
-        creating = attempt > int(self.old.get("attempt", 0))
+        creating = attempt > int(self.written.get("attempt", 0))
         others_run = not any(pod.finished for pod in pods.values())
         outcomes: list[tuple[str, Any] | None] = []
         for rank in range(self.size):
@@ -500,47 +506,47 @@ class _Pass:
         rank, kind, outcome = decided
         return pods.get(rank), kind, outcome
 
-    def _account(self, entry: Obj) -> None:
-        last_commit, certain = self._last_commit(int(entry["attempt"]))
-        accounting.account(self.st, entry, last_commit, self.config.prices)
-        if not certain and "lostSeconds" in entry:
-            entry["lostSecondsEstimated"] = True  # storage was not readable: at most this much
+    def _account(self, attempt_record: Obj) -> None:
+        last_commit, certain = self._last_commit(int(attempt_record["attempt"]))
+        accounting.account(self.status, attempt_record, last_commit, self.config.prices)
+        if not certain and "lostSeconds" in attempt_record:
+            attempt_record["lostSecondsEstimated"] = True  # storage was not readable: at most this much
 
     def settle_accounts(self) -> None:
         """Accounts the attempts counted before their pods ended, once they have (or are gone).
 
         Step 2. Assumes count_ended_attempts has written status.attempts (an attempt it counted
         with its pods ended is accounted there already). Adds lost work and cost; no stops."""
-        for entry in self.st.get("attempts") or []:
-            if not entry.get(PENDING_ACCOUNT):
+        for attempt_record in self.status.get("attempts") or []:
+            if not attempt_record.get(PENDING_ACCOUNT):
                 continue
-            if not self._ended(int(entry["attempt"])):
+            if not self._ended(int(attempt_record["attempt"])):
                 continue
-            ended = self._ended_at(int(entry["attempt"]))
-            entry["endTime"] = iso(min(ended, self.now) if ended else self.now)
-            del entry[PENDING_ACCOUNT]
-            self._account(entry)
+            ended = self._ended_at(int(attempt_record["attempt"]))
+            attempt_record["endTime"] = iso(min(ended, self.now) if ended else self.now)
+            del attempt_record[PENDING_ACCOUNT]
+            self._account(attempt_record)
             self.decision.events.append(
                 (
                     "Normal",
                     "AttemptAccounted",
-                    f"Attempt {entry['attempt']} lost {entry.get('lostSeconds', 0)}s of work",
+                    f"Attempt {attempt_record['attempt']} lost {attempt_record.get('lostSeconds', 0)}s of work",
                 )
             )
 
-    def _place(self, entry: Obj, pod: PodView | None) -> None:
+    def _place(self, attempt_record: Obj, pod: PodView | None) -> None:
         """The capacity an attempt ran on (for `any`, what its node was) and the node's instance type:
         from the node, or from what the pass saw while the pod ran (the node may be gone by now)."""
         node = self._node_facts(pod)
-        seen = self.old.get("placement") or {}
-        if seen.get("pod") != entry["pod"]:
+        seen = self.written.get("placement") or {}
+        if seen.get("pod") != attempt_record["pod"]:
             seen = {}
         spot = node.get("spot", seen.get("spot"))
-        if entry["capacity"] == names.CAPACITY_ANY and spot is not None:
-            entry["capacity"] = names.CAPACITY_SPOT if spot else names.CAPACITY_ON_DEMAND
+        if attempt_record["capacity"] == names.CAPACITY_ANY and spot is not None:
+            attempt_record["capacity"] = names.CAPACITY_SPOT if spot else names.CAPACITY_ON_DEMAND
         instance = node.get("instanceType") or seen.get("instanceType")
         if instance:
-            entry["instanceType"] = instance
+            attempt_record["instanceType"] = instance
 
     def release_counted_pods(self) -> None:
         """A counted pod lets go of its accounting finalizer once it is terminal, so that its final
@@ -548,7 +554,7 @@ class _Pass:
 
         Step 3. Assumes accountedAttempt is final for this pass (count_ended_attempts). Adds
         decision.release; no stops."""
-        counted = int(self.st.get("accountedAttempt", 0))
+        counted = int(self.status.get("accountedAttempt", 0))
         self.decision.release = [
             pod.name for pod in self.all_pods if pod.attempt <= counted and pod.finished and pod.holds_finalizer
         ]
@@ -562,7 +568,7 @@ class _Pass:
         Step 4. Assumes accountedAttempt is final for this pass. Adds decision.force_delete and
         sets self.unfinished and self.live, which every later step reads (the steps that end the run
         stop self.unfinished); no stops."""
-        counted = int(self.st.get("accountedAttempt", 0))
+        counted = int(self.status.get("accountedAttempt", 0))
         unfinished = [pod for pod in self.all_pods if pod.attempt <= self.attempt and not pod.finished]
         for pod in unfinished:
             if not self._node(pod)[0]:
@@ -586,15 +592,15 @@ class _Pass:
         self._set_budget_floor()
 
     def _notify_live_pod(self) -> None:
-        st = self.st
+        status = self.status
         pod = self._noticed_pod()
         if pod is None or pod.deleting:
-            st.pop("drain", None)
-            st.pop("evictionWindow", None)  # the pod is going: the next attempt's starts closed
+            status.pop("drain", None)
+            status.pop("evictionWindow", None)  # the pod is going: the next attempt's starts closed
             return
         node = self._node_facts(pod)
         if pod.phase == "Running" and node:
-            st["placement"] = {"pod": pod.name} | {k: node[k] for k in ("spot", "instanceType") if k in node}
+            status["placement"] = {"pod": pod.name} | {k: node[k] for k in ("spot", "instanceType") if k in node}
         if self.run.voluntary != names.VOLUNTARY_CHECKPOINT:
             self._drop_budget()  # switched to Allow while the attempt runs: drains evict it from now on
         notice = self._node_notice(pod)
@@ -619,15 +625,15 @@ class _Pass:
                 )
             )
         if given is not None:
-            st["notice"] = {"attempt": self.attempt, "time": given.time, "reason": given.reason, "kind": given.kind}
+            status["notice"] = {"attempt": self.attempt, "time": given.time, "reason": given.reason, "kind": given.kind}
         cordon = notice if notice is not None and notice.reason == disruption.CORDONED else None
         self._eviction_window(pod, cordon)
         if notice is None or notice.kind != names.NOTICE_DRAIN or cordon is not None:
-            st.pop("drain", None)
+            status.pop("drain", None)
             return
         timeout = notice.seconds
-        st["drain"], why = disruption.drain_step(
-            st.get("drain"), pod.raw, self.attempt, self.latest(), self.now, timeout
+        status["drain"], why = disruption.drain_step(
+            status.get("drain"), pod.raw, self.attempt, self.latest(), self.now, timeout
         )
         if why is None:
             self.decision.requeue_after = min(disruption.DRAIN_POLL_SECONDS, self.decision.requeue_after or 60.0)
@@ -644,7 +650,7 @@ class _Pass:
         for told in self._current():
             if disruption.Notice.of_pod(told.raw) is not None and not told.deleting:
                 self.decision.notify.append((told.name, ""))
-        self.st.pop("notice", None)
+        self.status.pop("notice", None)
         self.decision.events.append(
             (
                 "Normal",
@@ -658,10 +664,10 @@ class _Pass:
         """Keeps status.evictionWindow while a plain cordon or consolidation AfterCheckpoint wants one
         (reading storage every few seconds for a fresh checkpoint, or when the window closes)."""
         after = self.run.after_checkpoint
-        window = self.st.get("evictionWindow")
-        wanted = self.st.get("disruptionBudget") and (cordon is not None or after or "cordoned" in (window or {}))
+        window = self.status.get("evictionWindow")
+        wanted = self.status.get("disruptionBudget") and (cordon is not None or after or "cordoned" in (window or {}))
         if not wanted:
-            self.st.pop("evictionWindow", None)
+            self.status.pop("evictionWindow", None)
             return
         was_open = disruption.window_open(window, self.now)
         window = disruption.eviction_window(
@@ -674,10 +680,10 @@ class _Pass:
             cordon,
         )
         if cordon is None and not after:
-            self.st.pop("evictionWindow", None)  # uncordoned: nothing wants a window any more
+            self.status.pop("evictionWindow", None)  # uncordoned: nothing wants a window any more
         else:
-            self.st["evictionWindow"] = window
-        now_open = disruption.window_open(window, self.now) and "evictionWindow" in self.st
+            self.status["evictionWindow"] = window
+        now_open = disruption.window_open(window, self.now) and "evictionWindow" in self.status
         if now_open and not was_open:
             message = (
                 f"Opened the PodDisruptionBudget of pod {pod.name} for "
@@ -692,9 +698,9 @@ class _Pass:
         """The budget's minAvailable for this pass: every rank while no window is open, else none (a
         gang's attempt ends with its first rank anyway). Stated every pass (level-based): the
         controller writes it only when it differs from what it last wrote."""
-        if not self.st.get("disruptionBudget") or self.run.voluntary != names.VOLUNTARY_CHECKPOINT:
+        if not self.status.get("disruptionBudget") or self.run.voluntary != names.VOLUNTARY_CHECKPOINT:
             return
-        is_open = disruption.window_open(self.st.get("evictionWindow"), self.now)
+        is_open = disruption.window_open(self.status.get("evictionWindow"), self.now)
         self.decision.budget_min_available = 0 if is_open else self.size
 
     def _current(self) -> list[PodView]:
@@ -763,8 +769,8 @@ class _Pass:
         current = self._current()
         pod = current[0] if current else None
         if pod is None or pod.deleting:
-            self.st.pop("progressDeadline", None)
-            self.st.pop(PROGRESS_UNREADABLE, None)
+            self.status.pop("progressDeadline", None)
+            self.status.pop(PROGRESS_UNREADABLE, None)
             return False
         stopping = {name for name, _ in self.decision.stop}
         if any(rank_pod.name in stopping or rank_pod.deleting for rank_pod in current):
@@ -783,34 +789,34 @@ class _Pass:
                 self._requeue(wait)
         # A drain waiting for its checkpoint ends the attempt itself; on a node that is not Ready
         # the task cannot commit, and what ends it is an interruption, not a stall.
-        if not self.st.get("drain") and self._node(pod)[1]:
+        if not self.status.get("drain") and self._node(pod)[1]:
             self._check_progress(pod)
         return False
 
     def _check_progress(self, pod: PodView) -> None:
-        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, self.st.get("checkpoint"), self.now)
+        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, self.status.get("checkpoint"), self.now)
         if due is None:
-            self.st.pop("progressDeadline", None)
-            self.st.pop(PROGRESS_UNREADABLE, None)
+            self.status.pop("progressDeadline", None)
+            self.status.pop(PROGRESS_UNREADABLE, None)
             return
         if due > self.now:
-            self.st["progressDeadline"] = iso(due)
+            self.status["progressDeadline"] = iso(due)
             self._requeue((due - self.now).total_seconds())
             return
         read, newest = self.latest()  # due: did the task commit since status last said?
         if not read:
-            if not self.old.get(PROGRESS_UNREADABLE):
+            if not self.written.get(PROGRESS_UNREADABLE):
                 message = (
                     f"progressDeadlineSeconds is not enforced while the operator cannot read "
-                    f"{self.st['checkpoint']['uri']}: the pod is left running"
+                    f"{self.status['checkpoint']['uri']}: the pod is left running"
                 )
                 self.decision.events.append(("Warning", "ProgressUnknown", message))
-            self.st[PROGRESS_UNREADABLE] = True
+            self.status[PROGRESS_UNREADABLE] = True
             self._requeue(healing.STORAGE_RETRY_SECONDS)
             return
-        self.st.pop(PROGRESS_UNREADABLE, None)
+        self.status.pop(PROGRESS_UNREADABLE, None)
         due = healing.progress_deadline(self.spec, pod.raw, self.attempt, newest, self.now) or self.now
-        self.st["progressDeadline"] = iso(due)
+        self.status["progressDeadline"] = iso(due)
         if due > self.now:
             self._requeue((due - self.now).total_seconds())
             return
@@ -828,18 +834,18 @@ class _Pass:
     # --- the steps that can end a pass ---------------------------------------------------------
 
     def _finish(self, new_phase: str, reason: str, message: str) -> bool:
-        st = self.st
-        st.pop("progressDeadline", None)
-        st.pop(PROGRESS_UNREADABLE, None)
-        st["phase"] = new_phase
-        st["message"] = message
-        st.setdefault("completionTime", iso(self.now))
+        status = self.status
+        status.pop("progressDeadline", None)
+        status.pop(PROGRESS_UNREADABLE, None)
+        status["phase"] = new_phase
+        status["message"] = message
+        status.setdefault("completionTime", iso(self.now))
         self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
         self._drop_budget()
         kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
-        set_condition(st, kind, True, reason, message, self.now)
-        set_condition(st, names.COND_READY, False, reason, message, self.now)
-        if self.phase != new_phase:
+        set_condition(status, kind, True, reason, message, self.now)
+        set_condition(status, names.COND_READY, False, reason, message, self.now)
+        if self.phase_before != new_phase:
             severity = "Normal" if new_phase == names.SUCCEEDED else "Warning"
             self.decision.events.append((severity, reason, message))
         return True
@@ -849,13 +855,13 @@ class _Pass:
 
         Step 7, the first that may end the pass. Assumes self.unfinished. Stops: every
         unfinished pod of a run whose phase was already terminal."""
-        if self.phase not in names.TERMINAL_PHASES:
+        if self.phase_before not in names.TERMINAL_PHASES:
             return False
-        reason = str(self.old.get("message", self.phase))
+        reason = str(self.written.get("message", self.phase_before))
         self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
         self._drop_budget()
         ttl = self.run.ttl_seconds_after_finished
-        done_at = _parse(self.old.get("completionTime"))
+        done_at = _parse(self.written.get("completionTime"))
         if ttl is not None and done_at is not None:
             left = (done_at + datetime.timedelta(seconds=int(ttl)) - self.now).total_seconds()
             if left <= 0:
@@ -877,8 +883,8 @@ class _Pass:
             return self._finish(names.FAILED, names.REASON_FAILURE_POLICY, message)
         exhausted = policy.exhausted_budget(
             self.spec,
-            self.st["failures"],
-            self.st["interruptions"],
+            self.status["failures"],
+            self.status["interruptions"],
             self.config.default_retries,
             self.config.default_max_interruptions,
         )
@@ -892,20 +898,20 @@ class _Pass:
         """Suspended: the pod is stopped; as a batch/v1 Job's, the deadline timer stops and restarts on resume.
 
         Step 9. Assumes the run has not finished (the steps before). Stops every unfinished pod."""
-        st = self.st
+        status = self.status
         if not self.run.suspend:
-            set_condition(st, names.COND_SUSPENDED, False, "Resumed", "", self.now)
+            set_condition(status, names.COND_SUSPENDED, False, "Resumed", "", self.now)
             return False
         self.decision.stop += [(pod.name, names.REASON_SUSPENDED) for pod in self.unfinished]
-        st.pop("startTime", None)
-        st.pop("progressDeadline", None)
-        st.pop(PROGRESS_UNREADABLE, None)
-        st["phase"] = names.SUSPENDED
-        st["message"] = "suspended: the pod is stopped, its checkpoints are kept"
-        set_condition(st, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, st["message"], self.now)
-        set_condition(st, names.COND_READY, False, names.REASON_SUSPENDED, st["message"], self.now)
-        if self.phase != names.SUSPENDED:
-            self.decision.events.append(("Normal", names.REASON_SUSPENDED, st["message"]))
+        status.pop("startTime", None)
+        status.pop("progressDeadline", None)
+        status.pop(PROGRESS_UNREADABLE, None)
+        status["phase"] = names.SUSPENDED
+        status["message"] = "suspended: the pod is stopped, its checkpoints are kept"
+        set_condition(status, names.COND_SUSPENDED, True, names.REASON_SUSPENDED, status["message"], self.now)
+        set_condition(status, names.COND_READY, False, names.REASON_SUSPENDED, status["message"], self.now)
+        if self.phase_before != names.SUSPENDED:
+            self.decision.events.append(("Normal", names.REASON_SUSPENDED, status["message"]))
         return True
 
     def deadline(self) -> bool:
@@ -915,7 +921,7 @@ class _Pass:
         Step 10. Assumes the run is neither finished nor suspended (the steps before end the pass
         then). Stops, through _finish, every unfinished pod once past it; else requeues for when it
         is due, and the pass goes on."""
-        deadline, start = self.run.active_deadline_seconds, _parse(self.old.get("startTime"))
+        deadline, start = self.run.active_deadline_seconds, _parse(self.written.get("startTime"))
         if deadline is None or start is None:
             return False
         left = (start + datetime.timedelta(seconds=int(deadline)) - self.now).total_seconds()
@@ -936,7 +942,7 @@ class _Pass:
             (pod for pod in self.all_pods if pod.name in self.decision.force_delete),
             key=lambda pod: pod.attempt,
         )
-        self.st["podName"] = gone.name
+        self.status["podName"] = gone.name
         return self._wait(
             f"waiting for pod {gone.name} to be deleted: its node {gone.node} is gone",
             names.REASON_POD_PENDING,
@@ -950,28 +956,28 @@ class _Pass:
         status only; no stops."""
         if not self.live:
             return False
-        st = self.st
+        status = self.status
         newest = [pod for pod in self.live if pod.attempt == self.live[-1].attempt]
         # A gang: the first of its pods that does not run says why, else rank 0 speaks for it.
         pod = next((rank_pod for rank_pod in newest if not rank_pod.running), newest[0])
         terminating = pod.deleting
         running = pod.running
         first = newest[0]  # status names rank 0's pod and node; the message, the one that does not run
-        st["phase"] = names.RUNNING if running else names.PENDING
-        st["podName"] = first.name
-        st["nodeName"] = first.node
-        st["capacity"] = first.capacity if first.capacity is not None else st.get("capacity", "")
+        status["phase"] = names.RUNNING if running else names.PENDING
+        status["podName"] = first.name
+        status["nodeName"] = first.node
+        status["capacity"] = first.capacity if first.capacity is not None else status.get("capacity", "")
         cause = None if running or terminating else pending_cause(pod.raw)
         reason = names.REASON_POD_RUNNING if running else (cause or (names.REASON_POD_PENDING, ""))[0]
         if running and self.size > 1:
-            st["message"] = f"attempt {self.attempt} is running: {len(newest)} pods, rank 0 on {st['nodeName']}"
+            status["message"] = f"attempt {self.attempt} is running: {len(newest)} pods, rank 0 on {status['nodeName']}"
         elif running:
-            st["message"] = f"attempt {self.attempt} is running on {st['nodeName']}"
+            status["message"] = f"attempt {self.attempt} is running on {status['nodeName']}"
         elif cause:
-            st["message"] = f"pod {pod.name} is not starting: {cause[0]}: {cause[1]}"
+            status["message"] = f"pod {pod.name} is not starting: {cause[0]}: {cause[1]}"
         else:
-            st["message"] = f"waiting for pod {pod.name} to {'terminate' if terminating else 'start'}"
-        set_condition(st, names.COND_READY, running, reason, st["message"], self.now)
+            status["message"] = f"waiting for pod {pod.name} to {'terminate' if terminating else 'start'}"
+        set_condition(status, names.COND_READY, running, reason, status["message"], self.now)
         return True
 
     def back_off(self) -> bool:
@@ -981,26 +987,28 @@ class _Pass:
 
         Step 15. Assumes no pod is live (step 14 ends the pass when one is) and lastOutcome is
         this pass's. Adds status and a requeue; no stops."""
-        last, st = self.last, self.st
+        last, status = self.last, self.status
         if last.get("kind") == names.OUTCOME_FAILED:
-            delay = policy.backoff_seconds(self.spec, st["failures"])
+            delay = policy.backoff_seconds(self.spec, status["failures"])
             ended = "failed"
         elif last.get("kind") == names.OUTCOME_INTERRUPTED:
-            in_a_row = int(st.get(IN_A_ROW, 0))
+            in_a_row = int(status.get(IN_A_ROW, 0))
             delay = policy.interruption_backoff_seconds(in_a_row)
             ended = f"was interrupted before its task started, {in_a_row} in a row"
         else:
             return False
-        due = (_parse(st.get("lastEndTime")) or self.now) + datetime.timedelta(seconds=delay)
+        due = (_parse(status.get("lastEndTime")) or self.now) + datetime.timedelta(seconds=delay)
         wait = (due - self.now).total_seconds()
         if wait <= 0:
             return False
-        st["phase"] = names.BACKOFF
-        st["retryAfter"] = iso(due)
-        st["message"] = f"attempt {last['attempt']} {ended} ({last.get('reason')}); retrying at {st['retryAfter']}"
-        set_condition(st, names.COND_READY, False, names.REASON_BACKOFF, st["message"], self.now)
-        if self.phase != names.BACKOFF:
-            self.decision.events.append(("Normal", names.REASON_BACKOFF, st["message"]))
+        status["phase"] = names.BACKOFF
+        status["retryAfter"] = iso(due)
+        status["message"] = (
+            f"attempt {last['attempt']} {ended} ({last.get('reason')}); retrying at {status['retryAfter']}"
+        )
+        set_condition(status, names.COND_READY, False, names.REASON_BACKOFF, status["message"], self.now)
+        if self.phase_before != names.BACKOFF:
+            self.decision.events.append(("Normal", names.REASON_BACKOFF, status["message"]))
         self.decision.requeue_after = min(wait, self.decision.requeue_after or wait)
         return True
 
@@ -1037,7 +1045,7 @@ class _Pass:
     def resume_source(self, resolved: str | None) -> str | None:
         """The resumeFrom source, resolved once and kept: it matters only until the run has a checkpoint
         of its own, and the TaskRun it names may be deleted meanwhile. None: wait for it."""
-        checkpoint = self.st["checkpoint"]
+        checkpoint = self.status["checkpoint"]
         source = resolved if resolved is not None else checkpoint.get("resumeFrom")
         if source is None and checkpoint.get("id"):
             return ""
@@ -1049,7 +1057,7 @@ class _Pass:
                 f"{self.run.namespace}; create it, or name one that exists, or write its checkpoints' "
                 "s3:// URI as spec.checkpoint.resumeFrom.uri"
             )
-            if self.phase != names.PENDING or self.old.get("message") != message:
+            if self.phase_before != names.PENDING or self.written.get("message") != message:
                 self.decision.events.append(("Warning", REASON_RESUME_SOURCE_MISSING, message))
             self._wait(message, REASON_RESUME_SOURCE_MISSING, 10.0)
             return None
@@ -1059,7 +1067,7 @@ class _Pass:
 
     def refused_recently(self) -> bool:
         """The API server refused the last create (quota, PodSecurity, a webhook): wait, unchanged."""
-        retry_at = _parse((self.st.get("podRefusal") or {}).get("retryAfter"))
+        retry_at = _parse((self.status.get("podRefusal") or {}).get("retryAfter"))
         if retry_at is None or retry_at <= self.now:
             return False
         wait = (retry_at - self.now).total_seconds()
@@ -1067,8 +1075,8 @@ class _Pass:
         return True
 
     def _drop_budget(self) -> None:
-        if self.st.get("disruptionBudget"):
-            self.decision.delete_budget = self.st.pop("disruptionBudget")
+        if self.status.get("disruptionBudget"):
+            self.decision.delete_budget = self.status.pop("disruptionBudget")
 
     def complete_gang(self) -> bool:
         """A gang's attempt whose pods were not all created (the pass that began it stopped part way,
@@ -1078,7 +1086,7 @@ class _Pass:
         on. Adds the missing ranks' pods (or waits as create_next_attempt does); no stops."""
         pods = self._ranks(self.attempt)
         absent = gang.missing(pods, self.size) if self.size > 1 else []
-        if not absent or not pods or self.attempt <= int(self.old.get("attempt", 0)):
+        if not absent or not pods or self.attempt <= int(self.written.get("attempt", 0)):
             return False
         if any(pod.finished or pod.deleting for pod in pods.values()):
             return False  # it is ending: the rest is not wanted any more
@@ -1100,69 +1108,69 @@ class _Pass:
         source = self.resume_source(self.resume_from)
         if source is None or self.refused_recently():
             return True
-        uncounted = int(self.st.get("accountedAttempt", 0)) < self.attempt
+        uncounted = int(self.status.get("accountedAttempt", 0)) < self.attempt
         if uncounted:  # never past an attempt not counted: its pods (a gang's, part made) still decide it
             self._wait(f"waiting for attempt {self.attempt} to end", names.REASON_POD_PENDING, 5.0)
             return True
         capacity = policy.capacity_for_next_attempt(
-            self.spec, self.st["interruptions"], no_spot_capacity=bool(self.st.get("capacityFallback"))
+            self.spec, self.status["interruptions"], no_spot_capacity=bool(self.status.get("capacityFallback"))
         )
         self._create(self.attempt + 1, capacity, source, None)
         return True
 
     def _create(self, next_attempt: int, capacity: str, source: str, ranks: list[int] | None) -> None:
         """Creates attempt `next_attempt`'s pods (only `ranks` of a gang's, when given)."""
-        st = self.st
+        status = self.status
         pods = build_pods(self.taskrun, next_attempt, capacity, self.config, resume_from=source, ranks=ranks)
         on_oom = self.run.on_oom_killed
-        avoided = policy.avoided_nodes(list(st.get("avoidNodes") or []), iso(self.now))
+        avoided = policy.avoided_nodes(list(status.get("avoidNodes") or []), iso(self.now))
         if avoided:
-            st["avoidNodes"] = [e for e in st["avoidNodes"] if e["node"] in avoided]
+            status["avoidNodes"] = [e for e in status["avoidNodes"] if e["node"] in avoided]
         else:
-            st.pop("avoidNodes", None)
+            status.pop("avoidNodes", None)
         try:
             for pod in pods:
-                pod["spec"] = avoid_nodes(memory.scale(pod["spec"], int(st.get("oomKills", 0)), on_oom), avoided)
+                pod["spec"] = avoid_nodes(memory.scale(pod["spec"], int(status.get("oomKills", 0)), on_oom), avoided)
         except ValueError as err:
             self._finish(names.FAILED, REASON_INVALID_MEMORY_POLICY, f"spec.resources.onOOMKilled: {err}")
             return
         pod = pods[0]
         if on_oom is not None:
-            st["memory"] = memory.of_pod(pod)
+            status["memory"] = memory.of_pod(pod)
         else:
-            st.pop("memory", None)
+            status.pop("memory", None)
         self.decision.pods = pods
         if self.size > 1:
             self.decision.service = build_service(self.taskrun)
         if self.run.voluntary == names.VOLUNTARY_CHECKPOINT:
             self.decision.budget = build_budget(self.taskrun)
-            st["disruptionBudget"] = self.decision.budget["metadata"]["name"]
+            status["disruptionBudget"] = self.decision.budget["metadata"]["name"]
         else:
             self._drop_budget()
-        st.pop("drain", None)
-        st.pop("notice", None)
+        status.pop("drain", None)
+        status.pop("notice", None)
         # What it resumes from: storage is read once in this pass (already, when the attempt before
         # was counted here); attempt 1 starts from nothing of this run's.
         newest = (self.latest()[1] or {}).get("id") if next_attempt > 1 else None
         if newest:
-            st["startCheckpoint"] = {"attempt": next_attempt, "id": newest}
+            status["startCheckpoint"] = {"attempt": next_attempt, "id": newest}
         else:
-            st.pop("startCheckpoint", None)
-        st.pop("progressDeadline", None)
-        st.pop(PROGRESS_UNREADABLE, None)
-        st["attempt"] = next_attempt
-        st["capacity"] = capacity
-        st["podName"] = names.pod_name(self.run.name, next_attempt, 0 if self.size > 1 else None)
-        st["nodeName"] = ""
-        st["phase"] = names.PENDING
-        st.pop("retryAfter", None)
-        st.pop("podRefusal", None)
-        st["message"] = f"created attempt {next_attempt} on {capacity} capacity"
+            status.pop("startCheckpoint", None)
+        status.pop("progressDeadline", None)
+        status.pop(PROGRESS_UNREADABLE, None)
+        status["attempt"] = next_attempt
+        status["capacity"] = capacity
+        status["podName"] = names.pod_name(self.run.name, next_attempt, 0 if self.size > 1 else None)
+        status["nodeName"] = ""
+        status["phase"] = names.PENDING
+        status.pop("retryAfter", None)
+        status.pop("podRefusal", None)
+        status["message"] = f"created attempt {next_attempt} on {capacity} capacity"
         if self.size > 1:
-            st["message"] += f": {self.size} pods"
-        st.setdefault("startTime", iso(self.now))
-        set_condition(st, names.COND_READY, False, names.REASON_POD_PENDING, st["message"], self.now)
-        made = ", ".join(p["metadata"]["name"] for p in pods)
+            status["message"] += f": {self.size} pods"
+        status.setdefault("startTime", iso(self.now))
+        set_condition(status, names.COND_READY, False, names.REASON_POD_PENDING, status["message"], self.now)
+        made = ", ".join(pod["metadata"]["name"] for pod in pods)
         self.decision.events.append(
             (
                 "Normal",
@@ -1214,17 +1222,17 @@ def refused(
     Ready False with the message, an Event when the message is new, and the next try after a wait
     that doubles with each refusal in a row (2 s to 300 s), not a retry every pass.
     """
-    old: Obj = taskrun.get("status") or {}
-    st = decision.status
+    written: Obj = taskrun.get("status") or {}
+    status = decision.status
     what = what or f"pod {(decision.create or {}).get('metadata', {}).get('name', '')}".rstrip()
     for key in ("attempt", "podName", "nodeName", "capacity", "startTime", "memory", "startCheckpoint"):
-        if key in old:
-            st[key] = old[key]
+        if key in written:
+            status[key] = written[key]
         else:
-            st.pop(key, None)
-    st.setdefault("attempt", 0)
-    result = Decision(
-        status=st,
+            status.pop(key, None)
+    status.setdefault("attempt", 0)
+    refusal = Decision(
+        status=status,
         release=decision.release,
         stop=decision.stop,
         force_delete=decision.force_delete,
@@ -1233,28 +1241,28 @@ def refused(
         budget_min_available=decision.budget_min_available,
         reschedule=decision.reschedule,
     )
-    if decision.budget is None and "disruptionBudget" not in old:
-        st.pop("disruptionBudget", None)  # the budget is created before the pod: it exists if it was asked for
-    result.events = [e for e in decision.events if e[1] != "AttemptCreated"]
+    if decision.budget is None and "disruptionBudget" not in written:
+        status.pop("disruptionBudget", None)  # the budget is created before the pod: it exists if it was asked for
+    refusal.events = [e for e in decision.events if e[1] != "AttemptCreated"]
     if code == 422:
-        text = f"the API server refused {what} as invalid: {message}"
-        st["phase"] = names.FAILED
-        st["message"] = text
-        st.setdefault("completionTime", iso(now))
-        set_condition(st, names.COND_FAILED, True, REASON_INVALID_TEMPLATE, text, now)
-        set_condition(st, names.COND_READY, False, REASON_INVALID_TEMPLATE, text, now)
-        result.events.append(("Warning", REASON_INVALID_TEMPLATE, text))
-        return result
-    previous: Obj = old.get("podRefusal") or {}
+        invalid = f"the API server refused {what} as invalid: {message}"
+        status["phase"] = names.FAILED
+        status["message"] = invalid
+        status.setdefault("completionTime", iso(now))
+        set_condition(status, names.COND_FAILED, True, REASON_INVALID_TEMPLATE, invalid, now)
+        set_condition(status, names.COND_READY, False, REASON_INVALID_TEMPLATE, invalid, now)
+        refusal.events.append(("Warning", REASON_INVALID_TEMPLATE, invalid))
+        return refusal
+    previous: Obj = written.get("podRefusal") or {}
     count = int(previous.get("count", 0)) + 1
     first, cap = REFUSAL_BACKOFF
     wait = min(cap, first * 2 ** (count - 1))
     retry_at = iso(now + datetime.timedelta(seconds=wait))
-    st["podRefusal"] = {"count": count, "code": code, "message": message, "retryAfter": retry_at}
-    st["phase"] = names.PENDING
-    st["message"] = f"the API server refused {what}: {message}; retrying at {retry_at}"
-    set_condition(st, names.COND_READY, False, REASON_POD_REFUSED, st["message"], now)
+    status["podRefusal"] = {"count": count, "code": code, "message": message, "retryAfter": retry_at}
+    status["phase"] = names.PENDING
+    status["message"] = f"the API server refused {what}: {message}; retrying at {retry_at}"
+    set_condition(status, names.COND_READY, False, REASON_POD_REFUSED, status["message"], now)
     if previous.get("message") != message:
-        result.events.append(("Warning", REASON_POD_REFUSED, st["message"]))
-    result.requeue_after = wait
-    return result
+        refusal.events.append(("Warning", REASON_POD_REFUSED, status["message"]))
+    refusal.requeue_after = wait
+    return refusal
