@@ -5,30 +5,31 @@ lives in the TaskRun's status (counters, the last attempt accounted for) and in 
 and annotations, so a pass after a crash at any point reaches the same decision.
 
 A pass is the steps below, in this order (`EVERY_PASS`, then `FIRST_THAT_ENDS`; each is a `_Pass`
-method whose docstring says what it assumes from the steps before it). The first group always runs
-and only observes, counts and records; in the second, the first step that returns True ends the pass.
+method whose docstring says what it assumes from the steps before it). The first group always runs:
+it counts what ended, records it, and stops what must stop whatever comes next (a drained attempt, the
+rest of a gang); in the second, the first step that returns True ends the pass.
 
-  step                              adds to the decision            stops pods?
-  --------------------------------  ------------------------------  ------------------------------
-  count_ended_attempts              status counters, attempts, Events  no
-  settle_accounts                   lost work of pods ended late    no
-  release_counted_pods              release (finalizers)            no
-  force_delete_pods_of_gone_nodes   force_delete; sorts live pods   no
-  notify_live_pod                   notify, budget floor, window    yes: a drained attempt (Drained)
-  stop_rest_of_gangs                -                               yes: a gang's live ranks (GangEnded)
-  -- the first of these that returns True ends the pass --
-  keep_finished                     TTL delete                      yes: what is left of a finished run
-  finish_on_outcome                 Succeeded / Failed              yes: every unfinished pod (_finish)
-  suspend                           Suspended                       yes: every unfinished pod
-  deadline                          Failed, or a requeue            yes: every unfinished pod (_finish)
-  heal_live_pod (never ends)        reschedule, progressDeadline    yes: spot fallback, progress deadline
-  wait_for_force_deleted_pod        Pending                         no
-  complete_gang                     the missing ranks of a gang     no
-  show_live_pod                     Running / Pending               no
-  back_off                          Backoff                         no
-  wait_for_namesakes                Pending                         yes: an earlier namesake's pods
-  refuse_invalid_spec               Failed                          yes: every unfinished pod (_finish)
-  create_next_attempt               pods, Service, budget           no
+  step                             adds to the decision              stops pods?
+  -------------------------------  --------------------------------  ------------------------------------
+  count_ended_attempts             counters, attempts, Events        no
+  settle_accounts                  lost work of pods that ended late no
+  release_counted_pods             release (finalizers)              no
+  force_delete_pods_of_gone_nodes  force_delete; the live pods       no
+  notify_live_pod                  notify, budget floor, window      yes: a drained attempt's (Drained)
+  stop_rest_of_gangs               -                                 yes: a gang's live ranks (GangEnded)
+  -- FIRST_THAT_ENDS: the first of these that returns True ends the pass --
+  keep_finished                    TTL delete                        yes: what is left of a finished run
+  finish_on_outcome                Succeeded / Failed                yes: every unfinished pod (_finish)
+  suspend                          Suspended                         yes: every unfinished pod
+  deadline                         Failed, or a requeue              yes: every unfinished pod (_finish)
+  heal_live_pod (never ends it)    reschedule, progressDeadline      yes: spot fallback, progress deadline
+  wait_for_force_deleted_pod       Pending                           no
+  complete_gang                    a gang's missing ranks            no
+  show_live_pod                    Running / Pending                 no
+  back_off                         Backoff                           no
+  wait_for_namesakes               Pending                           yes: an earlier namesake's pods
+  refuse_invalid_spec              Failed                            yes: every unfinished pod (_finish)
+  create_next_attempt (always)     pods, Service, budget             no
 
 Why the order matters: stops are added by several steps into one list, and `_stop` adds a pod only
 once, so the first step to stop a pod gives its reason (a drain's Drained before a gang's GangEnded);
