@@ -306,6 +306,9 @@ class _Pass:
         node = pod.node if pod else ""
         return (not node or node in self.nodes), (not node or self.nodes.get(node, False))
 
+    def _node_facts(self, pod: PodView | None) -> Obj:
+        return self.node_info(pod.node if pod else "") or {}
+
     def latest(self) -> tuple[bool, Obj | None]:
         """(whether storage could be read, the newest checkpoint), read once per pass; a read also
         refreshes status.checkpoint (informative: a storage error keeps what it said)."""
@@ -357,9 +360,6 @@ class _Pass:
         usable = cached.get("time") and int(cached.get("attempt", 0)) <= attempt
         return (cached["time"] if usable else None), False
 
-    def _node_facts(self, pod: PodView | None) -> Obj:
-        return self.node_info(pod.node if pod else "") or {}
-
     def _wait(self, message: str, reason: str, requeue: float) -> bool:
         self.status["phase"] = names.PENDING
         self.status["message"] = message
@@ -367,7 +367,65 @@ class _Pass:
         self.decision.requeue_after = min(requeue, self.decision.requeue_after or requeue)
         return True
 
-    # --- what happened -------------------------------------------------------------------------
+    def _requeue(self, seconds: float) -> None:
+        self.decision.requeue_after = min(seconds, self.decision.requeue_after or seconds)
+
+    def _ranks(self, attempt: int) -> Mapping[int, PodView]:
+        """An attempt's pods by rank (none for an attempt with no pod left)."""
+        found = self.attempts.get(attempt)
+        return found.pods if found else {}
+
+    def _pods(self, attempt: int) -> list[PodView]:
+        return list(self._ranks(attempt).values())
+
+    def _ended(self, attempt: int) -> bool:
+        """Whether every pod of an attempt has ended (or is gone)."""
+        return all(pod.finished for pod in self._pods(attempt))
+
+    def _ended_at(self, attempt: int) -> datetime.datetime | None:
+        times = [t for t in (accounting.ended_at(pod.raw) for pod in self._pods(attempt)) if t is not None]
+        return max(times) if times else None
+
+    def _current(self) -> list[PodView]:
+        """The live pods of the current attempt, in rank order."""
+        return [pod for pod in self.live if pod.attempt == self.attempt]
+
+    def _stop(self, pod: PodView, reason: str) -> None:
+        """Stops `pod` gracefully, unless it is being deleted or an earlier step stops it already
+        (whose reason stands)."""
+        if not pod.deleting and all(stopped != pod.name for stopped, _ in self.decision.stop):
+            self.decision.stop.append((pod.name, reason))
+
+    def _stop_attempt(self, pod: PodView, reason: str) -> None:
+        """Stops `pod` for `reason`, and the rest of its gang for it."""
+        self._stop(pod, reason)
+        for other in self._pods(pod.attempt):
+            if other is not pod and not other.finished:
+                self._stop(other, names.REASON_GANG_ENDED)
+
+    def _drop_budget(self) -> None:
+        if self.status.get("disruptionBudget"):
+            self.decision.delete_budget = self.status.pop("disruptionBudget")
+
+    def _finish(self, new_phase: str, reason: str, message: str) -> bool:
+        status = self.status
+        status.pop("progressDeadline", None)
+        status.pop(PROGRESS_UNREADABLE, None)
+        status["phase"] = new_phase
+        status["message"] = message
+        status.setdefault("completionTime", iso(self.now))
+        self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
+        self._drop_budget()
+        kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
+        set_condition(status, kind, True, reason, message, self.now)
+        set_condition(status, names.COND_READY, False, reason, message, self.now)
+        if self.phase_before != new_phase:
+            severity = "Normal" if new_phase == names.SUCCEEDED else "Warning"
+            self.decision.events.append((severity, reason, message))
+        return True
+
+    # --- the steps, in the order decide() runs them (EVERY_PASS, then FIRST_THAT_ENDS), each followed
+    # by the helpers only it uses ----------------------------------------------------------------
 
     def count_ended_attempts(self) -> None:
         """Counts every attempt that ended since the last pass, in order.
@@ -441,22 +499,6 @@ class _Pass:
                 avoided = list(self.status.get("avoidNodes") or [])
                 self.status["avoidNodes"] = policy.avoid_node(avoided, pod.node, until)
 
-    def _ranks(self, attempt: int) -> Mapping[int, PodView]:
-        """An attempt's pods by rank (none for an attempt with no pod left)."""
-        found = self.attempts.get(attempt)
-        return found.pods if found else {}
-
-    def _pods(self, attempt: int) -> list[PodView]:
-        return list(self._ranks(attempt).values())
-
-    def _ended(self, attempt: int) -> bool:
-        """Whether every pod of an attempt has ended (or is gone)."""
-        return all(pod.finished for pod in self._pods(attempt))
-
-    def _ended_at(self, attempt: int) -> datetime.datetime | None:
-        times = [t for t in (accounting.ended_at(pod.raw) for pod in self._pods(attempt)) if t is not None]
-        return max(times) if times else None
-
     def _own_outcome(self, pod: PodView | None) -> tuple[str, Any] | None:
         """One pod's (kind, outcome), the operator's stops taken into account; None while it runs."""
         key = pod.name if pod else ""
@@ -513,6 +555,20 @@ class _Pass:
         if not certain and "lostSeconds" in attempt_record:
             attempt_record["lostSecondsEstimated"] = True  # storage was not readable: at most this much
 
+    def _place(self, attempt_record: Obj, pod: PodView | None) -> None:
+        """The capacity an attempt ran on (for `any`, what its node was) and the node's instance type:
+        from the node, or from what the pass saw while the pod ran (the node may be gone by now)."""
+        node = self._node_facts(pod)
+        seen = self.written.get("placement") or {}
+        if seen.get("pod") != attempt_record["pod"]:
+            seen = {}
+        spot = node.get("spot", seen.get("spot"))
+        if attempt_record["capacity"] == names.CAPACITY_ANY and spot is not None:
+            attempt_record["capacity"] = names.CAPACITY_SPOT if spot else names.CAPACITY_ON_DEMAND
+        instance = node.get("instanceType") or seen.get("instanceType")
+        if instance:
+            attempt_record["instanceType"] = instance
+
     def settle_accounts(self) -> None:
         """Accounts the attempts counted before their pods ended, once they have (or are gone).
 
@@ -534,20 +590,6 @@ class _Pass:
                     f"Attempt {attempt_record['attempt']} lost {attempt_record.get('lostSeconds', 0)}s of work",
                 )
             )
-
-    def _place(self, attempt_record: Obj, pod: PodView | None) -> None:
-        """The capacity an attempt ran on (for `any`, what its node was) and the node's instance type:
-        from the node, or from what the pass saw while the pod ran (the node may be gone by now)."""
-        node = self._node_facts(pod)
-        seen = self.written.get("placement") or {}
-        if seen.get("pod") != attempt_record["pod"]:
-            seen = {}
-        spot = node.get("spot", seen.get("spot"))
-        if attempt_record["capacity"] == names.CAPACITY_ANY and spot is not None:
-            attempt_record["capacity"] = names.CAPACITY_SPOT if spot else names.CAPACITY_ON_DEMAND
-        instance = node.get("instanceType") or seen.get("instanceType")
-        if instance:
-            attempt_record["instanceType"] = instance
 
     def release_counted_pods(self) -> None:
         """A counted pod lets go of its accounting finalizer once it is terminal, so that its final
@@ -704,10 +746,6 @@ class _Pass:
         is_open = disruption.window_open(self.status.get("evictionWindow"), self.now)
         self.decision.budget_min_available = 0 if is_open else self.size
 
-    def _current(self) -> list[PodView]:
-        """The live pods of the current attempt, in rank order."""
-        return [pod for pod in self.live if pod.attempt == self.attempt]
-
     def _noticed_pod(self) -> PodView | None:
         """The current attempt's pod whose node has a notice or drain (a gang's first such rank), else
         its first: the one a notice is read from."""
@@ -727,19 +765,6 @@ class _Pass:
         taints = (self.config.notice_taints, self.config.drain_taints)
         return disruption.node_notice(self._node_facts(pod), self.spec, *taints, self.run.grace_seconds)
 
-    def _stop_attempt(self, pod: PodView, reason: str) -> None:
-        """Stops `pod` for `reason`, and the rest of its gang for it."""
-        self._stop(pod, reason)
-        for other in self._pods(pod.attempt):
-            if other is not pod and not other.finished:
-                self._stop(other, names.REASON_GANG_ENDED)
-
-    def _stop(self, pod: PodView, reason: str) -> None:
-        """Stops `pod` gracefully, unless it is being deleted or an earlier step stops it already
-        (whose reason stands)."""
-        if not pod.deleting and all(stopped != pod.name for stopped, _ in self.decision.stop):
-            self.decision.stop.append((pod.name, reason))
-
     def stop_rest_of_gangs(self) -> None:
         """A gang's pod that ended other than in success ends its attempt: the ranks still running are
         stopped gracefully (SIGTERM, their grace period to join a final checkpoint).
@@ -756,100 +781,6 @@ class _Pass:
             for rank, pod in self.attempts[attempt].pods.items():
                 if ranks[rank] is None and not pod.finished:
                     self._stop(pod, names.REASON_GANG_ENDED)
-
-    def _requeue(self, seconds: float) -> None:
-        self.decision.requeue_after = min(seconds, self.decision.requeue_after or seconds)
-
-    def heal_live_pod(self) -> bool:
-        """The current attempt's pod, unless it is already being stopped: a spot pod with no room
-        for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
-        deadline (checked against storage first) is stopped, a failure. Never ends the pass.
-
-        Step 11. Assumes the run goes on (the steps before did not end it) and decision.stop
-        holds every stop of steps 5 and 6: a pod being stopped already is left alone."""
-        current = self._current()
-        pod = current[0] if current else None
-        if pod is None or pod.deleting:
-            self.status.pop("progressDeadline", None)
-            self.status.pop(PROGRESS_UNREADABLE, None)
-            return False
-        stopping = {name for name, _ in self.decision.stop}
-        if any(rank_pod.name in stopping or rank_pod.deleting for rank_pod in current):
-            return False
-        for rank_pod in current:
-            give_way, wait = healing.spot_fallback(self.spec, rank_pod.raw, self.now)
-            if give_way:
-                # The gang moves together: its unscheduled pods are removed, its placed ones stopped.
-                for other in current:
-                    if other.node:
-                        self._stop(other, names.REASON_GANG_ENDED)
-                    else:
-                        self.decision.reschedule.append(other.name)
-                return False
-            if wait is not None:
-                self._requeue(wait)
-        # A drain waiting for its checkpoint ends the attempt itself; on a node that is not Ready
-        # the task cannot commit, and what ends it is an interruption, not a stall.
-        if not self.status.get("drain") and self._node(pod)[1]:
-            self._check_progress(pod)
-        return False
-
-    def _check_progress(self, pod: PodView) -> None:
-        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, self.status.get("checkpoint"), self.now)
-        if due is None:
-            self.status.pop("progressDeadline", None)
-            self.status.pop(PROGRESS_UNREADABLE, None)
-            return
-        if due > self.now:
-            self.status["progressDeadline"] = iso(due)
-            self._requeue((due - self.now).total_seconds())
-            return
-        read, newest = self.latest()  # due: did the task commit since status last said?
-        if not read:
-            if not self.written.get(PROGRESS_UNREADABLE):
-                message = (
-                    f"progressDeadlineSeconds is not enforced while the operator cannot read "
-                    f"{self.status['checkpoint']['uri']}: the pod is left running"
-                )
-                self.decision.events.append(("Warning", "ProgressUnknown", message))
-            self.status[PROGRESS_UNREADABLE] = True
-            self._requeue(healing.STORAGE_RETRY_SECONDS)
-            return
-        self.status.pop(PROGRESS_UNREADABLE, None)
-        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, newest, self.now) or self.now
-        self.status["progressDeadline"] = iso(due)
-        if due > self.now:
-            self._requeue((due - self.now).total_seconds())
-            return
-        name, seconds = pod.name, self.run.progress_deadline_seconds
-        self._stop_attempt(pod, names.REASON_PROGRESS_DEADLINE)
-        self.decision.events.append(
-            (
-                "Warning",
-                names.REASON_PROGRESS_DEADLINE,
-                f"Stopping pod {name}: attempt {self.attempt} committed no checkpoint for "
-                f"progressDeadlineSeconds ({seconds})",
-            )
-        )
-
-    # --- the steps that can end a pass ---------------------------------------------------------
-
-    def _finish(self, new_phase: str, reason: str, message: str) -> bool:
-        status = self.status
-        status.pop("progressDeadline", None)
-        status.pop(PROGRESS_UNREADABLE, None)
-        status["phase"] = new_phase
-        status["message"] = message
-        status.setdefault("completionTime", iso(self.now))
-        self.decision.stop += [(pod.name, reason) for pod in self.unfinished]
-        self._drop_budget()
-        kind = names.COND_COMPLETE if new_phase == names.SUCCEEDED else names.COND_FAILED
-        set_condition(status, kind, True, reason, message, self.now)
-        set_condition(status, names.COND_READY, False, reason, message, self.now)
-        if self.phase_before != new_phase:
-            severity = "Normal" if new_phase == names.SUCCEEDED else "Warning"
-            self.decision.events.append((severity, reason, message))
-        return True
 
     def keep_finished(self) -> bool:
         """A finished run stops what is left of it, and goes when its TTL has passed.
@@ -932,6 +863,78 @@ class _Pass:
         self._requeue(left)
         return False
 
+    def heal_live_pod(self) -> bool:
+        """The current attempt's pod, unless it is already being stopped: a spot pod with no room
+        for afterPendingSeconds gives way to an on-demand attempt; a Running pod past its progress
+        deadline (checked against storage first) is stopped, a failure. Never ends the pass.
+
+        Step 11. Assumes the run goes on (the steps before did not end it) and decision.stop
+        holds every stop of steps 5 and 6: a pod being stopped already is left alone."""
+        current = self._current()
+        pod = current[0] if current else None
+        if pod is None or pod.deleting:
+            self.status.pop("progressDeadline", None)
+            self.status.pop(PROGRESS_UNREADABLE, None)
+            return False
+        stopping = {name for name, _ in self.decision.stop}
+        if any(rank_pod.name in stopping or rank_pod.deleting for rank_pod in current):
+            return False
+        for rank_pod in current:
+            give_way, wait = healing.spot_fallback(self.spec, rank_pod.raw, self.now)
+            if give_way:
+                # The gang moves together: its unscheduled pods are removed, its placed ones stopped.
+                for other in current:
+                    if other.node:
+                        self._stop(other, names.REASON_GANG_ENDED)
+                    else:
+                        self.decision.reschedule.append(other.name)
+                return False
+            if wait is not None:
+                self._requeue(wait)
+        # A drain waiting for its checkpoint ends the attempt itself; on a node that is not Ready
+        # the task cannot commit, and what ends it is an interruption, not a stall.
+        if not self.status.get("drain") and self._node(pod)[1]:
+            self._check_progress(pod)
+        return False
+
+    def _check_progress(self, pod: PodView) -> None:
+        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, self.status.get("checkpoint"), self.now)
+        if due is None:
+            self.status.pop("progressDeadline", None)
+            self.status.pop(PROGRESS_UNREADABLE, None)
+            return
+        if due > self.now:
+            self.status["progressDeadline"] = iso(due)
+            self._requeue((due - self.now).total_seconds())
+            return
+        read, newest = self.latest()  # due: did the task commit since status last said?
+        if not read:
+            if not self.written.get(PROGRESS_UNREADABLE):
+                message = (
+                    f"progressDeadlineSeconds is not enforced while the operator cannot read "
+                    f"{self.status['checkpoint']['uri']}: the pod is left running"
+                )
+                self.decision.events.append(("Warning", "ProgressUnknown", message))
+            self.status[PROGRESS_UNREADABLE] = True
+            self._requeue(healing.STORAGE_RETRY_SECONDS)
+            return
+        self.status.pop(PROGRESS_UNREADABLE, None)
+        due = healing.progress_deadline(self.spec, pod.raw, self.attempt, newest, self.now) or self.now
+        self.status["progressDeadline"] = iso(due)
+        if due > self.now:
+            self._requeue((due - self.now).total_seconds())
+            return
+        name, seconds = pod.name, self.run.progress_deadline_seconds
+        self._stop_attempt(pod, names.REASON_PROGRESS_DEADLINE)
+        self.decision.events.append(
+            (
+                "Warning",
+                names.REASON_PROGRESS_DEADLINE,
+                f"Stopping pod {name}: attempt {self.attempt} committed no checkpoint for "
+                f"progressDeadlineSeconds ({seconds})",
+            )
+        )
+
     def wait_for_force_deleted_pod(self) -> bool:
         """The next attempt waits until a force-deleted pod is gone too (its deletion event starts the
         next pass), so that two pods of one TaskRun never exist at once.
@@ -949,6 +952,27 @@ class _Pass:
             names.REASON_POD_PENDING,
             1.0,
         )
+
+    def complete_gang(self) -> bool:
+        """A gang's attempt whose pods were not all created (the pass that began it stopped part way,
+        or the API server refused one): the missing ranks are created, as the first pods were.
+
+        Step 13. Assumes no pod is being force-deleted (step 12 waits for it) and the run goes
+        on. Adds the missing ranks' pods (or waits as create_next_attempt does); no stops."""
+        pods = self._ranks(self.attempt)
+        absent = gang.missing(pods, self.size) if self.size > 1 else []
+        if not absent or not pods or self.attempt <= int(self.written.get("attempt", 0)):
+            return False
+        if any(pod.finished or pod.deleting for pod in pods.values()):
+            return False  # it is ending: the rest is not wanted any more
+        if self.refuse_invalid_spec():
+            return True
+        source = self.resume_source(self.resume_from)
+        if source is None or self.refused_recently():
+            return self.show_live_pod()
+        capacity = next(iter(pods.values())).capacity
+        self._create(self.attempt, capacity or names.CAPACITY_SPOT, source, absent)
+        return True
 
     def show_live_pod(self) -> bool:
         """A live pod: Running, or why it is not (it does not start, or it is terminating).
@@ -1073,31 +1097,6 @@ class _Pass:
             return False
         wait = (retry_at - self.now).total_seconds()
         self.decision.requeue_after = min(wait, self.decision.requeue_after or wait)
-        return True
-
-    def _drop_budget(self) -> None:
-        if self.status.get("disruptionBudget"):
-            self.decision.delete_budget = self.status.pop("disruptionBudget")
-
-    def complete_gang(self) -> bool:
-        """A gang's attempt whose pods were not all created (the pass that began it stopped part way,
-        or the API server refused one): the missing ranks are created, as the first pods were.
-
-        Step 13. Assumes no pod is being force-deleted (step 12 waits for it) and the run goes
-        on. Adds the missing ranks' pods (or waits as create_next_attempt does); no stops."""
-        pods = self._ranks(self.attempt)
-        absent = gang.missing(pods, self.size) if self.size > 1 else []
-        if not absent or not pods or self.attempt <= int(self.written.get("attempt", 0)):
-            return False
-        if any(pod.finished or pod.deleting for pod in pods.values()):
-            return False  # it is ending: the rest is not wanted any more
-        if self.refuse_invalid_spec():
-            return True
-        source = self.resume_source(self.resume_from)
-        if source is None or self.refused_recently():
-            return self.show_live_pod()
-        capacity = next(iter(pods.values())).capacity
-        self._create(self.attempt, capacity or names.CAPACITY_SPOT, source, absent)
         return True
 
     def create_next_attempt(self) -> bool:
