@@ -4,11 +4,13 @@ task returned, why it does not start. Pure."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+from collections.abc import Mapping
 from typing import Any
 
-from spotrun_operator import accounting, disruption, memory, names
+from spotrun_operator import accounting, disruption, gang, memory, names
 from spotrun_operator.classify import Outcome
 
 Obj = dict[str, Any]
@@ -35,6 +37,73 @@ def finished(pod: Obj | None) -> bool:
     if pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
         return True
     return bool(pod["metadata"].get("deletionTimestamp")) and not pod.get("spec", {}).get("nodeName")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PodView:
+    """One of a TaskRun's pods, parsed once at the start of a pass into what the pass reads of it.
+    `raw` is the object as the API server sent it (never changed): for the pure modules that read
+    more of it (classify, accounting, healing) and for the API edge. Compared by identity, as the
+    dict it wraps was: two pods are one only when they are the same object."""
+
+    name: str
+    uid: str
+    resource_version: str
+    attempt: int  # its attempt label; 0 when it has none (not a pod of an attempt)
+    rank: int  # its rank in a gang; 0 for a single pod
+    node: str  # spec.nodeName; "" until it is scheduled
+    phase: str  # status.phase; "" before the kubelet reports one
+    deleting: bool  # a deletionTimestamp is set
+    finished: bool  # terminal, or deleted before it was scheduled: see finished()
+    holds_finalizer: bool  # the operator's accounting finalizer is on it (its outcome not released)
+    capacity: str | None  # the capacity label it was created with, None when it has none
+    owners: tuple[str, ...]  # the uids of its owner references
+    taskrun: str | None  # the TaskRun that controls it (names.taskrun_of)
+    raw: Obj
+
+    @classmethod
+    def of(cls, pod: Obj) -> PodView:
+        meta = pod["metadata"]
+        return cls(
+            name=meta["name"],
+            uid=meta.get("uid", ""),
+            resource_version=meta.get("resourceVersion", ""),
+            attempt=attempt_of(pod),
+            rank=gang.rank_of(pod),
+            node=pod.get("spec", {}).get("nodeName") or "",
+            phase=pod.get("status", {}).get("phase") or "",
+            deleting=bool(meta.get("deletionTimestamp")),
+            finished=finished(pod),
+            holds_finalizer=names.POD_FINALIZER in (meta.get("finalizers") or []),
+            capacity=meta.get("labels", {}).get(names.LABEL_CAPACITY),
+            owners=tuple(o.get("uid") for o in meta.get("ownerReferences") or []),
+            taskrun=names.taskrun_of(meta),
+            raw=pod,
+        )
+
+    @property
+    def running(self) -> bool:
+        """Running, and not being deleted."""
+        return self.phase == "Running" and not self.deleting
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Attempt:
+    """One attempt of a TaskRun, as a pass found it: its number and its pods by rank (one at rank 0
+    for a single pod; a gang's ranks that exist, in rank order)."""
+
+    number: int
+    pods: Mapping[int, PodView]
+
+    @property
+    def lead(self) -> PodView:
+        """The pod that speaks for it: rank 0's, or the first there is."""
+        return self.pods.get(0) or next(iter(self.pods.values()))
+
+    @property
+    def ended(self) -> bool:
+        """Whether every pod of it has ended."""
+        return all(pod.finished for pod in self.pods.values())
 
 
 def result(pod: Obj | None) -> Any:

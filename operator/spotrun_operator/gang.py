@@ -60,5 +60,5 @@ def stop_the_rest(ranks: Sequence[Ended | None]) -> bool:
     return any(ended is not None and ended[0] != names.OUTCOME_SUCCEEDED for ended in ranks)
 
 
-def missing(pods: Mapping[int, Obj], size: int) -> list[int]:
+def missing(pods: Mapping[int, object], size: int) -> list[int]:
     return [rank for rank in range(size) if rank not in pods]
