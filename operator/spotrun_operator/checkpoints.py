@@ -6,9 +6,10 @@ per-TaskRun cache. A small pool of threads beside the workers fills it, with sho
 no retries, so that a hanging S3 holds a few of those threads and never a worker: the pass that
 counts an ended attempt and creates the next one does not wait on storage.
 
-A pass that asks for storage (through `View`) is served a read that started after it first asked,
-or one at most FRESH_SECONDS old. Otherwise a read is requested and, while storage answers, the
-pass is held: the controller drops its decision (decide() is pure) and passes again when the read
+A pass that asks for storage (through `View`) is served only a read that began after it (or the
+held pass it follows) first asked: a read of a moment before may predate an attempt that ended
+since, and its last commit. Otherwise a read is requested and, while storage answers, the pass is
+held: the controller drops its decision (decide() is pure) and passes again when the read
 lands, at most HOLD_SECONDS later, so that lost work is measured from the checkpoint the attempt
 truly committed last. While storage does not answer (a read failed or has been under way longer
 than HOLD_SECONDS), nothing is held: the pass goes on as when storage cannot be read (lost work
@@ -45,7 +46,6 @@ from spotrun_operator.status import set_condition
 Obj = dict[str, Any]
 log = logging.getLogger("spotrun.checkpoints")
 
-FRESH_SECONDS = 1.0  # a read this recent is served to any pass (one just landed for a pass before)
 HOLD_SECONDS = 1.0  # the longest a pass is held for a read while storage answers
 THREADS = 3  # reads at once: each holds a thread for at most its timeouts
 QUEUED = 1000  # reads waiting for a thread; beyond that a request is dropped (its pass asks again)
@@ -113,6 +113,10 @@ class CheckpointCache:
     # ----- life -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._open is StorageReader:
+            # The first boto3 client of a process loads botocore's models: about a second of CPU,
+            # which a first read must not spend inside a pass's hold (its lost work would be estimated).
+            threading.Thread(target=_warm, name="checkpoints-warm", daemon=True).start()
         for n in range(self._threads_wanted):
             thread = threading.Thread(target=self._run, name=f"checkpoints-{n}", daemon=True)
             thread.start()
@@ -146,7 +150,9 @@ class CheckpointCache:
         now = self._clock()
         with self._lock:
             entry = self._entry(key, uri)
-            fresh_since = now - FRESH_SECONDS if entry.asked is None else min(entry.asked, now - FRESH_SECONDS)
+            # A read begun after the held pass asked, else after this one: a read of a moment ago may
+            # predate what this pass is about (an attempt that ended since, and its last commit).
+            fresh_since = now if entry.asked is None else entry.asked
             if entry.snapshot is not None and entry.read_at >= fresh_since:
                 return entry.snapshot
             if entry.asked is None:
@@ -299,6 +305,13 @@ class _S3:
                 )
                 cls._client = boto3.session.Session().client("s3", config=config)
             return cls._client
+
+
+def _warm() -> None:
+    try:
+        _S3.client()
+    except Exception as err:  # no credentials or region yet: the first read says so, as it would have
+        log.info("Could not make the S3 client ahead of the first read: %s", err)
 
 
 def _info(info: Any) -> Obj:

@@ -434,7 +434,9 @@ class _Pass:
         (failures, interruptions, oomKills, interruptionsInARow), status.attempts, lastOutcome and
         accountedAttempt, which every later step reads; no stops."""
         status = self.status
-        history: list[Obj] = list(self.written.get("attempts") or [])
+        # The copy this pass builds, never the written status's own records: settle_accounts changes
+        # them in place, and a dropped pass must leave the cached TaskRun as it was.
+        history: list[Obj] = list(status.get("attempts") or [])
         for number in range(int(self.written.get("accountedAttempt", 0)) + 1, self.attempt + 1):
             decided = self._attempt_outcome(number)
             if decided is None:

@@ -419,3 +419,25 @@ def test_a_checkpoint_of_an_earlier_attempt_opens_no_window() -> None:
     storage.infos.append(checkpoint(1, 9, "2026-11-27T12:00:01+00:00"))  # a late commit of attempt 1
     later = decide(apply(tr, first), [running(2)], NODES, LATER, CONFIG, node_info=UNCORDONED, checkpoints=storage)
     assert later.budget_min_available == 1
+
+
+def test_a_pass_never_changes_the_taskrun_it_was_given() -> None:
+    """decide() is pure: a pass whose decision is dropped (held for a storage read, or a write that
+    conflicted) must leave the cached TaskRun as it was, or the next pass starts from a status that
+    was never written (here: an attempt accounted in memory only, its lost work and usage lost)."""
+    ending = running(1)
+    ending["status"]["startTime"] = "2026-11-27T11:59:00Z"
+    ending["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]
+    storage = Stored(checkpoint(1, 1, "2026-11-27T11:59:30+00:00"))
+    tr = taskrun({"attempt": 1, "phase": "Running"})
+    counted = apply(tr, decide(tr, [ending], {**NODES, "spot-1": False}, NOW, CONFIG, checkpoints=storage))
+    ended = pod_of(1, "preempted")
+    ended["status"]["startTime"] = "2026-11-27T11:59:00Z"
+    ended["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-11-27T12:00:00Z"
+    before = copy.deepcopy(counted)
+    dropped = decide(counted, [ended, running(2, "spot-2")], NODES, LATER, CONFIG, checkpoints=storage)
+    assert dropped.status["lostSeconds"] == 30.0  # from the commit at 11:59:30 to the end at 12:00:00
+    assert counted == before, "the pass changed the TaskRun it was given"
+    again = decide(counted, [ended, running(2, "spot-2")], NODES, LATER, CONFIG, checkpoints=storage)
+    assert again.status["lostSeconds"] == 30.0  # the pass after a dropped one accounts it all the same
+    assert again.status["usage"] == dropped.status["usage"]
