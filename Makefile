@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-soak test-mutations test-perturb-soak test-without-cluster test-with-cluster test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
+.PHONY: help install torch test-ddp build build-real toolchain up down status image demo demo-real demo-down build-kind kind-demo kind-down lint format test test-unit test-soak test-mutations test-perturb-soak test-unit-and-harnesses test-cluster test-integration test-e2e test-real test-kind bench bench-io bench-recovery bench-lost-work bench-scale bench-memory bench-real-nodes clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -105,11 +105,16 @@ test-perturb-soak: $(STAMP) build ## The operator under perturbation: SOAK=20 sc
 # The integration tests that need S3 alone, on a private versitygw, and so no cluster.
 S3_ONLY := tests/integration/test_checkpoint_s3.py tests/integration/test_protocol_model_s3.py tests/integration/test_bad_input_cli_s3.py
 
-test-without-cluster: $(STAMP) build
-	$(PY) -m pytest tests/unit tests/compat $(S3_ONLY)
+# The operator's harnesses (perturbation, every install variant) start a cluster of their own beside
+# the unit tests: the unit tests are CPU, the harnesses mostly wait, and the two halves of
+# `make test` then take about as long as each other.
+HARNESSES := tests/integration/test_perturbation.py tests/integration/test_install_variants.py
 
-test-with-cluster: $(STAMP) build
-	$(PY) -m pytest tests/integration $(addprefix --ignore=,$(S3_ONLY))
+test-unit-and-harnesses: $(STAMP) build
+	$(PY) -m pytest tests/unit tests/compat $(S3_ONLY) $(HARNESSES)
+
+test-cluster: $(STAMP) build
+	$(PY) -m pytest tests/integration $(addprefix --ignore=,$(S3_ONLY) $(HARNESSES))
 
 test-integration: $(STAMP) build ## Integration tests against the local cluster (started by the tests).
 	$(PY) -m pytest tests/integration
@@ -135,7 +140,7 @@ test: $(STAMP) ## The whole suite: lint, unit beside integration, tests/e2e on r
 	$(PY) -m pip check
 	$(MAKE) lint
 	@echo "make test: $$(date -u +%T) unit and S3-only beside the cluster's integration tests"
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-without-cluster test-with-cluster
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit-and-harnesses test-cluster
 	@echo "make test: $$(date -u +%T) tests/e2e on real nodes"
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
 	@echo "make test: $$(date -u +%T) the demo and tests/e2e on kind"
