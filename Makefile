@@ -131,15 +131,15 @@ test-real: $(STAMP) build-real torch ## tests/e2e on real nodes with the built i
 test-kind: $(STAMP) build-kind ## On kind: the demo, then tests/e2e with kubectl drain as the disruption; host checked after.
 	$(PY) -m tests.kind --e2e
 
-# The unit tests and the S3-only integration tests (CPU: the protocol model; a private versitygw, no
-# cluster) run beside the cluster's integration tests (mostly waiting on its controllers and timers),
-# each with its output kept together. tests/e2e runs on real
+# The unit tests, the S3-only integration tests and the operator's harnesses (CPU: the protocol
+# model; the harnesses on a cluster of their own) run beside the cluster's other integration tests
+# (mostly waiting on its controllers and timers), each with its output kept together. tests/e2e runs on real
 # nodes (three disruptions) and on kind, not again on process nodes: `make test-e2e` does that alone.
 test: $(STAMP) ## The whole suite: lint, unit beside integration, tests/e2e on real nodes and on kind. CI runs this.
 	$(MAKE) --no-print-directory -j2 torch toolchain
 	$(PY) -m pip check
 	$(MAKE) lint
-	@echo "make test: $$(date -u +%T) unit and S3-only beside the cluster's integration tests"
+	@echo "make test: $$(date -u +%T) unit, S3-only and the harnesses beside the cluster's integration tests"
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit-and-harnesses test-cluster
 	@echo "make test: $$(date -u +%T) tests/e2e on real nodes"
 	SPOTRUN_E2E_TORCH=$(TORCH_DIR) $(PY) -m tests.real_nodes
