@@ -28,8 +28,8 @@ M: list[tuple[str, list[Replacement], list[str]]] = [
         [
             (
                 f"{OP}/reconcile.py",
-                "    return [(n, r) for n in range(first, last + 1) for r in range(replicas(taskrun)) if (n, r) not in seen]",
-                "    return [(n, 0) for n in range(first, last + 1) if n not in {a for a, _ in seen}]",
+                "    return [(number, rank) for number in range(first, last + 1) for rank in ranks if (number, rank) not in seen]",
+                "    return [(number, 0) for number in range(first, last + 1) if number not in {a for a, _ in seen}]",
             ),
             (f"{OP}/reconcile.py", "        if pod is None and not self.listed:", "        if False:"),
         ],
@@ -116,6 +116,38 @@ M: list[tuple[str, list[Replacement], list[str]]] = [
             )
         ],
         ["tests/unit/test_api_events.py"],
+    ),
+    (
+        "a dropped pass changes the cached TaskRun",
+        [
+            (
+                f"{OP}/reconcile.py",
+                '        history: list[Obj] = list(status.get("attempts") or [])',
+                '        history: list[Obj] = list(self.written.get("attempts") or [])',
+            )
+        ],
+        ["tests/unit/test_reconcile_disruption.py"],
+    ),
+    (
+        "6: a pass served a storage read from before it asked",
+        [
+            (
+                f"{OP}/checkpoints.py",
+                "            fresh_since = now if entry.asked is None else entry.asked",
+                "            fresh_since = now - 1.0 if entry.asked is None else min(entry.asked, now - 1.0)",
+            )
+        ],
+        ["tests/unit/test_checkpoints.py"],
+    ),
+    (
+        "10: a withdrawn notice still a preemption in the SDK",
+        [("sdk/spotrun/_preemption.py", "                _on_withdrawn()", "                pass")],
+        ["tests/unit/test_preemption.py"],
+    ),
+    (
+        "10: an eviction after a drain's notice not Drained",
+        [(f"{OP}/attempts.py", "        and outcome.reason == EVICTED_THROUGH_THE_API", "        and False")],
+        ["tests/unit/test_disruption.py"],
     ),
     (
         "11: API errors logged with their HTTP dump",
