@@ -106,9 +106,11 @@ test-perturb-soak: $(STAMP) build ## The operator under perturbation: SOAK=20 sc
 S3_ONLY := tests/integration/test_checkpoint_s3.py tests/integration/test_protocol_model_s3.py tests/integration/test_bad_input_cli_s3.py
 
 # The operator's harnesses (perturbation, every install variant) start a cluster of their own beside
-# the unit tests: the unit tests are CPU, the harnesses mostly wait, and the two halves of
-# `make test` then take about as long as each other.
-HARNESSES := tests/integration/test_perturbation.py tests/integration/test_install_variants.py
+# the unit tests, as the scale test (its own kwok cluster) and the image builds (no cluster) need no
+# session cluster: the unit tests are CPU, these mostly wait, and the two halves of `make test` then
+# take about as long as each other.
+HARNESSES := tests/integration/test_perturbation.py tests/integration/test_install_variants.py \
+	tests/integration/test_scale.py tests/integration/test_images.py
 
 test-unit-and-harnesses: $(STAMP) build
 	$(PY) -m pytest tests/unit tests/compat $(S3_ONLY) $(HARNESSES)

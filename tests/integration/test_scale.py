@@ -30,8 +30,8 @@ REQUESTS_PER_TASKRUN = 12
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Client, Operator]]:
     cluster = Cluster(tmp_path_factory.mktemp("scale"))
-    cluster.up(kwok_nodes=30, default_nodes=False, audit=True)
-    try:
+    try:  # `up` inside: a cluster that failed part way is stopped too
+        cluster.up(kwok_nodes=30, default_nodes=False, audit=True)
         kube = cluster.admin()
         operator = install(cluster, kube, tmp_path_factory.mktemp("scale-operator"))
         kube.create("/api/v1/namespaces", {"metadata": {"name": "scale"}})
