@@ -83,7 +83,6 @@ class _Entry:
     snapshot: Snapshot | None = None
     read_at: float = float("-inf")  # when the read of `snapshot` started (monotonic)
     started: float | None = None  # when the read under way was asked for, then begun (None: none is)
-    reading: float | None = None  # when a reader thread began the read under way (None: queued, or none)
     failed: bool = False  # this TaskRun's last read failed: its passes are not held
     asked: float | None = None  # when a held pass first asked for a read (None: no pass is held)
 
@@ -108,7 +107,7 @@ class CheckpointCache:
         self._lock = threading.Lock()
         self._queue: queue.Queue[Hashable | None] = queue.Queue(maxsize=queued)
         self._threads: list[threading.Thread] = []
-        self.reading = 0  # reads under way (at most `threads`)
+        self._begun: dict[object, float] = {}  # the reads under way (at most `threads`): when each began
 
     # ----- life -------------------------------------------------------------------------------------
 
@@ -179,7 +178,12 @@ class CheckpointCache:
         held. Per read begun, not per read asked for: a burst's reads waiting in the queue are not S3's
         fault; and a read that failed stops the holds of its own TaskRun only (one TaskRun's storage
         that refuses must not cost every other its exact lost work)."""
-        return all(e.reading is None or now - e.reading < HOLD_SECONDS for e in self._entries.values())
+        return all(now - began < HOLD_SECONDS for began in self._begun.values())
+
+    @property
+    def reading(self) -> int:
+        """Reads under way."""
+        return len(self._begun)
 
     def _entry(self, key: Hashable, uri: str) -> _Entry:
         entry = self._entries.get(key)
@@ -208,9 +212,10 @@ class CheckpointCache:
             entry = self._entries.get(key)
             if entry is None:
                 return
-            entry.started = entry.reading = started = self._clock()  # a read that lands has seen all before it
+            entry.started = started = self._clock()  # a read that lands has seen all before it
             uri, reader = entry.uri, entry.reader
-            self.reading += 1
+            token = object()
+            self._begun[token] = started
         snapshot: Snapshot | None = None
         try:
             if reader is None:
@@ -220,12 +225,12 @@ class CheckpointCache:
             log.warning("Reading the checkpoints under %s failed: %s", uri, err)
         finally:
             with self._lock:
-                self.reading -= 1
+                del self._begun[token]
                 entry = self._entries.get(key)
                 mine = entry is not None and entry.uri == uri and entry.started == started
                 held = False
                 if entry is not None and mine:
-                    entry.started, entry.reading, entry.reader = None, None, reader
+                    entry.started, entry.reader = None, reader
                     entry.failed = snapshot is None
                     if snapshot is not None:
                         entry.snapshot, entry.read_at = snapshot, started
