@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from spotrun_operator import metrics, names
-from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, Taken, transient
+from spotrun_operator.api import Api, Conflict, Gone, NamespaceTerminating, Refused, Taken, describe, transient
 from spotrun_operator.attempts import finished
 from spotrun_operator.cache import (
     Informer,
@@ -75,14 +75,6 @@ def trim_node(node: Obj, spot_labels: collections.abc.Mapping[str, str]) -> Obj:
         kept["spot"] = all(labels.get(k) == v for k, v in spot_labels.items())
     trimmed: Obj = compact(kept)
     return trimmed
-
-
-def brief(err: BaseException) -> str:
-    """One line of an error: an ApiException's text is the whole HTTP response, headers and all."""
-    status, reason = getattr(err, "status", None), getattr(err, "reason", None)
-    if status is not None and reason is not None:
-        return f"HTTP {status} {reason}"
-    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def _facts(node: Obj | None) -> Obj:
@@ -152,7 +144,7 @@ class Events:
                 metrics.EVENTS_FAILED.inc()
                 slim, _, reason, _ = item
                 where = f"{slim['metadata']['namespace']}/{slim['metadata']['name']}"
-                log.warning("Posting event %s for TaskRun %s failed: %s", reason, where, brief(err))
+                log.warning("Posting event %s for TaskRun %s failed: %s", reason, where, describe(err))
             finally:
                 self._posting = 0
 
@@ -360,7 +352,7 @@ class Controller:
                 "a checkpoint; grant poddisruptionbudgets get/create/delete (manifests/operator/rbac.yaml)",
                 meta["namespace"],
                 meta["name"],
-                brief(err),
+                describe(err),
             )
             return False
         return True
