@@ -10,6 +10,7 @@ One test per defect class of issue 25, each with the perturbations that reach it
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,49 +27,43 @@ def _seeds(first: int, count: int = 1) -> list[int]:
     return schedule.seeds(list(range(first, first + max(count, soak))))
 
 
-def _play(
-    scenario: str,
-    seed: int,
-    workload: Workload,
-    cluster: Cluster,
-    kube: Client,
-    operator: Operator,
-    namespace: str,
-    tmp_path: Path,
-) -> None:
-    plan = schedule.draw(scenario, seed)
-    print(plan)
-    report = Run(cluster, kube, operator, namespace, tmp_path).play(plan, workload)
-    print(report)
-    assert not report.violations, str(report)
+Play = Callable[[str, int, Workload], None]
 
 
-@pytest.mark.parametrize("seed", _seeds(1, count=2), ids=lambda s: f"seed{s}")  # 1: a stale relist, 2: a handover
-def test_defect2_a_gang_rank_missing_from_a_stale_cache_is_never_counted_as_interrupted(
-    seed: int,
+@pytest.fixture
+def play(
     cluster: Cluster,
     kube: Client,
     operator: Operator,
     task_namespace: str,
     no_other_operator: None,
     tmp_path: Path,
-) -> None:
+) -> Play:
+    """Plays scenario `scenario`'s schedule for `seed` against `workload`, with the session's
+    operator paused, and fails with the report when an invariant broke."""
+
+    def run(scenario: str, seed: int, workload: Workload) -> None:
+        plan = schedule.draw(scenario, seed)
+        print(plan)
+        report = Run(cluster, kube, operator, task_namespace, tmp_path).play(plan, workload)
+        print(report)
+        assert not report.violations, str(report)
+
+    return run
+
+
+@pytest.mark.parametrize("seed", _seeds(1, count=2), ids=lambda s: f"seed{s}")  # 1: a stale relist, 2: a handover
+def test_defect2_a_gang_rank_missing_from_a_stale_cache_is_never_counted_as_interrupted(seed: int, play: Play) -> None:
     """A relist answered from before rank 1's pod came (a lagging watch cache), the watch after it
     held; or rank 1's pod events held on the standby's watch, and the leader hands over: nothing was
     interrupted, so nothing may be counted, and the healthy ranks run on."""
     workload = Workload([steps_taskrun("gang", steps=24, step_seconds=0.5, replicas=2)])
-    _play("stale_gang", seed, workload, cluster, kube, operator, task_namespace, tmp_path)
+    play("stale_gang", seed, workload)
 
 
 @pytest.mark.parametrize("seed", _seeds(1), ids=lambda s: f"seed{s}")
 def test_defect3_a_leader_whose_lease_requests_hang_writes_nothing_after_the_standby_takes_over(
-    seed: int,
-    cluster: Cluster,
-    kube: Client,
-    operator: Operator,
-    task_namespace: str,
-    no_other_operator: None,
-    tmp_path: Path,
+    seed: int, play: Play, cluster: Cluster
 ) -> None:
     """Two replicas; the leader's Lease requests black-holed past the Lease's duration while its other
     requests pass, TaskRuns coming all along: the audit log shows no write of the old leader
@@ -77,54 +72,30 @@ def test_defect3_a_leader_whose_lease_requests_hang_writes_nothing_after_the_sta
         pytest.skip("the cluster runs without the audit log (LOCALCLUSTER_STATE_DIR names one started without --audit)")
     bodies = [steps_taskrun(f"lease-{n}", steps=6, step_seconds=0.5) for n in range(7)]
     workload = Workload(bodies, replicas=2, spacing=4.0)
-    _play("lease_blackhole", seed, workload, cluster, kube, operator, task_namespace, tmp_path)
+    play("lease_blackhole", seed, workload)
 
 
 @pytest.mark.parametrize("seed", _seeds(1), ids=lambda s: f"seed{s}")
-def test_defect5_a_users_budget_of_the_same_name_is_never_deleted(
-    seed: int,
-    cluster: Cluster,
-    kube: Client,
-    operator: Operator,
-    task_namespace: str,
-    no_other_operator: None,
-    tmp_path: Path,
-) -> None:
+def test_defect5_a_users_budget_of_the_same_name_is_never_deleted(seed: int, play: Play) -> None:
     """A PodDisruptionBudget of the TaskRun's name, made beforehand by someone else: the TaskRun runs
     and ends, and that budget is still there, the same object (by UID)."""
     workload = Workload([steps_taskrun("namesake", steps=6, step_seconds=0.3)], namesakes=True)
-    _play("namesake_budget", seed, workload, cluster, kube, operator, task_namespace, tmp_path)
+    play("namesake_budget", seed, workload)
 
 
 @pytest.mark.parametrize("seed", _seeds(1), ids=lambda s: f"seed{s}")
-def test_defect9_a_pod_that_failed_on_its_own_before_a_stop_counts_as_a_failure(
-    seed: int,
-    cluster: Cluster,
-    kube: Client,
-    operator: Operator,
-    task_namespace: str,
-    no_other_operator: None,
-    tmp_path: Path,
-) -> None:
+def test_defect9_a_pod_that_failed_on_its_own_before_a_stop_counts_as_a_failure(seed: int, play: Play) -> None:
     """The pod watch held while attempt 1 exits 1 on its own and the TaskRun is suspended (the
     operator, behind, stops a pod that has already failed): one failure is counted, not a stop."""
     body = steps_taskrun("own-failure", steps=8, step_seconds=0.5, env={"EXIT_AT_STEP": "3:1"})
-    _play("stop_after_own_failure", seed, Workload([body]), cluster, kube, operator, task_namespace, tmp_path)
+    play("stop_after_own_failure", seed, Workload([body]))
 
 
 @pytest.mark.parametrize("seed", _seeds(1), ids=lambda s: f"seed{s}")
-def test_random_schedules_break_no_invariant(
-    seed: int,
-    cluster: Cluster,
-    kube: Client,
-    operator: Operator,
-    task_namespace: str,
-    no_other_operator: None,
-    tmp_path: Path,
-) -> None:
+def test_random_schedules_break_no_invariant(seed: int, play: Play) -> None:
     """Anything from every kind of perturbation, against a task that fails once and a gang."""
     bodies = [
         steps_taskrun("single", steps=16, step_seconds=0.4, env={"EXIT_AT_STEP": "4:1"}),
         steps_taskrun("pair", steps=16, step_seconds=0.4, replicas=2),
     ]
-    _play("random", seed, Workload(bodies), cluster, kube, operator, task_namespace, tmp_path)
+    play("random", seed, Workload(bodies))
