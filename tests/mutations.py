@@ -222,6 +222,36 @@ HARNESS = {
 }
 
 
+Replacement = tuple[str, str, str]  # (file, the fixed code, the code without the fix)
+
+
+def revert_and_run(name: str, replacements: list[Replacement], command: list[str]) -> bool:
+    """Puts the code without the fix in the working tree, runs pytest with `command`, puts the files
+    back, and prints CAUGHT, MISSED or STALE; returns whether the revert went unnoticed (or is stale)."""
+    originals = {rel: (R / rel).read_text() for rel, _, _ in replacements}
+    changed = dict(originals)
+    for rel, fixed, without in replacements:
+        if changed[rel].count(fixed) != 1:
+            print(f"STALE   {name}: the fixed code is no longer in {rel} as written here", flush=True)
+            return True
+        changed[rel] = changed[rel].replace(fixed, without)
+    try:
+        for rel, text in changed.items():
+            (R / rel).write_text(text)
+        run = subprocess.run([*PYTEST, *command], cwd=R, capture_output=True, text=True, check=False)
+    finally:
+        for rel, text in originals.items():
+            (R / rel).write_text(text)
+    last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
+    print(f"{'CAUGHT' if run.returncode else 'MISSED'}  {name}: {last}", flush=True)
+    return run.returncode == 0
+
+
+def verdict(missed: int) -> int:
+    print(f"{missed} of the reverted fixes went unnoticed" if missed else "every reverted fix was caught")
+    return 1 if missed else 0
+
+
 def main(only: list[str]) -> int:
     """`--model` runs defects 1 to 5 through the protocol model instead of the example cases (each
     up to several minutes: hypothesis finds the defect, then shrinks it)."""
@@ -231,28 +261,9 @@ def main(only: list[str]) -> int:
     for name, rel, old, new, tests in M:
         if (only and name not in only) or (model and name not in HARNESS):
             continue
-        path = R / rel
-        original = path.read_text()
-        if original.count(old) != 1:
-            print(f"STALE   {name}: the fixed code is no longer in {rel} as written here", flush=True)
-            missed += 1
-            continue
-        path.write_text(original.replace(old, new))
-        try:
-            run = subprocess.run(
-                [*PYTEST, HARNESS[name]] if model else [*PYTEST, CASES, "-k", tests],
-                cwd=R,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-        finally:
-            path.write_text(original)
-        last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
-        print(f"{'CAUGHT' if run.returncode else 'MISSED'}  {name}: {last}", flush=True)
-        missed += run.returncode == 0
-    print(f"{missed} of the reverted fixes went unnoticed" if missed else "every reverted fix was caught")
-    return 1 if missed else 0
+        command = [HARNESS[name]] if model else [CASES, "-k", tests]
+        missed += revert_and_run(name, [(rel, old, new)], command)
+    return verdict(missed)
 
 
 if __name__ == "__main__":

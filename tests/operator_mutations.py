@@ -12,14 +12,12 @@ CAUGHT. Exits 1 when one is MISSED or STALE.
 
 from __future__ import annotations
 
-import pathlib
-import subprocess
 import sys
 
-R = pathlib.Path(__file__).resolve().parent.parent
+from tests.mutations import Replacement, revert_and_run, verdict
+
 OP = "operator/spotrun_operator"
 PERTURB = "tests/integration/test_perturbation.py"
-Replacement = tuple[str, str, str]  # (file, the fixed code, the code without the fix)
 
 # (name, replacements, pytest arguments)
 M: list[tuple[str, list[Replacement], list[str]]] = [
@@ -155,35 +153,14 @@ M: list[tuple[str, list[Replacement], list[str]]] = [
         ["tests/unit/test_operator_logging.py"],
     ),
 ]
-PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
 
 
 def main(only: list[str]) -> int:
     missed = 0
     for name, replacements, tests in M:
-        if only and not any(name.startswith(prefix) for prefix in only):
-            continue
-        originals = {rel: (R / rel).read_text() for rel, _, _ in replacements}
-        changed = dict(originals)
-        stale = [fixed for rel, fixed, _ in replacements if changed[rel].count(fixed) != 1]
-        if stale:
-            print(f"STALE   {name}: no longer in the code as written here: {stale[0][:60]!r}", flush=True)
-            missed += 1
-            continue
-        for rel, fixed, without in replacements:
-            changed[rel] = changed[rel].replace(fixed, without)
-        try:
-            for rel, text in changed.items():
-                (R / rel).write_text(text)
-            run = subprocess.run([*PYTEST, *tests], cwd=R, capture_output=True, text=True, check=False)
-        finally:
-            for rel, text in originals.items():
-                (R / rel).write_text(text)
-        last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
-        print(f"{'CAUGHT' if run.returncode else 'MISSED'}  {name}: {last}", flush=True)
-        missed += run.returncode == 0
-    print(f"{missed} of the reverted fixes went unnoticed" if missed else "every reverted fix was caught")
-    return 1 if missed else 0
+        if not only or any(name.startswith(prefix) for prefix in only):
+            missed += revert_and_run(name, replacements, tests)
+    return verdict(missed)
 
 
 if __name__ == "__main__":
